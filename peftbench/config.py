@@ -1,0 +1,206 @@
+"""Configuration: dataclasses with help text, built from mappings or ``--set KEY=VALUE`` strings.
+
+Every error names the field, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by every method: the same loop, data and budget for all."""
+
+    steps: int = _help("optimizer steps to train (the budget); the task sets a default per device", default=0)
+    max_tokens: int = _help("stop once this many training tokens were seen (0: no token budget)", default=0)
+    batch_size: int = _help("examples per micro-batch", default=8)
+    grad_accum: int = _help("micro-batches per optimizer step (gradient accumulation)", default=1)
+    lr: float = _help("peak learning rate (0: the task's per-method value, else the method's default)", default=0.0)
+    warmup_ratio: float = _help("fraction of steps with linear learning-rate warm-up", default=0.1)
+    min_lr_ratio: float = _help("cosine decay ends at lr * min_lr_ratio", default=0.1)
+    weight_decay: float = _help("AdamW weight decay", default=0.0)
+    max_grad_norm: float = _help("gradient clipping norm (0: off)", default=1.0)
+    max_length: int = _help("truncate training examples to this many tokens (from the left)", default=512)
+    dtype: str = _help("'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'", default="auto")
+    eval_batch_size: int = _help("batch size for lm-eval scoring", default=32)
+    limit: int = _help("score at most this many evaluation examples (0: all)", default=0)
+    num_fewshot: int = _help("few-shot examples in the scoring prompt", default=0)
+    latency_rounds: int = _help("timed rounds per latency mode (median reported; 0: skip latency)", default=5)
+    latency_prompt_tokens: int = _help("prompt length for the latency timer", default=32)
+    latency_new_tokens: int = _help("decoded tokens per latency round", default=16)
+    log_every: int = _help("record the loss every N steps", default=1)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size", "latency_prompt_tokens",
+                     "latency_new_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train option {name!r} must be >= 1, got {getattr(self, name)!r}.")
+        for name in ("steps", "max_tokens", "limit", "num_fewshot", "latency_rounds", "lr", "weight_decay",
+                     "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train option {name!r} must be >= 0, got {getattr(self, name)!r}.")
+        for name in ("warmup_ratio", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"train option {name!r} must be between 0 and 1, got {getattr(self, name)!r}.")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train option 'dtype' must be one of auto, fp32, bf16; got {self.dtype!r}.")
+
+
+def describe_fields(cls: type) -> list[dict[str, Any]]:
+    """Name, type, default and help of each field (for ``peftbench methods`` and the docs)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        out.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default,
+                    "help": f.metadata.get("help", "")})
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (a string from the command line, or a JSON value) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot use {value!r}")
+    if origin in (list, tuple):
+        item = args[0] if args else str
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{where}: {value!r} is not a JSON list ({e.msg}).") from None
+            else:
+                value = [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list (comma-separated or JSON), got {value!r}.")
+        items = [coerce(v, item, where) for v in value]
+        return items if origin is list else tuple(items)
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}.")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}.")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}.")
+    return value
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, coercing types; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"Unknown option {key!r} for {where}.{did_you_mean(key, names)} "
+                              f"Valid options: {', '.join(names)}.")
+        kwargs[key] = coerce(value, hints[key], f"option {key!r} of {where}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A dataclass (or nested structure) as plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def parse_sets(items: list[str], method_names: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Split ``--set`` strings into training options and per-method options.
+
+    ``KEY=VALUE`` sets a training option (see :class:`TrainConfig`); ``METHOD.KEY=VALUE`` sets an option of
+    that method's config. Values stay strings here; they are typed when the configs are built.
+    """
+    train: dict[str, Any] = {}
+    per_method: dict[str, dict[str, Any]] = {}
+    train_names = [f.name for f in dataclasses.fields(TrainConfig)]
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE or METHOD.KEY=VALUE, e.g. --set lr=1e-4 "
+                              "or --set lora.r=8.")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if "." in key:
+            method, sub = key.split(".", 1)
+            if method not in method_names:
+                raise ConfigError(f"--set {item!r}: unknown method {method!r}.{did_you_mean(method, method_names)}"
+                                  f" Methods: {', '.join(sorted(method_names))}.")
+            per_method.setdefault(method, {})[sub] = value
+        else:
+            if key not in train_names:
+                raise ConfigError(f"--set {item!r}: unknown training option {key!r}.{did_you_mean(key, train_names)}"
+                                  f" Training options: {', '.join(train_names)}; method options are set as "
+                                  "METHOD.KEY=VALUE (see `peftbench methods`).")
+            train[key] = value
+    return train, per_method
