@@ -139,9 +139,11 @@ def load_artifact(run, directory, base_model):
 
 
 @hookspec(firstresult=True)
-def measure_latency(run, model, mode):
-    """Time decoding with ``model`` in ``mode`` (``base``, ``unmerged`` or ``merged``); return a
-    :class:`peftbench.records.LatencyResult`. Default: peftbench's timer (warm-up, median of rounds)."""
+def measure_latency(run, model, modes):
+    """Time decoding with ``model`` in each of ``modes``: a dict from mode name (``base``, ``unmerged``,
+    ``merged``) to a zero-argument context-manager factory that puts the model in that mode. Modes are
+    timed together so they can be interleaved round-robin. Return ``{mode: LatencyResult}``. Default:
+    peftbench's timer (warm-up, interleaved rounds, median)."""
 
 
 # ---- run events -------------------------------------------------------------------------------------

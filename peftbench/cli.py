@@ -1,0 +1,231 @@
+"""The ``peftbench`` command line: thin commands over the library. Tables and ``--json`` go to stdout,
+progress and messages to stderr. Exit codes: 0 every cell ok (or skipped), 1 some cell failed, 2 usage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PeftbenchError, UsageError
+
+_HOST = None
+
+
+def host():
+    global _HOST
+    if _HOST is None:
+        from .plugins import make_plugin_manager
+
+        _HOST = make_plugin_manager(extra_plugins=_argv_values("--plugin"), disable=_argv_values("--disable-plugin"),
+                                    strict=True if "--strict-plugins" in sys.argv else None)
+    return _HOST
+
+
+def _argv_values(flag: str) -> list[str]:
+    out, args = [], sys.argv[1:]
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            out.append(args[i + 1])
+        elif a.startswith(flag + "="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _csv(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise UsageError(f"{what} is empty; give a comma-separated list.")
+    return items
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in _csv(value, "--seeds")]
+    except ValueError:
+        raise UsageError(f"--seeds {value!r}: seeds must be integers, comma-separated (e.g. --seeds 0,1,2).") from None
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {value!r} repeats a seed.")
+    return seeds
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plugin", "plugins", multiple=True, help="also load this plugin module (repeatable)")
+@click.option("--disable-plugin", "disabled", multiple=True, help="do not load this plugin (repeatable)")
+@click.option("--strict-plugins", is_flag=True, help="re-raise plugin load errors (for plugin development)")
+@click.version_option(package_name="peftbench")
+def cli(plugins, disabled, strict_plugins):
+    """Measure what LoRA, QLoRA, bottleneck adapters and full fine-tuning buy and cost."""
+
+
+@cli.command()
+@click.option("--methods", default="lora,adapter,full", show_default=True, help="comma-separated method names")
+@click.option("--tasks", default="quickstart", show_default=True, help="comma-separated task names")
+@click.option("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", show_default=True,
+              help="hub id, local folder, .gguf file, or tiny:llama")
+@click.option("--seeds", default="0", show_default=True, help="comma-separated integer seeds")
+@click.option("--output", type=click.Path(path_type=Path), help="results folder [default: peftbench-results/<id>]")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="training option (steps=200, lr=1e-4, ...) or METHOD.KEY=VALUE (lora.r=8); repeatable")
+@click.option("--resume", is_flag=True, help="continue the session in --output, skipping cells already ok")
+@click.option("--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="extra folder of task definitions (repeatable)")
+@click.option("--keep-artifacts", is_flag=True, help="keep each method's saved artifact under OUTPUT/artifacts")
+@click.option("--no-base", is_flag=True, help="skip scoring the untouched base model")
+@click.option("--json", "as_json", is_flag=True, help="print the session and runs as JSON instead of tables")
+def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, keep_artifacts, no_base, as_json):
+    """Train, score and time every method on every task and seed."""
+    from .progress import RichProgress
+    from .runner import Session, SessionConfig
+
+    config = SessionConfig(methods=_csv(methods, "--methods"), tasks=_csv(tasks, "--tasks"), seeds=_seeds(seeds),
+                           model=model, device=device, output=output, sets=list(sets), resume=resume,
+                           tasks_dirs=list(tasks_dirs), keep_artifacts=keep_artifacts, base_row=not no_base)
+    console = stderr_console()
+    session = Session(config, host=host(), progress=RichProgress(console))
+    session.plan()
+    console.print(f"peftbench session {session.id}: {len(session.cells)} cells on {session.device}; "
+                  f"results in {session.output}")
+    results = session.run()
+    _show(session.output, as_json)
+    failed = [r for r in results if r["status"] in ("error", "oom", "cancelled")]
+    if failed:
+        console.print(f"[red]{len(failed)} cell(s) failed:[/] " + ", ".join(r["key"] for r in failed))
+        sys.exit(1)
+
+
+def _show(output: Path, as_json: bool) -> None:
+    from rich.console import Console
+
+    from .report import leaderboard_tables
+    from .results import load_runs, load_session
+
+    session = load_session(output)
+    runs = list(load_runs(output).values())
+    if as_json:
+        click.echo(json.dumps({"session": session, "runs": runs}, indent=2, default=str))
+        return
+    console = Console()
+    for table in leaderboard_tables(session, runs):
+        console.print(table)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the session and runs as JSON")
+@click.option("--markdown", is_flag=True, help="print the leaderboard as Markdown")
+def report(directory, as_json, markdown):
+    """Re-render a saved session's leaderboard."""
+    if markdown:
+        from .report import markdown_table
+        from .results import load_runs, load_session
+
+        click.echo(markdown_table(load_session(directory), list(load_runs(directory).values())))
+        return
+    _show(directory, as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="check availability for this device")
+def methods(as_json, device):
+    """List methods: plugin, capabilities, availability, options."""
+    from .catalog import describe_methods
+
+    rows = describe_methods(host(), device)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="methods", title_justify="left")
+    for col in ("name", "plugin", "capabilities", "available", "options"):
+        t.add_column(col)
+    for r in rows:
+        caps = ", ".join(k for k, v in (r["capabilities"] or {}).items() if v is True)
+        opts = "\n".join(f"{o['name']}={o['default']}  {o['help']}" for o in r["options"])
+        avail = "yes" if r["available"] else f"no: {r['reason']}"
+        t.add_row(r["name"] + (f"\n({', '.join(r['aliases'])})" if r["aliases"] else ""), r["plugin"], caps, avail, opts)
+    Console().print(t)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(path_type=Path))
+def tasks(as_json, tasks_dirs):
+    """List tasks."""
+    from .runner import Session, SessionConfig
+
+    found = Session(SessionConfig(methods=[], tasks_dirs=list(tasks_dirs)), host=host()).all_tasks()
+    rows = [t.describe() for t in found.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="tasks", title_justify="left")
+    for col in ("name", "version", "metric", "lm-eval task", "data", "description"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], str(r["version"]), r["metric"], r["lm_eval_task"], json.dumps(r["data"]), r["description"])
+    Console().print(t)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def plugins(as_json):
+    """List plugins: distribution, version, hooks, methods, load failures."""
+    from .plugins import describe_plugins
+
+    rows = describe_plugins(host())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="plugins", title_justify="left")
+    for col in ("name", "distribution", "status", "hooks", "methods"):
+        t.add_column(col)
+    for r in rows:
+        dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "—"
+        status = r["status"] + (f": {r['error']}" if r["error"] else "")
+        t.add_row(r["name"], dist, status, ", ".join(r["hooks"]), ", ".join(r["methods"]))
+    Console().print(t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        h = host()
+        for impl in h.hook.register_commands.get_hookimpls():
+            impl.function(cli=cli)
+        cli.main(args=sys.argv[1:], prog_name="peftbench", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except PeftbenchError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

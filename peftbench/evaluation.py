@@ -1,0 +1,61 @@
+"""Scoring with lm-eval, in-process, on the model in memory (no save/reload round trip)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .records import EvalResult
+from .tasks import Task, task_manager
+
+# lm-eval's result block keys we keep (everything but per-sample logs and the environment dump)
+KEEP = ("results", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
+        "lm_eval_version", "transformers_version", "date", "max_length", "tokenizer_pad_token",
+        "tokenizer_eos_token", "tokenizer_bos_token", "eot_token_id")
+
+
+def _quiet() -> None:
+    for name in ("lm_eval", "lm-eval", "lm_eval.models.huggingface", "lm_eval.evaluator"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: TrainConfig, device: str,
+             seed: int = 0) -> EvalResult:
+    """Score ``model`` on ``task`` with lm-eval's ``simple_evaluate`` (zero- or few-shot per ``cfg``)."""
+    _quiet()
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    model.eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval_batch_size, device=device)
+    t0 = time.perf_counter()
+    out = simple_evaluate(model=lm, tasks=[task.lm_eval_name], task_manager=task_manager(include_path),
+                          num_fewshot=cfg.num_fewshot or None, limit=cfg.limit or None, log_samples=False,
+                          bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
+                          torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
+    wall = time.perf_counter() - t0
+    block = json.loads(json.dumps({k: out[k] for k in KEEP if k in out}, default=str))
+    return parse_block(task, block, wall)
+
+
+def parse_block(task: Task, block: dict[str, Any], wall: float) -> EvalResult:
+    """Metrics and their stderr from lm-eval's result block (``"acc,none"`` / ``"acc_stderr,none"``)."""
+    res = block["results"][task.lm_eval_name]
+    metrics, stderr = {}, {}
+    for key, value in res.items():
+        if "," not in key or not isinstance(value, (int, float)):
+            continue
+        name, _filter = key.split(",", 1)
+        if name.endswith("_stderr"):
+            stderr[name[: -len("_stderr")]] = float(value)
+        else:
+            metrics[name] = float(value)
+    if task.metric in metrics:  # the task's leaderboard metric first
+        metrics = {task.metric: metrics[task.metric], **metrics}
+    n = block.get("n-samples", {}).get(task.lm_eval_name, {}).get("effective", 0)
+    return EvalResult(task=task.name, metrics=metrics, stderr=stderr, n_samples=int(n),
+                      wall_time_s=round(wall, 3), lm_eval=block)

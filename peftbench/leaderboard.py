@@ -1,0 +1,77 @@
+"""Leaderboard rows computed from run files (pure data; ``report.py`` renders them)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+
+def _score(run: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
+    ev = run.get("eval") or {}
+    metrics, stderr = ev.get("metrics") or {}, ev.get("stderr") or {}
+    if metric not in metrics and metrics:
+        metric = next(iter(metrics))
+    return metrics.get(metric), stderr.get(metric)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") -> list[dict[str, Any]]:
+    """One row per method (seeds averaged), the base row first, then by score."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        if r["task"] == task:
+            by_method.setdefault(r["method"], []).append(r)
+    base_runs = [r for r in by_method.get("base", []) if r["status"] == "ok"]
+    base_score = _mean([_score(r, metric)[0] for r in base_runs])
+    rows = []
+    for method, cells in by_method.items():
+        ok = [r for r in cells if r["status"] == "ok"]
+        statuses = sorted({r["status"] for r in cells})
+        scores = [_score(r, metric) for r in ok]
+        score = _mean([s for s, _ in scores])
+        se = _mean([e for _, e in scores])
+        train = [r.get("train") or {} for r in ok]
+        lat = [(r.get("latency") or {}).get("overhead") or {} for r in ok]
+        reason = next((r.get("reason") or (r.get("error") or {}).get("message") for r in cells
+                       if r["status"] != "ok"), None)
+        rows.append({
+            "method": method, "seeds": len(ok), "status": ",".join(statuses), "reason": reason,
+            "score": score, "stderr": se,
+            "delta": (score - base_score) if score is not None and base_score is not None and method != "base" else None,
+            "trainable": _mean([(r.get("params") or {}).get("trainable") for r in ok]),
+            "trainable_pct": _mean([(r.get("params") or {}).get("trainable_pct") for r in ok]),
+            "peak_memory": _mean([t.get("peak_memory_bytes") for t in train]),
+            "train_time": _mean([t.get("wall_time_s") for t in train]),
+            "tokens_per_s": _mean([t.get("tokens_per_s") for t in train]),
+            "artifact_bytes": _mean([(r.get("artifact") or {}).get("bytes") for r in ok]),
+            "latency_unmerged": _mean([x.get("unmerged") for x in lat]),
+            "latency_merged": _mean([x.get("merged") for x in lat]),
+            "merge_ok": all((r.get("merge") or {}).get("ok", True) for r in ok) if ok else None,
+            "reload_ok": all((r.get("reload") or {}).get("ok", True) for r in ok) if ok else None,
+        })
+    full = next((r for r in rows if r["method"] == "full"), None)
+    for row in rows:
+        gain_full = full["delta"] if full else None
+        row["pct_of_full_gain"] = (100.0 * row["delta"] / gain_full
+                                   if row["delta"] is not None and gain_full not in (None, 0) else None)
+    rows.sort(key=lambda r: (r["method"] != "base", -(r["score"] if r["score"] is not None else -1e9)))
+    return rows
+
+
+# which direction is better for each column (for highlighting)
+BEST = {"score": max, "delta": max, "pct_of_full_gain": max, "trainable": min, "peak_memory": min,
+        "train_time": min, "tokens_per_s": max, "artifact_bytes": min, "latency_unmerged": min,
+        "latency_merged": min}
+
+
+def best_values(rows: list[dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for col, pick in BEST.items():
+        vals = [r[col] for r in rows if r["method"] != "base" and r[col] is not None]
+        if vals:
+            out[col] = pick(vals)
+    return out

@@ -1,0 +1,112 @@
+"""Rendering: rich leaderboard tables from leaderboard rows. No computation beyond formatting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .leaderboard import best_values, rows_for_task
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "—"
+
+
+def human_count(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _pct(v: float | None, signed: bool = True) -> str:
+    return "—" if v is None else (f"{v * 100:+.1f}%" if signed else f"{v:.0f}%")
+
+
+def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> list[Any]:
+    from rich.table import Table
+
+    tables = []
+    tasks = session.get("tasks") or {r["task"]: {} for r in runs}
+    model = (session.get("model") or {}).get("source", "?")
+    device = (session.get("env") or {}).get("gpu") or (session.get("env") or {}).get("device", "?")
+    for task, info in tasks.items():
+        metric = info.get("metric", "acc")
+        rows = rows_for_task(runs, task, metric)
+        if not rows:
+            continue
+        best = best_values(rows)
+        limit = next((r["config"]["train"].get("limit") for r in runs if r["task"] == task and r.get("config")), 0)
+        title = f"{task} — {metric} on {model} ({device})" + (f", scored on first {limit} examples" if limit else "")
+        t = Table(title=title, title_justify="left", header_style="bold")
+        for col, just in (("method", "left"), (f"{metric} ± se", "right"), ("Δ base", "right"),
+                          ("% of full gain", "right"), ("trainable", "right"), ("peak mem", "right"),
+                          ("train s", "right"), ("tok/s", "right"), ("artifact", "right"),
+                          ("lat. unmerged", "right"), ("lat. merged", "right"), ("status", "left")):
+            t.add_column(col, justify=just, no_wrap=col != "status")
+
+        def mark(r: dict[str, Any], col: str, text: str, best: dict = best) -> str:
+            return f"[bold green]{text}[/]" if col in best and r[col] == best[col] and text != "—" else text
+
+        for r in rows:
+            score = "—" if r["score"] is None else f"{r['score']:.3f} ± {_num(r['stderr'], '.3f')}"
+            trainable = "—" if r["trainable"] is None or r["method"] == "base" else (
+                f"{human_count(r['trainable'])} ({r['trainable_pct']:.2f}%)")
+            status = r["status"] + (f" ({r['seeds']} seeds)" if r["seeds"] > 1 else "")
+            if r["reason"] and r["status"] != "ok":
+                status += f": {r['reason'][:60]}"
+            if r["merge_ok"] is False:
+                status += " [red]merge mismatch[/]"
+            if r["reload_ok"] is False:
+                status += " [red]reload mismatch[/]"
+            t.add_row(
+                r["method"] if r["method"] != "base" else "base (zero-shot)",
+                mark(r, "score", score),
+                mark(r, "delta", "—" if r["delta"] is None else f"{r['delta'] * 100:+.1f} pts"),
+                mark(r, "pct_of_full_gain", _pct(r["pct_of_full_gain"], signed=False)),
+                mark(r, "trainable", trainable),
+                mark(r, "peak_memory", human_bytes(r["peak_memory"])),
+                mark(r, "train_time", _num(r["train_time"], ".1f")),
+                mark(r, "tokens_per_s", _num(r["tokens_per_s"], ",.0f")),
+                mark(r, "artifact_bytes", human_bytes(r["artifact_bytes"])),
+                mark(r, "latency_unmerged", _pct(r["latency_unmerged"])),
+                mark(r, "latency_merged", _pct(r["latency_merged"])),
+                status)
+        t.caption = ("Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; latency: "
+                     "decode time per token vs the base model (+x% slower); best values in green.")
+        tables.append(t)
+    return tables
+
+
+def markdown_table(session: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """The same leaderboard as GitHub Markdown (for the README)."""
+    from rich.console import Console
+
+    out = []
+    for table in leaderboard_tables(session, runs):
+        headers = [c.header for c in table.columns]
+        cells = [list(c.cells) for c in table.columns]
+        out.append(f"**{table.title}**\n")
+        out.append("| " + " | ".join(headers) + " |")
+        out.append("|" + "|".join("---" for _ in headers) + "|")
+        console = Console(width=400)
+        for i in range(len(cells[0])):
+            row = []
+            for col in cells:
+                with console.capture() as cap:
+                    console.print(col[i], end="")
+                row.append(cap.get())
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+    return "\n".join(out)

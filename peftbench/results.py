@@ -1,0 +1,78 @@
+"""Result files: one JSON per cell, written atomically the moment the cell ends, plus session.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .records import SCHEMA_VERSION, STATUSES
+
+RUN_KEYS = ("schema_version", "status", "method", "task", "seed", "config", "params", "train", "eval",
+            "latency", "artifact", "merge", "env")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def validate_run(data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: not a peftbench run file (expected a JSON object).")
+    missing = [k for k in RUN_KEYS if k not in data]
+    if missing:
+        raise UsageError(f"{where}: not a valid peftbench run file; missing keys {', '.join(missing)}.")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise UsageError(f"{where}: schema_version {data['schema_version']!r}; this peftbench reads {SCHEMA_VERSION}.")
+    if data["status"] not in STATUSES:
+        raise UsageError(f"{where}: status {data['status']!r} is not one of {', '.join(STATUSES)}.")
+
+
+def write_run(output: Path, key: str, data: dict[str, Any]) -> Path:
+    validate_run(data, key)
+    path = output / "runs" / f"{key}.json"
+    write_json(path, data)
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_runs(output: Path) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for path in sorted((output / "runs").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is damaged.") from None
+        validate_run(data, str(path))
+        runs[path.stem] = data
+    return runs
+
+
+def load_session(output: Path) -> dict[str, Any]:
+    path = Path(output) / "session.json"
+    if not path.is_file():
+        raise UsageError(f"{output} holds no peftbench session (no session.json). Pass the --output folder of "
+                         "a `peftbench run`.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON ({e.msg}); the file is damaged.") from None

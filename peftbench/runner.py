@@ -1,0 +1,255 @@
+"""A session: every method x task x seed cell, each trained, scored, timed and written on its own.
+
+    availability? -> load base -> prepare -> train -> save artifact -> evaluate (lm-eval, unmerged)
+    -> latency: base / unmerged -> merge (if mergeable): parity, latency merged, unmerge, restore check
+    -> reload artifact onto a fresh base: parity -> run file (ok | error | skipped | oom)
+
+Everything the user can get wrong is checked in ``plan()`` before any training starts. A failure inside
+a cell is recorded in that cell and the session goes on; Ctrl-C marks the remaining cells cancelled and
+keeps what finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import shutil
+import tempfile
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import meta
+from .config import TrainConfig, build_dataclass, parse_sets, to_jsonable
+from .errors import UsageError
+from .plugins import PluginHost, make_plugin_manager
+from .progress import NullProgress
+from .records import SCHEMA_VERSION, RunContext, RunSpec
+from .registry import collect_methods
+from .results import load_runs, load_session, sha256, write_json, write_run
+from .tasks import Task, discover_tasks, lm_eval_task, materialize, select_tasks, training_pairs
+
+FAILED = ("error", "oom", "cancelled")
+
+
+@dataclass
+class SessionConfig:
+    methods: list[str]
+    tasks: list[str] = field(default_factory=lambda: ["quickstart"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    device: str = "auto"
+    output: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    resume: bool = False
+    tasks_dirs: list[Path] = field(default_factory=list)
+    cache_dir: Path | None = None
+    keep_artifacts: bool = False
+    base_row: bool = True
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA device. Use --device cpu or auto.")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r} is not valid; use auto, cpu or cuda.")
+    return device
+
+
+class Session:
+    def __init__(self, config: SessionConfig, host: PluginHost | None = None, progress=None) -> None:
+        self.config = config
+        self.host = host or make_plugin_manager()
+        self.hook = self.host.hook
+        self.progress = progress or NullProgress()
+        self.registry = collect_methods(self.host)
+        self.id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+    # ---- planning: every user mistake is caught here, before any training ---------------------------
+    def all_tasks(self) -> dict[str, Task]:
+        dirs: list[Path] = []
+        for impl in self.hook.register_tasks.get_hookimpls():
+            impl.function(register=dirs.append)
+        return discover_tasks([*dirs, *self.config.tasks_dirs])
+
+    def plan(self) -> None:
+        from .models import default_cache_dir, resolve_model
+
+        c = self.config
+        self.methods = [self.registry.canonical(m, "--methods") for m in c.methods]
+        if len(set(self.methods)) != len(self.methods):
+            raise UsageError(f"--methods names a method twice: {', '.join(c.methods)}.")
+        self.tasks = select_tasks(self.all_tasks(), c.tasks)
+        self.device = resolve_device(c.device)
+        self.cache_dir = Path(c.cache_dir) if c.cache_dir else default_cache_dir()
+        train_sets, method_sets = parse_sets(c.sets, [*self.registry.entries, *self.registry.aliases])
+        method_sets = {self.registry.canonical(k): v for k, v in method_sets.items()}
+        unused = set(method_sets) - set(self.methods)
+        if unused:
+            raise UsageError(f"--set gives options for {', '.join(sorted(unused))}, which --methods does not run.")
+        self.method_configs = {m: self.registry.get(m).make_config(method_sets.get(m, {})) for m in self.methods}
+        self.train_configs: dict[tuple[str, str], TrainConfig] = {}
+        for task in self.tasks:
+            for m in [*self.methods, "base"]:
+                values = {**task.train_overrides(self.device, m if m != "base" else None), **train_sets}
+                cfg = build_dataclass(TrainConfig, values, where=f"training options for {m} on task {task.name}")
+                if m != "base" and cfg.lr == 0:
+                    cfg.lr = self.registry.get(m).default_lr
+                self.train_configs[(m, task.name)] = cfg
+        self.output = Path(c.output) if c.output else Path("peftbench-results") / self.id
+        self._check_output()
+        self.model = resolve_model(c.model, cache_dir=self.cache_dir, progress=self.progress.message)
+        self.cells = [RunSpec(m, t.name, s) for t in self.tasks for s in c.seeds for m in self.methods]
+
+    def _check_output(self) -> None:
+        out = self.output
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--output {out} exists and is not a folder.")
+        existing = (out / "session.json").is_file() or any((out / "runs").glob("*.json"))
+        if existing and not self.config.resume:
+            raise UsageError(f"--output {out} already holds another session's results. Pass --resume to continue "
+                             "that session (finished cells are kept), or choose an empty --output folder.")
+        if existing and self.config.resume and (out / "session.json").is_file():
+            old = load_session(out)
+            if old.get("config", {}).get("model") not in (None, self.config.model):
+                raise UsageError(f"--resume: {out} was run with model {old['config']['model']!r}, not "
+                                 f"{self.config.model!r}; results of different base models cannot be mixed.")
+            self.id = old.get("session_id", self.id)
+
+    # ---- running ------------------------------------------------------------------------------------
+    def session_record(self, status: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+        runs = sorted((self.output / "runs").glob("*.json"))
+        return {"schema_version": SCHEMA_VERSION, "session_id": self.id, "status": status,
+                "command": meta.command_line(), "started": self.started, "updated": _now(),
+                "config": {**to_jsonable(self.config), "output": str(self.output), "device_resolved": self.device},
+                "plan": [c.key for c in self.cells], "model": to_jsonable(self.model.info),
+                "tasks": {t.name: t.describe() for t in self.tasks},
+                "train_configs": {f"{m}--{t}": to_jsonable(c) for (m, t), c in self.train_configs.items()},
+                "method_configs": to_jsonable(self.method_configs),
+                "env": self.env, "run_files": {p.name: sha256(p) for p in runs}}
+
+    def run(self) -> list[dict[str, Any]]:
+        import torch
+
+        if not hasattr(self, "cells"):
+            self.plan()
+        self.started = _now()
+        self.env = {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash()}
+        self.hook.configure.call_historic(kwargs={"config": self.config})
+        done = load_runs(self.output) if self.config.resume else {}
+        write_json(self.output / "session.json", self.session_record("running", []))
+        self.hook.session_start(session=self)
+        self.tokenizer = self.model.load_tokenizer()
+        self.include_path = materialize(self.tasks, self.cache_dir, self.output)
+        results: list[dict[str, Any]] = []
+        todo = ([RunSpec("base", t.name, 0) for t in self.tasks] if self.config.base_row else []) + self.cells
+        self.progress.start(len(todo))
+        status = "finished"
+        try:
+            for spec in todo:
+                if done.get(spec.key, {}).get("status") == "ok":
+                    results.append(done[spec.key])
+                    self.progress.cell_done(spec, done[spec.key], resumed=True)
+                    continue
+                result = self.run_cell(spec)
+                write_run(self.output, spec.key, result)
+                results.append(result)
+                self.progress.cell_done(spec, result)
+                gc.collect()
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            finished = {r["key"] for r in results}
+            for spec in todo:
+                if spec.key not in finished and done.get(spec.key, {}).get("status") != "ok":
+                    cancelled = self._blank(spec, "cancelled")
+                    write_run(self.output, spec.key, cancelled)
+                    results.append(cancelled)
+        finally:
+            self.progress.stop()
+            write_json(self.output / "session.json", self.session_record(status, results))
+        self.hook.session_finish(session=self, results=results)
+        return results
+
+    def _blank(self, spec: RunSpec, status: str) -> dict[str, Any]:
+        method = self.registry.get(spec.method) if spec.method != "base" else None
+        return {"schema_version": SCHEMA_VERSION, "key": spec.key, "status": status, "method": spec.method,
+                "task": spec.task, "seed": spec.seed, "model": self.model.info.source,
+                "config": {"method": to_jsonable(self.method_configs.get(spec.method)),
+                           "train": to_jsonable(self.train_configs[(spec.method, spec.task)])},
+                "capabilities": to_jsonable(method.capabilities) if method else None,
+                "params": None, "train": None, "eval": None, "latency": None, "artifact": None, "merge": None,
+                "reload": None, "timings": {}, "extras": {}, "error": None, "reason": None,
+                "env": {"device": self.device, "session_id": self.id}}
+
+    def run_cell(self, spec: RunSpec) -> dict[str, Any]:
+        from .cell import run_base_cell, run_method_cell
+
+        task = next(t for t in self.tasks if t.name == spec.task)
+        result = self._blank(spec, "ok")
+        method = self.registry.get(spec.method) if spec.method != "base" else None
+        run = RunContext(spec=spec, method=method, method_config=self.method_configs.get(spec.method), task=task,
+                         train_config=self.train_configs[(spec.method, spec.task)], device=self.device,
+                         include_path=self.include_path, hook=self.hook, progress=self.progress)
+        self.progress.cell_start(spec)
+        if method is not None:
+            avail = method.availability(self.device)
+            if not avail:
+                result.update(status="skipped", reason=avail.reason)
+                return result
+        self.hook.run_start(run=run)
+        try:
+            if method is None:
+                run_base_cell(self, run, result)
+            else:
+                run_method_cell(self, run, result, self._train_data(task, run.train_config))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # one failing cell never ends the session
+            result.update(status="oom" if _is_oom(e) else "error",
+                          error={"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()})
+        result["extras"] = to_jsonable(run.extras)
+        self.hook.run_finish(run=run, result=result)
+        return result
+
+    def _train_data(self, task: Task, cfg: TrainConfig):
+        from .training import tokenize_pairs
+
+        key = (task.name, cfg.max_length)
+        cache = self.__dict__.setdefault("_data_cache", {})
+        if key not in cache:
+            pairs = training_pairs(lm_eval_task(task, self.include_path))
+            cache[key] = tokenize_pairs(pairs, self.tokenizer, cfg.max_length)
+        return cache[key]
+
+    @contextlib.contextmanager
+    def artifact_dir(self, spec: RunSpec):
+        if self.config.keep_artifacts:
+            d = self.output / "artifacts" / spec.key
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            yield d
+        else:
+            d = Path(tempfile.mkdtemp(prefix=f"peftbench-{spec.key}-"))
+            try:
+                yield d
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,63 @@
+"""LoRA: low-rank updates W + (alpha/r) B A on the frozen base's linear layers, through ``peft``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+from peftbench import Capabilities, ConfigError, Method
+
+from .config import LoraConfig
+
+
+def _linear_names(model) -> list[str]:
+    import torch
+
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+class LoraMethod(Method):
+    name = "lora"
+    Config = LoraConfig
+    capabilities = Capabilities(mergeable=True, can_disable=True)
+    requires = ("peft",)
+    default_lr = 2e-4
+    description = "LoRA (peft): trainable low-rank updates on frozen linear layers; mergeable"
+
+    def prepare(self, model, config: LoraConfig):
+        import peft
+
+        try:
+            return peft.get_peft_model(model, config.to_peft())
+        except ValueError as e:
+            if "Target modules" in str(e) or "target_modules" in str(e):
+                raise ConfigError(f"lora option 'target_modules' {config.target_modules} matches no module of "
+                                  f"this model; its linear layers are named: {', '.join(_linear_names(model))}.") from None
+            raise
+
+    def merge(self, model):
+        model.merge_adapter()
+        return model
+
+    def unmerge(self, model):
+        model.unmerge_adapter()
+        return model
+
+    @contextlib.contextmanager
+    def disabled(self, model):
+        with model.disable_adapter():
+            yield model
+
+    def save(self, model, directory: Path, config: LoraConfig) -> list[Path]:
+        model.save_pretrained(str(directory))
+        return sorted(p for p in Path(directory).rglob("*") if p.is_file())
+
+    def load(self, directory: Path, base_model, config: LoraConfig):
+        import peft
+
+        return peft.PeftModel.from_pretrained(base_model, str(directory))
+
+    @staticmethod
+    def saved_config(directory: Path) -> dict:
+        return json.loads((Path(directory) / "adapter_config.json").read_text())

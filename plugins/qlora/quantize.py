@@ -1,0 +1,56 @@
+"""Swap a model's linear layers for bitsandbytes 4-bit ones, and back (dequantized)."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _parent(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (model.get_submodule(path) if path else model), leaf
+
+
+def quantize_linears(model: torch.nn.Module, quant_type: str, double_quant: bool, compute_dtype: torch.dtype,
+                     skip: tuple[torch.nn.Module, ...] = ()) -> int:
+    """Replace every ``nn.Linear`` except those in ``skip`` (the LM head) by a frozen ``Linear4bit``; the
+    weights are quantized as they move to the model's device. Returns the number replaced."""
+    import bitsandbytes as bnb
+
+    count = 0
+    for name, module in list(model.named_modules()):
+        if type(module) is not torch.nn.Linear or any(module is s for s in skip):
+            continue
+        device = module.weight.device
+        q = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                              compute_dtype=compute_dtype, compress_statistics=double_quant,
+                              quant_type=quant_type, device="meta")
+        q.weight = bnb.nn.Params4bit(module.weight.data.detach().to("cpu", torch.float32).contiguous(),
+                                     requires_grad=False, compress_statistics=double_quant, quant_type=quant_type)
+        if module.bias is not None:
+            q.bias = torch.nn.Parameter(module.bias.data.detach().clone(), requires_grad=False)
+        parent, leaf = _parent(model, name)
+        setattr(parent, leaf, q.to(device))
+        count += 1
+    return count
+
+
+def dequantize_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Replace every ``Linear4bit`` by an ``nn.Linear`` holding its dequantized weight. Returns the count."""
+    import bitsandbytes as bnb
+
+    count = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
+        lin = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                              device=w.device, dtype=dtype)
+        lin.weight = torch.nn.Parameter(w, requires_grad=False)
+        if module.bias is not None:
+            lin.bias = torch.nn.Parameter(module.bias.data.to(dtype), requires_grad=False)
+        parent, leaf = _parent(model, name)
+        setattr(parent, leaf, lin)
+        count += 1
+    return count
