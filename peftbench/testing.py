@@ -1,0 +1,251 @@
+"""pytest plugin for method authors: fixtures and the method contract suite.
+
+Use it on your own method in one line (after ``pip install peftbench``, the plugin is active)::
+
+    from peftbench.testing import MethodContract
+
+    class TestMyMethod(MethodContract):
+        method_name = "mymethod"          # as registered by your plugin
+        method_options = {"rank": 4}      # optional config overrides
+
+The contract: only trainable parameters change in a training step; a mergeable method's merged logits
+match its unmerged logits and ``unmerge`` restores them; ``disabled()`` computes the base model; save ->
+load onto a fresh base reproduces the trained logits; the config round-trips through JSON; the class
+passes peftbench's registration checks.
+
+Fixtures: ``peftbench_host`` (a fresh plugin manager), ``register_plugin`` (register a plugin object or
+module on it), ``tiny_model`` / ``tiny_tokenizer`` (``tiny:llama``), ``fake_evaluator`` (a plugin whose
+``evaluate_model`` returns a fixed score instantly, for end-to-end runner tests).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import pytest
+
+from .hookspecs import hookimpl
+
+TOL = 1e-5          # fp32 on CPU: same function up to rounding
+TOL_QUANT = 1e-3    # 4-bit base dequantized for merging
+
+
+def tiny_llama():
+    """A fresh ``tiny:llama`` model (same weights every call) and its tokenizer."""
+    from .models import load_model
+
+    model, tokenizer, _ = load_model("tiny:llama", device="cpu")
+    return model, tokenizer
+
+
+def logits(model, ids):
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=ids).logits.float()
+
+
+def probe_batch(tokenizer):
+    import torch
+
+    texts = ["Sentence: the cat sat\nTag: dax", "Hello world, this is peftbench."]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:16] for t in texts]
+    width = min(len(i) for i in ids)
+    return torch.tensor([i[:width] for i in ids])
+
+
+def train_steps(method, model, tokenizer, steps: int = 3, lr: float = 1e-2, seed: int = 0):
+    from .config import TrainConfig
+    from .training import tokenize_pairs, train
+
+    pairs = [(f"Sentence: item {i}\nTag:", f" {'dax wug fep lum'.split()[i % 4]}") for i in range(16)]
+    data = tokenize_pairs(pairs, tokenizer, 64)
+    cfg = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_ratio=0.0, max_grad_norm=0.0, latency_rounds=0)
+    params = [p for _, p in method.trainable_parameters(model)]
+    return train(model, params, data, cfg, seed, "cpu")
+
+
+class MethodContract:
+    """Subclass in your tests and set ``method_name``; every test below then runs on your method."""
+
+    method_name: ClassVar[str] = ""
+    method_options: ClassVar[dict[str, Any]] = {}
+
+    @pytest.fixture
+    def method(self, peftbench_host):
+        from .registry import collect_methods
+
+        if not self.method_name:
+            pytest.fail("set method_name on your MethodContract subclass")
+        reg = collect_methods(peftbench_host)
+        m = reg.get(self.method_name)
+        avail = m.availability("cpu")
+        if not avail:
+            pytest.skip(f"{self.method_name} unavailable on CPU: {avail.reason}")
+        return m
+
+    @pytest.fixture
+    def config(self, method):
+        return method.make_config(dict(self.method_options))
+
+    def _tol(self, method) -> float:
+        return TOL_QUANT if method.capabilities.quantized_base else TOL
+
+    def _trained(self, method, config):
+        import torch
+
+        torch.manual_seed(0)
+        base, tok = tiny_llama()
+        ids = probe_batch(tok)
+        base_logits = logits(base, ids)
+        model = method.prepare(base, config)
+        infer = method.inference_model(model)
+        untrained = logits(infer, ids)
+        train_steps(method, model, tok)
+        return model, tok, ids, base_logits, untrained
+
+    def test_class_passes_registration_checks(self, method):
+        from .method import validate_method_class
+
+        validate_method_class(type(method), "contract")
+
+    def test_config_round_trips_through_json(self, method, config):
+        from .config import to_jsonable
+
+        again = method.make_config(json.loads(json.dumps(to_jsonable(config))))
+        assert again == config
+
+    def test_only_trainable_parameters_change(self, method, config):
+        import torch
+
+        torch.manual_seed(0)
+        base, tok = tiny_llama()
+        model = method.prepare(base, config)
+        trainable = {n for n, _ in method.trainable_parameters(model)}
+        assert trainable, "the method left no trainable parameters"
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        result = train_steps(method, model, tok)
+        assert result.steps == 3
+        changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+        frozen_changed = changed - trainable
+        assert not frozen_changed, f"frozen parameters changed: {sorted(frozen_changed)[:5]}"
+        assert changed, "no trainable parameter changed after 3 steps at lr 1e-2"
+
+    def test_training_changes_the_model(self, method, config):
+        model, tok, ids, base_logits, untrained = self._trained(method, config)
+        trained = logits(method.inference_model(model), ids)
+        assert (trained - untrained).abs().max() > 1e-3
+
+    def test_disabled_computes_the_base_model(self, method, config):
+        if not method.capabilities.can_disable:
+            from .errors import NotSupported
+
+            model, *_ = self._trained(method, config)
+            with pytest.raises(NotSupported):
+                with method.disabled(model):
+                    pass
+            return
+        model, tok, ids, base_logits, untrained = self._trained(method, config)
+        infer = method.inference_model(model)
+        trained = logits(infer, ids)
+        with method.disabled(model):
+            off = logits(infer, ids)
+        reference = base_logits
+        if method.capabilities.quantized_base:  # the base a quantized method keeps is the quantized one
+            reference = off
+            assert (off - base_logits).abs().max() < 0.5 * base_logits.abs().max()
+        assert (off - reference).abs().max() <= TOL * max(1.0, float(reference.abs().max()))
+        assert (trained - off).abs().max() > 1e-3, "training did not move the model away from its base"
+        again = logits(infer, ids)
+        assert torch_equal(again, trained), "disabled() did not restore the adapter afterwards"
+
+    def test_merge_matches_unmerged_and_unmerge_restores(self, method, config):
+        if not method.capabilities.mergeable:
+            from .errors import NotSupported
+
+            model, *_ = self._trained(method, config)
+            with pytest.raises(NotSupported):
+                method.merge(model)
+            return
+        model, tok, ids, base_logits, untrained = self._trained(method, config)
+        trained = logits(method.inference_model(model), ids)
+        merged = method.merge(model)
+        m = logits(method.inference_model(merged), ids)
+        scale = max(1.0, float(trained.abs().max()))
+        assert (m - trained).abs().max() <= self._tol(method) * scale
+        restored = method.unmerge(merged)
+        r = logits(method.inference_model(restored), ids)
+        assert (r - trained).abs().max() <= self._tol(method) * scale
+
+    def test_save_load_round_trips_the_logits(self, method, config, tmp_path):
+        model, tok, ids, base_logits, untrained = self._trained(method, config)
+        trained = logits(method.inference_model(model), ids)
+        files = method.save(model, tmp_path, config)
+        assert files and all(f.exists() for f in files)
+        fresh, _ = tiny_llama()
+        loaded = method.load(tmp_path, fresh, config)
+        got = logits(method.inference_model(loaded), ids)
+        assert (got - trained).abs().max() <= TOL * max(1.0, float(trained.abs().max()))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def peftbench_host():
+    """A fresh plugin manager with the built-ins and installed plugins loaded."""
+    from .plugins import make_plugin_manager
+
+    return make_plugin_manager()
+
+
+@pytest.fixture
+def register_plugin(peftbench_host):
+    """``register_plugin(obj, name=None)`` adds a plugin (module or object) to ``peftbench_host``."""
+    added = []
+
+    def register(plugin, name=None):
+        name = peftbench_host.pm.register(plugin, name=name)
+        added.append(plugin)
+        return name
+
+    yield register
+    for p in added:
+        peftbench_host.pm.unregister(p)
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_llama()[0]
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return tiny_llama()[1]
+
+
+class FakeEvaluator:
+    """A plugin whose ``evaluate_model`` returns ``score`` at once (no lm-eval), for fast runner tests."""
+
+    def __init__(self, score: float = 0.5) -> None:
+        self.score = score
+        self.calls = 0
+
+    @hookimpl
+    def evaluate_model(self, run, model, tokenizer):
+        from .records import EvalResult
+
+        self.calls += 1
+        return EvalResult(task=run.task.name, metrics={run.task.metric: self.score}, stderr={run.task.metric: 0.01},
+                          n_samples=100, wall_time_s=0.0, lm_eval={"fake": True})
+
+
+@pytest.fixture
+def fake_evaluator():
+    return FakeEvaluator()

@@ -1,0 +1,143 @@
+import sys
+import types
+
+import pytest
+
+from peftbench import Capabilities, Method, hookimpl
+from peftbench.errors import PluginError, UsageError
+from peftbench.plugins import BUILTIN_PLUGINS, describe_plugins, hook_names, make_plugin_manager
+from peftbench.registry import collect_methods
+
+
+def _module(name, **attrs):
+    mod = types.ModuleType(name)
+    for k, v in attrs.items():
+        setattr(mod, k, v)
+    sys.modules[name] = mod
+    return mod
+
+
+def test_builtins_register_the_four_methods():
+    reg = collect_methods(make_plugin_manager(load_entrypoints=False))
+    assert {"lora", "qlora", "adapter", "full"} <= set(reg.names())
+    assert reg.canonical("fft") == "full" and reg.canonical("LoRA") == "lora"
+
+
+def test_unknown_method_suggests():
+    reg = collect_methods(make_plugin_manager(load_entrypoints=False))
+    with pytest.raises(UsageError) as e:
+        reg.canonical("lorra", "--methods")
+    assert "Did you mean 'lora'" in str(e.value) and "--methods" in str(e.value)
+
+
+def test_a_plugin_that_raises_on_import_is_reported_not_fatal():
+    host = make_plugin_manager(extra_plugins=["peftbench_test_no_such_module_xyz"], load_entrypoints=False)
+    assert [f.name for f in host.failures] == ["peftbench_test_no_such_module_xyz"]
+    assert "ModuleNotFoundError" in host.failures[0].error
+    assert "lora" in collect_methods(host).names()  # the rest still works
+    rows = {r["name"]: r for r in describe_plugins(host)}
+    assert rows["peftbench_test_no_such_module_xyz"]["status"] == "failed"
+
+
+def test_strict_mode_reraises():
+    with pytest.raises(PluginError, match="failed to load"):
+        make_plugin_manager(extra_plugins=["peftbench_test_no_such_module_xyz"], strict=True, load_entrypoints=False)
+
+
+def test_misspelled_hook_fails_loudly():
+    @hookimpl
+    def register_method(register):  # missing 's'
+        pass
+
+    _module("peftbench_test_misspelled", register_method=register_method)
+    with pytest.raises(PluginError, match="does not exist"):
+        make_plugin_manager(extra_plugins=["peftbench_test_misspelled"], load_entrypoints=False)
+
+
+def test_wrong_argument_name_fails_loudly():
+    @hookimpl
+    def register_methods(registrar):
+        pass
+
+    _module("peftbench_test_wrongarg", register_methods=register_methods)
+    host = make_plugin_manager(extra_plugins=["peftbench_test_wrongarg"], load_entrypoints=False)
+    (failure,) = host.failures
+    assert failure.name == "peftbench_test_wrongarg" and "registrar" in failure.error
+    with pytest.raises(PluginError, match="registrar"):
+        make_plugin_manager(extra_plugins=["peftbench_test_wrongarg"], load_entrypoints=False, strict=True)
+
+
+def test_name_collision_names_both_plugins():
+    @hookimpl
+    def register_methods(register):
+        register("lora", "x:Y")
+
+    _module("peftbench_test_collide", register_methods=register_methods)
+    host = make_plugin_manager(extra_plugins=["peftbench_test_collide"], load_entrypoints=False)
+    with pytest.raises(PluginError) as e:
+        collect_methods(host)
+    assert "peftbench_test_collide" in str(e.value) and "peftbench_plugins.lora" in str(e.value)
+    assert collect_methods(host, strict=False).errors  # non-strict: recorded, rest usable
+
+
+def test_disabled_plugin_is_not_loaded():
+    host = make_plugin_manager(disable=["peftbench_plugins.qlora"], load_entrypoints=False)
+    assert "qlora" not in collect_methods(host).names()
+    assert any(r["status"] == "disabled" for r in describe_plugins(host))
+
+
+def test_bad_method_classes_are_rejected():
+    from dataclasses import dataclass
+
+    from peftbench.method import validate_method_class
+
+    class NoConfig(Method):
+        name = "x"
+        Config = dict
+
+    with pytest.raises(PluginError, match="must be a dataclass"):
+        validate_method_class(NoConfig, "p")
+
+    @dataclass
+    class C:
+        a: int = 1  # no help text
+
+    class NoHelp(Method):
+        name = "x"
+        Config = C
+
+    with pytest.raises(PluginError, match="without help text"):
+        validate_method_class(NoHelp, "p")
+
+    from dataclasses import field
+
+    @dataclass
+    class D:
+        a: int = field(default=1, metadata={"help": "a"})
+
+    class Missing(Method):
+        name = "x"
+        Config = D
+
+    with pytest.raises(PluginError, match="prepare"):
+        validate_method_class(Missing, "p")
+
+    class FalseMerge(Method):
+        name = "x"
+        Config = D
+        capabilities = Capabilities(mergeable=True, can_disable=False)
+
+        def prepare(self, m, c): return m
+        def save(self, m, d, c): return []
+        def load(self, d, b, c): return b
+
+    with pytest.raises(PluginError, match="mergeable"):
+        validate_method_class(FalseMerge, "p")
+
+
+def test_hook_names_are_the_documented_set():
+    assert set(hook_names()) == {
+        "register_methods", "register_tasks", "register_commands", "configure", "session_start", "session_finish",
+        "prepare_model", "train_model", "evaluate_model", "merge_adapter", "unmerge_adapter", "save_artifact",
+        "load_artifact", "measure_latency", "run_start", "train_step_end", "run_finish"}
+    assert BUILTIN_PLUGINS[0] == "peftbench.defaults"

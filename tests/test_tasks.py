@@ -1,0 +1,75 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from peftbench import quickstart
+from peftbench.errors import UsageError
+from peftbench.tasks import (builtin_tasks_dir, discover_tasks, gold_request, lm_eval_task, load_task_file,
+                             materialize, training_pairs)
+
+
+@pytest.fixture(scope="module")
+def qs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("qs")
+    task = discover_tasks([builtin_tasks_dir()])["quickstart"]
+    include = materialize([task], tmp / "cache", tmp / "work")
+    return task, lm_eval_task(task, include)
+
+
+def test_quickstart_data_is_deterministic_balanced_and_disjoint(tmp_path):
+    a = quickstart.generate(tmp_path / "a")
+    b = quickstart.generate(tmp_path / "b")
+    assert a["train"].read_text() == b["train"].read_text() and a["test"].read_text() == b["test"].read_text()
+    train = [json.loads(x) for x in a["train"].read_text().splitlines()]
+    test = [json.loads(x) for x in a["test"].read_text().splitlines()]
+    assert len(train) == 2000 and len(test) == 4 * 8 * len(quickstart.TEMPLATES)
+    counts = [sum(r["label"] == i for r in test) for i in range(4)]
+    assert counts == [len(test) // 4] * 4  # balanced: a constant guess scores exactly 25 %
+
+    def item(text):
+        for t in quickstart.TEMPLATES:
+            pre, post = t.split("{x}")
+            if text.startswith(pre) and text.endswith(post):
+                return text[len(pre): len(text) - len(post)]
+    assert not {item(r["text"]) for r in train} & {item(r["text"]) for r in test}
+
+
+def test_training_text_is_exactly_what_lm_eval_scores(qs):
+    task, lm_task = qs
+    lm_task.build_all_requests(limit=12, rank=0, world_size=1)
+    by_doc = {}
+    for inst in lm_task.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
+    docs = list(lm_task.eval_docs)
+    for doc_id, insts in by_doc.items():
+        doc = docs[doc_id]
+        scored = insts[doc["label"]].arguments
+        assert gold_request(lm_task, doc) == tuple(scored)
+    pairs = training_pairs(lm_task)
+    first = json.loads((Path(lm_task.config.dataset_kwargs["data_files"]["train"])).read_text().splitlines()[0])
+    assert pairs[0] == (f"Sentence: {first['text']}\nTag:", f" {first['choices'][first['label']]}")
+    assert len(pairs) == 2000
+
+
+def test_task_yaml_missing_field_is_named(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "task.yaml").write_text("name: t\nversion: 1\ndata: {generate: quickstart}\n")
+    with pytest.raises(UsageError) as e:
+        load_task_file(tmp_path / "t" / "task.yaml")
+    assert "description" in str(e.value) and "lm_eval" in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_task_yaml_bad_generator_and_missing_lm_eval_file(tmp_path):
+    (tmp_path / "task.yaml").write_text("name: t\nversion: 1\ndescription: d\ndata: {generate: nope}\nlm_eval: x.yaml\n")
+    with pytest.raises(UsageError, match="not a known generator"):
+        load_task_file(tmp_path / "task.yaml")
+    (tmp_path / "task.yaml").write_text("name: t\nversion: 1\ndescription: d\ndata: {generate: quickstart}\nlm_eval: x.yaml\n")
+    with pytest.raises(UsageError, match="does not exist"):
+        load_task_file(tmp_path / "task.yaml")
+
+
+def test_task_overrides_layer_budget_then_method(qs):
+    task, _ = qs
+    assert task.train_overrides("cpu", "full")["lr"] == pytest.approx(5e-5)
+    assert task.train_overrides("cpu", None) == task.budget["cpu"]
