@@ -5,8 +5,15 @@ import pytest
 
 from peftbench import quickstart
 from peftbench.errors import UsageError
-from peftbench.tasks import (builtin_tasks_dir, discover_tasks, gold_request, lm_eval_task, load_task_file,
-                             materialize, training_pairs)
+from peftbench.tasks import (
+    builtin_tasks_dir,
+    discover_tasks,
+    gold_request,
+    lm_eval_task,
+    load_task_file,
+    materialize,
+    training_pairs,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+
+from peftbench.cli import main
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+TINY = ["--model", "tiny:llama", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["run", "--methods", "lorra", *TINY], ["Unknown method 'lorra'", "Did you mean 'lora'", "--methods"]),
+    (["run", "--methods", "lora", "--tasks", "quikstart", *TINY], ["Unknown task 'quikstart'", "Did you mean 'quickstart'"]),
+    (["run", "--methods", "lora", "--set", "stepz=3", *TINY], ["unknown training option 'stepz'", "Did you mean 'steps'"]),
+    (["run", "--methods", "lora", "--set", "steps=many", *TINY], ["'steps'", "expected an integer", "many"]),
+    (["run", "--methods", "lora", "--set", "lora.rank=4", *TINY], ["Unknown option 'rank'", "method 'lora'"]),
+    (["run", "--methods", "lora", "--set", "lora.r=0", *TINY], ["'r'", "positive integer"]),
+    (["run", "--methods", "lora", "--set", "adapter.r=4", *TINY], ["adapter", "--methods does not run"]),
+    (["run", "--methods", "lora", "--seeds", "0,one", *TINY], ["--seeds", "integers"]),
+    (["run", "--methods", "lora", "--model", "/nonexistent/model/dir", "--device", "cpu"], ["/nonexistent/model/dir"]),
+])
+def test_bad_input_exits_2_with_a_clear_message(argv, needles, capsys, tmp_path):
+    code, out, err = run_cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_a_gguf_that_is_not_one(capsys, tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not really")
+    code, _, err = run_cli(["run", "--methods", "lora", "--model", str(fake), "--device", "cpu",
+                            "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and str(fake) in err and "GGUF" in err
+
+
+def test_task_yaml_with_a_missing_field(capsys, tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "task.yaml").write_text("name: broken\nversion: 1\n")
+    code, _, err = run_cli(["run", "--methods", "lora", "--tasks", "broken", "--tasks-dir", str(tmp_path), *TINY,
+                            "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "missing required field" in err and "description" in err and "task.yaml" in err
+
+
+def test_output_holding_another_session_needs_resume(capsys, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "session.json").write_text(json.dumps({"session_id": "x", "config": {"model": "tiny:llama"}}))
+    code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--resume" in err and "another session" in err
+
+
+def test_methods_lists_the_builtins_as_json(capsys):
+    code, out, _ = run_cli(["methods", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and {"lora", "qlora", "adapter", "full"} <= set(rows)
+    assert rows["lora"]["capabilities"]["mergeable"] is True and rows["adapter"]["capabilities"]["mergeable"] is False
+    assert rows["full"]["aliases"] == ["full-ft", "fft"]
+    assert all(o["help"] for r in rows.values() for o in r["options"])
+
+
+def test_tasks_and_plugins_json(capsys):
+    code, out, _ = run_cli(["tasks", "--json"], capsys)
+    assert code == 0 and "quickstart" in [t["name"] for t in json.loads(out)]
+    code, out, _ = run_cli(["plugins", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and rows["peftbench_plugins.lora"]["methods"] == ["lora"]
+    assert "register_methods" in rows["peftbench_plugins.lora"]["hooks"]
+
+
+@pytest.mark.slow
+def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_path):
+    out = tmp_path / "session"
+    code, stdout, err = run_cli(["run", "--methods", "lora,qlora,adapter,full", *TINY, "--tasks", "quickstart",
+                                 "--output", str(out), "--set", "steps=4", "--set", "limit=40",
+                                 "--set", "latency_rounds=2", "--set", "latency_new_tokens=4"], capsys)
+    assert code == 0, err
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert set(runs) == {f"{m}--quickstart--seed0" for m in ("base", "lora", "qlora", "adapter", "full")}
+    for key, r in runs.items():
+        assert r["status"] == "ok", (key, r.get("error"))
+        lm = r["eval"]["lm_eval"]
+        assert lm["results"]["peftbench_quickstart"]["sample_len"] == 40  # real lm-eval scored 40 documents
+        assert 0.0 <= r["eval"]["metrics"]["acc"] <= 1.0 and r["eval"]["stderr"]["acc"] > 0
+        if key.startswith("base"):
+            continue
+        assert r["train"]["steps"] == 4 and r["train"]["tokens"] > 0 and r["train"]["peak_memory_bytes"] > 0
+        assert r["artifact"]["bytes"] > 0 and r["latency"]["modes"]["unmerged"]["decode_ms_per_token"] > 0
+        assert r["reload"]["ok"] is True
+    p = {k.split("--")[0]: runs[k]["params"] for k in runs}
+    assert p["full"]["trainable"] == p["full"]["total"]
+    assert 0 < p["adapter"]["trainable"] < p["lora"]["trainable"] < p["full"]["trainable"]
+    assert runs["lora--quickstart--seed0"]["merge"]["ok"] and runs["qlora--quickstart--seed0"]["merge"]["lossy"]
+    full_bytes = runs["full--quickstart--seed0"]["artifact"]["bytes"]
+    assert full_bytes >= 4 * p["full"]["total"] * 0.95  # the whole model in fp32
+    assert runs["lora--quickstart--seed0"]["artifact"]["bytes"] < 0.2 * full_bytes
+    session = json.loads((out / "session.json").read_text())
+    assert session["status"] == "finished" and set(session["run_files"]) == {f"{k}.json" for k in runs}
+    assert "quickstart" in stdout and "lora" in stdout  # the leaderboard was printed
+
+    # --resume skips finished cells; a second render reproduces the tables
+    code, _, err = run_cli(["run", "--methods", "lora,qlora,adapter,full", *TINY, "--output", str(out), "--resume",
+                            "--set", "steps=4", "--set", "limit=40"], capsys)
+    assert code == 0 and err.count("kept from the earlier run") == 5
+    code, md, _ = run_cli(["report", str(out), "--markdown"], capsys)
+    assert code == 0 and "| method |" in md and "base (zero-shot)" in md
