@@ -71,7 +71,13 @@ def generate(directory: Path) -> dict[str, Path]:
         rng.shuffle(items)
         test_items[cat] = sorted(items[:TEST_ITEMS_PER_CATEGORY])
         train_items[cat] = sorted(items[TEST_ITEMS_PER_CATEGORY:])
-    splits = {"train": _examples(train_items, rng, TRAIN_EXAMPLES), "test": _examples(test_items, None, None)}
+    test = _examples(test_items, None, None)
+    # interleave the classes so that any prefix (--limit N) stays balanced: label order 0,1,2,3,0,1,...
+    per_class = [[r for r in test if r["label"] == c] for c in range(len(CATEGORIES))]
+    for rows in per_class:
+        rng.shuffle(rows)
+    test = [rows[i] for i in range(len(per_class[0])) for rows in per_class]
+    splits = {"train": _examples(train_items, rng, TRAIN_EXAMPLES), "test": test}
     paths = {}
     for split, rows in splits.items():
         path = directory / f"{split}.jsonl"

@@ -216,7 +216,7 @@ class Session:
         except Exception as e:  # one failing cell never ends the session
             result.update(status="oom" if _is_oom(e) else "error",
                           error={"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()})
-        result["extras"] = to_jsonable(run.extras)
+        result["extras"] = run.extras  # the live dict: record() calls from run_finish land too
         self.hook.run_finish(run=run, result=result)
         return result
 

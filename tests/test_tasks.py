@@ -33,6 +33,8 @@ def test_quickstart_data_is_deterministic_balanced_and_disjoint(tmp_path):
     assert len(train) == 2000 and len(test) == 4 * 8 * len(quickstart.TEMPLATES)
     counts = [sum(r["label"] == i for r in test) for i in range(4)]
     assert counts == [len(test) // 4] * 4  # balanced: a constant guess scores exactly 25 %
+    for n in (4, 40, 100):  # and every --limit prefix of a multiple of 4 is balanced too
+        assert [sum(r["label"] == i for r in test[:n]) for i in range(4)] == [n // 4] * 4
 
     def item(text):
         for t in quickstart.TEMPLATES:

@@ -45,9 +45,9 @@ def test_collate_pads_right_and_labels_answer_only():
 
 def test_data_order_depends_on_seed_only_and_covers_each_epoch():
     data = TrainData([[i, i + 1] for i in range(10)], [1] * 10, 0)
-    first = [b["input_ids"][:, 0].tolist() for _, b in zip(range(5), batches(data, 2, seed=3), strict=False)]
-    again = [b["input_ids"][:, 0].tolist() for _, b in zip(range(5), batches(data, 2, seed=3), strict=False)]
-    other = [b["input_ids"][:, 0].tolist() for _, b in zip(range(5), batches(data, 2, seed=4), strict=False)]
+    first = [b["input_ids"][:, 0].tolist() for _, (_, b) in zip(range(5), batches(data, 2, seed=3), strict=False)]
+    again = [b["input_ids"][:, 0].tolist() for _, (_, b) in zip(range(5), batches(data, 2, seed=3), strict=False)]
+    other = [b["input_ids"][:, 0].tolist() for _, (_, b) in zip(range(5), batches(data, 2, seed=4), strict=False)]
     assert first == again and first != other
     assert sorted(sum(first, [])) == list(range(10))  # one epoch = every example once
 
