@@ -100,8 +100,9 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
     infer = method.inference_model(model)
     reference = probe_logits(infer, probes, device)
     tol = tolerance(run)
-    with session.artifact_dir(run.spec) as art, phase(result, "save", session):
-        files = [Path(f) for f in hook.save_artifact(run=run, prepared=model, directory=art)]
+    with session.artifact_dir(run.spec) as art:
+        with phase(result, "save", session):
+            files = [Path(f) for f in hook.save_artifact(run=run, prepared=model, directory=art)]
         result["artifact"] = {"bytes": sum(f.stat().st_size for f in files),
                               "files": {str(f.relative_to(art)): f.stat().st_size for f in files},
                               "kept_at": str(art) if session.config.keep_artifacts else None}

@@ -114,7 +114,7 @@ def _show(output: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"session": session, "runs": runs}, indent=2, default=str))
         return
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=220)  # files and pipes get the whole table
     for table in leaderboard_tables(session, runs):
         console.print(table)
 
@@ -206,7 +206,24 @@ def plugins(as_json):
     Console().print(t)
 
 
+def _quiet_libraries() -> None:
+    """Library deprecation chatter is not for peftbench's users; real errors still surface."""
+    import logging
+    import os
+    import warnings
+
+    for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("TQDM_DISABLE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(var, value)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+    for name in ("bitsandbytes", "bitsandbytes.backends.cpu.ops", "transformers.modeling_utils", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet_libraries()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     try:

@@ -19,6 +19,10 @@ KEEP = ("results", "group_subtasks", "configs", "versions", "n-shot", "higher_is
 
 
 def _quiet() -> None:
+    """lm-eval logs and draws tqdm bars of its own; peftbench shows its own progress instead."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
     for name in ("lm_eval", "lm-eval", "lm_eval.models.huggingface", "lm_eval.evaluator"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -30,8 +34,18 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Tr
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    class QuietHFLM(HFLM):  # lm-eval passes disable=False to its bars explicitly; peftbench shows its own
+        def loglikelihood(self, requests, disable_tqdm=False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm=False):
+            return super().generate_until(requests, disable_tqdm=True)
+
     model.eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval_batch_size, device=device)
+    lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval_batch_size, device=device)
     t0 = time.perf_counter()
     out = simple_evaluate(model=lm, tasks=[task.lm_eval_name], task_manager=task_manager(include_path),
                           num_fewshot=cfg.num_fewshot or None, limit=cfg.limit or None, log_samples=False,

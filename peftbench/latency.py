@@ -67,9 +67,12 @@ def measure(model: Any, modes: dict[str, Callable[[], contextlib.AbstractContext
     ids = _prompt(vocab, cfg.latency_prompt_tokens, device)
     timer = _Timer(device)
     samples: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in modes}
+    names = list(modes)
     for warm in (True, False):
-        for _ in range(1 if warm else cfg.latency_rounds):
-            for mode, enter in modes.items():
+        for r in range(1 if warm else cfg.latency_rounds):
+            order = names if r % 2 == 0 else names[::-1]  # ABBA: no mode always goes first
+            for mode in order:
+                enter = modes[mode]
                 with enter():
                     prefill, steps = _one_round(model, ids, cfg.latency_new_tokens if not warm else 2, timer)
                 if not warm:

@@ -68,4 +68,6 @@ class RichProgress(NullProgress):
         self.bar.advance(self.cells)
 
     def stop(self) -> None:
+        if self.current is not None:
+            self.bar.update(self.current, visible=False)
         self.bar.stop()

@@ -28,7 +28,9 @@ import pytest
 from .hookspecs import hookimpl
 
 TOL = 1e-5          # fp32 on CPU: same function up to rounding
-TOL_QUANT = 1e-3    # 4-bit base dequantized for merging
+TOL_QUANT = 5e-2    # 4-bit base: bitsandbytes' CPU inference kernel computes in bf16, so the 4-bit layer
+                    # and its dequantized fp32 weights agree to ~2e-3 (NF4) / ~3e-2 (FP4) on tiny:llama's
+                    # logits, not to fp32 rounding
 
 
 def tiny_llama():

@@ -98,7 +98,9 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
     p = {k.split("--")[0]: runs[k]["params"] for k in runs}
     assert p["full"]["trainable"] == p["full"]["total"]
     assert 0 < p["adapter"]["trainable"] < p["lora"]["trainable"] < p["full"]["trainable"]
-    assert runs["lora--quickstart--seed0"]["merge"]["ok"] and runs["qlora--quickstart--seed0"]["merge"]["lossy"]
+    for m in ("lora", "qlora"):  # merged logits match unmerged; unmerge restores them
+        assert runs[f"{m}--quickstart--seed0"]["merge"]["ok"] and runs[f"{m}--quickstart--seed0"]["merge"]["unmerge_ok"]
+    assert runs["qlora--quickstart--seed0"]["merge"]["lossy"]
     full_bytes = runs["full--quickstart--seed0"]["artifact"]["bytes"]
     assert full_bytes >= 4 * p["full"]["total"] * 0.95  # the whole model in fp32
     for m in ("lora", "adapter"):  # fp32 trainable weights plus small metadata (config, safetensors header)

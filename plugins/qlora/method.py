@@ -15,9 +15,9 @@ from pathlib import Path
 from peftbench_plugins.lora.config import LoraConfig
 from peftbench_plugins.lora.method import LoraMethod
 
-from peftbench import Capabilities, ConfigError, Method
+from peftbench import Capabilities, ConfigError, Method, NotSupported
 
-from .quantize import DTYPES, dequantize_linears, quantize_linears
+from .quantize import DTYPES, dequantize, quantize_linears
 
 
 @dataclass
@@ -34,6 +34,17 @@ class QLoraConfig(LoraConfig):
         if self.compute_dtype not in ("auto", *DTYPES):
             raise ConfigError(f"option 'compute_dtype' must be one of auto, {', '.join(DTYPES)}; "
                               f"got {self.compute_dtype!r}.")
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def _lora_layers(model):
+    """peft's LoRA layers (they hold ``base_layer`` and compute ``get_delta_weight``)."""
+    return [m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "get_delta_weight")]
 
 
 def _compute_dtype(config: QLoraConfig, model):
@@ -68,14 +79,30 @@ class QLoraMethod(Method):
         return self.lora.prepare(self.quantize(model, config), config)
 
     def merge(self, model):
-        import torch
+        """Dequantize each adapted layer's 4-bit base to its compute dtype and add the LoRA delta to it.
+        (peft's own 4-bit merge re-quantizes the sum, which changes the outputs.)"""
+        import bitsandbytes as bnb
 
-        dtype = next((m.compute_dtype for m in model.modules() if hasattr(m, "compute_dtype")), torch.float32)
-        dequantize_linears(model, dtype or torch.float32)
-        return self.lora.merge(model)
+        for layer in _lora_layers(model):
+            names = [n for n in layer.active_adapters if n in layer.lora_A and n not in layer.merged_adapters]
+            if any(layer.use_dora.get(n) for n in names):
+                raise NotSupported("qlora cannot merge DoRA adapters into a dequantized base yet")
+            if isinstance(layer.base_layer, bnb.nn.Linear4bit):
+                layer.base_layer = dequantize(layer.base_layer, layer.base_layer.compute_dtype or torch_float32())
+            weight = layer.base_layer.weight
+            for name in names:
+                weight.data += layer.get_delta_weight(name).to(weight.dtype)
+                layer.merged_adapters.append(name)
+        return model
 
     def unmerge(self, model):
-        return self.lora.unmerge(model)
+        """Subtract the LoRA deltas again; the base stays dequantized (re-quantizing would be lossy)."""
+        for layer in _lora_layers(model):
+            weight = layer.base_layer.weight
+            while layer.merged_adapters:
+                name = layer.merged_adapters.pop()
+                weight.data -= layer.get_delta_weight(name).to(weight.dtype)
+        return model
 
     @contextlib.contextmanager
     def disabled(self, model):

@@ -36,21 +36,24 @@ def quantize_linears(model: torch.nn.Module, quant_type: str, double_quant: bool
     return count
 
 
-def dequantize_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Replace every ``Linear4bit`` by an ``nn.Linear`` holding its dequantized weight. Returns the count."""
+def dequantize(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Linear:
+    """An ``nn.Linear`` (frozen) holding a ``Linear4bit``'s dequantized weight: it computes what the 4-bit
+    layer computes, in ``dtype``."""
     import bitsandbytes as bnb
 
-    count = 0
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, bnb.nn.Linear4bit):
-            continue
-        w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
-        lin = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                              device=w.device, dtype=dtype)
-        lin.weight = torch.nn.Parameter(w, requires_grad=False)
-        if module.bias is not None:
-            lin.bias = torch.nn.Parameter(module.bias.data.to(dtype), requires_grad=False)
-        parent, leaf = _parent(model, name)
-        setattr(parent, leaf, lin)
-        count += 1
-    return count
+    data, state = module.weight.data, module.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        # bitsandbytes repacks a 4-bit weight in place for its CPU kernel the first time the layer runs in
+        # eval mode; dequantize_4bit needs the standard layout back
+        import copy
+
+        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+        data, state = _convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))  # it mutates
+    w = bnb.functional.dequantize_4bit(data, state).to(dtype)
+    lin = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                          device=w.device, dtype=dtype)
+    lin.weight = torch.nn.Parameter(w, requires_grad=False)
+    if module.bias is not None:
+        lin.bias = torch.nn.Parameter(module.bias.data.to(dtype), requires_grad=False)
+    return lin
