@@ -24,3 +24,11 @@ class TestQLoraFp4(MethodContract):
 
 class TestFull(MethodContract):
     method_name = "full"
+
+
+class TestQLoraBf16Compute(MethodContract):
+    """The 4-bit layers compute in bf16 while the rest of the model is fp32 (the CUDA default): merging
+    must leave a model whose layers accept the fp32 activations."""
+
+    method_name = "qlora"
+    method_options = {"compute_dtype": "bf16"}

@@ -1,7 +1,7 @@
 """QLoRA = LoRA + a 4-bit quantized base. It composes the LoRA method; it does not subclass it.
 
 Merging: LoRA cannot be folded into 4-bit weights without re-quantizing (which changes the outputs), so
-``merge`` dequantizes the base to ``compute_dtype`` and merges into that. The merged model computes the
+``merge`` dequantizes the base to the model's activation dtype and merges into that. The merged model computes the
 same function as the unmerged one, but is no longer 4-bit: ``unmerge`` leaves the dequantized weights.
 The run file records this (capabilities.merge_lossy) and the measured logit difference.
 """
@@ -36,10 +36,13 @@ class QLoraConfig(LoraConfig):
                               f"got {self.compute_dtype!r}.")
 
 
-def torch_float32():
+def _activation_dtype(model):
+    """The dtype activations reach the linear layers in: that of the model's (unquantized) embeddings."""
     import torch
 
-    return torch.float32
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
 
 
 def _lora_layers(model):
@@ -79,16 +82,19 @@ class QLoraMethod(Method):
         return self.lora.prepare(self.quantize(model, config), config)
 
     def merge(self, model):
-        """Dequantize each adapted layer's 4-bit base to its compute dtype and add the LoRA delta to it.
-        (peft's own 4-bit merge re-quantizes the sum, which changes the outputs.)"""
+        """Dequantize each adapted layer's 4-bit base to the dtype of the model's activations (fp32 unless the
+        model itself was loaded in half precision: the 4-bit layer cast its input to ``compute_dtype`` and its
+        output back, a plain linear layer must take the activations as they come) and add the LoRA delta
+        to it. (peft's own 4-bit merge re-quantizes the sum, which changes the outputs.)"""
         import bitsandbytes as bnb
 
+        dtype = _activation_dtype(model)
         for layer in _lora_layers(model):
             names = [n for n in layer.active_adapters if n in layer.lora_A and n not in layer.merged_adapters]
             if any(layer.use_dora.get(n) for n in names):
                 raise NotSupported("qlora cannot merge DoRA adapters into a dequantized base yet")
             if isinstance(layer.base_layer, bnb.nn.Linear4bit):
-                layer.base_layer = dequantize(layer.base_layer, layer.base_layer.compute_dtype or torch_float32())
+                layer.base_layer = dequantize(layer.base_layer, dtype)
             weight = layer.base_layer.weight
             for name in names:
                 weight.data += layer.get_delta_weight(name).to(weight.dtype)
