@@ -4,6 +4,7 @@ failure late in a cell still leaves the earlier figures in its run file."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,40 @@ def run_base_cell(session: Session, run: RunContext, result: dict[str, Any]) -> 
     result["params"] = {"trainable": 0, "total": sum(_numel(p) for p in base.parameters()), "trainable_pct": 0.0}
     with phase(result, "evaluate", session):
         result["eval"] = to_jsonable(run.hook.evaluate_model(run=run, model=base, tokenizer=session.tokenizer))
+    score_retention(session, run, result, base)
+
+
+def _headline(ev: dict[str, Any], metric: str) -> tuple[str, float | None, float | None]:
+    metrics, stderr = ev.get("metrics") or {}, ev.get("stderr") or {}
+    if metric not in metrics and metrics:
+        metric = next(iter(metrics))
+    return metric, metrics.get(metric), stderr.get(metric)
+
+
+def score_retention(session: Session, run: RunContext, result: dict[str, Any], model: Any) -> None:
+    """Score ``model`` on the tasks it was not trained on (forgetting), with the base model's score on each
+    beside it. The base scores are computed once per session (by the base row) and reused."""
+    tasks = session.retention.get(run.task.name) or []
+    if not tasks:
+        return
+    out: dict[str, Any] = {}
+    result["retention"] = out
+    with phase(result, "retention", session):
+        for task in tasks:
+            if run.method is None and task.name in session.base_retention:  # scored by an earlier base row
+                out[task.name] = session.base_retention[task.name]
+                continue
+            ev = to_jsonable(run.hook.evaluate_model(run=dataclasses.replace(run, task=task), model=model,
+                                                     tokenizer=session.tokenizer))
+            metric, score, stderr = _headline(ev, task.metric)
+            entry = {"metric": metric, "score": score, "stderr": stderr, "n_samples": ev.get("n_samples"),
+                     "eval": ev}
+            if run.method is None:
+                session.base_retention[task.name] = entry
+            base = session.base_retention.get(task.name)
+            if base is not None and score is not None and base.get("score") is not None:
+                entry.update(base=base["score"], base_stderr=base.get("stderr"), delta=score - base["score"])
+            out[task.name] = entry
 
 
 def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], data: Any) -> None:
@@ -88,7 +123,10 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
         model = hook.prepare_model(run=run, base_model=base)
     trainable = method.trainable_parameters(model)
     result["params"] = count_params(model, trainable)
-    session.progress.training(run.train_config.steps)
+    from .training import planned_steps
+
+    steps = planned_steps(run.train_config, len(data))
+    session.progress.training(steps if steps < 10**9 else 0)
     with phase(result, "train", session):
         train = hook.train_model(run=run, prepared=model, train_data=data)
     result["train"] = to_jsonable(train)
@@ -108,6 +146,7 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
                               "kept_at": str(art) if session.config.keep_artifacts else None}
         with phase(result, "evaluate", session):
             result["eval"] = to_jsonable(hook.evaluate_model(run=run, model=infer, tokenizer=session.tokenizer))
+        score_retention(session, run, result, infer)
         with phase(result, "load_fresh_base", session):
             fresh, _ = session.model.load(device)
         latency: dict[str, Any] = {"modes": {}, "overhead": {}, "note": "decode ms/token, median of rounds; "

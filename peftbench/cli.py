@@ -79,17 +79,36 @@ def cli(plugins, disabled, strict_plugins):
 @click.option("--resume", is_flag=True, help="continue the session in --output, skipping cells already ok")
 @click.option("--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(path_type=Path),
               help="extra folder of task definitions (repeatable)")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="local data folder, laid out like the shared one (sst2/, boolq/, ...) [env: PEFTBENCH_DATA_DIR]; "
+                   "else tasks read their hub dataset")
+@click.option("--retention", metavar="TASKS",
+              help="after training, also score these tasks (comma-separated; 'none' for none) and report the change "
+                   "vs the base model [default: each task's own list]")
+@click.option("--limit", type=int, help="score at most N examples per task (quick runs; shown on the leaderboard)")
+@click.option("--num-fewshot", type=int, help="few-shot examples in the scoring prompt (default 0)")
 @click.option("--keep-artifacts", is_flag=True, help="keep each method's saved artifact under OUTPUT/artifacts")
 @click.option("--no-base", is_flag=True, help="skip scoring the untouched base model")
 @click.option("--json", "as_json", is_flag=True, help="print the session and runs as JSON instead of tables")
-def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, keep_artifacts, no_base, as_json):
+def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, data_dir, retention, limit,
+        num_fewshot, keep_artifacts, no_base, as_json):
     """Train, score and time every method on every task and seed."""
     from .progress import RichProgress
     from .runner import Session, SessionConfig
 
+    sets = list(sets)
+    for flag, key, value in (("--limit", "limit", limit), ("--num-fewshot", "num_fewshot", num_fewshot)):
+        if value is not None:
+            if value < 0:
+                raise UsageError(f"{flag} {value}: must be 0 or a positive number of examples.")
+            sets.append(f"{key}={value}")
+    keep = None
+    if retention is not None:
+        keep = [] if retention.strip().lower() in ("none", "") else _csv(retention, "--retention")
     config = SessionConfig(methods=_csv(methods, "--methods"), tasks=_csv(tasks, "--tasks"), seeds=_seeds(seeds),
-                           model=model, device=device, output=output, sets=list(sets), resume=resume,
-                           tasks_dirs=list(tasks_dirs), keep_artifacts=keep_artifacts, base_row=not no_base)
+                           model=model, device=device, output=output, sets=sets, resume=resume,
+                           tasks_dirs=list(tasks_dirs), keep_artifacts=keep_artifacts, base_row=not no_base,
+                           data_dir=data_dir, retention=keep)
     console = stderr_console()
     session = Session(config, host=host(), progress=RichProgress(console))
     session.plan()
@@ -162,24 +181,39 @@ def methods(as_json, device):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(path_type=Path))
-def tasks(as_json, tasks_dirs):
-    """List tasks."""
+@click.option("--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="extra folder of task definitions (repeatable)")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="local data folder [env: PEFTBENCH_DATA_DIR]")
+def tasks(as_json, tasks_dirs, data_dir):
+    """List tasks: what each trains and scores, where its data comes from, sizes, and whether it is here."""
+    from .data import availability, count_rows, data_root
     from .runner import Session, SessionConfig
 
     found = Session(SessionConfig(methods=[], tasks_dirs=list(tasks_dirs)), host=host()).all_tasks()
-    rows = [t.describe() for t in found.values()]
+    root = data_root(data_dir)
+    rows = []
+    for t in found.values():
+        row = t.describe()
+        if t.spec is None:
+            row.update(available=True, source=f"generated ({t.data['generate']})", sizes=None)
+        else:
+            ok, source = availability(t.spec, root)
+            row.update(available=ok, source=source, sizes=count_rows(t.spec, root))
+        rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="tasks", title_justify="left")
-    for col in ("name", "version", "metric", "lm-eval task", "data", "description"):
-        t.add_column(col)
+    t = Table(title="tasks" + (f" (data folder: {root})" if root else " (no --data-dir: hub sources)"),
+              title_justify="left")
+    for col in ("name", "use", "metric", "data source", "rows", "here", "description"):
+        t.add_column(col, overflow="fold")
     for r in rows:
-        t.add_row(r["name"], str(r["version"]), r["metric"], r["lm_eval_task"], json.dumps(r["data"]), r["description"])
+        sizes = ", ".join(f"{k} {v:,}" for k, v in (r["sizes"] or {}).items()) or "—"
+        t.add_row(r["name"], "score only" if r["eval_only"] else "train + score", r["metric"], r["source"], sizes,
+                  "[green]yes[/]" if r["available"] else "[red]no[/]", r["description"].split(". ")[0])
     Console().print(t)
 
 

@@ -24,6 +24,7 @@ class TrainConfig:
     """Options shared by every method: the same loop, data and budget for all."""
 
     steps: int = _help("optimizer steps to train (the budget); the task sets a default per device", default=0)
+    epochs: float = _help("passes over the training split (0: use steps or max_tokens)", default=0.0)
     max_tokens: int = _help("stop once this many training tokens were seen (0: no token budget)", default=0)
     batch_size: int = _help("examples per micro-batch", default=8)
     grad_accum: int = _help("micro-batches per optimizer step (gradient accumulation)", default=1)
@@ -47,13 +48,17 @@ class TrainConfig:
                      "latency_new_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train option {name!r} must be >= 1, got {getattr(self, name)!r}.")
-        for name in ("steps", "max_tokens", "limit", "num_fewshot", "latency_rounds", "lr", "weight_decay",
+        for name in ("steps", "epochs", "max_tokens", "limit", "num_fewshot", "latency_rounds", "lr", "weight_decay",
                      "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train option {name!r} must be >= 0, got {getattr(self, name)!r}.")
         for name in ("warmup_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"train option {name!r} must be between 0 and 1, got {getattr(self, name)!r}.")
+        budgets = [n for n in ("steps", "epochs", "max_tokens") if getattr(self, n)]
+        if len(budgets) > 1:
+            raise ConfigError(f"train options {' and '.join(budgets)} are both set; the budget is one of steps, epochs "
+                              "or max_tokens.")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train option 'dtype' must be one of auto, fp32, bf16; got {self.dtype!r}.")
 

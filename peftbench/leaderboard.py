@@ -50,6 +50,7 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
             "artifact_bytes": _mean([(r.get("artifact") or {}).get("bytes") for r in ok]),
             "latency_unmerged": _mean([x.get("unmerged") for x in lat]),
             "latency_merged": _mean([x.get("merged") for x in lat]),
+            "retention": _retention(ok),
             "merge_ok": all((r.get("merge") or {}).get("ok", True) for r in ok) if ok else None,
             "reload_ok": all((r.get("reload") or {}).get("ok", True) for r in ok) if ok else None,
         })
@@ -60,6 +61,22 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
                                    if row["delta"] is not None and gain_full not in (None, 0) else None)
     rows.sort(key=lambda r: (r["method"] != "base", -(r["score"] if r["score"] is not None else -1e9)))
     return rows
+
+
+def _retention(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per retention task: mean score and mean change vs the base model over the seeds (forgetting < 0)."""
+    names = list(dict.fromkeys(n for r in runs for n in (r.get("retention") or {})))
+    out = {}
+    for name in names:
+        entries = [(r.get("retention") or {}).get(name) or {} for r in runs]
+        out[name] = {"score": _mean([e.get("score") for e in entries]),
+                     "delta": _mean([e.get("delta") for e in entries]),
+                     "stderr": _mean([e.get("stderr") for e in entries])}
+    return out
+
+
+def retention_tasks(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(n for r in rows for n in r.get("retention") or {}))
 
 
 # which direction is better for each column (for highlighting)

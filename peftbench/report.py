@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .leaderboard import best_values, rows_for_task
+from .leaderboard import best_values, retention_tasks, rows_for_task
 
 
 def _num(v: float | None, fmt: str) -> str:
@@ -47,17 +47,33 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
         if not rows:
             continue
         best = best_values(rows)
+        kept = retention_tasks(rows)
+        for name in kept:  # retention: the change vs base on tasks not trained on (negative = forgetting)
+            vals = [r["retention"][name]["delta"] for r in rows
+                    if r["method"] != "base" and name in r["retention"] and r["retention"][name]["delta"] is not None]
+            if vals:
+                best[f"ret:{name}"] = max(vals)
         limit = next((r["config"]["train"].get("limit") for r in runs if r["task"] == task and r.get("config")), 0)
         title = f"{task} — {metric} on {model} ({device})" + (f", scored on first {limit} examples" if limit else "")
         t = Table(title=title, title_justify="left", header_style="bold")
         for col, just in (("method", "left"), (f"{metric} ± se", "right"), ("Δ base", "right"),
                           ("% of full gain", "right"), ("trainable", "right"), ("peak mem", "right"),
                           ("train s", "right"), ("tok/s", "right"), ("artifact", "right"),
-                          ("lat. unmerged", "right"), ("lat. merged", "right"), ("status", "left")):
+                          ("lat. unmerged", "right"), ("lat. merged", "right"),
+                          *((f"{name} Δ", "right") for name in kept), ("status", "left")):
             t.add_column(col, justify=just, no_wrap=col != "status")
 
         def mark(r: dict[str, Any], col: str, text: str, best: dict = best) -> str:
-            return f"[bold green]{text}[/]" if col in best and r[col] == best[col] and text != "—" else text
+            value = r["retention"].get(col[4:], {}).get("delta") if col.startswith("ret:") else r[col]
+            return f"[bold green]{text}[/]" if col in best and value == best[col] and text != "—" else text
+
+        def kept_cell(r: dict[str, Any], name: str) -> str:
+            e = r["retention"].get(name)
+            if not e or e["score"] is None:
+                return "—"
+            if r["method"] == "base":
+                return f"{e['score']:.3f}"
+            return mark(r, f"ret:{name}", "—" if e["delta"] is None else f"{e['delta'] * 100:+.1f} pts")
 
         for r in rows:
             score = "—" if r["score"] is None else f"{r['score']:.3f} ± {_num(r['stderr'], '.3f')}"
@@ -82,9 +98,13 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
                 mark(r, "artifact_bytes", human_bytes(r["artifact_bytes"])),
                 mark(r, "latency_unmerged", _pct(r["latency_unmerged"])),
                 mark(r, "latency_merged", _pct(r["latency_merged"])),
+                *(kept_cell(r, name) for name in kept),
                 status)
         t.caption = ("Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; latency: "
-                     "decode time per token vs the base model (+x% slower); best values in green.")
+                     "decode time per token vs the base model (+x% slower); "
+                     + (f"{', '.join(kept)} Δ: retention, the change on a task not trained on vs the base model's "
+                        "score (shown in the base row; negative = forgetting); " if kept else "")
+                     + "best values in green.")
         tables.append(t)
     return tables
 

@@ -30,9 +30,10 @@ from .progress import NullProgress
 from .records import SCHEMA_VERSION, RunContext, RunSpec
 from .registry import collect_methods
 from .results import load_runs, load_session, sha256, write_json, write_run
-from .tasks import Task, discover_tasks, lm_eval_task, materialize, select_tasks, training_pairs
+from .tasks import Task, discover_tasks, lm_eval_task, materialize, prepare_data, select_tasks, training_pairs
 
 FAILED = ("error", "oom", "cancelled")
+BUDGET_KEYS = {"steps", "epochs", "max_tokens"}
 
 
 @dataclass
@@ -49,6 +50,8 @@ class SessionConfig:
     cache_dir: Path | None = None
     keep_artifacts: bool = False
     base_row: bool = True
+    data_dir: Path | None = None         # local data folder (else $PEFTBENCH_DATA_DIR, else the hub)
+    retention: list[str] | None = None   # eval-only tasks scored after training (None: each task's default)
 
 
 def resolve_device(device: str) -> str:
@@ -86,9 +89,29 @@ class Session:
         self.methods = [self.registry.canonical(m, "--methods") for m in c.methods]
         if len(set(self.methods)) != len(self.methods):
             raise UsageError(f"--methods names a method twice: {', '.join(c.methods)}.")
-        self.tasks = select_tasks(self.all_tasks(), c.tasks)
+        from .data import data_root
+
+        every = self.all_tasks()
+        self.tasks = select_tasks(every, c.tasks)
+        for task in self.tasks:
+            if task.eval_only and self.methods:
+                raise UsageError(f"task {task.name!r} has no train split, so methods cannot be trained on it. Score "
+                                 f"it as a retention task instead: --retention {task.name}.")
+        self.retention: dict[str, list[Task]] = {}
+        for task in self.tasks:
+            names = c.retention if c.retention is not None else task.retention
+            chosen = select_tasks(every, names) if names else []
+            if any(r.name == task.name for r in chosen):
+                raise UsageError(f"--retention names {task.name!r}, the task being trained on; retention scores "
+                                 "tasks the model was not trained on.")
+            self.retention[task.name] = chosen
+        self.eval_tasks = list({t.name: t for t in [*self.tasks, *(r for rs in self.retention.values() for r in rs)]}
+                               .values())
         self.device = resolve_device(c.device)
         self.cache_dir = Path(c.cache_dir) if c.cache_dir else default_cache_dir()
+        root = data_root(c.data_dir)
+        self.prepared = {t.name: prepare_data(t, self.cache_dir, root, need_train=t in self.tasks and bool(self.methods))
+                         for t in self.eval_tasks}
         train_sets, method_sets = parse_sets(c.sets, [*self.registry.entries, *self.registry.aliases])
         method_sets = {self.registry.canonical(k): v for k, v in method_sets.items()}
         unused = set(method_sets) - set(self.methods)
@@ -98,7 +121,10 @@ class Session:
         self.train_configs: dict[tuple[str, str], TrainConfig] = {}
         for task in self.tasks:
             for m in [*self.methods, "base"]:
-                values = {**task.train_overrides(self.device, m if m != "base" else None), **train_sets}
+                task_values = task.train_overrides(self.device, m if m != "base" else None)
+                if BUDGET_KEYS & set(train_sets):  # the user's budget replaces the task's, not adds to it
+                    task_values = {k: v for k, v in task_values.items() if k not in BUDGET_KEYS}
+                values = {**task_values, **train_sets}
                 cfg = build_dataclass(TrainConfig, values, where=f"training options for {m} on task {task.name}")
                 if m != "base" and cfg.lr == 0:
                     cfg.lr = self.registry.get(m).default_lr
@@ -130,7 +156,9 @@ class Session:
                 "command": meta.command_line(), "started": self.started, "updated": _now(),
                 "config": {**to_jsonable(self.config), "output": str(self.output), "device_resolved": self.device},
                 "plan": [c.key for c in self.cells], "model": to_jsonable(self.model.info),
-                "tasks": {t.name: t.describe() for t in self.tasks},
+                "tasks": {t.name: {**t.describe(), "data_source": self.prepared[t.name].source,
+                                   "sizes": self.prepared[t.name].sizes} for t in self.eval_tasks},
+                "retention": {k: [t.name for t in v] for k, v in self.retention.items()},
                 "train_configs": {f"{m}--{t}": to_jsonable(c) for (m, t), c in self.train_configs.items()},
                 "method_configs": to_jsonable(self.method_configs),
                 "env": self.env, "run_files": {p.name: sha256(p) for p in runs}}
@@ -144,10 +172,15 @@ class Session:
         self.env = {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash()}
         self.hook.configure.call_historic(kwargs={"config": self.config})
         done = load_runs(self.output) if self.config.resume else {}
+        self.base_retention: dict[str, Any] = {}
+        for r in done.values():  # a resumed session reuses the base model's retention scores
+            if r.get("method") == "base" and r.get("status") == "ok":
+                for name, entry in (r.get("retention") or {}).items():
+                    self.base_retention.setdefault(name, entry)
         write_json(self.output / "session.json", self.session_record("running", []))
         self.hook.session_start(session=self)
         self.tokenizer = self.model.load_tokenizer()
-        self.include_path = materialize(self.tasks, self.cache_dir, self.output)
+        self.include_path = materialize(self.eval_tasks, self.prepared, self.output)
         results: list[dict[str, Any]] = []
         todo = ([RunSpec("base", t.name, 0) for t in self.tasks] if self.config.base_row else []) + self.cells
         self.progress.start(len(todo))
@@ -186,7 +219,9 @@ class Session:
                 "config": {"method": to_jsonable(self.method_configs.get(spec.method)),
                            "train": to_jsonable(self.train_configs[(spec.method, spec.task)])},
                 "capabilities": to_jsonable(method.capabilities) if method else None,
-                "params": None, "train": None, "eval": None, "latency": None, "artifact": None, "merge": None,
+                "data": self.prepared[spec.task].source, "limit": self.train_configs[(spec.method, spec.task)].limit,
+                "params": None, "train": None, "eval": None, "retention": None, "latency": None, "artifact": None,
+                "merge": None,
                 "reload": None, "timings": {}, "extras": {}, "error": None, "reason": None,
                 "env": {"device": self.device, "session_id": self.id}}
 

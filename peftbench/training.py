@@ -36,21 +36,28 @@ class TrainData:
 def tokenize_pairs(pairs: list[tuple[str, str]], tokenizer: Any, max_length: int) -> TrainData:
     """Tokenize (prompt, answer) pairs as lm-eval does for scoring: the whole string, with the prompt's
     tokens as its prefix; no special tokens. Over-long examples lose tokens from the left."""
-    ids, starts = [], []
+    prompts, wholes = [], []
     for prompt, answer in pairs:
         n_ws = len(prompt) - len(prompt.rstrip())  # lm-eval moves trailing spaces into the continuation
         if n_ws:
             prompt, answer = prompt[:-n_ws], prompt[-n_ws:] + answer
-        whole = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
-        ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        start = len(ctx)
-        if start >= len(whole):
-            raise ConfigError(f"a training example has an empty answer after tokenization: {prompt!r} -> {answer!r}")
-        if len(whole) > max_length:
-            cut = len(whole) - max_length
-            whole, start = whole[cut:], max(1, start - cut)
-        ids.append(whole)
-        starts.append(start)
+        prompts.append(prompt)
+        wholes.append(prompt + answer)
+    ids, starts = [], []
+    chunk = 4096  # batched calls: a fast tokenizer encodes a list far quicker than one string at a time
+    for lo in range(0, len(pairs), chunk):
+        whole_ids = tokenizer(wholes[lo:lo + chunk], add_special_tokens=False)["input_ids"]
+        ctx_ids = tokenizer(prompts[lo:lo + chunk], add_special_tokens=False)["input_ids"]
+        for k, (whole, ctx) in enumerate(zip(whole_ids, ctx_ids, strict=True)):
+            start = len(ctx)
+            if start >= len(whole):
+                raise ConfigError(f"a training example has an empty answer after tokenization: "
+                                  f"{pairs[lo + k][0]!r} -> {pairs[lo + k][1]!r}")
+            if len(whole) > max_length:
+                cut = len(whole) - max_length
+                whole, start = whole[cut:], max(1, start - cut)
+            ids.append(list(whole))
+            starts.append(start)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return TrainData(ids, starts, int(pad))
 
@@ -117,14 +124,25 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return F.cross_entropy(logits.float(), labels[keep])
 
 
+def planned_steps(cfg: TrainConfig, n_examples: int) -> int:
+    """Optimizer steps of the budget (a token budget has no fixed count: it stops when the tokens are seen)."""
+    if cfg.steps > 0:
+        return cfg.steps
+    if cfg.epochs > 0:
+        per_step = min(cfg.batch_size, n_examples) * cfg.grad_accum
+        return max(1, math.ceil(cfg.epochs * n_examples / per_step))
+    return 10**9
+
+
 def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainData, cfg: TrainConfig,
           seed: int, device: str, on_step=None) -> TrainResult:
     """Train ``params`` of ``model`` on ``data`` for the budget in ``cfg``; return the figures."""
-    if cfg.steps <= 0 and cfg.max_tokens <= 0:
-        raise ConfigError("no training budget: set steps (--set steps=N) or max_tokens (--set max_tokens=N).")
+    if cfg.steps <= 0 and cfg.max_tokens <= 0 and cfg.epochs <= 0:
+        raise ConfigError("no training budget: set steps (--set steps=N), epochs (--set epochs=X) or max_tokens "
+                          "(--set max_tokens=N).")
     if not params:
         raise ConfigError("the method left no trainable parameters.")
-    total = cfg.steps if cfg.steps > 0 else 10**9
+    total = planned_steps(cfg, len(data))
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device == "cuda")
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16)
     decay = [p for p in params if p.ndim >= 2]
@@ -138,7 +156,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     tokens = examples = 0
     epoch = 0
     diverged = False
-    lr_total = total if cfg.steps > 0 else max(1, cfg.max_tokens // (cfg.batch_size * cfg.grad_accum * 32))
+    lr_total = total if total < 10**9 else max(1, cfg.max_tokens // (cfg.batch_size * cfg.grad_accum * 32))
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
         step = 0

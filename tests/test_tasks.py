@@ -12,6 +12,7 @@ from peftbench.tasks import (
     lm_eval_task,
     load_task_file,
     materialize,
+    prepare_data,
     training_pairs,
 )
 
@@ -20,7 +21,7 @@ from peftbench.tasks import (
 def qs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("qs")
     task = discover_tasks([builtin_tasks_dir()])["quickstart"]
-    include = materialize([task], tmp / "cache", tmp / "work")
+    include = materialize([task], {task.name: prepare_data(task, tmp / "cache", None, True)}, tmp / "work")
     return task, lm_eval_task(task, include)
 
 

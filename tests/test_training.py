@@ -15,8 +15,11 @@ class CharTok:
     pad_token_id = 0
     eos_token_id = 1
 
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) % 97 + 3 for c in text]}
+    def __call__(self, text, add_special_tokens=False):  # a string or a list of them, as HF tokenizers take
+        def encode(t):
+            return [ord(c) % 97 + 3 for c in t]
+
+        return {"input_ids": [encode(t) for t in text] if isinstance(text, list) else encode(text)}
 
 
 def test_tokenize_marks_only_the_answer():
