@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run (or continue) one peftbench session on the GPU machine inside its per-command time limit, then pack
+# the session folder into $OUT. Cells that finish are written as they finish; when the time is up the
+# session is interrupted (SIGINT: unfinished cells are marked cancelled) and the next call with the same
+# NAME resumes it (--resume re-runs only what is not ok).
+#   usage: bash benchmarks/device/session.sh NAME SECONDS [peftbench run options...]
+# Expects on-device-env.sh to have been sourced (model, wheels) and the project importable.
+set -u
+name=$1; secs=$2; shift 2
+root=/tmp/pb/results
+out=$root/$name
+mkdir -p "$root"
+resume=()
+[ -f "$out/session.json" ] && resume=(--resume)
+start=$(date +%s)
+timeout -s INT -k 30 "$secs" python3 -m peftbench.cli run --output "$out" "${resume[@]}" "$@" > "$root/$name.log" 2>&1
+rc=$?
+echo "session $name: exit $rc after $(( $(date +%s) - start )) s"
+tail -n 60 "$root/$name.log"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/$name.tgz" --exclude "$name/lm_eval_tasks" -C "$root" "$name" "$name.log"
+fi
