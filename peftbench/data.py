@@ -54,6 +54,7 @@ class DataSpec:
     label_field: str = "label"
     label_values: dict[str, str] | None = None  # raw value -> label word (its order is the choice order)
     choices_field: str | None = None           # or: each row carries its own answer options
+    contains: dict[str, str] = field(default_factory=dict)  # field -> text every row's value must contain
     local_folder: str | None = None
     local_splits: dict[str, list[FileSpec]] = field(default_factory=dict)
     hub: dict[str, Any] | None = None
@@ -102,6 +103,12 @@ def parse_data_spec(raw: dict[str, Any], where: str) -> DataSpec:
             raise _bad(where, "data.label.values maps two raw labels to the same word.")
     spec = DataSpec(fields=list(fields_), label_field=str(label.get("field", "label")), label_values=values,
                     choices_field=str(choices_field) if choices_field else None)
+    contains = raw.get("contains") or {}
+    if not isinstance(contains, dict) or not all(k in spec.fields and isinstance(v, str) and v
+                                                 for k, v in contains.items()):
+        raise _bad(where, "data.contains must map fields of data.fields to a text every row's value must "
+                   "contain (e.g. {sentence: '_'}).")
+    spec.contains = {str(k): str(v) for k, v in contains.items()}
     local, hub = raw.get("local"), raw.get("hub")
     if local is None and hub is None:
         raise _bad(where, "data needs 'local' (files in the data folder) and/or 'hub' (a hub dataset).")
@@ -247,6 +254,9 @@ def normalize(row: dict[str, Any], spec: DataSpec, where: str, label_values: dic
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{where}: field {f!r} is missing or empty (the row has: {', '.join(map(str, row))}).")
         out[f] = " ".join(value.split())
+        if f in spec.contains and spec.contains[f] not in out[f]:
+            raise DataError(f"{where}: field {f!r} must contain {spec.contains[f]!r} (the prompt template needs "
+                            f"it): {out[f][:80]!r}")
     if spec.label_field not in row:
         raise DataError(f"{where}: no label field {spec.label_field!r} (the row has: {', '.join(map(str, row))}).")
     raw = row[spec.label_field]
@@ -343,7 +353,7 @@ def _check_splits(task_name: str, sizes: dict[str, int], need_train: bool, origi
 
 
 def _fingerprint(task_name: str, spec: DataSpec, sources: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([task_name, spec.describe(), spec.label_field, spec.choices_field,
+    h = hashlib.sha256(json.dumps([task_name, spec.describe(), spec.label_field, spec.choices_field, spec.contains,
                                    {s: [vars(f) for f in fs] for s, fs in spec.local_splits.items()}, sources],
                                   sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
@@ -393,7 +403,9 @@ def _prepare_local(task_name: str, spec: DataSpec, files: dict[str, list[Path]],
     if need_train and "train" not in files:
         _check_splits(task_name, {s: 1 for s in files}, need_train, f"local folder {spec.local_folder}")
     digests = {str(p): file_sha256(p) for ps in files.values() for p in ps}
-    fingerprint = _fingerprint(task_name, spec, sorted(digests.values()))
+    # split -> file digests in the task's file order: swapping two files' contents changes the fingerprint
+    fingerprint = _fingerprint(task_name, spec, [json.dumps({s: [digests[str(p)] for p in ps]
+                                                             for s, ps in files.items()}, sort_keys=True)])
     folder = cache_dir / "data" / task_name / fingerprint
     hit = _cached(folder, list(files))
     if hit is not None:
