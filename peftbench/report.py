@@ -56,10 +56,12 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
         limit = next((r["config"]["train"].get("limit") for r in runs if r["task"] == task and r.get("config")), 0)
         title = f"{task} — {metric} on {model} ({device})" + (f", scored on first {limit} examples" if limit else "")
         t = Table(title=title, title_justify="left", header_style="bold")
+        # latency columns only when the session measured latency (latency_rounds=0 skips it)
+        show_lat = any(r["latency_unmerged"] is not None or r["latency_merged"] is not None for r in rows)
+        lat_cols = (("lat. unmerged", "right"), ("lat. merged", "right")) if show_lat else ()
         for col, just in (("method", "left"), (f"{metric} ± se", "right"), ("Δ base", "right"),
                           ("% of full gain", "right"), ("trainable", "right"), ("peak mem", "right"),
-                          ("train s", "right"), ("tok/s", "right"), ("artifact", "right"),
-                          ("lat. unmerged", "right"), ("lat. merged", "right"),
+                          ("train s", "right"), ("tok/s", "right"), ("artifact", "right"), *lat_cols,
                           *((f"{name} Δ", "right") for name in kept), ("status", "left")):
             t.add_column(col, justify=just, no_wrap=col != "status")
 
@@ -96,12 +98,12 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
                 mark(r, "train_time", _num(r["train_time"], ".1f")),
                 mark(r, "tokens_per_s", _num(r["tokens_per_s"], ",.0f")),
                 mark(r, "artifact_bytes", human_bytes(r["artifact_bytes"])),
-                mark(r, "latency_unmerged", _pct(r["latency_unmerged"])),
-                mark(r, "latency_merged", _pct(r["latency_merged"])),
+                *((mark(r, "latency_unmerged", _pct(r["latency_unmerged"])),
+                   mark(r, "latency_merged", _pct(r["latency_merged"]))) if show_lat else ()),
                 *(kept_cell(r, name) for name in kept),
                 status)
-        t.caption = ("Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; latency: "
-                     "decode time per token vs the base model (+x% slower); "
+        t.caption = ("Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; "
+                     + ("latency: decode time per token vs the base model (+x% slower); " if show_lat else "")
                      + (f"{', '.join(kept)} Δ: retention, the change on a task not trained on vs the base model's "
                         "score (shown in the base row; negative = forgetting); " if kept else "")
                      + "best values in green.")
