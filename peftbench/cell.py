@@ -38,10 +38,12 @@ def probe_logits(model: Any, probes: list[list[int]], device: str) -> list[Any]:
 def compare(a: list[Any], b: list[Any]) -> dict[str, float]:
     """Largest |difference| of two logit sets, relative to the largest |logit|, and greedy agreement."""
     diff = max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+    mean = sum(float((x - y).abs().sum()) for x, y in zip(a, b, strict=True)) / sum(x.numel() for x in a)
     scale = max(float(x.abs().max()) for x in a) or 1.0
     agree = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b, strict=True))
     total = sum(x.shape[0] for x in a)
-    return {"max_abs_logit_diff": diff, "max_rel_logit_diff": diff / scale, "greedy_agreement": agree / total}
+    return {"max_abs_logit_diff": diff, "mean_abs_logit_diff": mean, "max_rel_logit_diff": diff / scale,
+            "greedy_agreement": agree / total}
 
 
 def tolerance(run: RunContext) -> float:
@@ -147,44 +149,103 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
         with phase(result, "evaluate", session):
             result["eval"] = to_jsonable(hook.evaluate_model(run=run, model=infer, tokenizer=session.tokenizer))
         score_retention(session, run, result, infer)
-        with phase(result, "load_fresh_base", session):
-            fresh, _ = session.model.load(device)
-        latency: dict[str, Any] = {"modes": {}, "overhead": {}, "note": "decode ms/token, median of rounds; "
-                                   "each ratio uses the base timed in the same interleaved phase"}
-        result["latency"] = latency
+        cfg = run.train_config
         merge: dict[str, Any] = {"supported": caps.mergeable, "lossy": caps.merge_lossy, "tolerance_rel": tol}
         result["merge"] = merge
-        if run.train_config.latency_rounds:
-            with phase(result, "latency", session):
-                timed = hook.measure_latency(run=run, model=infer, modes={
-                    "base": lambda: contextlib.nullcontext(fresh), "unmerged": lambda: contextlib.nullcontext(infer)})
-                _add_latency(latency, timed, "unmerged")
         if caps.mergeable:
             with phase(result, "merge", session):
                 merged = hook.merge_adapter(run=run, prepared=model)
                 merged_infer = method.inference_model(merged)
                 merge.update(compare(reference, probe_logits(merged_infer, probes, device)))
                 merge["ok"] = merge["max_rel_logit_diff"] <= tol
-                if run.train_config.latency_rounds:
-                    timed = hook.measure_latency(run=run, model=merged_infer, modes={
-                        "base": lambda: contextlib.nullcontext(fresh),
-                        "merged": lambda: contextlib.nullcontext(merged_infer)})
-                    _add_latency(latency, timed, "merged")
+                if cfg.merge_eval:
+                    merge["eval"] = _score_pair(session, run, merged_infer, result.get("eval"))
                 model = hook.unmerge_adapter(run=run, merged=merged)
                 restored = compare(reference, probe_logits(method.inference_model(model), probes, device))
                 merge["unmerge_max_rel_logit_diff"] = restored["max_rel_logit_diff"]
                 merge["unmerge_ok"] = restored["max_rel_logit_diff"] <= tol
-        model = infer = base = None  # free the trained model before reloading onto the fresh base
+            merged = merged_infer = None
+            if cfg.merge_precisions:
+                model = infer = base = None
+                with phase(result, "merge_precision", session):
+                    merge["precision"] = merge_precision_study(session, run, art, probes)
+        model = infer = base = None  # free the trained model before reloading onto a fresh base
         with phase(result, "reload", session):
+            fresh, _ = session.model.load(device)
             reloaded = hook.load_artifact(run=run, directory=art, base_model=fresh)
             check = compare(reference, probe_logits(method.inference_model(reloaded), probes, device))
             result["reload"] = {**check, "ok": check["max_rel_logit_diff"] <= tol, "tolerance_rel": tol}
+        if cfg.latency_rounds:
+            with phase(result, "latency", session):
+                result["latency"] = time_inference(lambda: session.model.load(device)[0], run, art, reloaded)
 
 
-def _add_latency(latency: dict[str, Any], timed: dict[str, Any], mode: str) -> None:
-    base, other = to_jsonable(timed["base"]), to_jsonable(timed[mode])
-    latency["modes"].setdefault("base", base)
-    latency["modes"][mode] = other
-    latency["modes"][f"base_for_{mode}"] = base
-    ratio = other["decode_ms_per_token"] / base["decode_ms_per_token"] if base["decode_ms_per_token"] else None
-    latency["overhead"][mode] = round(ratio - 1.0, 4) if ratio is not None else None
+def _score_pair(session: Session, run: RunContext, model: Any, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """lm-eval score of ``model`` beside a reference evaluation of the same task (e.g. merged vs unmerged)."""
+    ev = to_jsonable(run.hook.evaluate_model(run=run, model=model, tokenizer=session.tokenizer))
+    metric, score, stderr = _headline(ev, run.task.metric)
+    _, ref, _ = _headline(reference or {}, metric)
+    return {"metric": metric, "score": score, "stderr": stderr, "reference": ref,
+            "delta": None if score is None or ref is None else score - ref, "n_samples": ev.get("n_samples")}
+
+
+def merge_precision_study(session: Session, run: RunContext, art: Path, probes: list[list[int]]) -> dict[str, Any]:
+    """Merging for bf16 serving, two ways, against the unmerged model in bf16: merge in fp32 then cast to
+    bf16 (one rounding), or cast to bf16 then merge there (the delta is added in bf16). Logit fidelity on the
+    probe prompts and the lm-eval score of each."""
+    import torch
+
+    from .latency import cast_floating
+
+    hook, method, device = run.hook, run.method, run.device
+    bf16 = torch.bfloat16
+
+    def fresh_trained() -> Any:
+        return hook.load_artifact(run=run, directory=art, base_model=session.model.load(device)[0])
+
+    unmerged = cast_floating(fresh_trained(), bf16)
+    u_inf = method.inference_model(unmerged)
+    ref = probe_logits(u_inf, probes, device)
+    out: dict[str, Any] = {"dtype": "bf16", "unmerged": _score_pair(session, run, u_inf, None)}
+    unmerged = u_inf = None
+    ref_eval = {"metrics": {out["unmerged"]["metric"]: out["unmerged"]["score"]}}
+    variants = {"merge_fp32_then_cast": lambda: cast_floating(hook.merge_adapter(run=run, prepared=fresh_trained()), bf16),
+                "merge_in_bf16": lambda: hook.merge_adapter(run=run, prepared=cast_floating(fresh_trained(), bf16))}
+    for name, build in variants.items():
+        merged = method.inference_model(build())
+        out[name] = {**compare(ref, probe_logits(merged, probes, device)),
+                     "eval": _score_pair(session, run, merged, ref_eval)}
+        merged = None
+    return out
+
+
+def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> dict[str, Any]:
+    """The latency section of a run: ``base`` (a fresh base model), ``unmerged`` (``trained``: the artifact
+    loaded onto a fresh base, as a user would load it), ``merged`` (merged in fp32, then cast, for
+    mergeable methods) and ``stackN`` (stackable methods, ``latency_stack``), all in the latency dtype."""
+    from .latency import cast_floating, latency_dtype
+
+    cfg, method, hook = run.train_config, run.method, run.hook
+    dtype = latency_dtype(cfg.latency_dtype, run.device)
+    base = cast_floating(load_base(), dtype)
+    unmerged = method.inference_model(cast_floating(trained, dtype))
+    modes: dict[str, Any] = {"base": lambda: contextlib.nullcontext(base),
+                             "unmerged": lambda: contextlib.nullcontext(unmerged)}
+    if method.capabilities.mergeable:
+        merged = hook.merge_adapter(run=run, prepared=hook.load_artifact(run=run, directory=art, base_model=load_base()))
+        merged_infer = method.inference_model(cast_floating(merged, dtype))
+        modes["merged"] = lambda: contextlib.nullcontext(merged_infer)
+    if method.capabilities.can_stack:
+        for k in cfg.latency_stack:
+            modes[f"stack{k}"] = lambda k=k: _stacked(method, trained, unmerged, k)
+    latency = hook.measure_latency(run=run, model=unmerged, modes=modes)
+    latency["dtype"] = str(dtype).replace("torch.", "")
+    return latency
+
+
+@contextlib.contextmanager
+def _stacked(method: Any, trained: Any, infer: Any, k: int):
+    with method.stacked(trained, k):
+        yield infer
+
+

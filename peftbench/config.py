@@ -38,14 +38,26 @@ class TrainConfig:
     eval_batch_size: int = _help("batch size for lm-eval scoring", default=32)
     limit: int = _help("score at most this many evaluation examples (0: all)", default=0)
     num_fewshot: int = _help("few-shot examples in the scoring prompt", default=0)
-    latency_rounds: int = _help("timed rounds per latency mode (median reported; 0: skip latency)", default=5)
-    latency_prompt_tokens: int = _help("prompt length for the latency timer", default=32)
-    latency_new_tokens: int = _help("decoded tokens per latency round", default=16)
+    latency_rounds: int = _help("timed rounds per latency mode and shape (median reported; 0: skip latency)",
+                                default=5)
+    latency_batch_sizes: list[int] = _help("batch sizes of the latency grid", default_factory=lambda: [1])
+    latency_prompt_lengths: list[int] = _help("prompt lengths (tokens) of the latency grid",
+                                              default_factory=lambda: [128])
+    latency_new_tokens: int = _help("tokens generated per latency round (>= 2)", default=32)
+    latency_regimes: list[str] = _help("'eager' (generate, dynamic cache) and/or 'static' (static cache; a CUDA "
+                                       "graph on GPU)", default_factory=lambda: ["eager"])
+    latency_stack: list[int] = _help("also time 2, 4, ... of the method's modules active at once (stackable "
+                                     "methods; e.g. 2,4)", default_factory=list)
+    latency_dtype: str = _help("weights' dtype while timing: 'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp32'",
+                               default="auto")
+    merge_eval: bool = _help("score the merged model with lm-eval too (mergeable methods)", default=True)
+    merge_precisions: bool = _help("also compare merging in fp32 then casting to bf16 with merging in bf16 "
+                                   "(mergeable methods; logits and lm-eval score vs the unmerged bf16 model)",
+                                   default=True)
     log_every: int = _help("record the loss every N steps", default=1)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size", "latency_prompt_tokens",
-                     "latency_new_tokens", "log_every"):
+        for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train option {name!r} must be >= 1, got {getattr(self, name)!r}.")
         for name in ("steps", "epochs", "max_tokens", "limit", "num_fewshot", "latency_rounds", "lr", "weight_decay",
@@ -61,6 +73,21 @@ class TrainConfig:
                               "or max_tokens.")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train option 'dtype' must be one of auto, fp32, bf16; got {self.dtype!r}.")
+        if self.latency_dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train option 'latency_dtype' must be one of auto, fp32, bf16; got "
+                              f"{self.latency_dtype!r}.")
+        if any(k < 2 for k in self.latency_stack):
+            raise ConfigError(f"train option 'latency_stack' lists how many modules to stack (each >= 2); got "
+                              f"{self.latency_stack}.")
+        if self.latency_rounds:
+            self.latency_plan()  # validates the grid
+
+    def latency_plan(self) -> Any:
+        from .latency import LatencyPlan
+
+        return LatencyPlan(batch_sizes=list(self.latency_batch_sizes), prompt_lengths=list(self.latency_prompt_lengths),
+                           new_tokens=self.latency_new_tokens, rounds=self.latency_rounds,
+                           regimes=list(self.latency_regimes))
 
 
 def describe_fields(cls: type) -> list[dict[str, Any]]:

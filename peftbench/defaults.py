@@ -59,4 +59,7 @@ def load_artifact(run, directory, base_model):
 def measure_latency(run, model, modes):
     from .latency import measure
 
-    return measure(model, modes, run.train_config, run.device)
+    same = ("merged",) + (("unmerged",) if run.method is not None and run.method.capabilities.trains_all_parameters
+                          else ())
+    return measure(modes, run.train_config.latency_plan(), run.device, model.config.vocab_size,
+                   same_as_base=same, progress=run.progress.phase if run.progress is not None else None)

@@ -140,10 +140,11 @@ def load_artifact(run, directory, base_model):
 
 @hookspec(firstresult=True)
 def measure_latency(run, model, modes):
-    """Time decoding with ``model`` in each of ``modes``: a dict from mode name (``base``, ``unmerged``,
-    ``merged``) to a zero-argument context-manager factory that puts the model in that mode. Modes are
-    timed together so they can be interleaved round-robin. Return ``{mode: LatencyResult}``. Default:
-    peftbench's timer (warm-up, interleaved rounds, median)."""
+    """Time generation with ``model`` (the trained model, unmerged) in each of ``modes``: a dict from mode
+    name (``base``, ``unmerged``, ``merged``, ``stack2``, ...) to a zero-argument factory of a context
+    manager that yields the model to time in that mode. All modes are timed together so they can be
+    interleaved round-robin over the grid of ``run.train_config.latency_plan()``. Return the run file's
+    ``latency`` section (see ``peftbench.latency.measure``). Default: peftbench's harness."""
 
 
 # ---- run events -------------------------------------------------------------------------------------

@@ -1,34 +1,80 @@
-"""Decode latency: warm up, synchronise, time, report the median (first version).
+"""Inference latency: a grid of shapes x modes x regimes, timed the way a benchmark should be.
 
-Per round: one prefill of ``prompt_tokens`` tokens, then ``new_tokens`` greedy decode steps with the KV
-cache, each step timed on its own. Modes measured together are interleaved round-robin, so drift in
-clock speed or load hits every mode alike.
+For every regime (``eager``: ``model.generate`` with a dynamic KV cache, what most users run; ``static``: a
+static KV cache and, on CUDA, the decode step captured once as a CUDA graph and replayed, close to production
+serving where kernel-launch overhead vanishes) and every shape (batch size x prompt length, a fixed number
+of new tokens):
+
+1. every mode is warmed up (``warmup`` rounds, not recorded);
+2. ``rounds`` timed rounds follow; within a round the modes run one after another in an order that rotates
+   from round to round, so drift in clock speed or load hits every mode alike and no mode always goes first;
+3. a round times the **prefill** (the prompt's forward pass, up to the first new token) and the **decode**
+   (the remaining new tokens; reported per token) with CUDA events on the GPU and ``perf_counter`` on CPU;
+4. reported per mode: the median with p10/p90 over rounds, tokens/s (batch x 1000 / decode ms per token);
+   per mode other than ``base``: the overhead ratio vs base (ratio of medians - 1) and a bootstrap 95 % CI
+   of it, resampling rounds in pairs (a round's base and mode timings were taken side by side).
+
+The **sanity check**: modes that compute with the base architecture's weights and nothing more (``merged``,
+and full fine-tuning's ``unmerged``) must time like ``base``; when one does not (its overhead exceeds the
+tolerance and its CI excludes 0) the result is flagged in ``sanity``, never silently reported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from .config import TrainConfig
-from .records import LatencyResult
+REGIMES = ("eager", "static")
+ModeFactory = Callable[[], contextlib.AbstractContextManager]
 
 
-def _prompt(vocab: int, n: int, device: str) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(1234)
-    return torch.randint(10, max(11, vocab - 1), (1, n), generator=gen).to(device)
+@dataclass
+class LatencyPlan:
+    """What to time. ``run`` uses a small grid by default; ``peftbench latency`` the full one."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    prompt_lengths: list[int] = field(default_factory=lambda: [128, 1024])
+    new_tokens: int = 64
+    rounds: int = 5
+    warmup: int = 1
+    regimes: list[str] = field(default_factory=lambda: ["eager", "static"])
+    tolerance: float = 0.03          # the sanity check's bound on |overhead| of modes that should equal base
+    bootstrap: int = 2000
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigError
+
+        bad = [r for r in self.regimes if r not in REGIMES]
+        if bad:
+            raise ConfigError(f"latency regime(s) {bad} unknown; valid: {', '.join(REGIMES)}.")
+        if self.new_tokens < 2:
+            raise ConfigError(f"latency new_tokens must be >= 2 (prefill plus at least one decode step); "
+                              f"got {self.new_tokens}.")
+        for name in ("batch_sizes", "prompt_lengths"):
+            values = getattr(self, name)
+            if not values or any(int(v) < 1 for v in values):
+                raise ConfigError(f"latency {name} must be positive integers; got {values}.")
+        if self.rounds < 1:
+            raise ConfigError(f"latency rounds must be >= 1; got {self.rounds}.")
 
 
-class _Timer:
+# ---- one round ------------------------------------------------------------------------------------------
+class Clock:
+    """CUDA events on the GPU (recorded in stream order, read after one synchronize), else perf_counter."""
+
     def __init__(self, device: str) -> None:
-        self.cuda = device == "cuda"
+        self.cuda = str(device).startswith("cuda")
+        self.kind = "cuda_events" if self.cuda else "perf_counter"
 
-    def now(self) -> Any:
+    def mark(self) -> Any:
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
@@ -38,54 +84,244 @@ class _Timer:
     def ms(self, start: Any, end: Any) -> float:
         if self.cuda:
             end.synchronize()
-            return start.elapsed_time(end)
+            return float(start.elapsed_time(end))
         return (end - start) * 1000.0
 
 
-@torch.inference_mode()
-def _one_round(model: Any, ids: torch.Tensor, new_tokens: int, timer: _Timer) -> tuple[float, list[float]]:
-    t0 = timer.now()
-    out = model(input_ids=ids, use_cache=True)
-    t1 = timer.now()
-    prefill = timer.ms(t0, t1)
-    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    steps = []
-    for _ in range(new_tokens):
-        a = timer.now()
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        b = timer.now()
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        steps.append(timer.ms(a, b))
-    return prefill, steps
+class _StepMarks:
+    """A logits processor that only marks the clock: ``generate`` calls it once per new token, right after
+    the forward pass that produced the token's logits."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.marks = clock, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.marks.append(self.clock.mark())
+        return scores
 
 
-def measure(model: Any, modes: dict[str, Callable[[], contextlib.AbstractContextManager]], cfg: TrainConfig,
-            device: str) -> dict[str, LatencyResult]:
-    """Time each mode; ``modes`` maps a name to a context manager factory that puts ``model`` in it."""
-    model.eval()
-    vocab = model.get_input_embeddings().weight.shape[0]
-    ids = _prompt(vocab, cfg.latency_prompt_tokens, device)
-    timer = _Timer(device)
-    samples: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in modes}
+def _eager_round(model: Any, ids: torch.Tensor, new_tokens: int, clock: Clock) -> tuple[float, float]:
+    from transformers import LogitsProcessorList
+
+    marks = _StepMarks(clock)
+    start = clock.mark()
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0,
+                   logits_processor=LogitsProcessorList([marks]))
+    if len(marks.marks) != new_tokens:
+        raise RuntimeError(f"generate produced {len(marks.marks)} tokens, expected {new_tokens}")
+    prefill = clock.ms(start, marks.marks[0])
+    decode = clock.ms(marks.marks[0], marks.marks[-1]) / (new_tokens - 1)
+    return prefill, decode
+
+
+def _static_round(model: Any, ids: torch.Tensor, new_tokens: int, clock: Clock,
+                  collect: list[torch.Tensor] | None = None) -> tuple[float, float]:
+    """Prefill into a static cache, then decode greedily with fixed-address inputs: the step reads the
+    current token, position and mask from buffers and writes the next ones in place, so on CUDA it is
+    captured once as a graph and replayed."""
+    from transformers import StaticCache
+
+    batch, prompt = ids.shape
+    total = prompt + new_tokens
+    cache = StaticCache(config=model.config, max_cache_len=total)
+    mask = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=ids.device)  # 4-D: used as is (sdpa)
+    mask[..., :prompt] = True
+    pos = torch.arange(prompt, device=ids.device)
+    prefill_mask = torch.ones(prompt, total, dtype=torch.bool, device=ids.device).tril()
+    prefill_mask[:, prompt:] = False
+    with torch.inference_mode():
+        start = clock.mark()
+        out = model(input_ids=ids, cache_position=pos, past_key_values=cache, use_cache=True,
+                    attention_mask=prefill_mask[None, None].expand(batch, 1, prompt, total))
+        token = out.logits[:, -1:].argmax(-1)
+        first = clock.mark()
+        position = torch.tensor([prompt], device=ids.device)
+
+        def step() -> None:
+            mask.index_fill_(3, position, True)
+            logits = model(input_ids=token, cache_position=position, past_key_values=cache, use_cache=True,
+                           attention_mask=mask).logits
+            token.copy_(logits[:, -1:].argmax(-1))
+            position.add_(1)
+
+        steps = new_tokens - 1
+        if clock.cuda:
+            graph = _capture(step, position, mask, cache_len=prompt)
+            a = clock.mark()
+            for _ in range(steps):
+                graph.replay()
+            b = clock.mark()
+            del graph
+        else:
+            if collect is not None:
+                collect.append(token.clone())
+            a = clock.mark()
+            for _ in range(steps):
+                step()
+                if collect is not None:  # tests: the tokens the static loop decodes (CPU only)
+                    collect.append(token.clone())
+            b = clock.mark()
+    return clock.ms(start, first), clock.ms(a, b) / steps
+
+
+def _capture(step: Callable[[], None], position: torch.Tensor, mask: torch.Tensor, cache_len: int) -> Any:
+    """Warm the step up on a side stream (as CUDA graphs require), capture it, then rewind the position and
+    mask the warm-up advanced. The warm-up wrote a (discarded) entry at the first decode position of the
+    cache; the timed replays overwrite it."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    position.fill_(cache_len)
+    mask[..., cache_len:] = False
+    return graph
+
+
+ROUNDS = {"eager": _eager_round, "static": _static_round}
+
+
+# ---- statistics --------------------------------------------------------------------------------------------
+def summarize(values: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) >= 2 else [values[0]] * 9
+    return {"median": round(statistics.median(values), 4), "p10": round(q[0], 4), "p90": round(q[-1], 4)}
+
+
+def overhead(mode: list[float], base: list[float], n_boot: int, seed: int) -> dict[str, Any]:
+    """Ratio of medians - 1, and a bootstrap 95 % CI that resamples rounds in pairs."""
+    point = statistics.median(mode) / statistics.median(base) - 1.0
+    rng = random.Random(seed)
+    n = len(mode)
+    boots = []
+    for _ in range(n_boot if n > 1 else 0):
+        idx = [rng.randrange(n) for _ in range(n)]
+        boots.append(statistics.median([mode[i] for i in idx]) / statistics.median([base[i] for i in idx]) - 1.0)
+    if boots:
+        boots.sort()
+        lo, hi = boots[int(0.025 * (len(boots) - 1))], boots[int(0.975 * (len(boots) - 1))]
+    else:
+        lo = hi = point
+    return {"ratio": round(point, 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+# ---- the grid ---------------------------------------------------------------------------------------------
+def _prompt(vocab: int, batch: int, length: int, device: str, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(10, max(11, vocab - 1), (batch, length), generator=gen).to(device)
+
+
+def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab: int,
+            same_as_base: tuple[str, ...] = ("merged",), progress: Callable[[str], None] | None = None
+            ) -> dict[str, Any]:
+    """Time every mode over the plan's grid. ``modes`` maps a name to a zero-argument factory of a context
+    manager that yields the model to time (``base`` must be one of them); ``same_as_base`` names the modes
+    the sanity check holds to base's timing. Returns the ``latency`` section of a run file."""
+    if "base" not in modes:
+        raise ValueError("latency modes must include 'base'")
+    clock = Clock(device)
     names = list(modes)
-    for warm in (True, False):
-        for r in range(1 if warm else cfg.latency_rounds):
-            order = names if r % 2 == 0 else names[::-1]  # ABBA: no mode always goes first
-            for mode in order:
-                enter = modes[mode]
-                with enter():
-                    prefill, steps = _one_round(model, ids, cfg.latency_new_tokens if not warm else 2, timer)
-                if not warm:
-                    samples[mode][0].append(prefill)
-                    samples[mode][1].append(statistics.median(steps))
-    out = {}
-    for mode, (prefills, decodes) in samples.items():
-        q = statistics.quantiles(decodes, n=10) if len(decodes) >= 2 else [decodes[0]] * 9
-        dec = statistics.median(decodes)
-        out[mode] = LatencyResult(mode=mode, prompt_tokens=cfg.latency_prompt_tokens,
-                                  new_tokens=cfg.latency_new_tokens, batch_size=1, rounds=cfg.latency_rounds,
-                                  prefill_ms=round(statistics.median(prefills), 4), decode_ms_per_token=round(dec, 4),
-                                  decode_ms_per_token_p10=round(q[0], 4), decode_ms_per_token_p90=round(q[-1], 4),
-                                  tokens_per_s=round(1000.0 / dec, 2) if dec > 0 else 0.0,
-                                  timer="cuda_events" if timer.cuda else "perf_counter")
+    out: dict[str, Any] = {"plan": asdict(plan), "timer": clock.kind, "modes": names, "regimes": {},
+                           "sanity": [], "errors": []}
+    for regime in plan.regimes:
+        cells = []
+        for batch in plan.batch_sizes:
+            for length in plan.prompt_lengths:
+                if progress:
+                    progress(f"latency {regime} bs{batch} x {length}")
+                cells.append(_measure_shape(modes, names, regime, batch, length, plan, device, vocab, clock,
+                                            same_as_base, out))
+        out["regimes"][regime] = cells
+    out["sanity_ok"] = all(s["ok"] for s in out["sanity"])
+    out["summary"] = headline(out)
     return out
+
+
+def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str, batch: int, length: int,
+                   plan: LatencyPlan, device: str, vocab: int, clock: Clock, same_as_base: tuple[str, ...],
+                   out: dict[str, Any]) -> dict[str, Any]:
+    ids = _prompt(vocab, batch, length, device, plan.seed)
+    one_round = ROUNDS[regime]
+    samples: dict[str, dict[str, list[float]]] = {m: {"prefill": [], "decode": []} for m in names}
+    failed: dict[str, str] = {}
+    for r in range(plan.warmup + plan.rounds):
+        k = r % len(names)
+        for mode in names[k:] + names[:k]:  # rotate: each mode leads in turn
+            if mode in failed:
+                continue
+            try:
+                with modes[mode]() as model:
+                    prefill, decode = one_round(model, ids, plan.new_tokens, clock)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # a regime the stack does not support for this mode: record, go on
+                failed[mode] = f"{type(e).__name__}: {str(e)[:300]}"
+                out["errors"].append({"regime": regime, "batch_size": batch, "prompt_tokens": length,
+                                      "mode": mode, "error": failed[mode]})
+                continue
+            if r >= plan.warmup:
+                samples[mode]["prefill"].append(prefill)
+                samples[mode]["decode"].append(decode)
+    cell: dict[str, Any] = {"batch_size": batch, "prompt_tokens": length, "new_tokens": plan.new_tokens,
+                            "modes": {}, "overhead": {}, "prefill_overhead": {}}
+    for mode in names:
+        s = samples[mode]
+        if mode in failed:
+            cell["modes"][mode] = {"error": failed[mode]}
+            continue
+        dec = summarize(s["decode"])
+        cell["modes"][mode] = {"prefill_ms": summarize(s["prefill"]), "decode_ms_per_token": dec,
+                               "tokens_per_s": round(batch * 1000.0 / dec["median"], 2) if dec["median"] else None,
+                               "samples": {k: [round(v, 4) for v in vs] for k, vs in s.items()}}
+    base = samples["base"]
+    if "base" in failed:
+        return cell
+    for mode in names:
+        if mode == "base" or mode in failed:
+            continue
+        cell["overhead"][mode] = overhead(samples[mode]["decode"], base["decode"], plan.bootstrap, plan.seed)
+        cell["prefill_overhead"][mode] = overhead(samples[mode]["prefill"], base["prefill"], plan.bootstrap,
+                                                  plan.seed)
+        if mode in same_as_base:
+            o = cell["overhead"][mode]
+            lo, hi = o["ci95"]
+            suspect = abs(o["ratio"]) > plan.tolerance and not lo <= 0.0 <= hi
+            out["sanity"].append({"regime": regime, "batch_size": batch, "prompt_tokens": length, "mode": mode,
+                                  "overhead": o["ratio"], "ci95": o["ci95"], "tolerance": plan.tolerance,
+                                  "ok": not suspect})
+    return cell
+
+
+def headline(latency: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard's figures: decode overhead per mode at the first shape of the first regime (by
+    default batch 1, the shortest prompt, eager ``generate``)."""
+    for regime, cells in (latency.get("regimes") or {}).items():
+        if cells:
+            c = cells[0]
+            return {"regime": regime, "batch_size": c["batch_size"], "prompt_tokens": c["prompt_tokens"],
+                    "overhead": {m: o["ratio"] for m, o in c["overhead"].items()}}
+    return {}
+
+
+# ---- model helpers -------------------------------------------------------------------------------------------
+def cast_floating(model: Any, dtype: torch.dtype) -> Any:
+    """Cast a model's floating-point parameters and buffers to ``dtype``, leaving quantized weights (e.g.
+    bitsandbytes 4-bit, whose storage is packed integers) alone."""
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.is_floating_point() and type(p).__name__ not in ("Params4bit", "Int8Params") and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        for name, b in list(module._buffers.items()):
+            if b is not None and b.is_floating_point() and b.dtype != dtype and "inv_freq" not in name:
+                module._buffers[name] = b.to(dtype)  # rotary inv_freq stays fp32, as transformers keeps it
+    return model
+
+
+def latency_dtype(name: str, device: str) -> torch.dtype:
+    """'auto': bf16 on CUDA (how models are served), fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]

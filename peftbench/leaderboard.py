@@ -35,7 +35,7 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
         score = _mean([s for s, _ in scores])
         se = _mean([e for _, e in scores])
         train = [r.get("train") or {} for r in ok]
-        lat = [(r.get("latency") or {}).get("overhead") or {} for r in ok]
+        lat = [_latency_headline(r.get("latency") or {}) for r in ok]
         reason = next((r.get("reason") or (r.get("error") or {}).get("message") for r in cells
                        if r["status"] != "ok"), None)
         rows.append({
@@ -53,6 +53,7 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
             "retention": _retention(ok),
             "merge_ok": all((r.get("merge") or {}).get("ok", True) for r in ok) if ok else None,
             "reload_ok": all((r.get("reload") or {}).get("ok", True) for r in ok) if ok else None,
+            "latency_sane": all((r.get("latency") or {}).get("sanity_ok", True) for r in ok) if ok else None,
         })
     full = next((r for r in rows if r["method"] == "full"), None)
     for row in rows:
@@ -92,3 +93,11 @@ def best_values(rows: list[dict[str, Any]]) -> dict[str, float]:
         if vals:
             out[col] = pick(vals)
     return out
+
+
+def _latency_headline(latency: dict[str, Any]) -> dict[str, Any]:
+    """Decode overhead per mode at the harness's headline shape (older run files: their single shape)."""
+    summary = latency.get("summary")
+    if summary is not None:
+        return summary.get("overhead") or {}
+    return latency.get("overhead") or {}

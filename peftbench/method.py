@@ -41,11 +41,13 @@ class Capabilities:
     """Every parameter of the model trains (full fine-tuning)."""
     needs_cuda: bool = False
     """The method cannot run without a CUDA device."""
+    can_stack: bool = False
+    """``stacked(model, n)`` activates ``n`` copies of the method's modules at once (for latency)."""
 
-    @property
-    def latency_modes(self) -> tuple[str, ...]:
+    def latency_modes(self, stack: tuple[int, ...] = (2, 4)) -> tuple[str, ...]:
         """Inference modes the latency timer measures for this method, besides ``base``."""
-        return ("unmerged", "merged") if self.mergeable else ("unmerged",)
+        return (("unmerged",) + (("merged",) if self.mergeable else ())
+                + (tuple(f"stack{k}" for k in stack if k > 1) if self.can_stack else ()))
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,15 @@ class Method:
         raise NotSupported(f"method {self.name!r} cannot disable its weights")
         yield model  # pragma: no cover
 
+    @contextlib.contextmanager
+    def stacked(self, model: torch.nn.Module, n: int) -> Iterator[torch.nn.Module]:
+        """Context in which ``n`` modules of the method are active at once: the trained one and ``n - 1``
+        more of the same shape (series adapters one after another, LoRA adapters side by side), to time how
+        inference cost grows with composition. The extra modules may hold any values (timing only); on exit
+        the model is as before."""
+        raise NotSupported(f"method {self.name!r} cannot stack its modules")
+        yield model  # pragma: no cover
+
     def save(self, model: torch.nn.Module, directory: Path, config: Any) -> list[Path]:
         """Write the method's artifact (what a user would ship) into ``directory``; return its files."""
         raise NotImplementedError
@@ -154,5 +165,7 @@ def validate_method_class(obj: Any, plugin: str = "?") -> None:
         raise PluginError(f"{where}: 'capabilities' must be a peftbench.Capabilities")
     if obj.capabilities.mergeable and (obj.merge is Method.merge or obj.unmerge is Method.unmerge):
         raise PluginError(f"{where}: capabilities say mergeable but merge()/unmerge() are not implemented")
+    if obj.capabilities.can_stack and obj.stacked is Method.stacked:
+        raise PluginError(f"{where}: capabilities say can_stack but stacked() is not implemented")
     if obj.capabilities.can_disable and obj.disabled is Method.disabled:
         raise PluginError(f"{where}: capabilities say can_disable but disabled() is not implemented")

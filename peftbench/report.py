@@ -88,6 +88,8 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
                 status += " [red]merge mismatch[/]"
             if r["reload_ok"] is False:
                 status += " [red]reload mismatch[/]"
+            if r.get("latency_sane") is False:
+                status += " [red]latency suspect[/]"
             t.add_row(
                 r["method"] if r["method"] != "base" else "base (zero-shot)",
                 mark(r, "score", score),

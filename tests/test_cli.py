@@ -81,7 +81,8 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
     out = tmp_path / "session"
     code, stdout, err = run_cli(["run", "--methods", "lora,qlora,adapter,full", *TINY, "--tasks", "quickstart",
                                  "--output", str(out), "--set", "steps=4", "--set", "limit=40",
-                                 "--set", "latency_rounds=2", "--set", "latency_new_tokens=4"], capsys)
+                                 "--set", "latency_rounds=2", "--set", "latency_new_tokens=4",
+                                 "--set", "latency_prompt_lengths=8", "--set", "latency_stack=2"], capsys)
     assert code == 0, err
     runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
     assert set(runs) == {f"{m}--quickstart--seed0" for m in ("base", "lora", "qlora", "adapter", "full")}
@@ -93,13 +94,28 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
         if key.startswith("base"):
             continue
         assert r["train"]["steps"] == 4 and r["train"]["tokens"] > 0 and r["train"]["peak_memory_bytes"] > 0
-        assert r["artifact"]["bytes"] > 0 and r["latency"]["modes"]["unmerged"]["decode_ms_per_token"] > 0
-        assert r["reload"]["ok"] is True
+        assert r["artifact"]["bytes"] > 0 and r["reload"]["ok"] is True
+        shape = r["latency"]["regimes"]["eager"][0]
+        assert (shape["batch_size"], shape["prompt_tokens"], shape["new_tokens"]) == (1, 8, 4)
+        assert shape["modes"]["unmerged"]["decode_ms_per_token"]["median"] > 0
+        assert len(shape["modes"]["base"]["samples"]["decode"]) == 2  # latency_rounds
+        method = key.split("--")[0]
+        expected = {"unmerged"} | ({"merged"} if method in ("lora", "qlora") else set()) | (
+            {"stack2"} if method != "full" else set())
+        assert set(shape["overhead"]) == expected, key
+        assert r["latency"]["summary"]["overhead"].keys() == expected
     p = {k.split("--")[0]: runs[k]["params"] for k in runs}
     assert p["full"]["trainable"] == p["full"]["total"]
     assert 0 < p["adapter"]["trainable"] < p["lora"]["trainable"] < p["full"]["trainable"]
     for m in ("lora", "qlora"):  # merged logits match unmerged; unmerge restores them
-        assert runs[f"{m}--quickstart--seed0"]["merge"]["ok"] and runs[f"{m}--quickstart--seed0"]["merge"]["unmerge_ok"]
+        merge = runs[f"{m}--quickstart--seed0"]["merge"]
+        assert merge["ok"] and merge["unmerge_ok"]
+        assert merge["eval"]["reference"] == runs[f"{m}--quickstart--seed0"]["eval"]["metrics"]["acc"]
+        assert merge["eval"]["delta"] == pytest.approx(merge["eval"]["score"] - merge["eval"]["reference"])
+        prec = merge["precision"]
+        for variant in ("merge_fp32_then_cast", "merge_in_bf16"):
+            assert 0.5 <= prec[variant]["greedy_agreement"] <= 1.0
+            assert prec[variant]["eval"]["reference"] == prec["unmerged"]["score"]
     assert runs["qlora--quickstart--seed0"]["merge"]["lossy"]
     full_bytes = runs["full--quickstart--seed0"]["artifact"]["bytes"]
     assert full_bytes >= 4 * p["full"]["total"] * 0.95  # the whole model in fp32

@@ -10,7 +10,8 @@ from peftbench.plugins import hook_names, make_plugin_manager
 from peftbench.runner import Session, SessionConfig
 from peftbench.testing import FakeEvaluator
 
-FAST = ["steps=2", "batch_size=4", "limit=8", "latency_rounds=1", "latency_new_tokens=2", "latency_prompt_tokens=4"]
+FAST = ["steps=2", "batch_size=4", "limit=8", "latency_rounds=1", "latency_new_tokens=2", "latency_prompt_lengths=4",
+        "merge_precisions=false"]
 
 
 class Spy:
@@ -160,13 +161,13 @@ def test_hook_train_model(session_run):
 
 def test_hook_evaluate_model(session_run):
     _, fake, results, _ = session_run
-    assert fake.calls == 2  # the base row and lora, both through the plugin's override
+    assert fake.calls == 3  # the base row, lora and lora merged, all through the plugin's override
     assert results[1]["eval"]["metrics"] == {"acc": 0.75}
 
 
 def test_hook_merge_adapter(session_run):
     spy, _, results, _ = session_run
-    assert len(spy.names("merge_adapter")) == 1
+    assert len(spy.names("merge_adapter")) == 2  # the merge check in place, and the merged model timed
     assert results[1]["merge"]["ok"] is True and results[1]["merge"]["greedy_agreement"] == 1.0
 
 
@@ -183,13 +184,14 @@ def test_hook_save_artifact(session_run):
 
 def test_hook_load_artifact(session_run):
     spy, _, results, _ = session_run
-    assert len(spy.names("load_artifact")) == 1 and results[1]["reload"]["ok"] is True
+    # the reload check, and the merged model timed (loaded from the artifact, then merged)
+    assert len(spy.names("load_artifact")) == 2 and results[1]["reload"]["ok"] is True
 
 
 def test_hook_measure_latency(session_run):
     spy, _, results, _ = session_run
-    assert [c["modes"] for c in spy.names("measure_latency")] == [["base", "unmerged"], ["base", "merged"]]
-    assert set(results[1]["latency"]["overhead"]) == {"unmerged", "merged"}
+    assert [c["modes"] for c in spy.names("measure_latency")] == [["base", "merged", "unmerged"]]
+    assert set(results[1]["latency"]["regimes"]["eager"][0]["overhead"]) == {"unmerged", "merged"}
 
 
 def test_hook_run_start(session_run):

@@ -54,12 +54,14 @@ class _AdapterWrapper(nn.Module):
         super().__init__()
         self.base = base
         self.adapter = adapter
+        self.extra = nn.ModuleList()  # stacked copies (latency of composition); empty otherwise
         self.scaling = float(scaling)
         self.adapter_enabled = True
         self.train(base.training)  # a fresh module is in training mode; follow the wrapped one
 
-    def _delta(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return (self.scaling * self.adapter(x.to(self.adapter.dtype))).to(like.dtype)
+    def _delta(self, x: torch.Tensor, like: torch.Tensor, adapter: Bottleneck | None = None) -> torch.Tensor:
+        adapter = adapter or self.adapter
+        return (self.scaling * adapter(x.to(adapter.dtype))).to(like.dtype)
 
     def extra_repr(self) -> str:
         return f"scaling={self.scaling}, adapter_enabled={self.adapter_enabled}"
@@ -72,7 +74,10 @@ class SeriesAdapterWrapper(_AdapterWrapper):
         h = self.base(x, *args, **kwargs)
         if not self.adapter_enabled:
             return h
-        return h + self._delta(h, h)
+        h = h + self._delta(h, h)
+        for extra in self.extra:  # stacked adapters, one after another
+            h = h + self._delta(h, h, extra)
+        return h
 
 
 class ParallelAdapterWrapper(_AdapterWrapper):
@@ -82,9 +87,11 @@ class ParallelAdapterWrapper(_AdapterWrapper):
         out = self.base(x, *args, **kwargs)
         if not self.adapter_enabled:
             return out
-        if isinstance(out, tuple):  # blocks that also return e.g. router logits
-            return (out[0] + self._delta(x, out[0]), *out[1:])
-        return out + self._delta(x, out)
+        main = out[0] if isinstance(out, tuple) else out  # blocks that also return e.g. router logits
+        delta = self._delta(x, main)
+        for extra in self.extra:  # stacked adapters, side by side
+            delta = delta + self._delta(x, main, extra)
+        return (main + delta, *out[1:]) if isinstance(out, tuple) else main + delta
 
 
 WRAPPERS = (SeriesAdapterWrapper, ParallelAdapterWrapper)

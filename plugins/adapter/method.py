@@ -51,7 +51,7 @@ def adapter_state(model) -> dict:
 class AdapterMethod(Method):
     name = "adapter"
     Config = AdapterConfig
-    capabilities = Capabilities(mergeable=False, can_disable=True)
+    capabilities = Capabilities(mergeable=False, can_disable=True, can_stack=True)
     default_lr = 1e-3
     description = "bottleneck adapters (Houlsby/Pfeiffer series or parallel) on the frozen base; not mergeable"
 
@@ -108,6 +108,20 @@ class AdapterMethod(Method):
         finally:
             for w, flag in zip(wrappers, before, strict=True):
                 w.adapter_enabled = flag
+
+    @contextlib.contextmanager
+    def stacked(self, model, n: int):
+        """``n`` bottlenecks per placement: series ones applied one after another, parallel ones summed."""
+        import copy
+
+        wrappers = [w for _, w in _wrappers(model)]
+        try:
+            for w in wrappers:
+                w.extra.extend(copy.deepcopy(w.adapter) for _ in range(n - 1))
+            yield model
+        finally:
+            for w in wrappers:
+                del w.extra[:]
 
     def save(self, model, directory: Path, config: AdapterConfig) -> list[Path]:
         from safetensors.torch import save_file

@@ -20,7 +20,7 @@ def _linear_names(model) -> list[str]:
 class LoraMethod(Method):
     name = "lora"
     Config = LoraConfig
-    capabilities = Capabilities(mergeable=True, can_disable=True)
+    capabilities = Capabilities(mergeable=True, can_disable=True, can_stack=True)
     requires = ("peft",)
     default_lr = 2e-4
     description = "LoRA (peft): trainable low-rank updates on frozen linear layers; mergeable"
@@ -48,6 +48,29 @@ class LoraMethod(Method):
     def disabled(self, model):
         with model.disable_adapter():
             yield model
+
+    @contextlib.contextmanager
+    def stacked(self, model, n: int):
+        """``n`` LoRA adapters active at once (peft sums their deltas): ``n - 1`` copies of the default
+        adapter's config, cast to its weights' dtype."""
+        import copy
+
+        names = [f"peftbench_stack{i}" for i in range(1, n)]
+        active = list(model.active_adapters)
+        dtype = next(p.dtype for k, p in model.named_parameters() if "lora_A" in k)
+        try:
+            for name in names:
+                model.add_adapter(name, copy.deepcopy(model.peft_config[active[0]]))
+            for k, p in model.named_parameters():
+                if any(f".{name}." in k for name in names):
+                    p.data = p.data.to(dtype)
+            model.base_model.set_adapter(active + names)
+            yield model
+        finally:
+            model.base_model.set_adapter(active if len(active) > 1 else active[0])
+            for name in names:
+                if name in model.peft_config:
+                    model.delete_adapter(name)
 
     def save(self, model, directory: Path, config: LoraConfig) -> list[Path]:
         model.save_pretrained(str(directory))

@@ -62,7 +62,8 @@ def _compute_dtype(config: QLoraConfig, model):
 class QLoraMethod(Method):
     name = "qlora"
     Config = QLoraConfig
-    capabilities = Capabilities(mergeable=True, merge_lossy=True, can_disable=True, quantized_base=True)
+    capabilities = Capabilities(mergeable=True, merge_lossy=True, can_disable=True, quantized_base=True,
+                                can_stack=True)
     requires = ("peft", "bitsandbytes")
     default_lr = 2e-4
     description = "QLoRA: LoRA (peft) on a 4-bit NF4/FP4 base (bitsandbytes); merges into a dequantized base"
@@ -113,6 +114,11 @@ class QLoraMethod(Method):
     @contextlib.contextmanager
     def disabled(self, model):
         with self.lora.disabled(model):
+            yield model
+
+    @contextlib.contextmanager
+    def stacked(self, model, n: int):
+        with self.lora.stacked(model, n):
             yield model
 
     def save(self, model, directory: Path, config: QLoraConfig) -> list[Path]:
