@@ -122,20 +122,45 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
         sys.exit(1)
 
 
-def _show(output: Path, as_json: bool) -> None:
+def _show(output: Path, as_json: bool, markdown: bool = False) -> None:
     from rich.console import Console
 
-    from .report import leaderboard_tables
+    from .report import latency_tables, leaderboard_tables, render_markdown, run_latencies
     from .results import load_runs, load_session
 
-    session = load_session(output)
-    runs = list(load_runs(output).values())
-    if as_json:
-        click.echo(json.dumps({"session": session, "runs": runs}, indent=2, default=str))
-        return
-    console = Console() if sys.stdout.isatty() else Console(width=220)  # files and pipes get the whole table
-    for table in leaderboard_tables(session, runs):
-        console.print(table)
+    if not (Path(output) / "session.json").is_file() and not (Path(output) / "runs").is_dir() and not (
+            Path(output) / "latency").is_dir():
+        raise UsageError(f"{output}: not a peftbench results folder (no session.json, runs/ or latency/).")
+    if (Path(output) / "latency").is_dir():  # a `peftbench latency` session
+        from .latency_session import load_latency
+
+        session, results = load_latency(Path(output))
+        if as_json:
+            click.echo(json.dumps({"session": session, "latency": results}, indent=2, default=str))
+            return
+        ok = {m: r["latency"] for m, r in results.items() if r.get("status") == "ok" and r.get("latency")}
+        model = (session.get("model") or {}).get("source", "?")
+        gpu = (session.get("env") or {}).get("gpu") or (session.get("env") or {}).get("device", "?")
+        tables = latency_tables(ok, title=f"{model} ({gpu}) — ")
+        failed = {m: r for m, r in results.items() if r.get("status") != "ok"}
+    else:
+        session = load_session(output)
+        runs = list(load_runs(output).values())
+        if as_json:
+            click.echo(json.dumps({"session": session, "runs": runs}, indent=2, default=str))
+            return
+        tables = leaderboard_tables(session, runs)
+        for task, lats in run_latencies(runs).items():
+            tables += latency_tables(lats, title=f"{task} — ")
+        failed = {}
+    if markdown:
+        click.echo(render_markdown(tables))
+    else:
+        console = Console() if sys.stdout.isatty() else Console(width=220)  # files and pipes get the whole table
+        for table in tables:
+            console.print(table)
+    for m, r in failed.items():
+        click.echo(f"{m}: {r.get('status')}: {(r.get('error') or {}).get('message', '')[:300]}")
 
 
 @cli.command()
@@ -143,14 +168,61 @@ def _show(output: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the session and runs as JSON")
 @click.option("--markdown", is_flag=True, help="print the leaderboard as Markdown")
 def report(directory, as_json, markdown):
-    """Re-render a saved session's leaderboard."""
-    if markdown:
-        from .report import markdown_table
-        from .results import load_runs, load_session
+    """Re-render a saved session's leaderboard (and latency tables), or a `peftbench latency` folder."""
+    _show(directory, as_json, markdown)
 
-        click.echo(markdown_table(load_session(directory), list(load_runs(directory).values())))
-        return
-    _show(directory, as_json)
+
+@cli.command()
+@click.option("--methods", default="lora,qlora,adapter,full", show_default=True, help="comma-separated method names")
+@click.option("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", show_default=True,
+              help="hub id, local folder, .gguf file, or tiny:llama")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="comma-separated batch sizes")
+@click.option("--prompt-lengths", default="128,1024", show_default=True, help="comma-separated prompt lengths")
+@click.option("--new-tokens", default=64, show_default=True, type=int, help="tokens generated per round")
+@click.option("--regimes", default="eager,static", show_default=True,
+              help="eager (generate, dynamic cache) and/or static (static cache; CUDA graph on GPU)")
+@click.option("--stack", default="2,4", show_default=True, help="stacked-module counts to time ('none': none)")
+@click.option("--rounds", default=5, show_default=True, type=int, help="timed rounds per mode and shape")
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp32"]),
+              help="weights' dtype while timing (auto: bf16 on CUDA, fp32 on CPU)")
+@click.option("--set", "sets", multiple=True, metavar="METHOD.KEY=VALUE", help="method option (lora.r=8); repeatable")
+@click.option("--output", type=click.Path(path_type=Path), help="results folder [default: peftbench-results/latency-<time>]")
+@click.option("--resume", is_flag=True, help="keep the methods already timed in --output; time the rest")
+def latency(methods, model, device, batch_sizes, prompt_lengths, new_tokens, regimes, stack, rounds, dtype, sets,
+            output, resume):
+    """Time inference of every method (untrained: latency depends on shapes, not values) over a grid of
+    batch sizes x prompt lengths, modes base / unmerged / merged / stacked, eager and static regimes."""
+    from .latency_session import LatencyConfig, LatencySession
+
+    stack_list = [] if stack.strip().lower() in ("none", "") else _ints(stack, "--stack")
+    lists = {"latency_batch_sizes": _ints(batch_sizes, "--batch-sizes"),
+             "latency_prompt_lengths": _ints(prompt_lengths, "--prompt-lengths")}
+    all_sets = [f"{k}={','.join(map(str, v))}" for k, v in lists.items()] + [
+        f"latency_new_tokens={new_tokens}", f"latency_regimes={regimes}", f"latency_rounds={rounds}",
+        f"latency_dtype={dtype}", f"latency_stack={','.join(map(str, stack_list))}" if stack_list else "latency_stack=[]",
+        *sets]
+    console = stderr_console()
+    session = LatencySession(LatencyConfig(methods=_csv(methods, "--methods"), model=model, device=device,
+                                           output=output, sets=all_sets, resume=resume),
+                             host=host(), say=lambda m: console.print(m))
+    session.plan()
+    console.print(f"peftbench latency {session.id}: {', '.join(session.methods)} on {session.device}; results in "
+                  f"{session.output}")
+    results = session.run()
+    _show(session.output, False)
+    if any(r["status"] != "ok" for r in results):
+        sys.exit(1)
+
+
+def _ints(value: str, what: str) -> list[int]:
+    out = []
+    for item in _csv(value, what):
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise UsageError(f"{what} {value!r}: {item!r} is not a whole number.") from None
+    return out
 
 
 @cli.command()

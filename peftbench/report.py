@@ -113,12 +113,60 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
     return tables
 
 
-def markdown_table(session: dict[str, Any], runs: list[dict[str, Any]]) -> str:
-    """The same leaderboard as GitHub Markdown (for the README)."""
+MODE_ORDER = ("unmerged", "merged", "stack2", "stack4")
+
+
+def latency_tables(latencies: dict[str, dict[str, Any]], title: str = "") -> list[Any]:
+    """One table per regime: a row per method x shape; decode ms/token of base, then each mode's overhead
+    vs base (decode) with its bootstrap 95 % CI. ``latencies`` maps a row label (the method) to a
+    ``latency`` section (``peftbench.latency.measure``)."""
+    from rich.table import Table
+
+    regimes: list[str] = []
+    modes: list[str] = []
+    for lat in latencies.values():
+        for regime in lat.get("regimes") or {}:
+            regimes += [regime] if regime not in regimes else []
+        for m in lat.get("modes") or []:
+            modes += [m] if m != "base" and m not in modes else []
+    modes.sort(key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
+    tables = []
+    for regime in regimes:
+        any_lat = next(iter(latencies.values()))
+        dtype, timer = any_lat.get("dtype", "?"), any_lat.get("timer", "?")
+        t = Table(title=f"{title}latency, {regime} regime ({dtype}, {timer}): decode overhead vs base, median "
+                  "[95% CI]", title_justify="left", header_style="bold")
+        for col in ("method", "batch", "prompt", "new", "base ms/tok", "base prefill ms", *modes, "sanity"):
+            t.add_column(col, justify="left" if col in ("method", "sanity") else "right", no_wrap=True)
+        for label, lat in latencies.items():
+            flags = {(s["regime"], s["batch_size"], s["prompt_tokens"]): s for s in lat.get("sanity") or []
+                     if not s["ok"]}
+            for cell in (lat.get("regimes") or {}).get(regime, []):
+                base = cell["modes"].get("base", {})
+                cols = []
+                for m in modes:
+                    o = cell["overhead"].get(m)
+                    err = (cell["modes"].get(m) or {}).get("error")
+                    cols.append("failed" if err else "—" if o is None else
+                                f"{o['ratio'] * 100:+.1f}% [{o['ci95'][0] * 100:+.1f}, {o['ci95'][1] * 100:+.1f}]")
+                flag = flags.get((regime, cell["batch_size"], cell["prompt_tokens"]))
+                t.add_row(label, str(cell["batch_size"]), str(cell["prompt_tokens"]), str(cell["new_tokens"]),
+                          _num((base.get("decode_ms_per_token") or {}).get("median"), ".2f"),
+                          _num((base.get("prefill_ms") or {}).get("median"), ".1f"), *cols,
+                          f"[red]{flag['mode']} {flag['overhead'] * 100:+.1f}% ≠ base[/]" if flag else "ok")
+        t.caption = ("overhead: the mode's median decode time per token / base's - 1, base timed in the same "
+                     "rotated rounds; CI: paired bootstrap over rounds. sanity: merged (and full fine-tuning) must "
+                     "time like base; a flag means the timing is suspect, not a finding.")
+        tables.append(t)
+    return tables
+
+
+def render_markdown(tables: list[Any]) -> str:
+    """Rich tables as GitHub Markdown."""
     from rich.console import Console
 
     out = []
-    for table in leaderboard_tables(session, runs):
+    for table in tables:
         headers = [c.header for c in table.columns]
         cells = [list(c.cells) for c in table.columns]
         out.append(f"**{table.title}**\n")
@@ -134,3 +182,18 @@ def markdown_table(session: dict[str, Any], runs: list[dict[str, Any]]) -> str:
             out.append("| " + " | ".join(row) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def markdown_table(session: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """The same leaderboard as GitHub Markdown (for the README)."""
+    return render_markdown(leaderboard_tables(session, runs))
+
+
+def run_latencies(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{task: {method: latency section}} for the run files that hold a latency grid."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        lat = r.get("latency") or {}
+        if r.get("status") == "ok" and lat.get("regimes"):
+            out.setdefault(r["task"], {})[f"{r['method']} (seed {r['seed']})"] = lat
+    return out

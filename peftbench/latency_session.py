@@ -1,0 +1,166 @@
+"""``peftbench latency``: the inference-cost grid for each method, without training.
+
+Latency does not depend on the values of the trained weights, only on their shapes and on where they sit,
+so each method is prepared on the base model (untrained), saved, loaded back onto a fresh base as a user
+would load it, and timed with the same harness ``run`` uses (``cell.time_inference``): ``base``,
+``unmerged``, ``merged`` (mergeable methods) and ``stackN`` (stackable methods). One JSON file per method
+is written atomically the moment it is done (``OUTPUT/latency/<method>.json``); ``--resume`` keeps the
+files already there; one failing method is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import meta
+from .config import TrainConfig, build_dataclass, parse_sets, to_jsonable
+from .errors import UsageError
+from .records import SCHEMA_VERSION, RunContext, RunSpec
+from .results import write_json
+
+LATENCY_KEYS = ("latency_rounds", "latency_batch_sizes", "latency_prompt_lengths", "latency_new_tokens",
+                "latency_regimes", "latency_stack", "latency_dtype")
+
+
+@dataclass
+class LatencyConfig:
+    methods: list[str]
+    model: str
+    device: str = "auto"
+    output: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    resume: bool = False
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class LatencySession:
+    def __init__(self, config: LatencyConfig, host: Any, say: Any = print) -> None:
+        from .registry import collect_methods
+
+        self.config, self.host, self.say = config, host, say
+        self.hook = host.hook
+        self.registry = collect_methods(host)
+
+    def plan(self) -> None:
+        from .models import default_cache_dir, resolve_model
+        from .runner import resolve_device
+
+        c = self.config
+        self.methods = [self.registry.canonical(m, "--methods") for m in c.methods]
+        if len(set(self.methods)) != len(self.methods):
+            raise UsageError(f"--methods names a method twice: {', '.join(c.methods)}.")
+        self.device = resolve_device(c.device)
+        for m in self.methods:
+            ok = self.registry.get(m).availability(self.device)
+            if not ok:
+                raise UsageError(f"method {m!r} cannot run on {self.device}: {ok.reason}.")
+        train_sets, method_sets = parse_sets(c.sets, [*self.registry.entries, *self.registry.aliases])
+        other = sorted(set(train_sets) - set(LATENCY_KEYS))
+        if other:
+            raise UsageError(f"--set {', '.join(other)}: peftbench latency takes only the latency options "
+                             f"({', '.join(LATENCY_KEYS)}) and method options (METHOD.KEY=VALUE).")
+        method_sets = {self.registry.canonical(k): v for k, v in method_sets.items()}
+        unused = set(method_sets) - set(self.methods)
+        if unused:
+            raise UsageError(f"--set gives options for {', '.join(sorted(unused))}, which --methods does not time.")
+        defaults = {"latency_batch_sizes": [1, 8, 32], "latency_prompt_lengths": [128, 1024], "latency_new_tokens": 64,
+                    "latency_regimes": ["eager", "static"], "latency_stack": [2, 4]}
+        self.train_config = build_dataclass(TrainConfig, {**defaults, **train_sets}, where="latency options")
+        if not self.train_config.latency_rounds:
+            raise UsageError("--set latency_rounds=0 would time nothing; give at least 1 round.")
+        self.method_configs = {m: self.registry.get(m).make_config(method_sets.get(m, {})) for m in self.methods}
+        self.id = datetime.now(timezone.utc).strftime("latency-%Y%m%d-%H%M%S")
+        self.output = Path(c.output) if c.output else Path("peftbench-results") / self.id
+        if (self.output / "latency").is_dir() and any((self.output / "latency").glob("*.json")) and not c.resume:
+            raise UsageError(f"--output {self.output} already holds latency results. Pass --resume to keep them and "
+                             "time only the methods missing there, or choose an empty folder.")
+        self.model = resolve_model(c.model, progress=self.say, cache_dir=default_cache_dir())
+
+    def record(self, status: str) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "kind": "latency", "status": status, "session_id": self.id,
+                "command": meta.command_line(), "updated": _now(), "model": to_jsonable(self.model.info),
+                "methods": self.methods, "train_config": to_jsonable(self.train_config),
+                "method_configs": to_jsonable(self.method_configs),
+                "plan": to_jsonable(self.train_config.latency_plan()),
+                "env": {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash()}}
+
+    def run(self) -> list[dict[str, Any]]:
+        import torch
+
+        if not hasattr(self, "methods"):
+            self.plan()
+        folder = self.output / "latency"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.output / "session.json", self.record("running"))
+        results = []
+        status = "finished"
+        try:
+            for name in self.methods:
+                path = folder / f"{name}.json"
+                if self.config.resume and path.is_file():
+                    self.say(f"{name}: kept from the earlier run")
+                    continue
+                result = self.time_method(name)
+                write_json(path, result)
+                results.append(result)
+                self.say(f"{name}: {result['status']}" + (f" ({result['error']['message'][:200]})"
+                                                         if result.get("error") else ""))
+                gc.collect()
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            write_json(self.output / "session.json", self.record(status))
+        return results
+
+    def time_method(self, name: str) -> dict[str, Any]:
+        import torch
+
+        from .cell import time_inference
+
+        method = self.registry.get(name)
+        run = RunContext(spec=RunSpec(name, "latency", 0), method=method, method_config=self.method_configs[name],
+                         task=None, train_config=self.train_config, device=self.device, hook=self.hook)
+        result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "latency", "method": name,
+                                  "status": "ok", "capabilities": to_jsonable(method.capabilities),
+                                  "method_config": to_jsonable(self.method_configs[name]), "started": _now()}
+
+        def load_base() -> Any:
+            return self.model.load(self.device)[0]
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="peftbench-latency-") as tmp:
+                art = Path(tmp)
+                prepared = self.hook.prepare_model(run=run, base_model=load_base())
+                self.hook.save_artifact(run=run, prepared=prepared, directory=art)
+                prepared = None
+                trained = self.hook.load_artifact(run=run, directory=art, base_model=load_base())
+                self.say(f"{name}: timing {', '.join(['base', *method.capabilities.latency_modes(tuple(self.train_config.latency_stack))])}")
+                result["latency"] = time_inference(load_base, run, art, trained)
+        except torch.cuda.OutOfMemoryError as e:
+            result.update(status="oom", error={"type": "OutOfMemoryError", "message": str(e)[:500]})
+        except Exception as e:  # one method failing never loses the others
+            result.update(status="error", error={"type": type(e).__name__, "message": str(e)[:1000],
+                                                 "traceback": traceback.format_exc()[-4000:]})
+        result["finished"] = _now()
+        return result
+
+
+def load_latency(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(session record, {method: result}) of a ``peftbench latency`` output folder."""
+    import json
+
+    session = json.loads((folder / "session.json").read_text()) if (folder / "session.json").is_file() else {}
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((folder / "latency").glob("*.json"))}
+    return session, results
