@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 4's GPU measurements, resumable within the per-command time limit:
+#   1. the one-shape benchmark: `peftbench latency` for lora, 1 shape (batch 1, prompt 128, 64 new tokens),
+#      3 modes (base, unmerged, merged), eager regime, 5 rounds -- wall time printed, model load included;
+#   2. the full grid (batch 1,8,32 x prompt 128,1024 x 64 new tokens; eager and static regimes; base,
+#      unmerged, merged, stack2, stack4) for lora, qlora, adapter and full, twice (runs A and B), to check
+#      that every overhead ratio reproduces.
+#   usage (on the GPU machine, after on-device-env.sh): bash benchmarks/device/latency-gpu.sh SECONDS [ROUNDS]
+set -u
+secs=$1; rounds=${2:-5}
+root=/tmp/pb/results; mkdir -p "$root"
+end=$(( $(date +%s) + secs ))
+if [ ! -f "$root/latency-one-shape/wall.txt" ]; then
+  t0=$(date +%s.%N)
+  python3 -m peftbench.cli latency --methods lora --batch-sizes 1 --prompt-lengths 128 --new-tokens 64 \
+    --regimes eager --stack none --rounds 5 --output "$root/latency-one-shape" > "$root/latency-one-shape.log" 2>&1
+  rc=$?
+  t1=$(date +%s.%N)
+  mkdir -p "$root/latency-one-shape"
+  echo "peftbench latency, lora, 1 shape x 3 modes (base, unmerged, merged), eager, 5 rounds + 1 warm-up: exit $rc, wall $(python3 -c "print(round($t1 - $t0, 1))") s (process start and model load included)" | tee "$root/latency-one-shape/wall.txt"
+fi
+for run in A B; do
+  left=$(( end - $(date +%s) ))
+  [ "$left" -lt 30 ] && break
+  timeout -s INT -k 20 "$left" python3 -m peftbench.cli latency --methods lora,qlora,adapter,full \
+    --rounds "$rounds" --output "$root/latency-grid-$run" --resume >> "$root/latency-grid-$run.log" 2>&1
+  echo "grid $run: exit $? ; files: $(ls "$root/latency-grid-$run/latency" 2>/dev/null | tr '\n' ' ')"
+done
+tail -n 5 "$root"/latency-grid-*.log 2>/dev/null | grep -v "^$" | tail -n 20
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/latency-gpu.tgz" -C "$root" $(cd "$root" && ls -d latency-one-shape* latency-grid-* 2>/dev/null)
+fi
