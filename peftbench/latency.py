@@ -5,7 +5,7 @@ static KV cache and, on CUDA, the decode step captured once as a CUDA graph and 
 serving where kernel-launch overhead vanishes) and every shape (batch size x prompt length, a fixed number
 of new tokens):
 
-1. every mode is warmed up (``warmup`` rounds, not recorded);
+1. every mode is warmed up (``warmup`` rounds of at most 8 new tokens, not recorded);
 2. ``rounds`` timed rounds follow; within a round the modes run one after another in an order that rotates
    from round to round, so drift in clock speed or load hits every mode alike and no mode always goes first;
 3. a round times the **prefill** (the prompt's forward pass, up to the first new token) and the **decode**
@@ -252,9 +252,11 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
         for mode in names[k:] + names[:k]:  # rotate: each mode leads in turn
             if mode in failed:
                 continue
+            # warm-up rounds decode a few tokens only: enough to warm kernels, allocator and (static) the graph
+            n = plan.new_tokens if r >= plan.warmup else min(plan.new_tokens, 8)
             try:
                 with modes[mode]() as model:
-                    prefill, decode = one_round(model, ids, plan.new_tokens, clock)
+                    prefill, decode = one_round(model, ids, n, clock)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as e:  # a regime the stack does not support for this mode: record, go on
