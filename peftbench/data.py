@@ -16,6 +16,7 @@ before any training starts; the files are written atomically, so nothing is ever
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -171,7 +172,7 @@ def read_delimited(path: Path, spec: FileSpec) -> Iterator[tuple[int, dict[str, 
     """A delimiter-separated file, with or without a header. Only the first column may contain the
     delimiter (as in ``text;label`` files): rows are split from the right. No quoting: the GLUE-style
     files are not RFC-4180 quoted (a review may start with a quote it never closes), so ``csv`` misreads them."""
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: a byte-order mark is not a column name
         lines = enumerate(fh, start=1)
         names = spec.columns
         if spec.header:
@@ -201,7 +202,7 @@ def _delim_name(d: str) -> str:
 
 
 def read_jsonl(path: Path, spec: FileSpec) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -217,7 +218,7 @@ def read_jsonl(path: Path, spec: FileSpec) -> Iterator[tuple[int, dict[str, Any]
 def read_json(path: Path, spec: FileSpec) -> Iterator[tuple[int, dict[str, Any]]]:
     """A JSON list of objects; the 'line' reported for a bad row is its index in the list (1-based)."""
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
     if not isinstance(rows, list):
@@ -353,18 +354,35 @@ def _check_splits(task_name: str, sizes: dict[str, int], need_train: bool, origi
 
 
 def _fingerprint(task_name: str, spec: DataSpec, sources: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([task_name, spec.describe(), spec.label_field, spec.choices_field, spec.contains,
+    h = hashlib.sha256(json.dumps([task_name, spec.describe(), spec.label_field, spec.label_values, spec.choices_field,
+                                   spec.contains,
                                    {s: [vars(f) for f in fs] for s, fs in spec.local_splits.items()}, sources],
                                   sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temp file of this writer's own (several sessions may prepare the same data at once)
+    and rename it into place: readers see the old file or the new one, never half of one."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _write_split(folder: Path, split: str, records: list[dict[str, Any]]) -> None:
-    tmp = folder / f".{split}.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    def write(fh: Any) -> None:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, folder / f"{split}.jsonl")
+
+    _atomic_write(folder / f"{split}.jsonl", write)
 
 
 def _finish(task_name: str, spec: DataSpec, cache_dir: Path, fingerprint: str, source: dict[str, Any],
@@ -374,7 +392,7 @@ def _finish(task_name: str, spec: DataSpec, cache_dir: Path, fingerprint: str, s
     for split, rows in records.items():
         _write_split(folder, split, rows)
     sizes = {s: len(r) for s, r in records.items()}
-    (folder / ".source.json").write_text(json.dumps({"source": source, "sizes": sizes}, indent=1))
+    _atomic_write(folder / ".source.json", lambda fh: fh.write(json.dumps({"source": source, "sizes": sizes}, indent=1)))
     return PreparedData(folder=folder, source=source, sizes=sizes)
 
 
@@ -412,8 +430,9 @@ def _prepare_local(task_name: str, spec: DataSpec, files: dict[str, list[Path]],
         _check_splits(task_name, hit.sizes, need_train, f"local folder {spec.local_folder}")
         return hit
     records: dict[str, list[dict[str, Any]]] = {}
-    source: dict[str, Any] = {"kind": "local", "folder": str(files[next(iter(files))][0].parent.resolve()),
-                              "splits": {}}
+    first = next(iter(files))  # the dataset folder: the first file's path less the task's relative file name
+    dataset_dir = files[first][0].resolve().parents[len(Path(spec.local_splits[first][0].file).parts) - 1]
+    source: dict[str, Any] = {"kind": "local", "folder": str(dataset_dir), "splits": {}}
     for split, paths in files.items():
         rows: list[dict[str, Any]] = []
         for path, fspec in zip(paths, spec.local_splits[split], strict=True):
@@ -423,7 +442,8 @@ def _prepare_local(task_name: str, spec: DataSpec, files: dict[str, list[Path]],
             if len(rows) == n0:
                 raise DataError(f"task {task_name!r}: {path} has no rows (split {split!r}).")
         records[split] = rows
-        source["splits"][split] = [{"file": p.name, "sha256": digests[str(p)]} for p in paths]
+        source["splits"][split] = [{"file": f.file, "sha256": digests[str(p)]}
+                                   for p, f in zip(paths, spec.local_splits[split], strict=True)]
     sizes = {s: len(r) for s, r in records.items()}
     _check_splits(task_name, sizes, need_train, f"local folder {spec.local_folder}")
     return _finish(task_name, spec, cache_dir, fingerprint, source, records)
@@ -513,13 +533,13 @@ def count_rows(spec: DataSpec, root: Path | None) -> dict[str, int] | None:
         for p, f in zip(paths, spec.local_splits[split], strict=True):
             if f.format == "json":
                 try:
-                    n += len(json.loads(p.read_text(encoding="utf-8")))
+                    n += len(json.loads(p.read_text(encoding="utf-8-sig")))
                 except (json.JSONDecodeError, TypeError):
                     return None
             else:
-                with open(p, encoding="utf-8", errors="replace") as fh:
-                    n += sum(1 for line in fh if line.strip()) - (1 if f.format in ("tsv", "delimited")
-                                                                  and f.header else 0)
+                with open(p, encoding="utf-8-sig", errors="replace") as fh:
+                    lines = sum(1 for line in fh if line.strip())
+                n += max(0, lines - (1 if f.format in ("tsv", "delimited") and f.header else 0))
         sizes[split] = n
     return sizes
 

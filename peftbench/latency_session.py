@@ -76,13 +76,25 @@ class LatencySession:
                     "latency_regimes": ["eager", "static"], "latency_stack": [2, 4]}
         self.train_config = build_dataclass(TrainConfig, {**defaults, **train_sets}, where="latency options")
         if not self.train_config.latency_rounds:
-            raise UsageError("--set latency_rounds=0 would time nothing; give at least 1 round.")
+            raise UsageError("--rounds 0 would time nothing; give at least 1 round.")
         self.method_configs = {m: self.registry.get(m).make_config(method_sets.get(m, {})) for m in self.methods}
         self.id = datetime.now(timezone.utc).strftime("latency-%Y%m%d-%H%M%S")
         self.output = Path(c.output) if c.output else Path("peftbench-results") / self.id
         if (self.output / "latency").is_dir() and any((self.output / "latency").glob("*.json")) and not c.resume:
             raise UsageError(f"--output {self.output} already holds latency results. Pass --resume to keep them and "
                              "time only the methods missing there, or choose an empty folder.")
+        old = self.output / "session.json"
+        if c.resume and old.is_file():  # resuming: the kept files must come from the same model and grid
+            import json
+
+            before = json.loads(old.read_text())
+            plan = to_jsonable(self.train_config.latency_plan())
+            if before.get("plan") != plan or (before.get("model") or {}).get("source") not in (None, c.model):
+                diff = sorted(k for k in plan if (before.get("plan") or {}).get(k) != plan[k])
+                raise UsageError(f"--resume: {self.output} was timed with another "
+                                 f"{'model' if not diff else 'grid (' + ', '.join(diff) + ')'}; results of different "
+                                 "grids or models cannot be mixed. Use the same options, or a new --output.")
+            self.id = before.get("session_id", self.id)
         self.model = resolve_model(c.model, progress=self.say, cache_dir=default_cache_dir())
 
     def record(self, status: str) -> dict[str, Any]:

@@ -52,12 +52,15 @@ class LoraMethod(Method):
     @contextlib.contextmanager
     def stacked(self, model, n: int):
         """``n`` LoRA adapters active at once (peft sums their deltas): ``n - 1`` copies of the default
-        adapter's config, cast to its weights' dtype."""
+        adapter's config, cast to its weights' dtype. peft creates new adapters in training mode and
+        ``set_adapter`` makes the active ones trainable: both are put back as they were."""
         import copy
 
         names = [f"peftbench_stack{i}" for i in range(1, n)]
         active = list(model.active_adapters)
         dtype = next(p.dtype for k, p in model.named_parameters() if "lora_A" in k)
+        modes = {m: m.training for m in model.modules()}
+        grads = {k: p.requires_grad for k, p in model.named_parameters()}
         try:
             for name in names:
                 model.add_adapter(name, copy.deepcopy(model.peft_config[active[0]]))
@@ -65,12 +68,19 @@ class LoraMethod(Method):
                 if any(f".{name}." in k for name in names):
                     p.data = p.data.to(dtype)
             model.base_model.set_adapter(active + names)
+            for m in model.modules():  # the new adapters' dropout follows the model (eval: off)
+                m.training = modes.get(m, modes[model])
             yield model
         finally:
             model.base_model.set_adapter(active if len(active) > 1 else active[0])
             for name in names:
                 if name in model.peft_config:
                     model.delete_adapter(name)
+            for k, p in model.named_parameters():
+                if k in grads:
+                    p.requires_grad_(grads[k])
+            for m, flag in modes.items():
+                m.training = flag
 
     def save(self, model, directory: Path, config: LoraConfig) -> list[Path]:
         model.save_pretrained(str(directory))
