@@ -125,34 +125,12 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
 def _show(output: Path, as_json: bool, markdown: bool = False) -> None:
     from rich.console import Console
 
-    from .report import latency_tables, leaderboard_tables, render_markdown, run_latencies
-    from .results import load_runs, load_session
+    from .report import folder_data, folder_tables, render_markdown
 
-    if not (Path(output) / "session.json").is_file() and not (Path(output) / "runs").is_dir() and not (
-            Path(output) / "latency").is_dir():
-        raise UsageError(f"{output}: not a peftbench results folder (no session.json, runs/ or latency/).")
-    if (Path(output) / "latency").is_dir():  # a `peftbench latency` session
-        from .latency_session import load_latency
-
-        session, results = load_latency(Path(output))
-        if as_json:
-            click.echo(json.dumps({"session": session, "latency": results}, indent=2, default=str))
-            return
-        ok = {m: r["latency"] for m, r in results.items() if r.get("status") == "ok" and r.get("latency")}
-        model = (session.get("model") or {}).get("source", "?")
-        gpu = (session.get("env") or {}).get("gpu") or (session.get("env") or {}).get("device", "?")
-        tables = latency_tables(ok, title=f"{model} ({gpu}) — ")
-        failed = {m: r for m, r in results.items() if r.get("status") != "ok"}
-    else:
-        session = load_session(output)
-        runs = list(load_runs(output).values())
-        if as_json:
-            click.echo(json.dumps({"session": session, "runs": runs}, indent=2, default=str))
-            return
-        tables = leaderboard_tables(session, runs)
-        for task, lats in run_latencies(runs).items():
-            tables += latency_tables(lats, title=f"{task} — ")
-        failed = {}
+    if as_json:
+        click.echo(json.dumps(folder_data(Path(output)), indent=2, default=str))
+        return
+    tables, failed = folder_tables(Path(output))
     if markdown:
         click.echo(render_markdown(tables))
     else:

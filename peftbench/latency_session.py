@@ -103,7 +103,8 @@ class LatencySession:
                 "methods": self.methods, "train_config": to_jsonable(self.train_config),
                 "method_configs": to_jsonable(self.method_configs),
                 "plan": to_jsonable(self.train_config.latency_plan()),
-                "env": {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash()}}
+                "env": {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash(),
+                    "source_sha256": meta.source_digest()}}
 
     def run(self) -> list[dict[str, Any]]:
         import torch

@@ -37,6 +37,20 @@ def git_hash() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def source_digest() -> str:
+    """sha256 over the code that ran (peftbench/ and the built-in plugins, *.py, by relative path): provenance
+    that holds where ``git`` does not (an installed copy, a tree synced without its ``.git``). Recompute it
+    for a checkout with ``python -c "from peftbench.meta import source_digest; print(source_digest())"``."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for folder in (root / "peftbench", root / "plugins"):
+        for path in sorted(folder.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

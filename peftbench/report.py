@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .leaderboard import best_values, retention_tasks, rows_for_task
@@ -197,3 +198,42 @@ def run_latencies(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, A
         if r.get("status") == "ok" and lat.get("regimes"):
             out.setdefault(r["task"], {})[f"{r['method']} (seed {r['seed']})"] = lat
     return out
+
+
+def _check_folder(output: Path) -> None:
+    from .errors import UsageError
+
+    if not any((output / name).exists() for name in ("session.json", "runs", "latency")):
+        raise UsageError(f"{output}: not a peftbench results folder (no session.json, runs/ or latency/).")
+
+
+def folder_data(output: Path) -> dict[str, Any]:
+    """A results folder as one JSON-able dict: a run session's session and runs, or a latency session's."""
+    _check_folder(output)
+    if (output / "latency").is_dir():
+        from .latency_session import load_latency
+
+        session, results = load_latency(output)
+        return {"session": session, "latency": results}
+    from .results import load_runs, load_session
+
+    return {"session": load_session(output), "runs": list(load_runs(output).values())}
+
+
+def folder_tables(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """The tables ``peftbench report`` prints for a results folder, and the methods that failed there
+    (latency sessions; a run session shows failures in its leaderboard)."""
+    data = folder_data(output)
+    session = data["session"]
+    if "latency" in data:
+        results = data["latency"]
+        ok = {m: r["latency"] for m, r in results.items() if r.get("status") == "ok" and r.get("latency")}
+        model = (session.get("model") or {}).get("source", "?")
+        gpu = (session.get("env") or {}).get("gpu") or (session.get("env") or {}).get("device", "?")
+        failed = {m: r for m, r in results.items() if r.get("status") != "ok"}
+        return (latency_tables(ok, title=f"{model} ({gpu}) — ") if ok else []), failed
+    runs = data["runs"]
+    tables = leaderboard_tables(session, runs)
+    for task, lats in run_latencies(runs).items():
+        tables += latency_tables(lats, title=f"{task} — ")
+    return tables, {}

@@ -169,7 +169,8 @@ class Session:
         if not hasattr(self, "cells"):
             self.plan()
         self.started = _now()
-        self.env = {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash()}
+        self.env = {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash(),
+                    "source_sha256": meta.source_digest()}
         self.hook.configure.call_historic(kwargs={"config": self.config})
         done = load_runs(self.output) if self.config.resume else {}
         self.base_retention: dict[str, Any] = {}

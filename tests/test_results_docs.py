@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.report import markdown_table
-from peftbench.results import load_runs, load_session
+from peftbench.report import folder_tables, render_markdown
+from peftbench.results import load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,13 +16,15 @@ RENDERED = [
     ("docs/tasks.md", "results/tasks-gpu/sst2"),
     ("docs/tasks.md", "results/tasks-gpu/boolq"),
     ("docs/tasks.md", "results/tasks-gpu/arc_easy"),
+    ("docs/latency.md", "results/latency-gpu/latency-grid-A"),
+    ("docs/latency.md", "results/latency-gpu/latency-stack-fix-A"),
 ]
 
 
 @pytest.mark.parametrize(("doc", "session"), RENDERED)
 def test_docs_show_the_committed_sessions_leaderboard(doc, session):
     folder = ROOT / session
-    table = markdown_table(load_session(folder), list(load_runs(folder).values())).strip()
+    table = render_markdown(folder_tables(folder)[0]).strip()
     assert table.count("\n| ") >= 3, "a leaderboard with a base row and at least one method"
     assert table in (ROOT / doc).read_text(), f"{doc} does not show `peftbench report {session} --markdown`"
 
@@ -42,3 +44,25 @@ def test_gpu_task_sessions_meet_the_bar_they_are_cited_for():
             assert set(ret) == {"piqa", "winogrande"}, (task, method)
             for e in ret.values():
                 assert e["delta"] == pytest.approx(e["score"] - e["base"], abs=1e-12)
+
+
+def test_latency_sessions_cited_in_the_docs():
+    """docs/latency.md cites: merged within 3 % of base in every static cell (sanity passing there), and the
+    static regime reproducing within 5 % between runs A and B."""
+    import json
+    import subprocess
+    import sys
+
+    gpu = ROOT / "results/latency-gpu"
+    for run in ("latency-grid-A", "latency-grid-B-static", "latency-stack-fix-A", "latency-stack-fix-B"):
+        for f in (gpu / run / "latency").glob("*.json"):
+            lat = json.loads(f.read_text())["latency"]
+            for cell in lat["regimes"].get("static", []):
+                if "merged" in cell["overhead"]:
+                    assert abs(cell["overhead"]["merged"]["ratio"]) <= 0.03, (run, f.stem, cell["batch_size"])
+            assert all(s["ok"] for s in lat["sanity"] if s["regime"] == "static"), (run, f.stem)
+    for a, b in (("latency-grid-A", "latency-grid-B-static"), ("latency-stack-fix-A", "latency-stack-fix-B")):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks/latency_agreement.py"), str(gpu / a), str(gpu / b)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout
+        assert done.stdout.strip().splitlines()[-1] in (ROOT / "docs/latency.md").read_text()
