@@ -313,7 +313,7 @@ def cast_floating(model: Any, dtype: torch.dtype) -> Any:
     """Cast a model's floating-point parameters and buffers to ``dtype``, leaving quantized weights (e.g.
     bitsandbytes 4-bit, whose storage is packed integers) alone."""
     for module in model.modules():
-        for name, p in list(module.named_parameters(recurse=False)):
+        for p in list(module.parameters(recurse=False)):
             if p.is_floating_point() and type(p).__name__ not in ("Params4bit", "Int8Params") and p.dtype != dtype:
                 p.data = p.data.to(dtype)
         for name, b in list(module._buffers.items()):
