@@ -81,9 +81,10 @@ def load_task_file(path: Path) -> Task:
                     "and 'label' (see docs/tasks.md).")
     spec = None
     if "generate" in data:
-        if data["generate"] not in GENERATORS:
-            raise _fail(path, f"data.generate {data['generate']!r} is not a known generator; known: "
-                        f"{', '.join(GENERATORS)}.")
+        if _generator(data["generate"]) is None:
+            raise _fail(path, f"data.generate {data['generate']!r} is neither a built-in generator ("
+                        f"{', '.join(GENERATORS)}) nor 'package.module:function' (a function that writes "
+                        "train.jsonl and test.jsonl into the folder it is given).")
     else:
         spec = parse_data_spec(data, str(path))
     retention = raw.get("retention") or []
@@ -105,6 +106,16 @@ def load_task_file(path: Path) -> Task:
                 folder=path.parent, data=data, lm_eval_file=lm_file, metric=str(raw.get("metric", "acc")),
                 budget=budget, method_overrides=raw.get("methods") or {}, lm_eval_name=str(lm_raw["task"]),
                 spec=spec, retention=list(retention))
+
+
+def _generator(name: Any) -> str | None:
+    """``module:function`` of a task's data generator: a built-in name, or a dotted path given as is."""
+    import re
+
+    name = str(name)
+    if name in GENERATORS:
+        return GENERATORS[name]
+    return name if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", name) else None
 
 
 def builtin_tasks_dir() -> Path:
@@ -138,9 +149,18 @@ def _raise(e: Exception) -> Any:
 def prepare_data(task: Task, cache_dir: Path, data_root: Path | None, need_train: bool) -> PreparedData:
     """The task's data, checked and normalized into the cache (generated tasks are generated there)."""
     if task.spec is None:
-        module, _, attr = GENERATORS[task.data["generate"]].partition(":")
+        module, _, attr = str(_generator(task.data["generate"])).partition(":")
         target = cache_dir / "data" / task.name / f"v{task.version}"
-        getattr(importlib.import_module(module), attr)(target)
+        try:
+            generate = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"task {task.name!r}: its data generator {module}:{attr} cannot be imported "
+                             f"({type(e).__name__}: {e}); is the package that provides it installed?") from None
+        generate(target)
+        missing = [s for s in ("train", "test") if not (target / f"{s}.jsonl").is_file()]
+        if missing:
+            raise UsageError(f"task {task.name!r}: its generator {module}:{attr} did not write "
+                             f"{', '.join(s + '.jsonl' for s in missing)} into {target}.")
         sizes = {s: sum(1 for _ in open(target / f"{s}.jsonl")) for s in ("train", "test")}
         return PreparedData(folder=target, source={"kind": "generated", "generator": task.data["generate"],
                                                    "version": task.version}, sizes=sizes)

@@ -180,6 +180,35 @@ class MethodContract:
         r = logits(method.inference_model(restored), ids)
         assert (r - trained).abs().max() <= self._tol(method) * scale
 
+    def test_stacked_modules_are_on_the_path_and_leave_no_trace(self, method, config):
+        if not method.capabilities.can_stack:
+            from .errors import NotSupported
+
+            model, *_ = self._trained(method, config)
+            with pytest.raises(NotSupported):
+                with method.stacked(model, 2):
+                    pass
+            return
+        import torch
+
+        model, tok, ids, base_logits, untrained = self._trained(method, config)
+        model.eval()
+        infer = method.inference_model(model)
+        trained = logits(infer, ids)
+        keys = set(model.state_dict())
+        n_params = sum(p.numel() for p in model.parameters())
+        with method.stacked(model, 3):
+            assert sum(p.numel() for p in model.parameters()) > n_params, "stacked() added no modules"
+            with torch.no_grad():  # give the extra modules values, so they visibly change the output
+                extra = [p for k, p in model.named_parameters() if k not in keys]
+                for p in extra:
+                    p.add_(0.05)
+            first, second = logits(infer, ids), logits(infer, ids)
+            assert torch_equal(first, second), "stacked modules are not deterministic in eval mode"
+            assert (first - trained).abs().max() > 1e-4, "the stacked modules are not on the forward path"
+        assert set(model.state_dict()) == keys, "stacked() left modules behind"
+        assert torch_equal(logits(infer, ids), trained), "the model differs after stacked()"
+
     def test_save_load_round_trips_the_logits(self, method, config, tmp_path):
         model, tok, ids, base_logits, untrained = self._trained(method, config)
         trained = logits(method.inference_model(model), ids)

@@ -1,16 +1,39 @@
+import inspect
 from pathlib import Path
 
 from peftbench.plugins import hook_names
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = ROOT / "docs" / "plugins" / "hooks.md"
 
 
 def test_every_hook_has_a_docs_section_with_its_exact_signature():
-    import inspect
-
     from peftbench import hookspecs
 
-    text = DOCS.read_text()
+    text = HOOKS.read_text()
     for name in hook_names():
         sig = f"### `{name}{inspect.signature(getattr(hookspecs, name))}`"
-        assert sig in text, f"docs/plugins.md lacks the section {sig}"
+        assert sig in text, f"docs/plugins/hooks.md lacks the section {sig}"
+
+
+def test_every_hook_has_an_example():
+    from peftbench.plugin_docs import EXAMPLES
+
+    assert set(EXAMPLES) == set(hook_names())
+
+
+def test_the_hook_reference_is_current():
+    from peftbench.plugin_docs import hooks_markdown
+
+    assert HOOKS.read_text() == hooks_markdown(), (
+        "docs/plugins/hooks.md is stale: python -m peftbench.plugin_docs > docs/plugins/hooks.md")
+
+
+def test_docs_links_resolve():
+    import re
+
+    for doc in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), ROOT / "plugins/peftbench-ia3/README.md"]:
+        for target in re.findall(r"\]\(([^)#\s]+)", doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to missing {target}"

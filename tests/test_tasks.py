@@ -72,11 +72,29 @@ def test_task_yaml_missing_field_is_named(tmp_path):
 
 def test_task_yaml_bad_generator_and_missing_lm_eval_file(tmp_path):
     (tmp_path / "task.yaml").write_text("name: t\nversion: 1\ndescription: d\ndata: {generate: nope}\nlm_eval: x.yaml\n")
-    with pytest.raises(UsageError, match="not a known generator"):
+    with pytest.raises(UsageError, match="neither a built-in generator .*quickstart.* nor 'package.module:function'"):
         load_task_file(tmp_path / "task.yaml")
     (tmp_path / "task.yaml").write_text("name: t\nversion: 1\ndescription: d\ndata: {generate: quickstart}\nlm_eval: x.yaml\n")
     with pytest.raises(UsageError, match="does not exist"):
         load_task_file(tmp_path / "task.yaml")
+
+
+def test_a_plugin_generator_that_cannot_be_imported_is_a_clear_error(tmp_path):
+    from peftbench.tasks import prepare_data
+
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "lm.yaml").write_text("task: t\n")
+    (folder / "task.yaml").write_text("name: t\nversion: 1\ndescription: d\ndata: {generate: 'no_such_pkg.gen:make'}\n"
+                                      "lm_eval: lm.yaml\n")
+    task = load_task_file(folder / "task.yaml")
+    with pytest.raises(UsageError, match=r"task 't': its data generator no_such_pkg.gen:make cannot be imported "
+                                         r"\(ModuleNotFoundError.*is the package that provides it installed\?"):
+        prepare_data(task, tmp_path / "cache", None, need_train=True)
+    (folder / "task.yaml").write_text("name: t\nversion: 1\ndescription: d\ndata: {generate: 'os.path:exists'}\n"
+                                      "lm_eval: lm.yaml\n")
+    with pytest.raises(UsageError, match="did not write train.jsonl, test.jsonl"):
+        prepare_data(load_task_file(folder / "task.yaml"), tmp_path / "cache", None, need_train=True)
 
 
 def test_task_overrides_layer_budget_then_method(qs):
