@@ -226,6 +226,17 @@ def torch_equal(a, b) -> bool:
     return bool(torch.equal(a, b))
 
 
+def run_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
+    """Run ``peftbench ARGV`` in-process; return (exit code, stdout, stderr). ``capsys`` is pytest's."""
+    from .cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(e.value.code or 0), out.out, out.err
+
+
 # ---- fixtures ---------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -2,16 +2,7 @@ import json
 
 import pytest
 
-from peftbench.cli import main
-
-
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
+from peftbench.testing import run_cli
 
 TINY = ["--model", "tiny:llama", "--device", "cpu"]
 

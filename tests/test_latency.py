@@ -634,15 +634,7 @@ def test_latency_dtype():
 
 # ---- 9. the `peftbench latency` command ---------------------------------------------------------------------------
 
-def run_cli(argv, capsys):
-    from peftbench.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
+from peftbench.testing import run_cli  # noqa: E402
 
 GRID = ["--model", "tiny:llama", "--device", "cpu", "--batch-sizes", "1", "--prompt-lengths", "8", "--new-tokens", "3",
         "--rounds", "2", "--regimes", "eager,static", "--stack", "2"]

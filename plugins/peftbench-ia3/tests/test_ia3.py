@@ -3,9 +3,7 @@ through the installed distribution: discovery, `peftbench methods`, the plugin's
 
 import json
 
-import pytest
-
-from peftbench.testing import MethodContract
+from peftbench.testing import MethodContract, run_cli
 
 
 class TestIA3(MethodContract):  # the whole contract suite, the same the built-in methods pass
@@ -17,14 +15,7 @@ class TestIA3AttentionOnly(MethodContract):
     method_options = {"target_modules": ["k_proj", "v_proj"], "feedforward_modules": []}
 
 
-def cli(argv, capsys):
-    from peftbench.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+cli = run_cli  # peftbench.testing runs `peftbench ARGV` in-process
 
 
 def test_found_through_its_entry_point(capsys):
