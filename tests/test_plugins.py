@@ -141,3 +141,52 @@ def test_hook_names_are_the_documented_set():
         "prepare_model", "train_model", "evaluate_model", "merge_adapter", "unmerge_adapter", "save_artifact",
         "load_artifact", "measure_latency", "run_start", "train_step_end", "run_finish"}
     assert BUILTIN_PLUGINS[0] == "peftbench.defaults"
+
+
+PLUGIN_NEEDING_WHAT_IS_MISSING = '''
+import dataclasses
+from peftbench import Capabilities, Method, hookimpl
+
+@dataclasses.dataclass
+class Cfg:
+    pass
+
+class GpuOnly(Method):
+    name = "gpuonly"
+    Config = Cfg
+    capabilities = Capabilities(needs_cuda=True, can_disable=False)
+    def prepare(self, model, config): raise AssertionError("must not be called on CPU")
+    def save(self, model, directory, config): return []
+    def load(self, directory, base_model, config): return base_model
+
+class NeedsPkg(GpuOnly):
+    name = "needspkg"
+    capabilities = Capabilities(can_disable=False)
+    requires = ("no_such_package_xyz",)
+
+@hookimpl
+def register_methods(register):
+    register("gpuonly", GpuOnly)
+    register("needspkg", NeedsPkg)
+'''
+
+
+def test_a_method_that_cannot_run_here_is_skipped_with_its_reason(tmp_path, monkeypatch, capsys):
+    import json
+
+    from peftbench.testing import run_cli
+
+    (tmp_path / "needy_plugin.py").write_text(PLUGIN_NEEDING_WHAT_IS_MISSING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "s"
+    code, stdout, err = run_cli(["--plugin", "needy_plugin", "run", "--methods", "lora,gpuonly,needspkg", "--model",
+                                 "tiny:llama", "--device", "cpu", "--output", str(out), "--set", "steps=2", "--set",
+                                 "limit=8", "--set", "latency_rounds=0", "--set", "merge_precisions=false"], capsys)
+    assert code == 0, err  # skipped cells are not failures
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert runs["lora--quickstart--seed0"]["status"] == "ok"
+    assert runs["gpuonly--quickstart--seed0"]["status"] == "skipped"
+    assert runs["gpuonly--quickstart--seed0"]["reason"] == "needs a CUDA device"
+    assert runs["needspkg--quickstart--seed0"]["status"] == "skipped"
+    assert "no_such_package_xyz" in runs["needspkg--quickstart--seed0"]["reason"]
+    assert "skipped: needs a CUDA device" in stdout  # the leaderboard says why
