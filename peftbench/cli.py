@@ -12,15 +12,19 @@ import click
 from .errors import PeftbenchError, UsageError
 
 _HOST = None
+_HOST_KEY: tuple | None = None
 
 
 def host():
-    global _HOST
-    if _HOST is None:
+    """The plugin host for this command line (built once per distinct --plugin/--disable-plugin/--strict-plugins
+    set, so in-process calls with other plugin options get their own)."""
+    global _HOST, _HOST_KEY
+    key = (tuple(_argv_values("--plugin")), tuple(_argv_values("--disable-plugin")), "--strict-plugins" in sys.argv)
+    if _HOST is None or key != _HOST_KEY:
         from .plugins import make_plugin_manager
 
-        _HOST = make_plugin_manager(extra_plugins=_argv_values("--plugin"), disable=_argv_values("--disable-plugin"),
-                                    strict=True if "--strict-plugins" in sys.argv else None)
+        _HOST = make_plugin_manager(extra_plugins=list(key[0]), disable=list(key[1]), strict=True if key[2] else None)
+        _HOST_KEY = key
     return _HOST
 
 
@@ -142,12 +146,92 @@ def _show(output: Path, as_json: bool, markdown: bool = False) -> None:
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="print the session and runs as JSON")
-@click.option("--markdown", is_flag=True, help="print the leaderboard as Markdown")
-def report(directory, as_json, markdown):
-    """Re-render a saved session's leaderboard (and latency tables), or a `peftbench latency` folder."""
-    _show(directory, as_json, markdown)
+@click.argument("directories", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "latex", "csv", "json"]), default="table",
+              show_default=True, help="table (terminal), markdown, latex (booktabs), csv or json")
+@click.option("--markdown", is_flag=True, help="same as --format markdown")
+@click.option("--json", "as_json", is_flag=True, help="same as --format json (with one folder: its raw files)")
+@click.option("--tasks", "only_tasks", help="only these tasks (comma-separated)")
+@click.option("--methods", "only_methods", help="only these methods (comma-separated; base is kept)")
+@click.option("--allow-mixed", is_flag=True, help="merge folders of different base models or task versions")
+def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_mixed):
+    """Render saved sessions: leaderboards and latency tables. Several folders (e.g. sessions made in
+    separate GPU calls) are merged; folders of different base models or task versions are refused unless
+    --allow-mixed."""
+    fmt = "markdown" if markdown else "json" if as_json else fmt
+    if len(directories) == 1 and not (only_tasks or only_methods) and fmt in ("table", "markdown") or (
+            len(directories) == 1 and fmt == "json" and as_json):
+        _show(directories[0], fmt == "json", fmt == "markdown")
+        return
+    from .report import (
+        export_rows,
+        latency_tables,
+        leaderboard_tables,
+        load_folders,
+        merged_session,
+        render_markdown,
+        to_csv,
+        to_latex,
+    )
+
+    merged = load_folders(list(directories), allow_mixed=allow_mixed)
+    runs = merged["runs"]
+    if only_tasks:
+        keep = set(_csv(only_tasks, "--tasks"))
+        runs = [r for r in runs if r["task"] in keep]
+    if only_methods:
+        keep = set(_csv(only_methods, "--methods")) | {"base"}
+        runs = [r for r in runs if r["method"] in keep]
+    session = merged_session(merged["sessions"])
+    if only_tasks:
+        session["tasks"] = {k: v for k, v in (session.get("tasks") or {}).items() if k in set(_csv(only_tasks, "--tasks"))}
+    model = (session.get("model") or {}).get("source", "")
+    if fmt in ("csv", "json", "latex"):
+        records = export_rows(session, runs)
+        if fmt == "csv":
+            click.echo(to_csv(records), nl=False)
+        elif fmt == "latex":
+            click.echo(to_latex(records, model))
+        else:
+            click.echo(json.dumps({"folders": [str(p) for p, _ in merged["sessions"]], "model": model,
+                                   "rows": records}, indent=2, default=str))
+        return
+    tables = leaderboard_tables(session, runs) if runs else []
+    if merged["latency"]:
+        tables += latency_tables(merged["latency"], title=f"{model} — " if model else "")
+    if fmt == "markdown":
+        click.echo(render_markdown(tables))
+    else:
+        from rich.console import Console
+
+        console = Console() if sys.stdout.isatty() else Console(width=220)
+        for t in tables:
+            console.print(t)
+
+
+@cli.command()
+@click.argument("directories", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.option("--allow-mixed", is_flag=True, help="merge folders of different base models or task versions")
+def claims(directories, fmt, allow_mixed):
+    """Check the folklore (LoRA reaches 97-99 % of full fine-tuning, merged LoRA adds no latency, ...)
+    against results: each claim's measured value, its 95 % CI and a verdict, per task."""
+    from .claims import check
+    from .report import claims_table, load_folders, render_markdown
+
+    merged = load_folders(list(directories), allow_mixed=allow_mixed)
+    results = check(merged["runs"], merged["latency"])
+    if not results:
+        raise UsageError("no claim can be measured from these folders: they need runs of lora/full/base (scores, "
+                         "memory, time, artifacts) and/or a `peftbench latency` session.")
+    if fmt == "json":
+        click.echo(json.dumps(results, indent=2, default=str))
+    elif fmt == "markdown":
+        click.echo(render_markdown([claims_table(results)]))
+    else:
+        from rich.console import Console
+
+        (Console() if sys.stdout.isatty() else Console(width=220)).print(claims_table(results))
 
 
 @cli.command()

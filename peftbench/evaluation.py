@@ -48,12 +48,27 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Tr
     lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval_batch_size, device=device)
     t0 = time.perf_counter()
     out = simple_evaluate(model=lm, tasks=[task.lm_eval_name], task_manager=task_manager(include_path),
-                          num_fewshot=cfg.num_fewshot or None, limit=cfg.limit or None, log_samples=False,
+                          num_fewshot=cfg.num_fewshot or None, limit=cfg.limit or None, log_samples=True,
                           bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
                           torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
     wall = time.perf_counter() - t0
     block = json.loads(json.dumps({k: out[k] for k in KEEP if k in out}, default=str))
-    return parse_block(task, block, wall)
+    result = parse_block(task, block, wall)
+    result.samples = per_example((out.get("samples") or {}).get(task.lm_eval_name) or [], list(result.metrics))
+    return result
+
+
+def per_example(samples: list[dict[str, Any]], metrics: list[str]) -> dict[str, list[Any]] | None:
+    """The per-example value of each metric, by document id (for paired bootstraps between methods): a
+    compact ``{"doc_id": [...], "acc": [...], ...}`` instead of lm-eval's full sample log."""
+    rows = sorted((s for s in samples if "doc_id" in s), key=lambda s: s["doc_id"])
+    if not rows:
+        return None
+    out: dict[str, list[Any]] = {"doc_id": [int(s["doc_id"]) for s in rows]}
+    for m in metrics:
+        if all(isinstance(s.get(m), (int, float)) for s in rows):
+            out[m] = [float(s[m]) for s in rows]
+    return out
 
 
 def parse_block(task: Task, block: dict[str, Any], wall: float) -> EvalResult:

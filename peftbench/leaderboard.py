@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from .stats import mean_ci
+
 
 def _score(run: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
     ev = run.get("eval") or {}
@@ -38,9 +40,10 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
         lat = [_latency_headline(r.get("latency") or {}) for r in ok]
         reason = next((r.get("reason") or (r.get("error") or {}).get("message") for r in cells
                        if r["status"] != "ok"), None)
+        seed_ci = mean_ci([s for s, _ in scores if s is not None]) if len(scores) >= 2 else None
         rows.append({
             "method": method, "seeds": len(ok), "status": ",".join(statuses), "reason": reason,
-            "score": score, "stderr": se,
+            "score": score, "stderr": se, "score_ci": seed_ci["ci95"] if seed_ci else None, "_runs": ok,
             "delta": (score - base_score) if score is not None and base_score is not None and method != "base" else None,
             "trainable": _mean([(r.get("params") or {}).get("trainable") for r in ok]),
             "trainable_pct": _mean([(r.get("params") or {}).get("trainable_pct") for r in ok]),
@@ -61,7 +64,28 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
         row["pct_of_full_gain"] = (100.0 * row["delta"] / gain_full
                                    if row["delta"] is not None and gain_full not in (None, 0) else None)
     rows.sort(key=lambda r: (r["method"] != "base", -(r["score"] if r["score"] is not None else -1e9)))
+    _mark_ties(rows, metric)
     return rows
+
+
+def _mark_ties(rows: list[dict[str, Any]], metric: str) -> None:
+    """Compare every method with the best-scoring one (paired over seeds, or a paired bootstrap over
+    examples, or a normal approximation: see ``stats.compare_runs``); a method whose difference has a 95 %
+    CI containing 0 is tied with the best, not ranked below it."""
+    from .stats import compare_runs, separable
+
+    ranked = [r for r in rows if r["method"] != "base" and r["score"] is not None]
+    for r in rows:
+        r["vs_best"], r["tied_with_best"] = None, None
+    if not ranked:
+        return
+    best = ranked[0]
+    best["vs_best"] = {"diff": 0.0, "ci95": None, "method": "best"}
+    for r in ranked[1:]:
+        cmp = compare_runs(r["_runs"], best["_runs"], metric)
+        r["vs_best"] = cmp
+        sep = separable(cmp)
+        r["tied_with_best"] = None if sep is None else not sep
 
 
 def _retention(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:

@@ -71,6 +71,7 @@ class EvalResult:
     n_samples: int
     wall_time_s: float
     lm_eval: dict[str, Any]          # lm-eval's own result block, unchanged
+    samples: dict[str, list[Any]] | None = None  # per-example metric values by doc_id (paired bootstraps)
 
     @property
     def primary(self) -> float:

@@ -31,6 +31,19 @@ def human_count(n: float | None) -> str:
     return f"{n:.0f}"
 
 
+def _vs_best(r: dict[str, Any]) -> str:
+    cmp = r.get("vs_best")
+    if r["method"] == "base" or not cmp:
+        return "—"
+    if cmp.get("method") == "best":
+        return "best"
+    if cmp.get("ci95") is None:
+        return f"{cmp['diff'] * 100:+.1f} pts"
+    lo, hi = cmp["ci95"]
+    text = f"{cmp['diff'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]"
+    return f"≈ best ({text})" if r.get("tied_with_best") else text
+
+
 def _pct(v: float | None, signed: bool = True) -> str:
     return "—" if v is None else (f"{v * 100:+.1f}%" if signed else f"{v:.0f}%")
 
@@ -60,7 +73,9 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
         # latency columns only when the session measured latency (latency_rounds=0 skips it)
         show_lat = any(r["latency_unmerged"] is not None or r["latency_merged"] is not None for r in rows)
         lat_cols = (("lat. unmerged", "right"), ("lat. merged", "right")) if show_lat else ()
-        for col, just in (("method", "left"), (f"{metric} ± se", "right"), ("Δ base", "right"),
+        multi = any(r["seeds"] > 1 for r in rows)
+        for col, just in (("method", "left"), (f"{metric} ± se" if not multi else f"{metric} [95% CI]", "right"),
+                          ("vs best", "right"), ("Δ base", "right"),
                           ("% of full gain", "right"), ("trainable", "right"), ("peak mem", "right"),
                           ("train s", "right"), ("tok/s", "right"), ("artifact", "right"), *lat_cols,
                           *((f"{name} Δ", "right") for name in kept), ("status", "left")):
@@ -79,7 +94,12 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
             return mark(r, f"ret:{name}", "—" if e["delta"] is None else f"{e['delta'] * 100:+.1f} pts")
 
         for r in rows:
-            score = "—" if r["score"] is None else f"{r['score']:.3f} ± {_num(r['stderr'], '.3f')}"
+            if r["score"] is None:
+                score = "—"
+            elif r.get("score_ci"):
+                score = f"{r['score']:.3f} [{r['score_ci'][0]:.3f}, {r['score_ci'][1]:.3f}]"
+            else:
+                score = f"{r['score']:.3f} ± {_num(r['stderr'], '.3f')}"
             trainable = "—" if r["trainable"] is None or r["method"] == "base" else (
                 f"{human_count(r['trainable'])} ({r['trainable_pct']:.2f}%)")
             status = r["status"] + (f" ({r['seeds']} seeds)" if r["seeds"] > 1 else "")
@@ -94,6 +114,7 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
             t.add_row(
                 r["method"] if r["method"] != "base" else "base (zero-shot)",
                 mark(r, "score", score),
+                _vs_best(r),
                 mark(r, "delta", "—" if r["delta"] is None else f"{r['delta'] * 100:+.1f} pts"),
                 mark(r, "pct_of_full_gain", _pct(r["pct_of_full_gain"], signed=False)),
                 mark(r, "trainable", trainable),
@@ -105,7 +126,10 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
                    mark(r, "latency_merged", _pct(r["latency_merged"]))) if show_lat else ()),
                 *(kept_cell(r, name) for name in kept),
                 status)
-        t.caption = ("Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; "
+        t.caption = ("vs best: the difference to the best method with its 95% CI (paired over seeds, else a paired "
+                     "bootstrap over examples, else from the standard errors); '≈ best' = the CI contains 0, a tie, "
+                     "not a rank; "
+                     "Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; "
                      + ("latency: decode time per token vs the base model (+x% slower); " if show_lat else "")
                      + (f"{', '.join(kept)} Δ: retention, the change on a task not trained on vs the base model's "
                         "score (shown in the base row; negative = forgetting); " if kept else "")
@@ -237,3 +261,182 @@ def folder_tables(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     for task, lats in run_latencies(runs).items():
         tables += latency_tables(lats, title=f"{task} — ")
     return tables, {}
+
+
+# ---- several folders at once (report, claims) ---------------------------------------------------------------
+def load_folders(folders: list[Path], allow_mixed: bool = False) -> dict[str, Any]:
+    """Merge result folders (e.g. sessions made in several GPU calls): their runs and their latency results.
+    Folders of different base models, or of different versions of a task, are refused unless
+    ``allow_mixed``: their numbers do not compare."""
+    from .errors import UsageError
+
+    runs: list[dict[str, Any]] = []
+    latency: dict[str, dict[str, Any]] = {}
+    sessions: list[tuple[Path, dict[str, Any]]] = []
+    models: dict[str, list[str]] = {}
+    versions: dict[tuple[str, Any], list[str]] = {}
+    for folder in folders:
+        data = folder_data(Path(folder))
+        session = data["session"]
+        sessions.append((Path(folder), session))
+        model = (session.get("model") or {}).get("source") or (session.get("config") or {}).get("model")
+        if model:
+            models.setdefault(model, []).append(str(folder))
+        for name, info in (session.get("tasks") or {}).items():
+            versions.setdefault((name, info.get("version")), []).append(str(folder))
+        if "latency" in data:
+            for method, r in data["latency"].items():
+                if r.get("status") == "ok" and r.get("latency"):
+                    latency.setdefault(method, r["latency"])
+        else:
+            seen = {(r["method"], r["task"], r["seed"]) for r in runs}
+            for r in data["runs"]:
+                if (r["method"], r["task"], r["seed"]) in seen:
+                    raise UsageError(f"{folder}: {r['key']} is also in an earlier folder; merge sessions of different "
+                                     "cells only (or pass one of them).")
+                runs.append(r)
+                lat = r.get("latency") or {}
+                if r.get("status") == "ok" and lat.get("regimes") and r["method"] not in latency:
+                    latency[r["method"]] = lat
+    if not allow_mixed:
+        if len(models) > 1:
+            raise UsageError("these folders measured different base models (" + "; ".join(
+                f"{m}: {', '.join(fs)}" for m, fs in models.items()) + "); pass --allow-mixed to merge anyway.")
+        by_task: dict[str, set[Any]] = {}
+        for (name, version) in versions:
+            by_task.setdefault(name, set()).add(version)
+        mixed = {t: v for t, v in by_task.items() if len(v) > 1}
+        if mixed:
+            raise UsageError("these folders used different versions of task(s) " + ", ".join(
+                f"{t} ({', '.join(map(str, sorted(v, key=str)))})" for t, v in mixed.items())
+                + "; pass --allow-mixed to merge anyway.")
+    return {"sessions": sessions, "runs": runs, "latency": latency}
+
+
+def _claim_value(quantity: str, value: float) -> str:
+    if quantity in ("share_of_full", "relative_gap", "latency_overhead"):
+        return f"{value * 100:.1f}%" if quantity == "share_of_full" else f"{value * 100:+.1f}%"
+    if quantity == "trainable_pct":
+        return f"{value:.2f}%"
+    return f"{value:,.2f}x" if value < 10 else f"{value:,.0f}x"
+
+
+def claims_table(results: list[dict[str, Any]], title: str = "") -> Any:
+    from rich.table import Table
+
+    from .claims import load_claims
+
+    quantity = {c["id"]: c["quantity"] for c in load_claims()}
+    t = Table(title=f"{title}claims checked against these results", title_justify="left", header_style="bold")
+    for col in ("claim", "on", "measured", "95% CI", "claimed", "verdict"):
+        t.add_column(col, justify="right" if col in ("measured", "95% CI", "claimed") else "left")
+    colors = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
+    for r in results:
+        q = quantity.get(r["id"], "")
+        lo, hi = r["range"]
+        claimed = (f">= {_claim_value(q, lo)}" if hi is None else f"<= {_claim_value(q, hi)}" if lo is None
+                   else f"{_claim_value(q, lo)} to {_claim_value(q, hi)}")
+        ci = "—" if not r["ci95"] else f"[{_claim_value(q, r['ci95'][0])}, {_claim_value(q, r['ci95'][1])}]"
+        color = colors.get(r["verdict"].split(" (")[0], "white")
+        t.add_row(r["claim"], r["task"], _claim_value(q, r["value"]), ci, claimed, f"[{color}]{r['verdict']}[/]")
+    t.caption = ("verdict: holds = the 95% CI lies inside the claimed range; does not hold = entirely outside; "
+                 "inconclusive = it straddles a bound; (no CI) = one measurement, judged by its value. Definitions "
+                 "and sources: docs/claims.md and peftbench/claims.yaml.")
+    return t
+
+
+# ---- exports --------------------------------------------------------------------------------------------------
+EXPORT_COLUMNS = ("task", "method", "seeds", "status", "metric", "score", "stderr", "score_ci_low", "score_ci_high",
+                  "vs_best", "vs_best_ci_low", "vs_best_ci_high", "vs_best_method", "tied_with_best", "delta_base",
+                  "pct_of_full_gain", "trainable", "trainable_pct", "peak_memory_bytes", "train_time_s",
+                  "tokens_per_s", "artifact_bytes", "latency_unmerged", "latency_merged")
+
+
+def export_rows(session: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The leaderboard as flat records (CSV, JSON, LaTeX)."""
+    out = []
+    tasks = session.get("tasks") or {r["task"]: {} for r in runs}
+    for task, info in tasks.items():
+        metric = info.get("metric", "acc")
+        for r in rows_for_task(runs, task, metric):
+            ci, vs = r.get("score_ci") or [None, None], r.get("vs_best") or {}
+            vci = vs.get("ci95") or [None, None]
+            rec = {"task": task, "method": r["method"], "seeds": r["seeds"], "status": r["status"], "metric": metric,
+                   "score": r["score"], "stderr": r["stderr"], "score_ci_low": ci[0], "score_ci_high": ci[1],
+                   "vs_best": vs.get("diff"), "vs_best_ci_low": vci[0], "vs_best_ci_high": vci[1],
+                   "vs_best_method": vs.get("method"), "tied_with_best": r.get("tied_with_best"),
+                   "delta_base": r["delta"], "pct_of_full_gain": r["pct_of_full_gain"], "trainable": r["trainable"],
+                   "trainable_pct": r["trainable_pct"], "peak_memory_bytes": r["peak_memory"],
+                   "train_time_s": r["train_time"], "tokens_per_s": r["tokens_per_s"],
+                   "artifact_bytes": r["artifact_bytes"], "latency_unmerged": r["latency_unmerged"],
+                   "latency_merged": r["latency_merged"]}
+            rec.update({f"retention_{k}_delta": v.get("delta") for k, v in (r.get("retention") or {}).items()})
+            out.append(rec)
+    return out
+
+
+def to_csv(records: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    cols = list(EXPORT_COLUMNS) + sorted({k for r in records for k in r} - set(EXPORT_COLUMNS))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in cols})
+    return buf.getvalue()
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(records: list[dict[str, Any]], model: str = "") -> str:
+    """One booktabs table per task, for ``\\input`` in a paper (needs ``\\usepackage{booktabs}``)."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        rows = [r for r in records if r["task"] == task]
+        metric = rows[0]["metric"]
+        out += [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{lrrrrrr}", r"\toprule",
+                f"Method & {_tex(metric)} & vs.\\ best & $\\Delta$ base & Trainable (\\%) & Peak mem. (GiB) & "
+                r"Artifact (MiB) \\", r"\midrule"]
+        for r in rows:
+            score = "--" if r["score"] is None else (
+                f"{r['score']:.3f} [{r['score_ci_low']:.3f}, {r['score_ci_high']:.3f}]" if r["score_ci_low"] is not None
+                else f"{r['score']:.3f} $\\pm$ {r['stderr']:.3f}" if r["stderr"] is not None else f"{r['score']:.3f}")
+            if r["method"] == "base" or r["vs_best"] is None:
+                vs = "--"
+            elif r["vs_best_method"] == "best":
+                vs = "best"
+            else:
+                vs = f"{r['vs_best'] * 100:+.1f}" + (r"$^{\approx}$" if r["tied_with_best"] else "")
+            delta = "--" if r["delta_base"] is None else f"{r['delta_base'] * 100:+.1f}"
+            tp = "--" if r["method"] == "base" or r["trainable_pct"] is None else f"{r['trainable_pct']:.2f}"
+            mem = "--" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**30:.1f}"
+            art = "--" if r["artifact_bytes"] is None else f"{r['artifact_bytes'] / 2**20:.1f}"
+            name = "base (zero-shot)" if r["method"] == "base" else r["method"]
+            out.append(f"{_tex(name)} & {score} & {vs} & {delta} & {tp} & {mem} & {art} \\\\")
+        out += [r"\bottomrule", r"\end{tabular}",
+                f"\\caption{{{_tex(task)}: {_tex(metric)} of each method{(' on ' + _tex(model)) if model else ''}. "
+                r"vs.\ best: points behind the best method; $^{\approx}$: its 95\% CI contains 0 (a tie). "
+                r"$\Delta$ base: points over the zero-shot base.}",
+                f"\\label{{tab:peftbench-{_tex(task).replace(chr(92), '')}}}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def merged_session(sessions: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """A session record standing for several run sessions: their tasks, the first one's model and env."""
+    run_sessions = [s for _, s in sessions if s.get("kind") != "latency"]
+    if not run_sessions:
+        return {}
+    first = dict(run_sessions[0])
+    tasks: dict[str, Any] = {}
+    for s in run_sessions:
+        for name, info in (s.get("tasks") or {}).items():
+            tasks.setdefault(name, info)
+    first["tasks"] = tasks
+    return first
