@@ -239,9 +239,11 @@ def folder_data(output: Path) -> dict[str, Any]:
 
         session, results = load_latency(output)
         return {"session": session, "latency": results}
-    from .results import load_runs, load_session
+    from .results import load_runs, load_session, verify_run_files
 
-    return {"session": load_session(output), "runs": list(load_runs(output).values())}
+    session = load_session(output)
+    verify_run_files(output, session)
+    return {"session": session, "runs": list(load_runs(output).values())}
 
 
 def folder_tables(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]]]:

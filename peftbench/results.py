@@ -76,3 +76,15 @@ def load_session(output: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"{path}: not valid JSON ({e.msg}); the file is damaged.") from None
+
+
+def verify_run_files(output: Path, session: dict[str, Any]) -> None:
+    """Every run file ``session.json`` lists must still have the sha256 it recorded: a run file edited or
+    truncated after the session wrote it is named, not silently reported."""
+    for name, digest in (session.get("run_files") or {}).items():
+        path = Path(output) / "runs" / name
+        if not path.is_file():
+            raise UsageError(f"{path}: listed in session.json but missing.")
+        if sha256(path) != digest:
+            raise UsageError(f"{path}: its sha256 differs from the one session.json recorded; the file was changed "
+                             "or truncated after the session wrote it. Re-run the cell (--resume) or restore it.")

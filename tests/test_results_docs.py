@@ -66,3 +66,29 @@ def test_latency_sessions_cited_in_the_docs():
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stdout
         assert done.stdout.strip().splitlines()[-1] in (ROOT / "docs/latency.md").read_text()
+
+
+GPU_TASKS = ["results/tasks-gpu/sst2", "results/tasks-gpu/boolq", "results/tasks-gpu/arc_easy"]
+
+
+@pytest.mark.parametrize(("fmt", "path"), [("markdown", "docs/results/tasks-gpu.md"), ("latex", "docs/results/tasks-gpu.tex"),
+                                           ("csv", "docs/results/tasks-gpu.csv")])
+def test_committed_exports_are_current(fmt, path, capsys):
+    from peftbench.testing import run_cli
+
+    code, out, err = run_cli(["report", *(str(ROOT / d) for d in GPU_TASKS), "--format", fmt], capsys)
+    assert code == 0, err
+    assert out == (ROOT / path).read_text(), f"{path} is stale: peftbench report ... --format {fmt} > {path}"
+
+
+def test_docs_claims_table_is_current(capsys):
+    import json
+
+    from peftbench.testing import run_cli
+
+    folders = [str(ROOT / d) for d in [*GPU_TASKS, "results/latency-gpu/latency-grid-A"]]
+    code, out, err = run_cli(["claims", *folders, "--format", "markdown"], capsys)
+    assert code == 0, err
+    assert out.strip() in (ROOT / "docs/claims.md").read_text()
+    code, out, err = run_cli(["claims", *folders, "--format", "json"], capsys)
+    assert json.loads(out) == json.loads((ROOT / "docs/results/claims.json").read_text())

@@ -1,0 +1,239 @@
+"""Statistics on synthetic results with known answers; the claims' verdict logic at its boundaries; every
+export format; merging sessions (and refusing incompatible ones)."""
+
+import csv
+import io
+import json
+import math
+import re
+
+import pytest
+
+from peftbench import stats
+from peftbench.claims import check, load_claims, verdict
+from peftbench.errors import UsageError
+from peftbench.report import export_rows, load_folders, to_csv, to_latex
+
+
+# ---- statistics ---------------------------------------------------------------------------------------------
+def test_mean_ci_matches_the_t_interval():
+    out = stats.mean_ci([1.0, 2.0, 3.0])
+    assert out["mean"] == 2.0 and out["sd"] == 1.0 and out["n"] == 3
+    half = 4.303 * 1.0 / math.sqrt(3)  # t(0.975, df=2) = 4.303
+    assert out["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
+    assert stats.mean_ci([0.5])["ci95"] is None
+    assert stats.t95(100) == pytest.approx(1.96, abs=1e-3)
+
+
+def test_paired_difference_over_seeds_has_the_known_ci():
+    # differences 0.02, 0.04, 0.06: mean 0.04, sd 0.02, CI 0.04 +- 4.303 * 0.02 / sqrt(3)
+    a = {0: 0.82, 1: 0.84, 2: 0.86}
+    b = {0: 0.80, 1: 0.80, 2: 0.80, 3: 0.9}  # seed 3 has no partner: ignored
+    out = stats.paired_seeds(a, b)
+    half = 4.303 * 0.02 / math.sqrt(3)
+    assert out["diff"] == pytest.approx(0.04) and out["n"] == 3
+    assert out["ci95"] == pytest.approx([0.04 - half, 0.04 + half])
+    assert stats.separable(out) is False  # the CI reaches below 0: not separable
+    assert stats.paired_seeds({0: 1.0}, {0: 0.0}) is None
+
+
+def test_paired_bootstrap_over_examples():
+    same = stats.paired_bootstrap([1, 0, 1, 0], [1, 0, 1, 0])
+    assert same["diff"] == 0 and same["ci95"] == [0, 0]
+    better = stats.paired_bootstrap([1] * 50, [0] * 50)
+    assert better["diff"] == 1 and better["ci95"] == [1, 1] and stats.separable(better)
+    mixed = stats.paired_bootstrap([1, 1, 0, 1] * 25, [1, 0, 0, 1] * 25, seed=3)
+    assert mixed["diff"] == pytest.approx(0.25)
+    lo, hi = mixed["ci95"]
+    assert lo < 0.25 < hi and 0.1 < lo and hi < 0.4   # se of the mean difference ~ 0.043
+    assert mixed == stats.paired_bootstrap([1, 1, 0, 1] * 25, [1, 0, 0, 1] * 25, seed=3)  # deterministic
+    with pytest.raises(ValueError):
+        stats.paired_bootstrap([1], [1, 0])
+
+
+def test_normal_difference():
+    out = stats.normal_diff(0.9, 0.03, 0.8, 0.04)
+    assert out["diff"] == pytest.approx(0.1)
+    assert out["ci95"] == pytest.approx([0.1 - 1.959964 * 0.05, 0.1 + 1.959964 * 0.05])
+
+
+def run(method, task="t", seed=0, acc=0.5, se=0.01, samples=None, **extra):
+    r = {"schema_version": 1, "key": f"{method}--{task}--seed{seed}", "method": method, "task": task, "seed": seed,
+         "status": "ok", "eval": {"metrics": {"acc": acc}, "stderr": {"acc": se}}, "config": {}, "params": {},
+         "train": {}, "latency": {}, "artifact": {}, "merge": {}, "env": {}}
+    if samples is not None:
+        r["eval"]["samples"] = {"doc_id": list(range(len(samples))), "acc": samples}
+    r.update(extra)
+    return r
+
+
+def test_compare_runs_picks_the_right_interval():
+    seeds = stats.compare_runs([run("a", seed=s, acc=0.8 + 0.01 * s) for s in range(3)],
+                               [run("b", seed=s, acc=0.7) for s in range(3)], "acc")
+    assert seeds["method"] == "paired over seeds" and seeds["diff"] == pytest.approx(0.11)
+    boot = stats.compare_runs([run("a", samples=[1, 1, 0, 1])], [run("b", samples=[1, 0, 0, 1])], "acc")
+    assert boot["method"] == "paired bootstrap over examples" and boot["diff"] == pytest.approx(0.25)
+    normal = stats.compare_runs([run("a", acc=0.9, se=0.03)], [run("b", acc=0.8, se=0.04)], "acc")
+    assert normal["method"] == "normal approximation" and normal["ci95"][0] == pytest.approx(0.1 - 1.959964 * 0.05)
+
+
+def test_leaderboard_marks_ties_instead_of_ranking():
+    from peftbench.leaderboard import rows_for_task
+
+    runs = [run("base", acc=0.5), run("full", acc=0.90, se=0.01), run("lora", acc=0.89, se=0.01),
+            run("adapter", acc=0.80, se=0.01)]
+    rows = {r["method"]: r for r in rows_for_task(runs, "t")}
+    assert rows["full"]["vs_best"]["method"] == "best"
+    assert rows["lora"]["tied_with_best"] is True      # -1 pt, CI +-2.8 pts: a tie
+    assert rows["adapter"]["tied_with_best"] is False  # -10 pts: separable
+    assert rows["adapter"]["vs_best"]["diff"] == pytest.approx(-0.10)
+
+
+# ---- claims ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value,ci,expected", [
+    (0.98, [0.97, 0.99], "holds"),                 # CI exactly on both bounds: inside
+    (0.98, [0.969, 0.99], "inconclusive"),         # straddles the lower bound
+    (0.95, [0.94, 0.9699], "does not hold"),       # entirely below
+    (1.00, [0.9901, 1.01], "does not hold"),       # entirely above
+    (0.98, None, "holds (no CI)"),
+    (0.99, None, "holds (no CI)"),                 # the point on the bound
+    (0.991, None, "does not hold (no CI)"),
+    (None, None, "not measured"),
+])
+def test_verdict_boundaries(value, ci, expected):
+    assert verdict(value, ci, [0.97, 0.99]) == expected
+
+
+def test_verdict_open_ranges():
+    assert verdict(150.0, None, [100, None]) == "holds (no CI)"
+    assert verdict(99.9, None, [100, None]) == "does not hold (no CI)"
+    assert verdict(-5.0, [-6.0, -4.0], [None, 0.0]) == "holds"
+
+
+def test_every_shipped_claim_is_well_formed():
+    claims = load_claims()
+    assert len(claims) >= 8 and len({c["id"] for c in claims}) == len(claims)
+    assert {"share_of_full", "relative_gap", "latency_overhead", "artifact_ratio", "trainable_pct",
+            "ratio_to"} <= {c["quantity"] for c in claims}
+
+
+def test_claims_on_synthetic_results_with_known_values():
+    runs = [run("base", acc=0.5, se=0.0001), run("full", acc=0.9, se=0.0001), run("lora", acc=0.892, se=0.0001),
+            run("qlora", acc=0.88, se=0.0001)]
+    for r, mem, secs, art, pct in ((runs[1], 100, 10.0, 1000, 100.0), (runs[2], 40, 12.0, 5, 1.5)):
+        r.update(train={"peak_memory_bytes": mem, "wall_time_s": secs}, artifact={"bytes": art},
+                 params={"trainable_pct": pct})
+    latency = {"lora": {"regimes": {"static": [{"batch_size": 1, "prompt_tokens": 8,
+                                               "overhead": {"merged": {"ratio": 0.001, "ci95": [-0.004, 0.006]},
+                                                            "unmerged": {"ratio": 0.5, "ci95": [0.45, 0.55]}}}]}}}
+    out = {(c["id"], c["task"]): c for c in check(runs, latency)}
+    gain = out[("lora_share_of_full_gain", "t")]
+    assert gain["value"] == pytest.approx(0.392 / 0.4) and gain["verdict"] == "holds"   # 98 %, tight CI
+    raw = out[("lora_share_of_full_score", "t")]
+    # 99.1 % with a tight CI: above the claimed 97-99 %, so the raw-score claim does not hold here
+    assert raw["value"] == pytest.approx(0.892 / 0.9) and raw["verdict"] == "does not hold"
+    gap = out[("qlora_near_lora", "t")]
+    assert gap["value"] == pytest.approx((0.892 - 0.88) / 0.892) and gap["verdict"] == "holds"
+    assert out[("merged_lora_zero_latency", "latency")]["verdict"] == "holds"
+    assert out[("lora_artifact_hundreds_smaller", "t")]["value"] == pytest.approx(200.0)
+    assert out[("lora_trainable_share", "t")]["verdict"] == "holds (no CI)"
+    assert out[("lora_less_memory", "t")]["value"] == pytest.approx(0.4)
+    assert out[("lora_trains_faster", "t")]["verdict"] == "does not hold (no CI)"      # 12 s vs 10 s
+    assert ("series_adapter_latency", "latency") not in out  # no adapter latency: not measured, not listed
+
+
+# ---- exports --------------------------------------------------------------------------------------------------
+SESSION = {"tasks": {"t": {"metric": "acc", "version": 1}}, "model": {"source": "m"}}
+
+
+def rows():
+    return [run("base", acc=0.5), run("full", acc=0.9, params={"trainable": 100, "trainable_pct": 100.0},
+                                      train={"peak_memory_bytes": 2**30, "wall_time_s": 3.0, "tokens_per_s": 10.0},
+                                      artifact={"bytes": 2**20}),
+            run("lo_ra&co", acc=0.85)]
+
+
+def test_csv_round_trips():
+    records = export_rows(SESSION, rows())
+    back = list(csv.DictReader(io.StringIO(to_csv(records))))
+    assert [r["method"] for r in back] == ["base", "full", "lo_ra&co"]
+    for rec, got in zip(records, back, strict=True):
+        for k, v in rec.items():
+            assert got[k] == ("" if v is None else str(v)), k
+
+
+def test_latex_is_a_booktabs_table():
+    tex = to_latex(export_rows(SESSION, rows()), "m")
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 1
+    assert tex.count(r"\begin{tabular}{lrrrrrr}") == 1 and r"\toprule" in tex and r"\bottomrule" in tex
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    assert len(body) == 3
+    for line in body:  # 7 columns, each row ended by \\ and every & inside a cell escaped
+        assert line.endswith(r"\\")
+        assert len(re.split(r"(?<!\\)&", line)) == 7
+    assert r"lo\_ra\&co" in tex and "best" in body[1]
+
+
+def test_json_export_and_report_cli(tmp_path, capsys):
+    from peftbench.testing import run_cli
+
+    folder = tmp_path / "s"
+    (folder / "runs").mkdir(parents=True)
+    (folder / "session.json").write_text(json.dumps({**SESSION, "schema_version": 1}))
+    for r in rows():
+        (folder / "runs" / f"{r['key']}.json").write_text(json.dumps({**r, "schema_version": 1}))
+    code, out, err = run_cli(["report", str(folder), "--format", "json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert {r["method"] for r in data["rows"]} == {"base", "full", "lo_ra&co"} and data["model"] == "m"
+    code, out, err = run_cli(["report", str(folder), "--format", "csv", "--methods", "full"], capsys)
+    assert code == 0 and [r["method"] for r in csv.DictReader(io.StringIO(out))] == ["base", "full"]
+
+
+def _session(tmp_path, name, model="m", version=1, method="lora", seed=0):
+    folder = tmp_path / name
+    (folder / "runs").mkdir(parents=True)
+    (folder / "session.json").write_text(json.dumps({"tasks": {"t": {"metric": "acc", "version": version}},
+                                                     "model": {"source": model}}))
+    r = run(method, seed=seed)
+    (folder / "runs" / f"{r['key']}.json").write_text(json.dumps(r))
+    return folder
+
+
+def test_merging_sessions_and_refusing_incompatible_ones(tmp_path):
+    a, b = _session(tmp_path, "a"), _session(tmp_path, "b", method="full")
+    merged = load_folders([a, b])
+    assert sorted(r["method"] for r in merged["runs"]) == ["full", "lora"]
+    other_model = _session(tmp_path, "c", model="other", method="adapter")
+    with pytest.raises(UsageError, match="different base models .*--allow-mixed"):
+        load_folders([a, other_model])
+    assert len(load_folders([a, other_model], allow_mixed=True)["runs"]) == 2
+    other_version = _session(tmp_path, "d", version=2, method="qlora")
+    with pytest.raises(UsageError, match=r"different versions of task\(s\) t \(1, 2\)"):
+        load_folders([a, other_version])
+    again = _session(tmp_path, "e")  # the same cell twice
+    with pytest.raises(UsageError, match="lora--t--seed0 is also in an earlier folder"):
+        load_folders([a, again])
+
+
+@pytest.mark.parametrize("damage", ["edit", "truncate", "delete"])
+def test_a_tampered_or_truncated_run_file_is_named(tmp_path, capsys, damage):
+    from peftbench.results import sha256
+    from peftbench.testing import run_cli
+
+    folder = _session(tmp_path, "s")
+    path = folder / "runs" / "lora--t--seed0.json"
+    session = json.loads((folder / "session.json").read_text())
+    session["run_files"] = {path.name: sha256(path)}
+    (folder / "session.json").write_text(json.dumps(session))
+    code, _, err = run_cli(["report", str(folder), "--format", "csv"], capsys)
+    assert code == 0, err
+    if damage == "edit":
+        path.write_text(path.read_text().replace('"acc": 0.5', '"acc": 0.99'))
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:40])
+    else:
+        path.unlink()
+    code, _, err = run_cli(["report", str(folder), "--format", "csv"], capsys)
+    assert code == 2 and str(path) in err and "Traceback" not in err
+    assert ("missing" in err) if damage == "delete" else ("sha256 differs" in err)
