@@ -154,12 +154,14 @@ def _show(output: Path, as_json: bool, markdown: bool = False) -> None:
 @click.option("--tasks", "only_tasks", help="only these tasks (comma-separated)")
 @click.option("--methods", "only_methods", help="only these methods (comma-separated; base is kept)")
 @click.option("--allow-mixed", is_flag=True, help="merge folders of different base models or task versions")
-def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_mixed):
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path),
+              help="also write Pareto plots (score vs parameters, memory, time, latency; PNG and SVG) here")
+def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_mixed, plots_dir):
     """Render saved sessions: leaderboards and latency tables. Several folders (e.g. sessions made in
     separate GPU calls) are merged; folders of different base models or task versions are refused unless
     --allow-mixed."""
     fmt = "markdown" if markdown else "json" if as_json else fmt
-    if len(directories) == 1 and not (only_tasks or only_methods) and fmt in ("table", "markdown") or (
+    if len(directories) == 1 and not (only_tasks or only_methods or plots_dir) and fmt in ("table", "markdown") or (
             len(directories) == 1 and fmt == "json" and as_json):
         _show(directories[0], fmt == "json", fmt == "markdown")
         return
@@ -186,6 +188,11 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
     if only_tasks:
         session["tasks"] = {k: v for k, v in (session.get("tasks") or {}).items() if k in set(_csv(only_tasks, "--tasks"))}
     model = (session.get("model") or {}).get("source", "")
+    if plots_dir:
+        from .plots import pareto_plots
+
+        files = pareto_plots(session, runs, merged["latency"], Path(plots_dir))
+        stderr_console().print(f"{len(files)} plot files in {plots_dir}")
     if fmt in ("csv", "json", "latex"):
         records = export_rows(session, runs)
         if fmt == "csv":

@@ -237,3 +237,31 @@ def test_a_tampered_or_truncated_run_file_is_named(tmp_path, capsys, damage):
     code, _, err = run_cli(["report", str(folder), "--format", "csv"], capsys)
     assert code == 2 and str(path) in err and "Traceback" not in err
     assert ("missing" in err) if damage == "delete" else ("sha256 differs" in err)
+
+
+def test_pareto_frontier():
+    from peftbench.plots import frontier
+
+    # (cost, score): b is dominated by a (cheaper and better); d ties c's score at a higher cost
+    pts = [(10.0, 0.8), (20.0, 0.7), (30.0, 0.9), (40.0, 0.9), (1.0, 0.5)]
+    assert frontier(pts) == [(1.0, 0.5), (10.0, 0.8), (30.0, 0.9)]
+    assert frontier([]) == []
+
+
+def test_report_writes_pareto_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from peftbench.testing import run_cli
+
+    folder = tmp_path / "s"
+    (folder / "runs").mkdir(parents=True)
+    (folder / "session.json").write_text(json.dumps(SESSION))
+    for r in [run("base", acc=0.5), run("full", acc=0.9, params={"trainable": 1000}, train={"peak_memory_bytes": 2**31}),
+              run("lora", acc=0.85, params={"trainable": 10}, train={"peak_memory_bytes": 2**30})]:
+        (folder / "runs" / f"{r['key']}.json").write_text(json.dumps(r))
+    code, _, err = run_cli(["report", str(folder), "--format", "csv", "--plots", str(tmp_path / "p")], capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert names == ["t-memory.png", "t-memory.svg", "t-params.png", "t-params.svg"]  # no time/latency data
+    assert (tmp_path / "p" / "t-params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = (tmp_path / "p" / "t-params.svg").read_text()
+    assert "<svg" in svg and "Pareto frontier" in svg
