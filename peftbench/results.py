@@ -32,6 +32,19 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
+def schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of a ``run`` file or a ``session`` record (``peftbench/schema/``)."""
+    return json.loads((Path(__file__).parent / "schema" / f"{kind}.schema.json").read_text())
+
+
+def schema_errors(data: Any, kind: str) -> list[str]:
+    """Where ``data`` breaks its JSON Schema: 'path: message' lines (empty: valid)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema(kind))
+    return [f"{e.json_path}: {e.message[:200]}" for e in sorted(validator.iter_errors(data), key=lambda e: e.json_path)]
+
+
 def validate_run(data: Any, where: str) -> None:
     if not isinstance(data, dict):
         raise UsageError(f"{where}: not a peftbench run file (expected a JSON object).")
@@ -42,12 +55,23 @@ def validate_run(data: Any, where: str) -> None:
         raise UsageError(f"{where}: schema_version {data['schema_version']!r}; this peftbench reads {SCHEMA_VERSION}.")
     if data["status"] not in STATUSES:
         raise UsageError(f"{where}: status {data['status']!r} is not one of {', '.join(STATUSES)}.")
+    errors = schema_errors(data, "run")
+    if errors:
+        raise UsageError(f"{where}: does not match the run-file schema (docs/results-schema.md): {errors[0]}"
+                         + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
 
 
 def write_run(output: Path, key: str, data: dict[str, Any]) -> Path:
-    validate_run(data, key)
+    """Write a run file atomically, then check it against the schema: a mismatch (a bug in peftbench or a
+    plugin) is reported on stderr, never at the cost of the cell's results."""
     path = output / "runs" / f"{key}.json"
     write_json(path, data)
+    try:
+        validate_run(data, str(path))
+    except UsageError as e:
+        import sys
+
+        print(f"warning: {e}", file=sys.stderr)
     return path
 
 
@@ -73,9 +97,14 @@ def load_session(output: Path) -> dict[str, Any]:
         raise UsageError(f"{output} holds no peftbench session (no session.json). Pass the --output folder of "
                          "a `peftbench run`.")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"{path}: not valid JSON ({e.msg}); the file is damaged.") from None
+    if data.get("kind") != "latency":
+        errors = schema_errors(data, "session")
+        if errors:
+            raise UsageError(f"{path}: does not match the session schema (docs/results-schema.md): {errors[0]}")
+    return data
 
 
 def verify_run_files(output: Path, session: dict[str, Any]) -> None:

@@ -161,6 +161,7 @@ class Session:
                 "retention": {k: [t.name for t in v] for k, v in self.retention.items()},
                 "train_configs": {f"{m}--{t}": to_jsonable(c) for (m, t), c in self.train_configs.items()},
                 "method_configs": to_jsonable(self.method_configs),
+                "config_sha256": _config_digest(self),
                 "env": self.env, "run_files": {p.name: sha256(p) for p in runs}}
 
     def run(self) -> list[dict[str, Any]]:
@@ -289,3 +290,17 @@ def _is_oom(e: BaseException) -> bool:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _config_digest(session: Session) -> str:
+    """sha256 of the canonical JSON of what decides the numbers: the model, methods, tasks, seeds and every
+    cell's training and method configuration (not the output folder or resume flag)."""
+    import hashlib
+    import json
+
+    c = session.config
+    what = {"model": c.model, "methods": session.methods, "tasks": [t.name for t in session.tasks], "seeds": c.seeds,
+            "retention": {k: [t.name for t in v] for k, v in session.retention.items()},
+            "train_configs": {f"{m}--{t}": to_jsonable(v) for (m, t), v in session.train_configs.items()},
+            "method_configs": to_jsonable(session.method_configs)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()

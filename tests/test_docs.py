@@ -37,3 +37,10 @@ def test_docs_links_resolve():
             if "://" in target:
                 continue
             assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to missing {target}"
+
+
+def test_the_results_schema_doc_is_current():
+    from peftbench.schema_docs import schema_markdown
+
+    assert (ROOT / "docs/results-schema.md").read_text() == schema_markdown(), (
+        "docs/results-schema.md is stale: python -m peftbench.schema_docs > docs/results-schema.md")

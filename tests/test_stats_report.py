@@ -143,7 +143,9 @@ def test_claims_on_synthetic_results_with_known_values():
 
 
 # ---- exports --------------------------------------------------------------------------------------------------
-SESSION = {"tasks": {"t": {"metric": "acc", "version": 1}}, "model": {"source": "m"}}
+SESSION = {"schema_version": 1, "session_id": "x", "status": "finished", "command": ["peftbench"], "config": {},
+           "plan": [], "env": {}, "run_files": {}, "tasks": {"t": {"metric": "acc", "version": 1}},
+           "model": {"source": "m"}}
 
 
 def rows():
@@ -179,7 +181,7 @@ def test_json_export_and_report_cli(tmp_path, capsys):
 
     folder = tmp_path / "s"
     (folder / "runs").mkdir(parents=True)
-    (folder / "session.json").write_text(json.dumps({**SESSION, "schema_version": 1}))
+    (folder / "session.json").write_text(json.dumps(SESSION))
     for r in rows():
         (folder / "runs" / f"{r['key']}.json").write_text(json.dumps({**r, "schema_version": 1}))
     code, out, err = run_cli(["report", str(folder), "--format", "json"], capsys)
@@ -193,7 +195,7 @@ def test_json_export_and_report_cli(tmp_path, capsys):
 def _session(tmp_path, name, model="m", version=1, method="lora", seed=0):
     folder = tmp_path / name
     (folder / "runs").mkdir(parents=True)
-    (folder / "session.json").write_text(json.dumps({"tasks": {"t": {"metric": "acc", "version": version}},
+    (folder / "session.json").write_text(json.dumps({**SESSION, "tasks": {"t": {"metric": "acc", "version": version}},
                                                      "model": {"source": model}}))
     r = run(method, seed=seed)
     (folder / "runs" / f"{r['key']}.json").write_text(json.dumps(r))
@@ -265,3 +267,28 @@ def test_report_writes_pareto_plots(tmp_path, capsys):
     assert (tmp_path / "p" / "t-params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = (tmp_path / "p" / "t-params.svg").read_text()
     assert "<svg" in svg and "Pareto frontier" in svg
+
+
+def test_schemas_validate_and_name_the_field(tmp_path, capsys):
+    from peftbench.results import schema_errors
+    from peftbench.testing import run_cli
+
+    good = run("lora")
+    assert schema_errors(good, "run") == [] and schema_errors(SESSION, "session") == []
+    bad = {**good, "seed": "zero", "status": "done"}
+    errors = schema_errors(bad, "run")
+    assert any(e.startswith("$.seed:") for e in errors) and any(e.startswith("$.status:") for e in errors)
+    assert any(e.startswith("$.run_files[") for e in schema_errors({**SESSION, "run_files": {"a.json": "xyz"}}, "session"))
+    folder = _session(tmp_path, "s")
+    path = folder / "runs" / "lora--t--seed0.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": "zero"}))
+    code, _, err = run_cli(["report", str(folder), "--format", "csv"], capsys)
+    assert code == 2 and str(path) in err and "$.seed" in err and "schema" in err
+
+
+def test_write_run_keeps_an_invalid_file_and_warns(tmp_path, capsys):
+    from peftbench.results import write_run
+
+    path = write_run(tmp_path, "lora--t--seed0", {**run("lora"), "seed": "zero"})
+    assert json.loads(path.read_text())["seed"] == "zero"  # the results are kept
+    assert "does not match the run-file schema" in capsys.readouterr().err
