@@ -156,12 +156,15 @@ def _show(output: Path, as_json: bool, markdown: bool = False) -> None:
 @click.option("--allow-mixed", is_flag=True, help="merge folders of different base models or task versions")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path),
               help="also write Pareto plots (score vs parameters, memory, time, latency; PNG and SVG) here")
-def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_mixed, plots_dir):
+@click.option("--metric", help="rank and compare by this metric (e.g. acc_norm) instead of each task's own")
+@click.option("--columns", help="csv/json: only these columns (comma-separated; see docs/results-schema.md)")
+def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_mixed, plots_dir, metric, columns):
     """Render saved sessions: leaderboards and latency tables. Several folders (e.g. sessions made in
     separate GPU calls) are merged; folders of different base models or task versions are refused unless
     --allow-mixed."""
     fmt = "markdown" if markdown else "json" if as_json else fmt
-    if len(directories) == 1 and not (only_tasks or only_methods or plots_dir) and fmt in ("table", "markdown") or (
+    if len(directories) == 1 and not (only_tasks or only_methods or plots_dir or metric) and fmt in (
+            "table", "markdown") or (
             len(directories) == 1 and fmt == "json" and as_json):
         _show(directories[0], fmt == "json", fmt == "markdown")
         return
@@ -187,6 +190,11 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
     session = merged_session(merged["sessions"])
     if only_tasks:
         session["tasks"] = {k: v for k, v in (session.get("tasks") or {}).items() if k in set(_csv(only_tasks, "--tasks"))}
+    if metric:
+        known = {m for r in runs for m in ((r.get("eval") or {}).get("metrics") or {})}
+        if metric not in known:
+            raise UsageError(f"--metric {metric!r}: these runs record {', '.join(sorted(known)) or 'no metrics'}.")
+        session["tasks"] = {k: {**v, "metric": metric} for k, v in (session.get("tasks") or {}).items()}
     model = (session.get("model") or {}).get("source", "")
     if plots_dir:
         from .plots import pareto_plots
@@ -195,6 +203,14 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
         stderr_console().print(f"{len(files)} plot files in {plots_dir}")
     if fmt in ("csv", "json", "latex"):
         records = export_rows(session, runs)
+        if columns:
+            keep = _csv(columns, "--columns")
+            unknown = [c for c in keep if not any(c in r for r in records)]
+            if unknown:
+                raise UsageError(f"--columns: no column {', '.join(unknown)}; columns: {', '.join(records[0]) if records else '-'}.")
+            if fmt == "latex":
+                raise UsageError("--columns applies to csv and json; the LaTeX table has a fixed layout.")
+            records = [{c: r.get(c) for c in keep} for r in records]
         if fmt == "csv":
             click.echo(to_csv(records), nl=False)
         elif fmt == "latex":

@@ -381,7 +381,8 @@ def to_csv(records: list[dict[str, Any]]) -> str:
     import csv
     import io
 
-    cols = list(EXPORT_COLUMNS) + sorted({k for r in records for k in r} - set(EXPORT_COLUMNS))
+    present = list(dict.fromkeys(k for r in records for k in r))
+    cols = [c for c in EXPORT_COLUMNS if c in present] + sorted(set(present) - set(EXPORT_COLUMNS))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()

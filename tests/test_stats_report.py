@@ -292,3 +292,21 @@ def test_write_run_keeps_an_invalid_file_and_warns(tmp_path, capsys):
     path = write_run(tmp_path, "lora--t--seed0", {**run("lora"), "seed": "zero"})
     assert json.loads(path.read_text())["seed"] == "zero"  # the results are kept
     assert "does not match the run-file schema" in capsys.readouterr().err
+
+
+def test_report_metric_and_columns_options(tmp_path, capsys):
+    from peftbench.testing import run_cli
+
+    folder = _session(tmp_path, "s")
+    path = folder / "runs" / "lora--t--seed0.json"
+    r = json.loads(path.read_text())
+    r["eval"]["metrics"]["acc_norm"] = 0.7
+    path.write_text(json.dumps(r))
+    code, out, err = run_cli(["report", str(folder), "--format", "csv", "--metric", "acc_norm", "--columns",
+                              "method,metric,score"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == ["method,metric,score", "lora,acc_norm,0.7"]
+    code, _, err = run_cli(["report", str(folder), "--metric", "f1"], capsys)
+    assert code == 2 and "these runs record acc, acc_norm" in err
+    code, _, err = run_cli(["report", str(folder), "--format", "csv", "--columns", "nope"], capsys)
+    assert code == 2 and "no column nope" in err
