@@ -43,7 +43,8 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
         seed_ci = mean_ci([s for s, _ in scores if s is not None]) if len(scores) >= 2 else None
         rows.append({
             "method": method, "seeds": len(ok), "status": ",".join(statuses), "reason": reason,
-            "score": score, "stderr": se, "score_ci": seed_ci["ci95"] if seed_ci else None, "_runs": ok,
+            "score": score, "stderr": se, "score_ci": seed_ci["ci95"] if seed_ci else None,
+            "score_sd": seed_ci["sd"] if seed_ci else None, "_runs": ok,
             "delta": (score - base_score) if score is not None and base_score is not None and method != "base" else None,
             "trainable": _mean([(r.get("params") or {}).get("trainable") for r in ok]),
             "trainable_pct": _mean([(r.get("params") or {}).get("trainable_pct") for r in ok]),

@@ -348,7 +348,8 @@ def claims_table(results: list[dict[str, Any]], title: str = "") -> Any:
 
 
 # ---- exports --------------------------------------------------------------------------------------------------
-EXPORT_COLUMNS = ("task", "method", "seeds", "status", "metric", "score", "stderr", "score_ci_low", "score_ci_high",
+EXPORT_COLUMNS = ("task", "method", "seeds", "status", "metric", "score", "stderr", "score_sd", "score_ci_low",
+                  "score_ci_high",
                   "vs_best", "vs_best_ci_low", "vs_best_ci_high", "vs_best_method", "tied_with_best", "delta_base",
                   "pct_of_full_gain", "trainable", "trainable_pct", "peak_memory_bytes", "train_time_s",
                   "tokens_per_s", "artifact_bytes", "latency_unmerged", "latency_merged")
@@ -364,7 +365,8 @@ def export_rows(session: dict[str, Any], runs: list[dict[str, Any]]) -> list[dic
             ci, vs = r.get("score_ci") or [None, None], r.get("vs_best") or {}
             vci = vs.get("ci95") or [None, None]
             rec = {"task": task, "method": r["method"], "seeds": r["seeds"], "status": r["status"], "metric": metric,
-                   "score": r["score"], "stderr": r["stderr"], "score_ci_low": ci[0], "score_ci_high": ci[1],
+                   "score": r["score"], "stderr": r["stderr"], "score_sd": r.get("score_sd"), "score_ci_low": ci[0],
+                   "score_ci_high": ci[1],
                    "vs_best": vs.get("diff"), "vs_best_ci_low": vci[0], "vs_best_ci_high": vci[1],
                    "vs_best_method": vs.get("method"), "tied_with_best": r.get("tied_with_best"),
                    "delta_base": r["delta"], "pct_of_full_gain": r["pct_of_full_gain"], "trainable": r["trainable"],

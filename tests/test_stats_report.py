@@ -310,3 +310,11 @@ def test_report_metric_and_columns_options(tmp_path, capsys):
     assert code == 2 and "these runs record acc, acc_norm" in err
     code, _, err = run_cli(["report", str(folder), "--format", "csv", "--columns", "nope"], capsys)
     assert code == 2 and "no column nope" in err
+
+
+def test_seeds_aggregate_to_mean_sd_and_ci():
+    runs = [run("base", acc=0.5)] + [run("lora", seed=s, acc=a) for s, a in enumerate([0.80, 0.82, 0.84])]
+    (lora,) = [r for r in export_rows(SESSION, runs) if r["method"] == "lora"]
+    half = 4.303 * 0.02 / math.sqrt(3)
+    assert lora["seeds"] == 3 and lora["score"] == pytest.approx(0.82) and lora["score_sd"] == pytest.approx(0.02)
+    assert [lora["score_ci_low"], lora["score_ci_high"]] == pytest.approx([0.82 - half, 0.82 + half])
