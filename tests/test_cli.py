@@ -116,6 +116,7 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
     session = json.loads((out / "session.json").read_text())
     assert session["status"] == "finished" and set(session["run_files"]) == {f"{k}.json" for k in runs}
     assert "quickstart" in stdout and "lora" in stdout  # the leaderboard was printed
+    assert "random weights: scores carry no accuracy" in stdout  # tiny:llama is labelled as such
 
     # --resume skips finished cells; a second render reproduces the tables
     code, _, err = run_cli(["run", "--methods", "lora,qlora,adapter,full", *TINY, "--output", str(out), "--resume",

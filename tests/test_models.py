@@ -297,3 +297,35 @@ def test_real_gguf_converts_and_reloads_from_cache(tmp_path):
     with torch.no_grad():
         out = m2.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok2.decode(out[0])
+
+
+@pytest.mark.parametrize(("shape", "params", "tied"), [
+    ("smollm2-135m", 134_515_008, True),       # SmolLM2-135M: 134.5M
+    ("llama-3.2-1b", 1_235_814_400, True),     # Llama 3.2 1B: 1.24B (tied embeddings)
+    ("llama-3.1-8b", 8_030_261_248, False),    # Llama 3.1 8B: 8.03B
+])
+def test_shape_models_have_the_published_parameter_counts(shape, params, tied):
+    from peftbench.models import shape_model
+
+    model = shape_model(shape, device="meta")  # no memory: shapes only
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model.config.tie_word_embeddings is tied
+
+
+def test_shape_source_resolves_loads_and_is_labelled(capsys):
+    import torch
+
+    from peftbench.models import resolve_model, shape_presets
+
+    assert shape_presets() == ["shape:llama-3.1-8b", "shape:llama-3.2-1b", "shape:smollm2-135m"]
+    resolved = resolve_model("shape:smollm2-135m")
+    assert resolved.info.kind == "shape" and "no accuracy" in resolved.info.note
+    model, tok = resolved.load("cpu")
+    again, _ = resolved.load("cpu")
+    w = model.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(w, again.model.layers[0].self_attn.q_proj.weight)  # seeded: the same weights every load
+    assert resolved.info.parameters == 134_515_008
+    ids = tok("hello", return_tensors="pt").input_ids
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], 49152)
+    with pytest.raises(UsageError, match="Unknown model shape 'shape:gpt-9'. Valid shapes: shape:llama-3.1-8b"):
+        resolve_model("shape:gpt-9")
