@@ -167,7 +167,7 @@ def latency_tables(latencies: dict[str, dict[str, Any]], title: str = "") -> lis
             t.add_column(col, justify="left" if col in ("method", "sanity") else "right", no_wrap=True)
         for label, lat in latencies.items():
             flags = {(s["regime"], s["batch_size"], s["prompt_tokens"]): s for s in lat.get("sanity") or []
-                     if not s["ok"]}
+                     if s["ok"] is False}
             for cell in (lat.get("regimes") or {}).get(regime, []):
                 base = cell["modes"].get("base", {})
                 cols = []

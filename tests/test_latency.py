@@ -790,3 +790,13 @@ def test_a_failing_method_is_recorded_and_the_others_go_on(capsys, tmp_path, mon
     assert json.loads((out / "session.json").read_text())["status"] == "finished"
     rows = [line for line in stdout.splitlines() if line.startswith("│ ")]
     assert {r.split("│")[1].strip() for r in rows} == {"full", "lora"}  # the tables show the methods that ran
+
+
+def test_too_few_rounds_are_not_judged():
+    model = tiny()
+    plan = LatencyPlan(batch_sizes=[1], prompt_lengths=[4], new_tokens=3, rounds=2, warmup=1, regimes=["eager"],
+                       tolerance=0.03, bootstrap=200)
+    out = measure({"base": same(model), "merged": lambda: slowed(model, 0.03)}, plan, "cpu", VOCAB)
+    (entry,) = out["sanity"]
+    assert entry["overhead"] > 1.0  # clearly slower, yet 2 rounds cannot support a verdict
+    assert entry["ok"] is None and "not judged" in entry["note"] and out["sanity_ok"] is True
