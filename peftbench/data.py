@@ -16,7 +16,6 @@ before any training starts; the files are written atomically, so nothing is ever
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .results import atomic_write, write_json
 
 FORMATS = ("tsv", "delimited", "json", "jsonl")
 DATA_DIR_ENV = "PEFTBENCH_DATA_DIR"
@@ -361,28 +361,12 @@ def _fingerprint(task_name: str, spec: DataSpec, sources: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temp file of this writer's own (several sessions may prepare the same data at once)
-    and rename it into place: readers see the old file or the new one, never half of one."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_split(folder: Path, split: str, records: list[dict[str, Any]]) -> None:
     def write(fh: Any) -> None:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
-    _atomic_write(folder / f"{split}.jsonl", write)
+    atomic_write(folder / f"{split}.jsonl", write)
 
 
 def _finish(task_name: str, spec: DataSpec, cache_dir: Path, fingerprint: str, source: dict[str, Any],
@@ -392,7 +376,7 @@ def _finish(task_name: str, spec: DataSpec, cache_dir: Path, fingerprint: str, s
     for split, rows in records.items():
         _write_split(folder, split, rows)
     sizes = {s: len(r) for s, r in records.items()}
-    _atomic_write(folder / ".source.json", lambda fh: fh.write(json.dumps({"source": source, "sizes": sizes}, indent=1)))
+    write_json(folder / ".source.json", {"source": source, "sizes": sizes})
     return PreparedData(folder=folder, source=source, sizes=sizes)
 
 

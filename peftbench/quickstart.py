@@ -13,6 +13,8 @@ import json
 import random
 from pathlib import Path
 
+from .results import atomic_write
+
 VERSION = 1
 TAGS = ("dax", "wug", "fep", "lum")
 CATEGORIES = {
@@ -83,8 +85,6 @@ def generate(directory: Path) -> dict[str, Path]:
         path = directory / f"{split}.jsonl"
         text = "".join(json.dumps(r) + "\n" for r in rows)
         if not path.exists() or path.read_text() != text:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            atomic_write(path, lambda f, text=text: f.write(text))  # sessions may generate it side by side
         paths[split] = path
     return paths

@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import UsageError
 from .records import SCHEMA_VERSION, STATUSES
@@ -16,20 +17,30 @@ RUN_KEYS = ("schema_version", "status", "method", "task", "seed", "config", "par
             "latency", "artifact", "merge", "env")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+def atomic_write(path: Path, write: Callable[[IO[str]], Any]) -> None:
+    """Write ``path`` through ``write(file)`` atomically: a temp file of this writer's own in the same
+    folder (several processes may write the same path at once), fsync, rename. Readers see the old file or
+    the new one, never part of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str, allow_nan=True)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` as JSON, atomically."""
+    def dump(f: IO[str]) -> None:
+        json.dump(data, f, indent=2, sort_keys=False, default=str, allow_nan=True)
+        f.write("\n")
+
+    atomic_write(path, dump)
 
 
 def schema(kind: str) -> dict[str, Any]:
