@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from peftbench.report import folder_tables, render_markdown  # noqa: E402
 
-RENDERED = [  # (doc, result folder): the same list the test checks
+RENDERED = [  # (doc, result folder): tests/test_results_docs.py checks each of these
     ("README.md", "results/quickstart-cpu"),
     ("docs/tasks.md", "results/tasks-gpu/sst2"),
     ("docs/tasks.md", "results/tasks-gpu/boolq"),
