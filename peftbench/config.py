@@ -19,6 +19,9 @@ def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
 
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw")
+
+
 @dataclass
 class TrainConfig:
     """Options shared by every method: the same loop, data and budget for all."""
@@ -55,6 +58,19 @@ class TrainConfig:
                                    "(mergeable methods; logits and lm-eval score vs the unmerged bf16 model)",
                                    default=True)
     log_every: int = _help("record the loss every N steps", default=1)
+    loop: str = _help("'fast' (the optimisations below, as set) or 'naive' (the plain loop: padded batches, the "
+                      "model's own full-logit loss, no compile; overrides padding_free, chunked_loss and compile)",
+                      default="fast")
+    padding_free: bool = _help("pack each micro-batch's examples into as few rows as fit (no attention across "
+                               "examples), so padding is not computed", default=True)
+    chunked_loss: bool = _help("cross-entropy through the LM head a chunk of tokens at a time: no full "
+                               "(tokens x vocabulary) logits tensor", default=True)
+    compile: str = _help("torch.compile of each repeated transformer block: 'auto' (on CUDA only), 'on', 'off'",
+                         default="auto")
+    gradient_checkpointing: bool = _help("recompute each block's activations in the backward pass (less memory, "
+                                         "~1/3 more compute)", default=False)
+    optimizer: str = _help("'adamw' (torch; fused on CUDA), 'adamw_8bit', 'paged_adamw_8bit' or 'paged_adamw' "
+                           "(bitsandbytes)", default="adamw")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
@@ -73,6 +89,11 @@ class TrainConfig:
                               "or max_tokens.")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train option 'dtype' must be one of auto, fp32, bf16; got {self.dtype!r}.")
+        for name, valid in (("loop", ("fast", "naive")), ("compile", ("auto", "on", "off")),
+                            ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"train option {name!r} must be one of {', '.join(valid)}; got "
+                                  f"{getattr(self, name)!r}.{did_you_mean(str(getattr(self, name)), valid)}")
         if self.latency_dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train option 'latency_dtype' must be one of auto, fp32, bf16; got "
                               f"{self.latency_dtype!r}.")

@@ -61,6 +61,8 @@ class TrainResult:
     losses: list[tuple[int, float]]
     final_loss: float
     diverged: bool = False
+    first_step_s: float | None = None  # the first optimizer step (compilation, warm-up) alone
+    loop: dict[str, Any] | None = None  # the loop's optimisations as they ran (see training.plan_loop)
 
 
 @dataclass

@@ -1,8 +1,15 @@
 """The one training loop every method shares.
 
 Same data order for a seed, same budget, AdamW with linear warm-up and cosine decay, gradient clipping
-and accumulation, bf16 autocast on CUDA (fp32 on CPU), loss on the answer tokens only. The language-model
-head runs only at answer positions, so no (batch x length x vocab) logits tensor is ever built.
+and accumulation, bf16 autocast on CUDA (fp32 on CPU), loss on the answer tokens only.
+
+The ``fast`` loop (the default) adds, for every method alike: padding-free micro-batches (the same examples
+packed into fewer rows, attention kept within each example), the LM head and loss a chunk of tokens at a
+time (no full logits tensor; see ``peftbench.loss``), fused AdamW on CUDA and, on CUDA, ``torch.compile`` of
+each transformer block; on request, activation checkpointing and bitsandbytes 8-bit or paged optimizers.
+The ``naive`` loop (``loop=naive``, ``peftbench run --naive``) is the plain one: padded batches, the model's
+own forward with full logits, no compilation. Each run records which optimisations were active
+(``train.loop`` in the run file).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .errors import ConfigError
+from .loss import linear_cross_entropy
 from .memory import PeakMemory
 from .records import TrainResult
 
@@ -62,19 +70,22 @@ def tokenize_pairs(pairs: list[tuple[str, str]], tokenizer: Any, max_length: int
     return TrainData(ids, starts, int(pad))
 
 
-def batches(data: TrainData, batch_size: int, seed: int):
-    """Endless micro-batches in a seed-determined order (reshuffled each epoch), the same for every method."""
+def batches(data: TrainData, batch_size: int, seed: int, padding_free: bool = False):
+    """Endless micro-batches in a seed-determined order (reshuffled each epoch), the same for every method
+    and for either layout (``padding_free`` packs the same examples into fewer rows)."""
     gen = torch.Generator().manual_seed(seed)
     epoch = 0
     while True:
         order = torch.randperm(len(data), generator=gen).tolist()
         size = min(batch_size, len(order))
         for i in range(0, len(order) - size + 1, size):  # drop the ragged tail: every batch is full
-            yield epoch, collate(data, order[i:i + size])
+            idx = order[i:i + size]
+            yield epoch, (collate_packed(data, idx) if padding_free else collate(data, idx))
         epoch += 1
 
 
 def collate(data: TrainData, idx: list[int]) -> dict[str, torch.Tensor]:
+    """One row per example, right-padded to the longest, with an attention mask."""
     width = max(len(data.input_ids[i]) for i in idx)
     input_ids = torch.full((len(idx), width), data.pad_id, dtype=torch.long)
     attention = torch.zeros((len(idx), width), dtype=torch.long)
@@ -85,6 +96,51 @@ def collate(data: TrainData, idx: list[int]) -> dict[str, torch.Tensor]:
         attention[row, : len(seq)] = 1
         labels[row, data.answer_start[i]: len(seq)] = seq[data.answer_start[i]:]
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def pack_rows(lengths: list[int]) -> list[list[int]]:
+    """First-fit decreasing: positions of ``lengths`` grouped into rows no longer than the longest one."""
+    width = max(lengths)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for j in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+        for r, space in enumerate(free):
+            if lengths[j] <= space:
+                rows[r].append(j)
+                free[r] -= lengths[j]
+                break
+        else:
+            rows.append([j])
+            free.append(width - lengths[j])
+    return rows
+
+
+def collate_packed(data: TrainData, idx: list[int]) -> dict[str, torch.Tensor]:
+    """The micro-batch's examples packed into as few rows as fit, without an attention mask: position ids
+    restart at 0 for each example, and the model's mask builder reads the restarts as boundaries (a block-
+    diagonal causal mask: no token attends across examples). A row's trailing padding continues the last
+    example's positions; it comes after every real token of the row, so causal attention keeps it out of
+    every real token's view, and it carries no label."""
+    seqs = [data.input_ids[i] for i in idx]
+    rows = pack_rows([len(q) for q in seqs])
+    width = max(len(q) for q in seqs)
+    input_ids = torch.full((len(rows), width), data.pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        off = 0
+        for j in row:
+            seq, start = torch.tensor(seqs[j]), data.answer_start[idx[j]]
+            n = len(seq)
+            input_ids[r, off:off + n] = seq
+            labels[r, off + start:off + n] = seq[start:]
+            position_ids[r, off:off + n] = torch.arange(n)
+            off += n
+        if off < width:
+            last = int(position_ids[r, off - 1])
+            position_ids[r, off:] = torch.arange(last + 1, last + 1 + width - off)
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels,
+            "num_tokens": torch.tensor(sum(len(q) for q in seqs))}
 
 
 def lr_at(step: int, total: int, peak: float, warmup_ratio: float, min_ratio: float) -> float:
@@ -110,18 +166,102 @@ def _decoder_and_head(model: torch.nn.Module):
     return (dec, head) if dec is not None and head is not None else None
 
 
-def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens (positions with a label)."""
+def _plain_linear(head: torch.nn.Module) -> bool:
+    return type(head) is torch.nn.Linear and head.bias is None
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunked: bool = False,
+                naive: bool = False) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (positions with a label). ``naive``: the model's own forward
+    and full logits; ``chunked``: the head and the loss a chunk of tokens at a time (see ``peftbench.loss``)."""
     labels = batch["labels"][:, 1:]
     keep = labels != -100
-    parts = _decoder_and_head(model)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    parts = None if naive else _decoder_and_head(model)
     if parts is None:  # generic path: full logits
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**inputs).logits
         return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep])
     decoder, head = parts
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    logits = head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), labels[keep])
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state[:, :-1][keep]
+    if chunked and _plain_linear(head):
+        return linear_cross_entropy(hidden, head.weight, labels[keep])
+    return F.cross_entropy(head(hidden).float(), labels[keep])
+
+
+def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The repeated transformer blocks (``decoder.layers``), or ``None``."""
+    parts = _decoder_and_head(model)
+    layers = getattr(parts[0], "layers", None) if parts else None
+    return layers if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
+
+
+COMPILE_BACKEND = "inductor"
+
+
+def compile_blocks(blocks: torch.nn.ModuleList) -> None:
+    """Regional compilation: each block compiled in place (one graph serves them all, since torch inlines
+    built-in modules instead of guarding on each one). Cheaper to compile than the whole model, and the
+    method's own layers (LoRA branches, adapters) inside a block are compiled with it."""
+    for block in blocks:
+        block.compile(backend=COMPILE_BACKEND)
+
+
+def uncompile_blocks(blocks: torch.nn.ModuleList) -> None:
+    for block in blocks:
+        block._compiled_call_impl = None
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], cfg: TrainConfig, device: str) -> tuple[Any, str]:
+    """The optimizer and how it is recorded: AdamW, decoupled weight decay on matrices only."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adamw":
+        fused = device == "cuda"
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=fused), \
+            "torch AdamW" + (" (fused)" if fused else "")
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        raise ConfigError(f"train option optimizer={name!r} needs bitsandbytes (pip install bitsandbytes): {e}") from e
+    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+           "paged_adamw": bnb.optim.PagedAdamW}[name]
+    return cls(groups, lr=cfg.lr, betas=(0.9, 0.999)), f"bitsandbytes {cls.__name__}"
+
+
+def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str) -> dict[str, Any]:
+    """Which optimisations this run uses, and why any asked for is off (recorded in the run file)."""
+    naive = cfg.loop == "naive"
+    parts = _decoder_and_head(model)
+    notes = []
+    padding_free = not naive and cfg.padding_free and parts is not None
+    chunked = not naive and cfg.chunked_loss and parts is not None and _plain_linear(parts[1])
+    if not naive and parts is None and (cfg.padding_free or cfg.chunked_loss):
+        notes.append("padding-free batches and the chunked loss need the model's decoder and head apart "
+                     "(this method runs its own forward): off")
+    elif not naive and cfg.chunked_loss and not chunked:
+        notes.append("chunked loss: the LM head is not a plain bias-free Linear (e.g. adapted by the method): "
+                     "plain loss")
+    want_compile = not naive and (cfg.compile == "on" or (cfg.compile == "auto" and device == "cuda"))
+    blocks = _blocks(model) if want_compile else None
+    if want_compile and blocks is None:
+        notes.append("compile: no repeated transformer blocks found: off")
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return {"loop": cfg.loop, "padding_free": padding_free, "chunked_loss": chunked,
+            "compile": f"blocks x{len(blocks)}" if blocks is not None else "off",
+            "gradient_checkpointing": cfg.gradient_checkpointing, "optimizer": cfg.optimizer, "attention": attn,
+            "notes": notes, "_blocks": blocks}
+
+
+def _checkpointing(model: torch.nn.Module, on: bool) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if on:
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"train option gradient_checkpointing=true: {type(base).__name__} does not support "
+                              "activation checkpointing; set gradient_checkpointing=false.")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif getattr(base, "is_gradient_checkpointing", False):
+        base.gradient_checkpointing_disable()
 
 
 def planned_steps(cfg: TrainConfig, n_examples: int) -> int:
@@ -132,6 +272,25 @@ def planned_steps(cfg: TrainConfig, n_examples: int) -> int:
         per_step = min(cfg.batch_size, n_examples) * cfg.grad_accum
         return max(1, math.ceil(cfg.epochs * n_examples / per_step))
     return 10**9
+
+
+def _step(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], cfg: TrainConfig, device: str,
+          autocast: Any, loop: dict[str, Any]) -> tuple[float, int, int, int]:
+    """Forward and backward over one optimizer step's micro-batches: (loss, real tokens, computed positions,
+    examples)."""
+    step_loss, tokens, positions, examples = 0.0, 0, 0, 0
+    for batch in micro:
+        n_real = int(batch["num_tokens"]) if "num_tokens" in batch else int(batch["attention_mask"].sum())
+        moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "num_tokens"}
+        with autocast:
+            loss = answer_loss(model, moved, chunked=loop["chunked_loss"], naive=loop["loop"] == "naive")
+            loss = loss / cfg.grad_accum
+        loss.backward()
+        step_loss += loss.item()
+        tokens += n_real
+        positions += moved["input_ids"].numel()
+        examples += int((moved["labels"] != -100).any(dim=1).sum()) if "num_tokens" not in batch else 0
+    return step_loss, tokens, positions, examples
 
 
 def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainData, cfg: TrainConfig,
@@ -145,56 +304,81 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     total = planned_steps(cfg, len(data))
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device == "cuda")
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.999), fused=(device == "cuda"))
+    loop = plan_loop(model, cfg, device)
+    blocks = loop.pop("_blocks")
+    optimizer, loop["optimizer"] = make_optimizer(cfg.optimizer, params, cfg, device)
+    loop["autocast"] = "bf16" if use_bf16 else None
     model.train()
-    stream = batches(data, cfg.batch_size, seed)
+    stream = batches(data, cfg.batch_size, seed, padding_free=loop["padding_free"])
+    per_step = min(cfg.batch_size, len(data))
     losses: list[tuple[int, float]] = []
-    tokens = examples = 0
+    tokens = positions = examples = 0
     epoch = 0
     diverged = False
+    first_step_s = None
     lr_total = total if total < 10**9 else max(1, cfg.max_tokens // (cfg.batch_size * cfg.grad_accum * 32))
-    with PeakMemory(device) as mem:
-        t0 = time.perf_counter()
-        step = 0
-        while step < total and not (cfg.max_tokens and tokens >= cfg.max_tokens):
-            lr = lr_at(step, lr_total, cfg.lr, cfg.warmup_ratio, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = 0.0
-            for _ in range(cfg.grad_accum):
-                epoch, batch = next(stream)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with autocast:
-                    loss = answer_loss(model, batch) / cfg.grad_accum
-                loss.backward()
-                step_loss += loss.item()
-                tokens += int(batch["attention_mask"].sum())
-                examples += batch["input_ids"].shape[0]
-            if not math.isfinite(step_loss):
-                diverged = True
-                losses.append((step, step_loss))
-                break
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % cfg.log_every == 0 or step == total:
-                losses.append((step, round(step_loss, 6)))
-            if on_step is not None:
-                on_step(step, {"loss": step_loss, "lr": lr, "tokens": tokens,
-                               "elapsed_s": time.perf_counter() - t0})
-        if device == "cuda":
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
+    _checkpointing(model, cfg.gradient_checkpointing)
+    if blocks is not None:
+        compile_blocks(blocks)
+    try:
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            step = 0
+            while step < total and not (cfg.max_tokens and tokens >= cfg.max_tokens):
+                lr = lr_at(step, lr_total, cfg.lr, cfg.warmup_ratio, cfg.min_lr_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                micro = []
+                for _ in range(cfg.grad_accum):
+                    epoch, batch = next(stream)
+                    micro.append(batch)
+                try:
+                    step_loss, n_tok, n_pos, _ = _step(model, micro, cfg, device, autocast, loop)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as e:  # a block the compiler cannot handle: record it, train uncompiled
+                    if blocks is None or step > 0:
+                        raise
+                    uncompile_blocks(blocks)
+                    blocks = None
+                    loop["compile"] = f"failed, off: {type(e).__name__}: {str(e)[:300]}"
+                    optimizer.zero_grad(set_to_none=True)
+                    step_loss, n_tok, n_pos, _ = _step(model, micro, cfg, device, autocast, loop)
+                tokens += n_tok
+                positions += n_pos
+                examples += per_step * cfg.grad_accum
+                if not math.isfinite(step_loss):
+                    diverged = True
+                    losses.append((step, step_loss))
+                    break
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step == 1:
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    first_step_s = round(time.perf_counter() - t0, 3)
+                if step % cfg.log_every == 0 or step == total:
+                    losses.append((step, round(step_loss, 6)))
+                if on_step is not None:
+                    on_step(step, {"loss": step_loss, "lr": lr, "tokens": tokens,
+                                   "elapsed_s": time.perf_counter() - t0})
+            if device == "cuda":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+    finally:  # the model leaves training as it came: evaluation and latency time the plain modules
+        if blocks is not None:
+            uncompile_blocks(blocks)
+            torch._dynamo.reset()
+        _checkpointing(model, False)
     model.eval()
     optimizer.zero_grad(set_to_none=True)
     del optimizer
+    loop["padding_fraction"] = round(1 - tokens / positions, 4) if positions else None
     return TrainResult(steps=step, tokens=tokens, examples=examples, epochs=round(examples / max(1, len(data)), 4),
                        wall_time_s=round(wall, 3), tokens_per_s=round(tokens / wall, 1) if wall > 0 else 0.0,
                        peak_memory_bytes=mem.peak, peak_memory_kind=mem.kind, lr=cfg.lr, losses=losses,
-                       final_loss=losses[-1][1] if losses else float("nan"), diverged=diverged)
+                       final_loss=losses[-1][1] if losses else float("nan"), diverged=diverged,
+                       first_step_s=first_step_s, loop=loop)

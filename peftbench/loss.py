@@ -1,0 +1,76 @@
+"""Cross-entropy through the language-model head without a (tokens x vocabulary) logits tensor.
+
+``linear_cross_entropy(hidden, weight, labels)`` equals ``F.cross_entropy(F.linear(hidden, weight).float(),
+labels)``, but runs the head a chunk of tokens at a time and computes both gradients (of the hidden states
+and of the head's weight) inside the forward pass, so at most one chunk of fp32 logits exists at any moment
+and nothing is recomputed in the backward pass. With a 49k-128k vocabulary the full logits of one batch
+(plus their fp32 copy and the softmax gradient) are gigabytes; a chunk is a few hundred megabytes.
+
+The matrix products run in the dtype autocast gives them (bf16 on CUDA), as ``F.linear`` would; the softmax,
+the loss and the head's gradient accumulate in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+LOGITS_PER_CHUNK = 2**26  # fp32 elements of one chunk's logits (256 MiB)
+
+
+def chunk_rows(vocab: int) -> int:
+    """Tokens per chunk for a vocabulary of ``vocab``: a chunk's fp32 logits stay near ``LOGITS_PER_CHUNK``."""
+    return max(64, LOGITS_PER_CHUNK // max(1, vocab))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]
+                chunk: int) -> torch.Tensor:
+        n = hidden.shape[0]
+        dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
+            else hidden.dtype
+        w = weight.to(dtype)
+        h_all = hidden.to(dtype)
+        grad_hidden = torch.empty_like(h_all) if hidden.requires_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if weight.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            for lo in range(0, n, chunk):
+                h = h_all[lo:lo + chunk]
+                y = labels[lo:lo + chunk]
+                logits = (h @ w.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+                if grad_hidden is None and grad_weight is None:
+                    continue
+                grad = torch.softmax(logits, dim=-1)  # d(sum of losses)/d logits = softmax - onehot
+                grad[torch.arange(grad.shape[0], device=grad.device), y] -= 1.0
+                grad = (grad / n).to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[lo:lo + chunk] = grad @ w
+                if grad_weight is not None:
+                    grad_weight += (grad.t() @ h).float()
+        ctx.save_for_backward(*(t for t in (grad_hidden, grad_weight) if t is not None))
+        ctx.has = (grad_hidden is not None, grad_weight is not None)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total / n
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        saved = list(ctx.saved_tensors)
+        gh = saved.pop(0) * grad_out if ctx.has[0] else None
+        gw = saved.pop(0) * grad_out if ctx.has[1] else None
+        return (gh.to(ctx.dtypes[0]) if gh is not None else None,
+                gw.to(ctx.dtypes[1]) if gw is not None else None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` (``hidden``: tokens x d; ``weight``: vocab x d) against
+    ``labels`` (no ignored positions: select the labelled tokens first)."""
+    if hidden.shape[0] == 0:
+        raise ValueError("linear_cross_entropy needs at least one labelled token")
+    return _LinearCrossEntropy.apply(hidden, weight, labels, chunk or chunk_rows(weight.shape[0]))

@@ -1,0 +1,186 @@
+"""The fast training loop: every optimisation that also runs on CPU computes what the plain loop computes."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peftbench import training
+from peftbench.config import TrainConfig
+from peftbench.errors import ConfigError
+from peftbench.loss import linear_cross_entropy
+from peftbench.training import TrainData, answer_loss, collate, collate_packed, pack_rows, train
+
+
+def _tiny():
+    from peftbench.models import load_model
+
+    torch.manual_seed(0)
+    return load_model("tiny:llama", device="cpu")[0]
+
+
+def _data(n=24, seed=0, lo=4, hi=30):
+    g = torch.Generator().manual_seed(seed)
+    seqs, starts = [], []
+    for _ in range(n):
+        length = int(torch.randint(lo, hi, (1,), generator=g))
+        seqs.append(torch.randint(3, 90, (length,), generator=g).tolist())
+        starts.append(int(torch.randint(1, length, (1,), generator=g)))
+    return TrainData(seqs, starts, pad_id=0)
+
+
+# ---- chunked cross-entropy -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_chunked_loss_and_gradients_equal_the_plain_ones(chunk):
+    torch.manual_seed(1)
+    h = torch.randn(50, 16, requires_grad=True)
+    w = torch.randn(300, 16, requires_grad=True)
+    y = torch.randint(0, 300, (50,))
+    ref = F.cross_entropy(F.linear(h, w), y)
+    gh, gw = torch.autograd.grad(ref, (h, w))
+    out = linear_cross_entropy(h, w, y, chunk=chunk)
+    ch, cw = torch.autograd.grad(out, (h, w))
+    assert out.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(ch, gh, atol=1e-6) and torch.allclose(cw, gw, atol=1e-6)
+
+
+def test_chunked_loss_scales_with_the_upstream_gradient_and_skips_a_frozen_head():
+    torch.manual_seed(2)
+    h = torch.randn(10, 8, requires_grad=True)
+    w = torch.randn(40, 8)  # frozen: no gradient is computed or returned for it
+    y = torch.randint(0, 40, (10,))
+    (g,) = torch.autograd.grad(3.0 * linear_cross_entropy(h, w, y, chunk=3), (h,))
+    (ref,) = torch.autograd.grad(3.0 * F.cross_entropy(h @ w.t(), y), (h,))
+    assert torch.allclose(g, ref, atol=1e-6)
+
+
+# ---- padding-free packing --------------------------------------------------------------------------------
+
+def test_pack_rows_first_fit_decreasing_within_the_longest_length():
+    rows = pack_rows([10, 3, 7, 4, 6, 2])
+    assert sorted(sum(rows, [])) == [0, 1, 2, 3, 4, 5]
+    assert all(sum([10, 3, 7, 4, 6, 2][j] for j in row) <= 10 for row in rows)
+    assert len(rows) == 4  # 10 | 7+3 | 6+4 | 2: as few rows as first-fit decreasing finds
+    assert rows[0] == [0]
+
+
+def test_packed_batch_holds_the_same_tokens_and_labels_with_restarting_positions():
+    data = TrainData([[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]], [2, 1, 1], pad_id=0)
+    b = collate_packed(data, [0, 1, 2])
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10], [13, 14, 15, 11, 12, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 2]]  # the pad continues the last one
+    assert b["labels"].tolist() == [[-100, -100, 7, 8, 9, 10], [-100, 14, 15, -100, 12, -100]]
+    assert int(b["num_tokens"]) == 11 and "attention_mask" not in b
+
+
+def test_no_attention_across_packed_examples():
+    """Each example's logits in a packed row equal its logits alone: nothing leaks across the boundary."""
+    model = _tiny().eval()
+    data = _data(6, seed=3)
+    packed = collate_packed(data, list(range(6)))
+    rows = pack_rows([len(q) for q in data.input_ids])
+    assert len(rows) < 6 and max(len(r) for r in rows) >= 2  # something was packed behind something else
+    checked = 0
+    with torch.no_grad():
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        for r, row in enumerate(rows):
+            off = 0
+            for j in row:
+                seq = torch.tensor([data.input_ids[j]])
+                assert packed["input_ids"][r, off:off + seq.shape[1]].tolist() == seq[0].tolist()
+                alone = model(input_ids=seq, use_cache=False).logits[0]
+                assert torch.allclose(logits[r, off:off + seq.shape[1]], alone, atol=1e-5)
+                off += seq.shape[1]
+                checked += 1
+    assert checked == 6
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_packed_and_chunked_loss_and_gradients_equal_the_padded_plain_ones(chunked):
+    model = _tiny()
+    data = _data(8, seed=4)
+    idx = list(range(8))
+    ref = answer_loss(model, collate(data, idx), naive=True)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    out = answer_loss(model, collate_packed(data, idx), chunked=chunked)
+    grads = torch.autograd.grad(out, list(model.parameters()))
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(g, r, atol=1e-5, rtol=1e-4)
+
+
+# ---- the loop as a whole ---------------------------------------------------------------------------------
+
+def _run(cfg, model=None, data=None):
+    model = model or _tiny()
+    data = data or _data(32, seed=5)
+    return train(model, list(model.parameters()), data, cfg, seed=0, device="cpu"), model
+
+
+def test_fast_loop_follows_the_naive_loop_step_for_step():
+    base = _tiny()
+    naive, _ = _run(TrainConfig(steps=12, batch_size=8, lr=3e-3, loop="naive"), copy.deepcopy(base))
+    fast, _ = _run(TrainConfig(steps=12, batch_size=8, lr=3e-3), copy.deepcopy(base))
+    assert naive.loop["padding_free"] is False and naive.loop["chunked_loss"] is False
+    assert fast.loop["padding_free"] is True and fast.loop["chunked_loss"] is True
+    assert fast.loop["compile"] == "off"  # auto: off on CPU
+    for (s1, a), (s2, b) in zip(naive.losses, fast.losses, strict=True):
+        assert s1 == s2 and b == pytest.approx(a, rel=1e-4)
+    assert fast.tokens == naive.tokens  # real tokens; the padding is not counted
+    assert 0 < naive.loop["padding_fraction"] and fast.loop["padding_fraction"] < naive.loop["padding_fraction"]
+
+
+def test_gradient_accumulation_and_checkpointing_keep_the_loss_curve():
+    base = _tiny()
+    ref, _ = _run(TrainConfig(steps=6, batch_size=8, lr=3e-3), copy.deepcopy(base))
+    ckpt, model = _run(TrainConfig(steps=6, batch_size=8, lr=3e-3, gradient_checkpointing=True), copy.deepcopy(base))
+    assert ckpt.loop["gradient_checkpointing"] is True
+    assert [b for _, b in ckpt.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-5)
+    assert not model.is_gradient_checkpointing  # switched off again after training
+    accum, _ = _run(TrainConfig(steps=3, batch_size=4, grad_accum=2, lr=3e-3), copy.deepcopy(base))
+    assert accum.steps == 3 and accum.examples == 24
+
+
+def test_compiled_blocks_train_like_eager_ones_and_are_uncompiled_after(monkeypatch):
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")  # dynamo + autograd capture, no C++ build
+    base = _tiny()
+    ref, _ = _run(TrainConfig(steps=4, batch_size=8, lr=3e-3), copy.deepcopy(base))
+    comp, model = _run(TrainConfig(steps=4, batch_size=8, lr=3e-3, compile="on"), copy.deepcopy(base))
+    assert comp.loop["compile"].startswith("blocks x")
+    assert [b for _, b in comp.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-4)
+    assert all(layer._compiled_call_impl is None for layer in model.model.layers)
+
+
+def test_a_block_that_fails_to_compile_is_recorded_and_trained_uncompiled(monkeypatch):
+    def broken(blocks):
+        for block in blocks:
+            block._compiled_call_impl = _raise
+
+    def _raise(*a, **k):
+        raise RuntimeError("inductor: no kernel for this op")
+
+    monkeypatch.setattr(training, "compile_blocks", broken)
+    base = _tiny()
+    ref, _ = _run(TrainConfig(steps=3, batch_size=8, lr=3e-3), copy.deepcopy(base))
+    res, _ = _run(TrainConfig(steps=3, batch_size=8, lr=3e-3, compile="on"), copy.deepcopy(base))
+    assert res.loop["compile"].startswith("failed, off: RuntimeError: inductor")
+    assert [b for _, b in res.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adamw_8bit", "paged_adamw"])
+def test_bitsandbytes_optimizers_train(name):
+    res, _ = _run(TrainConfig(steps=20, batch_size=8, lr=3e-3, optimizer=name))
+    assert res.loop["optimizer"].startswith("bitsandbytes")
+    assert res.losses[-1][1] < 0.8 * res.losses[0][1]
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("loop", "fastest", "'loop' must be one of fast, naive"),
+    ("compile", "yes", "'compile' must be one of auto, on, off"),
+    ("optimizer", "adam8bit", "Did you mean 'adamw_8bit'"),
+])
+def test_bad_loop_options_are_clear_errors(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**{key: value})
