@@ -94,13 +94,15 @@ def cli(plugins, disabled, strict_plugins):
 @click.option("--keep-artifacts", is_flag=True, help="keep each method's saved artifact under OUTPUT/artifacts")
 @click.option("--no-base", is_flag=True, help="skip scoring the untouched base model")
 @click.option("--json", "as_json", is_flag=True, help="print the session and runs as JSON instead of tables")
+@click.option("--naive", is_flag=True, help="train with the plain loop (padded batches, full-logit loss, no "
+              "compile) instead of the fast one; the same as --set loop=naive")
 def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, data_dir, retention, limit,
-        num_fewshot, keep_artifacts, no_base, as_json):
+        num_fewshot, keep_artifacts, no_base, as_json, naive):
     """Train, score and time every method on every task and seed."""
     from .progress import RichProgress
     from .runner import Session, SessionConfig
 
-    sets = list(sets)
+    sets = list(sets) + (["loop=naive"] if naive else [])
     for flag, key, value in (("--limit", "limit", limit), ("--num-fewshot", "num_fewshot", num_fewshot)):
         if value is not None:
             if value < 0:

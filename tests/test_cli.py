@@ -85,6 +85,8 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
         if key.startswith("base"):
             continue
         assert r["train"]["steps"] == 4 and r["train"]["tokens"] > 0 and r["train"]["peak_memory_bytes"] > 0
+        loop = r["train"]["loop"]  # the fast loop, recorded as it ran (compile: off on CPU by default)
+        assert (loop["loop"], loop["padding_free"], loop["chunked_loss"], loop["compile"]) == ("fast", True, True, "off")
         assert r["artifact"]["bytes"] > 0 and r["reload"]["ok"] is True
         shape = r["latency"]["regimes"]["eager"][0]
         assert (shape["batch_size"], shape["prompt_tokens"], shape["new_tokens"]) == (1, 8, 4)
@@ -124,3 +126,15 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
     assert code == 0 and err.count("kept from the earlier run") == 5
     code, md, _ = run_cli(["report", str(out), "--markdown"], capsys)
     assert code == 0 and "| method |" in md and "base (zero-shot)" in md
+
+
+def test_naive_flag_trains_with_the_plain_loop_and_records_it(capsys, tmp_path):
+    out = tmp_path / "naive"
+    code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(out), "--naive", "--no-base",
+                            "--set", "steps=2", "--set", "limit=8", "--set", "latency_rounds=0",
+                            "--set", "merge_eval=false", "--set", "merge_precisions=false"], capsys)
+    assert code == 0, err
+    run = json.loads((out / "runs" / "lora--quickstart--seed0.json").read_text())
+    loop = run["train"]["loop"]
+    assert (loop["loop"], loop["padding_free"], loop["chunked_loss"], loop["compile"]) == ("naive", False, False, "off")
+    assert run["config"]["train"]["loop"] == "naive" and loop["padding_fraction"] > 0
