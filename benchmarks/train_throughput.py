@@ -1,18 +1,34 @@
-"""Training throughput of every method: peftbench's shared loop against the naive loop, in the same process.
+"""Training throughput of every method: peftbench's fast loop against the naive loop, in the same process.
 
-The naive loop is the plain eager loop a first benchmark would write: ``model(input_ids, labels=...)`` (full
-logits over the vocabulary, cross-entropy on every position), fused AdamW, bf16 autocast on CUDA. peftbench's
-loop is ``peftbench.training.train`` on the same random tokens, batch and sequence length. For each method:
-tokens/s, step time, peak memory and model FLOPs utilisation, and the ratios to the naive loop — ratios
-measured side by side, not absolute times from different runs.
+Every variant is ``peftbench.training.train`` on the same data, batch, sequence length, seed and weights,
+so the ratios are side by side, not absolute times from different runs:
 
-FLOPs per trained token (the usual estimate; stated so the MFU can be checked):
-  full fine-tuning: 6 N (forward 2 N, backward 4 N: activation and weight gradients);
-  frozen-base methods: 4 N (no weight gradients for the base; the method's own parameters are negligible);
-  plus attention: 12 x layers x hidden x sequence length per token (forward and backward), all methods.
-N is the parameter count of the base (non-embedding parameters would lower it slightly; we keep the total).
+  naive          loop=naive: padded batches, the model's own forward with full logits, no compilation
+                 (the plain eager loop a first benchmark would write; fused AdamW, bf16 autocast on CUDA)
+  fast           every optimisation peftbench uses by default (compile: on CUDA)
+  fast-nocompile fast without torch.compile
+  chunked_loss   only the chunked loss (and the head at labelled positions): no packing, no compile
+  padding_free   only padding-free batches: no chunked loss, no compile
+  compile        only regional torch.compile: no packing, no chunked loss
 
-    python benchmarks/train_throughput.py --model shape:smollm2-135m --device cuda --batch-size 16 --seq-len 512
+Data: random tokens of exactly --seq-len (no padding: packing has nothing to remove), or a task's real
+training examples (--task sst2 --data-dir DIR, the real model's tokenizer), where padding-free batches
+matter and the loss curves of the variants can be compared ("max loss dev": the largest relative
+difference from the naive loop's loss over the first 50 steps).
+
+Reported per method and variant: tokens/s (real tokens, padding not counted; over the steps after
+--warmup), the ratio to the naive loop, median step time, peak memory (torch.cuda.max_memory_allocated)
+and its ratio to the naive loop's, the first step's time (compilation included), and the model FLOPs
+utilisation. FLOPs per trained token (stated so the MFU can be checked):
+  full fine-tuning: 6 N (forward 2 N; backward 4 N: activation and weight gradients);
+  frozen-base methods: 4 N + 6 x (the method's trainable parameters) (no weight gradients for the base);
+  plus attention: 12 x layers x hidden x (mean sequence length) per token, every method;
+N counts the weights that do matrix products per token: every parameter except the input embedding table
+(the LM head counts, tied or not). Activation checkpointing's recomputation is not counted (model FLOPs,
+not hardware FLOPs). Peak: --peak-tflops, else dense bf16 by GPU name (H100/H200 SXM 989, A100 312).
+
+    python benchmarks/train_throughput.py --model shape:smollm2-135m --batch-size 16 --seq-len 512 --json out.json
+    python benchmarks/train_throughput.py --model $PEFTBENCH_GGUF --task sst2 --data-dir /tmp/pb/data --steps 50
     python benchmarks/train_throughput.py --model tiny:llama --device cpu --steps 3 --batch-size 2 --seq-len 32  # smoke
 """
 
@@ -20,9 +36,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import statistics
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +51,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, SXM parts
+VARIANTS: dict[str, dict[str, Any]] = {
+    "naive": {"loop": "naive"},
+    "fast": {},
+    "fast-nocompile": {"compile": "off"},
+    "chunked_loss": {"padding_free": False, "compile": "off"},
+    "padding_free": {"chunked_loss": False, "compile": "off"},
+    "compile": {"padding_free": False, "chunked_loss": False, "compile": "on"},
+}
+LOSS_STEPS = 50
 
 
 def peak_tflops(device: str, override: float | None) -> float | None:
@@ -41,123 +71,210 @@ def peak_tflops(device: str, override: float | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def flops_per_token(n_params: int, full: bool, layers: int, hidden: int, seq: int) -> float:
-    return (6 if full else 4) * n_params + 12 * layers * hidden * seq
+def matmul_params(model: Any) -> int:
+    """Parameters that do a matrix product per token: all but the input embedding table."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is emb
+    return total - emb.numel() + (emb.numel() if tied else 0)
 
 
-def random_batches(vocab: int, batch: int, seq: int, steps: int, seed: int = 0) -> list[torch.Tensor]:
+def flops_per_token(n: int, trainable: int, full: bool, layers: int, hidden: int, seq: float) -> float:
+    return (6 * n if full else 4 * n + 6 * trainable) + 12 * layers * hidden * seq
+
+
+def random_data(vocab: int, rows: int, seq: int, seed: int = 0):
+    from peftbench.training import TrainData
+
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(10, vocab - 1, (batch, seq), generator=g) for _ in range(steps)]
+    ids = torch.randint(10, vocab - 1, (rows, seq), generator=g).tolist()
+    return TrainData(input_ids=ids, answer_start=[1] * rows, pad_id=0)  # loss on every next token
 
 
-def naive_loop(model, params, batches, device: str, lr: float) -> dict:
-    """The plain eager loop (the reference every ratio is taken against)."""
-    from peftbench.memory import PeakMemory
-
-    opt = torch.optim.AdamW(params, lr=lr, fused=(device == "cuda"))
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda")
-    model.train()
-    losses, times = [], []
-    with PeakMemory(device) as mem:
-        for ids in batches:
-            ids = ids.to(device)
-            t0 = time.perf_counter()
-            with autocast:
-                loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-            losses.append(float(loss))
-    return {"times": times, "losses": losses, "peak_memory_bytes": mem.peak}
-
-
-def peftbench_loop(model, params, batches, device: str, lr: float) -> dict:
+def task_data(task: str, model: str, data_dir: Path | None, max_length: int):
+    """A task's real training examples, tokenized by the model's tokenizer exactly as ``peftbench run`` does."""
     from peftbench.config import TrainConfig
-    from peftbench.training import TrainData, train
-
-    rows = [row.tolist() for ids in batches for row in ids]
-    data = TrainData(input_ids=rows, answer_start=[1] * len(rows), pad_id=0)  # loss on every next token
-    cfg = TrainConfig(steps=len(batches), batch_size=batches[0].shape[0], lr=lr, warmup_ratio=0.0,
-                      max_length=batches[0].shape[1], latency_rounds=0, log_every=1)
-    times: list[float] = []
-    last = [time.perf_counter()]
-
-    def on_step(step, metrics):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-
-    result = train(model, params, data, cfg, seed=0, device=device, on_step=on_step)
-    return {"times": times, "losses": [loss for _, loss in result.losses], "peak_memory_bytes": result.peak_memory_bytes}
-
-
-def measure(method_name: str, args) -> dict:
-    from peftbench.models import resolve_model
     from peftbench.plugins import make_plugin_manager
-    from peftbench.registry import collect_methods
+    from peftbench.runner import Session, SessionConfig
 
-    registry = collect_methods(make_plugin_manager())
-    method = registry.get(method_name)
-    resolved = resolve_model(args.model)
-    out = {"method": method_name}
-    for loop_name, loop in (("naive", naive_loop), ("peftbench", peftbench_loop)):
-        torch.manual_seed(0)
-        base, _ = resolved.load(args.device)
-        n_params = sum(p.numel() for p in base.parameters())
-        model = method.prepare(base, method.make_config({}))
-        params = [p for _, p in method.trainable_parameters(model)]
-        cfg = base.config
-        batches = random_batches(cfg.vocab_size, args.batch_size, args.seq_len, args.warmup + args.steps)
-        res = loop(model, params, batches, args.device, args.lr)
-        timed = res["times"][args.warmup:]
-        step_s = sorted(timed)[len(timed) // 2]
-        tokens = args.batch_size * args.seq_len
-        fpt = flops_per_token(n_params, method.capabilities.trains_all_parameters, cfg.num_hidden_layers,
-                              cfg.hidden_size, args.seq_len)
-        peak = peak_tflops(args.device, args.peak_tflops)
-        out[loop_name] = {"step_s_median": step_s, "tokens_per_s": tokens / step_s,
-                          "peak_memory_bytes": res["peak_memory_bytes"], "losses": res["losses"],
-                          "mfu": (fpt * tokens / step_s) / (peak * 1e12) if peak else None}
-        del model, base, params
+    out = Path(tempfile.mkdtemp(prefix="pb-throughput-"))
+    session = Session(SessionConfig(methods=["full"], tasks=[task], model=model, device="cpu", output=out,
+                                    data_dir=data_dir, retention=[], base_row=False),
+                      host=make_plugin_manager())
+    from peftbench.tasks import materialize
+
+    session.plan()
+    session.tokenizer = session.model.load_tokenizer()  # what Session.run sets up before its first cell
+    session.include_path = materialize(session.eval_tasks, session.prepared, out)
+    return session._train_data(session.tasks[0], TrainConfig(max_length=max_length))
+
+
+def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) -> dict[str, Any]:
+    from peftbench.config import TrainConfig
+    from peftbench.training import train
+
+    torch.manual_seed(0)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
+    base, _ = resolved.load(args.device, dtype)
+    n_matmul = matmul_params(base)
+    cfg_model = base.config
+    model = method.prepare(base, method.make_config({}))
+    params = [p for _, p in method.trainable_parameters(model)]
+    trainable = sum(p.numel() for p in params)
+    cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.0,
+                      max_length=args.seq_len, latency_rounds=0, log_every=1, max_grad_norm=1.0,
+                      gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer,
+                      **VARIANTS[variant])
+    marks: list[tuple[float, int]] = []
+
+    def on_step(step: int, metrics: dict[str, Any]) -> None:
         if args.device == "cuda":
-            torch.cuda.empty_cache()
-    out["speedup"] = out["peftbench"]["tokens_per_s"] / out["naive"]["tokens_per_s"]
-    out["memory_ratio"] = ((out["peftbench"]["peak_memory_bytes"] or 0) / out["naive"]["peak_memory_bytes"]
-                           if out["naive"]["peak_memory_bytes"] else None)
+            torch.cuda.synchronize()
+        marks.append((time.perf_counter(), metrics["tokens"]))
+
+    t0 = time.perf_counter()
+    result = train(model, params, data, cfg, seed=0, device=args.device, on_step=on_step)
+    times = [b[0] - a[0] for a, b in zip([(t0, 0), *marks], marks, strict=False)]
+    timed = marks[args.warmup - 1:] if args.warmup else [(t0, 0), *marks]
+    span_s = timed[-1][0] - timed[0][0]
+    span_tokens = timed[-1][1] - timed[0][1]
+    seq_mean = sum(len(x) for x in data.input_ids) / len(data)
+    fpt = flops_per_token(n_matmul, trainable, method.capabilities.trains_all_parameters,
+                          cfg_model.num_hidden_layers, cfg_model.hidden_size, seq_mean)
+    peak = peak_tflops(args.device, args.peak_tflops)
+    tps = span_tokens / span_s if span_s > 0 else None
+    out = {"status": "ok", "tokens_per_s": tps, "step_s_median": statistics.median(times[args.warmup:] or times),
+           "peak_memory_bytes": result.peak_memory_bytes, "first_step_s": result.first_step_s,
+           "losses": [loss for _, loss in result.losses], "loop": result.loop, "trainable": trainable,
+           "flops_per_token": fpt, "mfu": (fpt * tps) / (peak * 1e12) if peak and tps else None}
+    del model, base, params
     return out
 
 
-def main() -> None:
+def measure(method_name: str, resolved: Any, data: Any, args: Any, write: Any) -> dict[str, Any]:
+    from peftbench.plugins import make_plugin_manager
+    from peftbench.registry import collect_methods
+
+    method = collect_methods(make_plugin_manager()).get(method_name)
+    out: dict[str, Any] = {"method": method_name, "variants": {}}
+    for variant in args.variants:
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            out["variants"][variant] = run_variant(method, resolved, data, variant, args)
+        except torch.cuda.OutOfMemoryError as e:
+            reached = torch.cuda.max_memory_allocated() if args.device == "cuda" else None
+            out["variants"][variant] = {"status": "oom", "peak_memory_bytes": reached, "error": str(e)[:300]}
+        except Exception as e:  # one failing variant never loses the others
+            out["variants"][variant] = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500],
+                                        "traceback": traceback.format_exc()[-2000:]}
+        compare(out)
+        write(out)
+    return out
+
+
+def compare(out: dict[str, Any]) -> None:
+    """Ratios to the naive loop, and how far each loss curve strays from it."""
+    naive = out["variants"].get("naive")
+    for name, v in out["variants"].items():
+        if v.get("status") != "ok" or not naive or naive.get("status") != "ok" or name == "naive":
+            continue
+        v["speedup"] = v["tokens_per_s"] / naive["tokens_per_s"]
+        v["memory_ratio"] = (v["peak_memory_bytes"] / naive["peak_memory_bytes"]
+                             if v["peak_memory_bytes"] and naive["peak_memory_bytes"] else None)
+        pairs = list(zip(naive["losses"], v["losses"], strict=False))[:LOSS_STEPS]
+        v["max_loss_dev"] = max(abs(b - a) / abs(a) for a, b in pairs) if pairs else None
+
+
+def _gib(b: Any) -> str:
+    return f"{b / 2**30:.2f}" if b else "-"
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    head = (f"{'method':8s} {'variant':15s} {'tok/s':>10s} {'x naive':>8s} {'step ms':>8s} {'peak GiB':>9s} "
+            f"{'mem x':>6s} {'MFU':>6s} {'loss dev':>9s} {'1st step s':>10s}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        for name, v in r["variants"].items():
+            if v.get("status") != "ok":
+                print(f"{r['method']:8s} {name:15s} {v['status']}: {v.get('error', '')[:80]} "
+                      f"(peak {_gib(v.get('peak_memory_bytes'))} GiB)")
+                continue
+            def f(x, fmt):  # noqa: E306
+                return format(x, fmt) if x is not None else "-"
+            print(f"{r['method']:8s} {name:15s} {f(v['tokens_per_s'], ',.0f'):>10s} {f(v.get('speedup'), '.2f'):>8s} "
+                  f"{v['step_s_median'] * 1000:8.1f} {_gib(v['peak_memory_bytes']):>9s} "
+                  f"{f(v.get('memory_ratio'), '.2f'):>6s} {f(v['mfu'] and v['mfu'] * 100, '.1f'):>5s}% "
+                  f"{f(v.get('max_loss_dev') and v['max_loss_dev'] * 100, '.2f'):>8s}% {f(v['first_step_s'], '.1f'):>10s}")
+
+
+def environment(args: Any) -> dict[str, Any]:
+    import hashlib
+
+    import peft
+    import transformers
+
+    src = hashlib.sha256()
+    for p in sorted((ROOT / "peftbench").rglob("*.py")) + [Path(__file__)]:
+        src.update(p.read_bytes())
+    return {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "python": platform.python_version(), "source_sha256": src.hexdigest(),
+            "peak_tflops": peak_tflops(args.device, args.peak_tflops)}
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="shape:smollm2-135m")
     ap.add_argument("--methods", default="full,lora,qlora,adapter")
+    ap.add_argument("--variants", default="naive,fast", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--weights-dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--task", help="train on this task's real examples instead of random tokens")
+    ap.add_argument("--data-dir", type=Path, help="local data folder for --task")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps (median step time reported)")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    ap.add_argument("--seq-len", type=int, default=512, help="tokens per random row; with --task, max_length")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="for every variant alike")
+    ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU (default: by GPU name)")
-    ap.add_argument("--json", type=Path, help="write the results here")
-    args = ap.parse_args()
-    env = {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-           "torch": torch.__version__, "model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
-           "steps": args.steps, "warmup": args.warmup}
-    results = [measure(m.strip(), args) for m in args.methods.split(",") if m.strip()]
-    print(f"{'method':10s} {'naive tok/s':>12s} {'peftbench tok/s':>16s} {'speedup':>8s} {'mem ratio':>10s} "
-          f"{'MFU naive':>10s} {'MFU pb':>8s}")
-    for r in results:
-        mfu = [r[k]["mfu"] for k in ("naive", "peftbench")]
-        print(f"{r['method']:10s} {r['naive']['tokens_per_s']:12,.0f} {r['peftbench']['tokens_per_s']:16,.0f} "
-              f"{r['speedup']:8.2f} {r['memory_ratio'] or float('nan'):10.2f} "
-              + " ".join(f"{x * 100:9.1f}%" if x is not None else f"{'-':>9s}" for x in mfu))
-    if args.json:
-        args.json.write_text(json.dumps({"env": env, "results": results}, indent=1))
+    ap.add_argument("--json", type=Path, help="write the results here (rewritten after every variant)")
+    args = ap.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"--variants: unknown {', '.join(bad)}; valid: {', '.join(VARIANTS)}")
+    args.weights_dtype = args.weights_dtype or ("bf16" if args.device == "cuda" else "fp32")
+    from peftbench.models import resolve_model
+
+    resolved = resolve_model(args.model)
+    if args.task:
+        data = task_data(args.task, args.model, args.data_dir, args.seq_len)
+    else:
+        vocab = resolved.load("meta")[0].config.vocab_size if args.model.startswith("shape:") else \
+            resolved.load("cpu")[0].config.vocab_size
+        data = random_data(vocab, args.batch_size * (args.warmup + args.steps), args.seq_len)
+    env = environment(args)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
+    results: list[dict[str, Any]] = []
+
+    def write(current: dict[str, Any]) -> None:
+        if args.json:
+            done = [r for r in results if r is not current] + [current]
+            args.json.write_text(json.dumps({"env": env, "settings": settings, "results": done}, indent=1))
+
+    for m in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        results.append(measure(m, resolved, data, args, write))
+    print(f"{args.model} on {env['gpu'] or args.device}: batch {args.batch_size}, "
+          f"{'task ' + args.task if args.task else f'random tokens x {args.seq_len}'}, weights {args.weights_dtype}"
+          f"{', activation checkpointing' if args.gradient_checkpointing else ''}")
+    print_table(results)
+    return results
 
 
 if __name__ == "__main__":

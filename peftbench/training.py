@@ -260,8 +260,13 @@ def _checkpointing(model: torch.nn.Module, on: bool) -> None:
             raise ConfigError(f"train option gradient_checkpointing=true: {type(base).__name__} does not support "
                               "activation checkpointing; set gradient_checkpointing=false.")
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif getattr(base, "is_gradient_checkpointing", False):
+    elif _is_checkpointing(base):
         base.gradient_checkpointing_disable()
+
+
+def _is_checkpointing(model: torch.nn.Module) -> bool:
+    flag = getattr(model, "is_activation_checkpointing", None)  # the newer name (transformers >= 5.2x)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
 
 
 def planned_steps(cfg: TrainConfig, n_examples: int) -> int:

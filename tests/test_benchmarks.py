@@ -9,29 +9,65 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def test_train_throughput_smoke(tmp_path):
+def _throughput(tmp_path, *extra):
     out = tmp_path / "tp.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_throughput.py"), "--model", "tiny:llama",
-                           "--device", "cpu", "--methods", "full,lora", "--steps", "2", "--warmup", "1",
-                           "--batch-size", "2", "--seq-len", "16", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    data = json.loads(out.read_text())
-    assert data["env"]["batch_size"] == 2 and data["env"]["seq_len"] == 16
+                           "--device", "cpu", "--json", str(out), *extra], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_train_throughput_smoke_random_tokens(tmp_path):
+    data, stdout = _throughput(tmp_path, "--methods", "full,lora", "--steps", "3", "--warmup", "1",
+                               "--batch-size", "2", "--seq-len", "16", "--variants", "naive,fast,chunked_loss")
+    assert data["settings"]["batch_size"] == 2 and data["settings"]["seq_len"] == 16
+    assert data["env"]["source_sha256"] and data["env"]["torch"]
     for r in data["results"]:
-        for loop in ("naive", "peftbench"):
-            assert r[loop]["tokens_per_s"] == pytest.approx(2 * 16 / r[loop]["step_s_median"])
-            assert len(r[loop]["losses"]) == 3 and r[loop]["mfu"] is None  # no peak FLOPs known on CPU
-        assert r["speedup"] == pytest.approx(r["peftbench"]["tokens_per_s"] / r["naive"]["tokens_per_s"])
+        v = r["variants"]
+        assert set(v) == {"naive", "fast", "chunked_loss"}
+        for name, x in v.items():
+            assert x["status"] == "ok", x
+            # rows of exactly 16 tokens, nothing padded: tokens/s is 32 tokens per step over the timed steps
+            assert x["tokens_per_s"] == pytest.approx(32 / x["step_s_median"], rel=0.6)
+            assert len(x["losses"]) == 4 and x["mfu"] is None  # no peak FLOPs known on CPU
+            assert x["loop"]["loop"] == ("naive" if name == "naive" else "fast")
+        for name in ("fast", "chunked_loss"):
+            assert v[name]["speedup"] == pytest.approx(v[name]["tokens_per_s"] / v["naive"]["tokens_per_s"])
+            assert v[name]["max_loss_dev"] < 1e-4  # the same math on the same batches
+        assert v["chunked_loss"]["loop"]["padding_free"] is False and v["chunked_loss"]["loop"]["chunked_loss"]
     assert [r["method"] for r in data["results"]] == ["full", "lora"]
-    assert "speedup" in done.stdout
+    assert "x naive" in stdout and "fast" in stdout
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs the shared data folder")
+def test_train_throughput_on_real_task_data_packs_and_keeps_the_loss_curve(tmp_path):
+    data, _ = _throughput(tmp_path, "--methods", "lora", "--task", "sst2", "--data-dir", str(SHARED_DATA),
+                          "--steps", "4", "--warmup", "1", "--batch-size", "8", "--variants", "naive,fast")
+    v = data["results"][0]["variants"]
+    assert v["naive"]["loop"]["padding_fraction"] > 0.1  # real examples differ in length
+    assert v["fast"]["loop"]["padding_fraction"] < v["naive"]["loop"]["padding_fraction"]
+    assert v["fast"]["max_loss_dev"] < 1e-4
 
 
 def test_flops_per_token():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from train_throughput import flops_per_token
 
-    assert flops_per_token(100, True, 2, 8, 16) == 600 + 12 * 2 * 8 * 16
-    assert flops_per_token(100, False, 2, 8, 16) == 400 + 12 * 2 * 8 * 16
+    assert flops_per_token(100, 5, True, 2, 8, 16) == 600 + 12 * 2 * 8 * 16
+    assert flops_per_token(100, 5, False, 2, 8, 16) == 400 + 30 + 12 * 2 * 8 * 16
+
+
+def test_matmul_params_count_the_head_once_and_not_the_input_table():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import matmul_params
+
+    from peftbench.models import load_model
+
+    model = load_model("tiny:llama", device="cpu")[0]
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight is emb
+    assert matmul_params(model) == (total if tied else total - emb.numel())

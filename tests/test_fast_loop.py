@@ -138,7 +138,7 @@ def test_gradient_accumulation_and_checkpointing_keep_the_loss_curve():
     ckpt, model = _run(TrainConfig(steps=6, batch_size=8, lr=3e-3, gradient_checkpointing=True), copy.deepcopy(base))
     assert ckpt.loop["gradient_checkpointing"] is True
     assert [b for _, b in ckpt.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-5)
-    assert not model.is_gradient_checkpointing  # switched off again after training
+    assert not training._is_checkpointing(model)  # switched off again after training
     accum, _ = _run(TrainConfig(steps=3, batch_size=4, grad_accum=2, lr=3e-3), copy.deepcopy(base))
     assert accum.steps == 3 and accum.examples == 24
 
