@@ -242,6 +242,12 @@ def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str) -> dict[str
     elif not naive and cfg.chunked_loss and not chunked:
         notes.append("chunked loss: the LM head is not a plain bias-free Linear (e.g. adapted by the method): "
                      "plain loss")
+    if padding_free:
+        leak = packing_leak(model, parts[0])
+        if leak is not None:
+            padding_free = False
+            notes.append(f"padding-free batches: off, this model's attention does not honour packed position ids "
+                         f"({leak})")
     want_compile = not naive and (cfg.compile == "on" or (cfg.compile == "auto" and device == "cuda"))
     blocks = _blocks(model) if want_compile else None
     if want_compile and blocks is None:
@@ -251,6 +257,32 @@ def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str) -> dict[str
             "compile": f"blocks x{len(blocks)}" if blocks is not None else "off",
             "gradient_checkpointing": cfg.gradient_checkpointing, "optimizer": cfg.optimizer, "attention": attn,
             "notes": notes, "_blocks": blocks}
+
+
+def packing_leak(model: torch.nn.Module, decoder: torch.nn.Module) -> str | None:
+    """Check on the model itself that packing keeps examples apart: the hidden states of a short sequence
+    packed behind another equal its hidden states alone. ``None`` when they do, else what differed. (An
+    architecture whose attention builds its own mask would otherwise let packed examples see each other.)"""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    if vocab < 20:
+        return None
+    param = next(model.parameters())
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(10, vocab - 1, (1, 6), generator=g).to(param.device) for _ in range(2))
+    pos = torch.arange(6, device=param.device)[None]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            packed = decoder(input_ids=torch.cat([a, b], 1), position_ids=torch.cat([pos, pos], 1),
+                             use_cache=False).last_hidden_state[:, 6:].float()
+            alone = decoder(input_ids=b, position_ids=pos, use_cache=False).last_hidden_state.float()
+    except Exception as e:  # a decoder that does not take position ids: no packing
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    finally:
+        model.train(was_training)
+    rel = float((packed - alone).abs().max() / alone.abs().max().clamp_min(1e-6))
+    return None if rel < 0.05 else f"packed vs alone differ by {rel:.0%} of the hidden states' scale"
 
 
 def _checkpointing(model: torch.nn.Module, on: bool) -> None:

@@ -184,3 +184,17 @@ def test_bitsandbytes_optimizers_train(name):
 def test_bad_loop_options_are_clear_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**{key: value})
+
+
+def test_a_model_whose_attention_ignores_packing_trains_padded(monkeypatch):
+    """An architecture that builds its own (plain causal) mask would let packed examples see each other: the
+    loop checks the model itself and falls back to padded batches, saying why."""
+    model = _tiny()
+    assert training.packing_leak(model, model.model) is None  # the llama mask honours packed position ids
+    from transformers import masking_utils
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    assert "differ by" in training.packing_leak(model, model.model)
+    res, _ = _run(TrainConfig(steps=2, batch_size=8, lr=3e-3), model)
+    assert res.loop["padding_free"] is False
+    assert any("does not honour packed position ids" in n for n in res.loop["notes"])
