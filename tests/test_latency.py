@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import itertools
 import json
 import statistics
@@ -23,6 +24,7 @@ from peftbench.errors import ConfigError, NotSupported, PluginError
 from peftbench.latency import (
     Clock,
     LatencyPlan,
+    _eager_round,
     _static_round,
     cast_floating,
     headline,
@@ -110,6 +112,11 @@ def test_measure_grid_on_tiny_llama():
                     assert min(raw) - 1e-4 <= s["p10"] and s["p90"] <= max(raw) + 1e-4
                 assert m["tokens_per_s"] == pytest.approx(c["batch_size"] * 1000 / m["decode_ms_per_token"]["median"],
                                                           rel=1e-3)
+                means = m["samples"]["decode_mean"]
+                assert len(means) == plan.rounds and all(v > 0 for v in means)
+                assert m["decode_ms_per_token_mean"] == pytest.approx(summarize(means), abs=2e-4)  # samples rounded
+                if regime == "static":  # one span of uniform steps: the reported figure is the mean
+                    assert means == m["samples"]["decode"]
             assert set(c["overhead"]) == set(c["prefill_overhead"]) == {"unmerged", "merged"}
             for mode in ("unmerged", "merged"):
                 for key, phase in (("overhead", "decode"), ("prefill_overhead", "prefill")):
@@ -163,7 +170,7 @@ def test_rounds_rotate_and_warmup_is_not_recorded(monkeypatch):
     def fake_round(model, ids, new_tokens, clock):  # model is the mode's name; values number the calls
         calls.append((model, tuple(ids.shape), new_tokens))
         i = next(counter)
-        return float(i), i / 8
+        return float(i), i / 8, i / 4
 
     monkeypatch.setitem(lat.ROUNDS, "eager", fake_round)
     names = ["base", "a", "b"]
@@ -190,8 +197,10 @@ def test_rounds_rotate_and_warmup_is_not_recorded(monkeypatch):
         for m in names:
             idx = [offset + r * 3 + rounds[r].index(m) + 1 for r in range(plan.warmup, total)]
             assert cell["modes"][m]["samples"] == {"prefill": [float(i) for i in idx],
-                                                   "decode": [round(i / 8, 4) for i in idx]}
+                                                   "decode": [round(i / 8, 4) for i in idx],
+                                                   "decode_mean": [round(i / 4, 4) for i in idx]}
             assert cell["modes"][m]["decode_ms_per_token"]["median"] == round(statistics.median(idx) / 8, 4)
+            assert cell["modes"][m]["decode_ms_per_token_mean"]["median"] == round(statistics.median(idx) / 4, 4)
 
 
 def test_a_failing_mode_is_recorded_and_skipped(monkeypatch):
@@ -201,7 +210,7 @@ def test_a_failing_mode_is_recorded_and_skipped(monkeypatch):
         calls.append(model)
         if model == "bad":
             raise RuntimeError("no static cache for you")
-        return 1.0, 1.0
+        return 1.0, 1.0, 1.0
 
     monkeypatch.setitem(lat.ROUNDS, "eager", fake_round)
     plan = LatencyPlan(batch_sizes=[1], prompt_lengths=[4], new_tokens=2, rounds=3, warmup=1, regimes=["eager"])
@@ -260,9 +269,9 @@ def test_sanity_flag_logic_exact(monkeypatch):
               "noisy": [9, 0.5, 0.5, 3.0, 3.0], "small": [9, 1.1, 1.1, 1.1, 1.1], "unlisted": [9, 5, 5, 5, 5]}
     it = {m: iter(v) for m, v in values.items()}
 
-    def fake_round(model, ids, new_tokens, clock):
+    def fake_round(model, ids, new_tokens, clock):  # the mean is the same for all: the verdicts come from decode
         v = float(next(it[model]))
-        return v, v
+        return v, v, 1.0
 
     monkeypatch.setitem(lat.ROUNDS, "eager", fake_round)
     plan = LatencyPlan(batch_sizes=[1], prompt_lengths=[4], new_tokens=2, rounds=4, warmup=1, regimes=["eager"],
@@ -347,8 +356,8 @@ def test_static_round_matches_greedy_generate(new_tokens):
     model = tiny()
     ids = ids_of(batch=2, length=9, seed=3)
     got: list[torch.Tensor] = []
-    prefill, decode = _static_round(model, ids, new_tokens, Clock("cpu"), collect=got)
-    assert prefill > 0 and decode > 0
+    prefill, decode, mean = _static_round(model, ids, new_tokens, Clock("cpu"), collect=got)
+    assert prefill > 0 and decode > 0 and mean == decode
     assert len(got) == new_tokens and all(t.shape == (2, 1) for t in got)
     assert all((t != model.config.eos_token_id).all() for t in got)  # generate's min_new_tokens would ban EOS
     with torch.no_grad():
@@ -800,3 +809,110 @@ def test_too_few_rounds_are_not_judged():
     (entry,) = out["sanity"]
     assert entry["overhead"] > 1.0  # clearly slower, yet 2 rounds cannot support a verdict
     assert entry["ok"] is None and "not judged" in entry["note"] and out["sanity_ok"] is True
+
+
+# ---- 11. host stalls and the garbage collector -------------------------------------------------------------------
+
+class ScriptedClock(Clock):
+    """perf_counter's interface with scripted readings (seconds): exact step times."""
+
+    def __init__(self, readings):
+        super().__init__("cpu")
+        self.readings = iter(readings)
+
+    def mark(self):
+        return next(self.readings)
+
+
+@contextlib.contextmanager
+def stalled_once(model, call, seconds):
+    """The same model, its ``call``-th forward pass (1 = the prefill) made ``seconds`` slower; the count restarts
+    with every ``generate``-sized use of the context."""
+    original, calls = model.forward, itertools.count(1)
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        if next(calls) == call:
+            time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    model.forward = forward
+    try:
+        yield model
+    finally:
+        del model.forward
+
+
+def test_eager_decode_is_the_median_of_the_steps_exact():
+    model = tiny()
+    ids = ids_of(batch=1, length=5)
+    # start, then one mark per new token (ms): steps 2, 2, 52 (a stall), 2, 2, 2, 2
+    ms = [0, 10, 12, 14, 66, 68, 70, 72, 74]
+    prefill, decode, mean = _eager_round(model, ids, 8, ScriptedClock([t / 1000 for t in ms]))
+    assert prefill == pytest.approx(10.0)
+    assert decode == pytest.approx(2.0)                   # the median step: the stall does not count
+    assert mean == pytest.approx(64 / 7)                   # (last - first) / steps, what was reported before
+    # an even number of steps: the median is the middle pair's mean
+    prefill, decode, mean = _eager_round(model, ids, 5, ScriptedClock([t / 1000 for t in (0, 3, 4, 6, 9, 13)]))
+    assert (prefill, decode, mean) == pytest.approx((3.0, 2.5, 2.5))   # steps 1, 2, 3, 4
+
+
+def test_one_slow_step_moves_the_median_far_less_than_the_mean():
+    """A real host stall: one decode step of ``generate`` sleeps 50 ms. The mean per token rises by about
+    50 ms / 7 steps; the median of the steps hardly moves."""
+    model = tiny()
+    ids = ids_of(batch=1, length=6)
+    clock, stall_ms, steps = Clock("cpu"), 50.0, 7
+    _eager_round(model, ids, 8, clock)  # warm-up
+    clean, stalled = [], []
+    for _ in range(3):  # interleaved, the median of three rounds each
+        clean.append(_eager_round(model, ids, 8, clock))
+        with stalled_once(model, call=4, seconds=stall_ms / 1000) as m:  # forward 4: the 3rd decode step
+            stalled.append(_eager_round(m, ids, 8, clock))
+    assert "forward" not in vars(model)
+    med = {name: [statistics.median(r[i] for r in rounds) for i in (1, 2)]
+           for name, rounds in (("clean", clean), ("stalled", stalled))}
+    shift_median = abs(med["stalled"][0] - med["clean"][0])
+    shift_mean = med["stalled"][1] - med["clean"][1]
+    assert shift_mean == pytest.approx(stall_ms / steps, rel=0.3), (med, clean, stalled)   # ~7.1 ms
+    assert shift_median < 0.2 * shift_mean, (med, clean, stalled)                          # ~0.2 ms measured
+    for _, decode, mean in stalled:  # within each stalled round: the stall lifts the mean, not the median
+        assert mean - decode > 0.7 * stall_ms / steps, stalled
+
+
+@pytest.mark.parametrize("regime", ["eager", "static"])
+def test_gc_is_off_while_a_round_is_timed_and_restored_after(regime, monkeypatch):
+    model = tiny()
+    events: list[object] = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: events.append("collect") or collect(*a))
+    original = model.forward
+
+    def forward(*args, **kwargs):
+        events.append(gc.isenabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    assert gc.isenabled()
+    lat.ROUNDS[regime](model, ids_of(1, 4), 4, Clock("cpu"))
+    assert events == ["collect", False, False, False, False], events   # collected first, then off in every pass
+    assert gc.isenabled()                                                # and back on afterwards
+
+    # a collector already off stays off
+    events.clear()
+    gc.disable()
+    try:
+        lat.ROUNDS[regime](model, ids_of(1, 4), 3, Clock("cpu"))
+        assert events == ["collect", False, False, False] and not gc.isenabled()
+    finally:
+        gc.enable()
+
+    # a round that fails still restores it
+    def broken(*args, **kwargs):
+        assert not gc.isenabled()
+        raise RuntimeError("forward failed")
+
+    monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        lat.ROUNDS[regime](model, ids_of(1, 4), 3, Clock("cpu"))
+    assert gc.isenabled()
