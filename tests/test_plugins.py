@@ -190,3 +190,24 @@ def test_a_method_that_cannot_run_here_is_skipped_with_its_reason(tmp_path, monk
     assert runs["needspkg--quickstart--seed0"]["status"] == "skipped"
     assert "no_such_package_xyz" in runs["needspkg--quickstart--seed0"]["reason"]
     assert "skipped: needs a CUDA device" in stdout  # the leaderboard says why
+
+
+def test_qlora_on_cpu_reading_the_state_dict_leaves_the_model_unchanged():
+    """bitsandbytes >= 0.50 repacks 4-bit weights for an AVX512-BF16 CPU kernel at the first no-grad forward and
+    unpacks them lossily in state_dict(); the QLoRA plugin keeps one layout, so saving a model never changes it."""
+    import torch
+
+    from peftbench.models import load_model
+
+    method = collect_methods(make_plugin_manager(load_entrypoints=False)).get("qlora")
+    if not method.availability("cpu"):
+        pytest.skip("qlora unavailable on CPU")
+    torch.manual_seed(0)
+    model = method.prepare(load_model("tiny:llama")[0], method.make_config({})).eval()
+    ids = torch.randint(5, 200, (2, 9))
+    with torch.no_grad():
+        first = model(input_ids=ids).logits
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        again = model(input_ids=ids).logits
+        assert torch.equal(first, again)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -30,6 +30,11 @@ def quantize_linears(model: torch.nn.Module, quant_type: str, double_quant: bool
                                      requires_grad=False, compress_statistics=double_quant, quant_type=quant_type)
         if module.bias is not None:
             q.bias = torch.nn.Parameter(module.bias.data.detach().clone(), requires_grad=False)
+        # bitsandbytes >= 0.50 repacks a 4-bit weight for its AVX512-BF16 kernel at the first no-grad forward
+        # on such a CPU, and unpacks it, lossily, whenever state_dict() reads it: reading (or saving) the model
+        # would change it. peftbench keeps the one layout (CUDA is not affected).
+        if hasattr(q, "support_avx512bf16_for_cpu"):
+            q.support_avx512bf16_for_cpu = False
         parent, leaf = _parent(model, name)
         setattr(parent, leaf, q.to(device))
         count += 1

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Issue 7's GPU measurements: benchmarks/train_throughput.py in the settings of the issue's targets, each a
+# separate process writing its JSON (and its printed table) under /tmp/pb/results/throughput/, skipped when
+# its JSON is already there, so the same command again continues after a per-command time limit.
+#   usage (on the GPU machine, after on-device-env.sh; data unpacked in /tmp/pb/data for the real-data runs):
+#     bash benchmarks/device/throughput-gpu.sh SECONDS NAME[,NAME...]
+#   names:
+#     smol      shape:smollm2-135m, random tokens, bs16 x 512, full/lora/qlora/adapter, naive vs fast
+#     sst2      SmolLM2-135M-Instruct ($PEFTBENCH_GGUF) on sst2's real examples, bs16, 50 steps: loss curves
+#     ablate    shape:smollm2-135m, bs16 x 512, full and lora: each optimisation alone
+#     ablate-sst2  the same on sst2's real examples (where padding-free batches matter)
+#     1b        shape:llama-3.2-1b, full fine-tuning, bs8 x 2048: MFU
+#     8b-ckpt   shape:llama-3.1-8b, lora and full, bs2 x 2048, activation checkpointing
+#     8b        the same without activation checkpointing (full fine-tuning may not fit: recorded as oom)
+set -u
+secs=$1; names=$2
+here=$(cd "$(dirname "$0")/../.." && pwd)
+root=/tmp/pb/results/throughput; mkdir -p "$root"
+end=$(( $(date +%s) + secs ))
+tp() {  # NAME ARGS...: one benchmark process within the time left
+  local name=$1; shift
+  [ -f "$root/$name.json" ] && { echo "$name: kept"; return; }
+  local left=$(( end - $(date +%s) ))
+  [ "$left" -lt 40 ] && { echo "$name: no time left"; return; }
+  timeout -s INT -k 15 "$left" python3 "$here/benchmarks/train_throughput.py" --json "$root/$name.partial.json" "$@" \
+    > "$root/$name.txt" 2> "$root/$name.err"
+  local rc=$?
+  [ $rc -eq 0 ] && mv "$root/$name.partial.json" "$root/$name.json"
+  echo "== $name (exit $rc, $(( $(date +%s) - end + secs )) s into the command)"; tail -n 14 "$root/$name.txt"
+  [ $rc -ne 0 ] && tail -n 5 "$root/$name.err"
+}
+for n in ${names//,/ }; do
+  case $n in
+    smol) tp smol --model shape:smollm2-135m --methods full,lora,qlora,adapter --batch-size 16 --seq-len 512 \
+            --variants naive,fast --warmup 5 --steps 20 ;;
+    sst2) tp sst2 --model "$PEFTBENCH_GGUF" --task sst2 --data-dir /tmp/pb/data --methods full,lora,qlora,adapter \
+            --batch-size 16 --seq-len 512 --variants naive,fast --warmup 5 --steps 45 ;;
+    ablate) tp ablate --model shape:smollm2-135m --methods full,lora --batch-size 16 --seq-len 512 \
+              --variants naive,chunked_loss,padding_free,compile,fast-nocompile,fast --warmup 5 --steps 20 ;;
+    ablate-sst2) tp ablate-sst2 --model "$PEFTBENCH_GGUF" --task sst2 --data-dir /tmp/pb/data --methods full,lora \
+              --batch-size 16 --seq-len 512 --variants naive,chunked_loss,padding_free,compile,fast-nocompile,fast \
+              --warmup 5 --steps 20 ;;
+    1b) tp 1b --model shape:llama-3.2-1b --methods full --batch-size 8 --seq-len 2048 --variants naive,fast \
+          --warmup 4 --steps 12 ;;
+    8b-ckpt) tp 8b-ckpt --model shape:llama-3.1-8b --methods lora,full --batch-size 2 --seq-len 2048 \
+               --gradient-checkpointing --variants naive,fast --warmup 3 --steps 8 ;;
+    8b) tp 8b --model shape:llama-3.1-8b --methods lora,full --batch-size 2 --seq-len 2048 \
+          --variants naive,fast --warmup 3 --steps 8 ;;
+    *) echo "unknown run $n" ;;
+  esac
+done
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/throughput.tgz" -C /tmp/pb/results throughput
+fi
