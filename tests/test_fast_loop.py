@@ -198,3 +198,23 @@ def test_a_model_whose_attention_ignores_packing_trains_padded(monkeypatch):
     res, _ = _run(TrainConfig(steps=2, batch_size=8, lr=3e-3), model)
     assert res.loop["padding_free"] is False
     assert any("does not honour packed position ids" in n for n in res.loop["notes"])
+
+
+def test_compiled_blocks_round_like_eager_kernels(monkeypatch):
+    """Compilation runs with inductor's emulate_precision_casts on: bf16 intermediates are rounded where eager
+    rounds them, so a compiled loop follows the eager loop's loss curve (without it, LoRA's first steps in
+    bf16 diverged visibly)."""
+    import torch._inductor.config as inductor_config
+
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(inductor_config.emulate_precision_casts)
+        return gm.forward
+
+    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    assert inductor_config.emulate_precision_casts is False
+    res, _ = _run(TrainConfig(steps=2, batch_size=8, lr=3e-3, compile="on"))
+    assert seen and all(seen)
+    assert res.loop["compile_rounding"].startswith("eager")
+    assert inductor_config.emulate_precision_casts is False  # restored after training
