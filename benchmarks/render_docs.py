@@ -24,7 +24,28 @@ RENDERED = [  # (doc, result folder): tests/test_results_docs.py checks each of 
     ("docs/tasks.md", "results/tasks-gpu/arc_easy"),
     ("docs/latency.md", "results/latency-gpu/latency-grid-A"),
     ("docs/latency.md", "results/latency-gpu/latency-stack-fix-A"),
+    ("docs/latency.md", "results/latency-gpu/latency-one-shape-median"),
+    # benchmarks/train_throughput.py results files (a .json path: rendered by its --markdown)
+    ("docs/performance.md", "results/throughput-gpu/ablate.json"),
+    ("docs/performance.md", "results/throughput-gpu/smol-qa.json"),
+    ("docs/performance.md", "results/throughput-gpu/smol.json"),
+    ("docs/performance.md", "results/throughput-gpu/sst2-lf.json"),
+    ("docs/performance.md", "results/throughput-gpu/1b.json"),
+    ("docs/performance.md", "results/throughput-gpu/8b.json"),
+    ("docs/performance.md", "results/throughput-gpu/8b-ckpt.json"),
 ]
+
+
+def render(source: str) -> str:
+    """The Markdown the docs show for one entry of RENDERED."""
+    if source.endswith(".json"):
+        import json
+
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from train_throughput import markdown
+
+        return markdown(json.loads((ROOT / source).read_text()))
+    return render_markdown(folder_tables(ROOT / source)[0])
 
 
 def blocks(markdown: str, start: int = 0) -> list[tuple[str, int, int]]:
@@ -40,7 +61,7 @@ def main() -> None:
     texts: dict[str, str] = {}
     for doc, folder in RENDERED:
         text = texts.setdefault(doc, (ROOT / doc).read_text())
-        fresh = render_markdown(folder_tables(ROOT / folder)[0]) + "\n"
+        fresh = render(folder) + "\n"
         for title, a, b in blocks(fresh):
             block = fresh[a:b]
             match = next(((s, e) for t, s, e in blocks(text, cursor.get(doc, 0)) if t == title), None)

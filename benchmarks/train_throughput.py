@@ -32,6 +32,7 @@ not hardware FLOPs). Peak: --peak-tflops, else dense bf16 by GPU name (H100/H200
     python benchmarks/train_throughput.py --model shape:smollm2-135m --batch-size 16 --seq-len 512 --json out.json
     python benchmarks/train_throughput.py --model $PEFTBENCH_GGUF --task sst2 --data-dir /tmp/pb/data --steps 50
     python benchmarks/train_throughput.py --model tiny:llama --device cpu --steps 3 --batch-size 2 --seq-len 32  # smoke
+    python benchmarks/train_throughput.py --markdown results/throughput-gpu/ablate.json  # the docs' table of a file
 """
 
 from __future__ import annotations
@@ -219,6 +220,34 @@ def print_table(results: list[dict[str, Any]]) -> None:
                   f"{f(v['first_step_s'], '.1f'):>10s}")
 
 
+def markdown(data: dict[str, Any]) -> str:
+    """A results file as the docs show it: a bold title line, then one Markdown row per method x variant."""
+    st, env = data["settings"], data["env"]
+    what = f"task {st['task']}" if st.get("task") else f"random tokens x {st['seq_len']}"
+    title = (f"**{Path(str(st['model'])).name} on {env.get('gpu') or env['device']}: batch {st['batch_size']}, {what}, "
+             f"weights {st['weights_dtype']}{', activation checkpointing' if st.get('gradient_checkpointing') else ''}; "
+             f"{st['steps']} timed steps after {st['warmup']}**")
+    rows = ["| method | variant | tokens/s | x naive | step ms (median) | peak GiB | memory x naive | MFU | "
+            "loss dev: max step / 10-step window | first step s |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(x: Any, fmt: str, scale: float = 1.0, suffix: str = "") -> str:
+        return format(x * scale, fmt) + suffix if x is not None else "—"
+
+    for r in data["results"]:
+        for name, v in r["variants"].items():
+            if v.get("status") != "ok":
+                rows.append(f"| {r['method']} | {name} | {v['status']} (peak {_gib(v.get('peak_memory_bytes'))} GiB) "
+                            "| | | | | | | |")
+                continue
+            dev = "—" if v.get("max_loss_dev") is None else \
+                f"{v['max_loss_dev'] * 100:.2f}% / {f(v.get('max_loss_dev_window'), '.2f', 100, '%')}"
+            rows.append(f"| {r['method']} | {name} | {f(v['tokens_per_s'], ',.0f')} | {f(v.get('speedup'), '.2f')} | "
+                        f"{v['step_s_median'] * 1000:.1f} | {_gib(v['peak_memory_bytes'])} | "
+                        f"{f(v.get('memory_ratio'), '.2f')} | {f(v['mfu'], '.1f', 100, '%')} | {dev} | "
+                        f"{f(v['first_step_s'], '.1f')} |")
+    return title + "\n\n" + "\n".join(rows)
+
+
 def environment(args: Any) -> dict[str, Any]:
     import hashlib
 
@@ -235,6 +264,12 @@ def environment(args: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--markdown"]:  # render committed results files: --markdown FILE...
+        for path in argv[1:]:
+            print(markdown(json.loads(Path(path).read_text())) + "\n")
+        return []
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="shape:smollm2-135m")
     ap.add_argument("--methods", default="full,lora,qlora,adapter")

@@ -11,25 +11,36 @@ from peftbench.results import load_runs
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _rendered() -> list[tuple[str, str]]:
-    """(doc, session folder) pairs: the list benchmarks/render_docs.py re-renders, checked here."""
+def _render_docs():
+    """benchmarks/render_docs.py: RENDERED, the (doc, results) pairs it re-renders, checked here."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("render_docs", ROOT / "benchmarks" / "render_docs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.RENDERED
+    return module
 
 
-RENDERED = _rendered()
+RENDER = _render_docs()
 
 
-@pytest.mark.parametrize(("doc", "session"), RENDERED)
+@pytest.mark.parametrize(("doc", "session"), [r for r in RENDER.RENDERED if not r[1].endswith(".json")])
 def test_docs_show_the_committed_sessions_leaderboard(doc, session):
     folder = ROOT / session
     table = render_markdown(folder_tables(folder)[0]).strip()
-    assert table.count("\n| ") >= 3, "a leaderboard with a base row and at least one method"
+    if "latency" in session:  # latency tables: one row per method x shape, no base row
+        assert table.count("\n| ") >= 2, "a latency table with at least one row"
+    else:
+        assert table.count("\n| ") >= 3, "a leaderboard with a base row and at least one method"
     assert table in (ROOT / doc).read_text(), f"{doc} does not show `peftbench report {session} --markdown`"
+
+
+@pytest.mark.parametrize(("doc", "source"), [r for r in RENDER.RENDERED if r[1].endswith(".json")])
+def test_docs_show_the_committed_throughput_results(doc, source):
+    table = RENDER.render(source).strip()
+    assert table.count("\n| ") >= 3
+    assert table in (ROOT / doc).read_text(), \
+        f"{doc} does not show `python benchmarks/train_throughput.py --markdown {source}`"
 
 
 def test_gpu_task_sessions_meet_the_bar_they_are_cited_for():
