@@ -88,11 +88,15 @@ def flops_per_token(n: int, trainable: int, full: bool, layers: int, hidden: int
     return (6 * n if full else 4 * n + 6 * trainable) + 12 * layers * hidden * seq
 
 
-def random_data(vocab: int, rows: int, seq: int, seed: int = 0):
+def random_data(vocab: int, rows: int, seq: int, seed: int = 0, lengths: tuple[int, int] | None = None):
+    """Random token rows of ``seq`` tokens, or of lengths drawn uniformly from ``lengths`` (inclusive)."""
     from peftbench.training import TrainData
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, vocab - 1, (rows, seq), generator=g).tolist()
+    if lengths:
+        cut = torch.randint(lengths[0], lengths[1] + 1, (rows,), generator=g).tolist()
+        ids = [row[:n] for row, n in zip(ids, cut, strict=True)]
     return TrainData(input_ids=ids, answer_start=[1] * rows, pad_id=0)  # loss on every next token
 
 
@@ -223,7 +227,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
 def markdown(data: dict[str, Any]) -> str:
     """A results file as the docs show it: a bold title line, then one Markdown row per method x variant."""
     st, env = data["settings"], data["env"]
-    what = f"task {st['task']}" if st.get("task") else f"random tokens x {st['seq_len']}"
+    what = f"task {st['task']}" if st.get("task") else (
+        f"random tokens x {st['lengths']} (uniform)" if st.get("lengths") else f"random tokens x {st['seq_len']}")
     title = (f"**{Path(str(st['model'])).name} on {env.get('gpu') or env['device']}: batch {st['batch_size']}, {what}, "
              f"weights {st['weights_dtype']}{', activation checkpointing' if st.get('gradient_checkpointing') else ''}; "
              f"{st['steps']} timed steps after {st['warmup']}**")
@@ -280,6 +285,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--data-dir", type=Path, help="local data folder for --task")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per random row; with --task, max_length")
+    ap.add_argument("--lengths", metavar="LO-HI", help="random rows of lengths drawn uniformly from LO..HI tokens "
+                    "(variable lengths: what padding-free batches are for) instead of exactly --seq-len")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -301,7 +308,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     else:
         vocab = resolved.load("meta")[0].config.vocab_size if args.model.startswith("shape:") else \
             resolved.load("cpu")[0].config.vocab_size
-        data = random_data(vocab, args.batch_size * (args.warmup + args.steps), args.seq_len)
+        span = None
+        if args.lengths:
+            try:
+                lo, hi = (int(x) for x in args.lengths.split("-"))
+                assert 2 <= lo <= hi
+            except (ValueError, AssertionError):
+                ap.error(f"--lengths {args.lengths!r}: expected LO-HI with 2 <= LO <= HI, e.g. 64-512")
+            span, args.seq_len = (lo, hi), hi
+        data = random_data(vocab, args.batch_size * (args.warmup + args.steps), args.seq_len, lengths=span)
     env = environment(args)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
     results: list[dict[str, Any]] = []
@@ -314,7 +329,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for m in [m.strip() for m in args.methods.split(",") if m.strip()]:
         results.append(measure(m, resolved, data, args, write))
     print(f"{args.model} on {env['gpu'] or args.device}: batch {args.batch_size}, "
-          f"{'task ' + args.task if args.task else f'random tokens x {args.seq_len}'}, weights {args.weights_dtype}"
+          f"{'task ' + args.task if args.task else f'random tokens x {args.lengths or args.seq_len}'}, "
+          f"weights {args.weights_dtype}"
           f"{', activation checkpointing' if args.gradient_checkpointing else ''}")
     print_table(results)
     return results

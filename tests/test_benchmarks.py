@@ -42,6 +42,15 @@ def test_train_throughput_smoke_random_tokens(tmp_path):
     assert "x naive" in stdout and "fast" in stdout
 
 
+def test_train_throughput_variable_lengths_pack_and_count_real_tokens(tmp_path):
+    data, _ = _throughput(tmp_path, "--methods", "full", "--steps", "3", "--warmup", "1", "--batch-size", "4",
+                          "--lengths", "4-24", "--variants", "naive,padding_free")
+    v = data["results"][0]["variants"]
+    assert data["settings"]["seq_len"] == 24 and data["settings"]["lengths"] == "4-24"
+    assert v["naive"]["loop"]["padding_fraction"] > v["padding_free"]["loop"]["padding_fraction"]
+    assert v["padding_free"]["max_loss_dev"] < 1e-4
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs the shared data folder")
 def test_train_throughput_on_real_task_data_packs_and_keeps_the_loss_curve(tmp_path):
     data, _ = _throughput(tmp_path, "--methods", "lora", "--task", "sst2", "--data-dir", str(SHARED_DATA),

@@ -10,6 +10,7 @@
 #     sst2-fp32 the same with fp32 weights (bf16 autocast), as peftbench run trains
 #     smol-qa   smol for qlora and adapter only (ablate has full and lora)
 #     sst2-lf   sst2 for lora and full, 50 steps (the loss-curve check in the device time left)
+#     varlen    shape:smollm2-135m, random rows of 64..512 tokens, bs16: what padding-free batches buy
 #     ablate    shape:smollm2-135m, bs16 x 512, full and lora: each optimisation alone
 #     ablate-sst2  the same on sst2's real examples (where padding-free batches matter)
 #     1b        shape:llama-3.2-1b, full fine-tuning, bs8 x 2048: MFU
@@ -44,6 +45,8 @@ for n in ${names//,/ }; do
             --variants naive,fast --warmup 5 --steps 20 ;;
     sst2-lf) tp sst2-lf --model "$PEFTBENCH_GGUF" --task sst2 --data-dir /tmp/pb/data --methods lora,full \
             --batch-size 16 --seq-len 512 --variants naive,fast --warmup 5 --steps 45 ;;
+    varlen) tp varlen --model shape:smollm2-135m --methods full,lora --batch-size 16 --lengths 64-512 \
+              --variants naive,padding_free,fast --warmup 5 --steps 20 ;;
     ablate) tp ablate --model shape:smollm2-135m --methods full,lora --batch-size 16 --seq-len 512 \
               --variants naive,chunked_loss,padding_free,compile,fast-nocompile,fast --warmup 5 --steps 20 ;;
     ablate-sst2) tp ablate-sst2 --model "$PEFTBENCH_GGUF" --task sst2 --data-dir /tmp/pb/data --methods full,lora \
