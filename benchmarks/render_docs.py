@@ -27,6 +27,7 @@ RENDERED = [  # (doc, result folder): tests/test_results_docs.py checks each of 
     ("docs/latency.md", "results/latency-gpu/latency-one-shape-median"),
     # benchmarks/train_throughput.py results files (a .json path: rendered by its --markdown)
     ("docs/performance.md", "results/throughput-gpu/ablate.json"),
+    ("docs/performance.md", "results/throughput-gpu/varlen.partial.json"),
     ("docs/performance.md", "results/throughput-gpu/smol-qa.json"),
     ("docs/performance.md", "results/throughput-gpu/smol.json"),
     ("docs/performance.md", "results/throughput-gpu/sst2-lf.json"),

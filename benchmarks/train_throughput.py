@@ -152,7 +152,12 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
                           cfg_model.num_hidden_layers, cfg_model.hidden_size, seq_mean)
     peak = peak_tflops(args.device, args.peak_tflops)
     tps = span_tokens / span_s if span_s > 0 else None
-    out = {"status": "ok", "tokens_per_s": tps, "step_s_median": statistics.median(times[args.warmup:] or times),
+    step_median = statistics.median(times[args.warmup:] or times)
+    n_timed = len(timed) - 1
+    out = {"status": "ok", "tokens_per_s": tps, "step_s_median": step_median,
+           # steady state: the mean tokens of a timed step over the median step time (recompilations and other
+           # one-off stalls inside the timed steps do not count here; they do in tokens_per_s)
+           "steady_tokens_per_s": (span_tokens / n_timed) / step_median if n_timed > 0 and step_median else None,
            "peak_memory_bytes": result.peak_memory_bytes, "first_step_s": result.first_step_s,
            "losses": [loss for _, loss in result.losses], "loop": result.loop, "trainable": trainable,
            "flops_per_token": fpt, "mfu": (fpt * tps) / (peak * 1e12) if peak and tps else None}
@@ -232,8 +237,10 @@ def markdown(data: dict[str, Any]) -> str:
     title = (f"**{Path(str(st['model'])).name} on {env.get('gpu') or env['device']}: batch {st['batch_size']}, {what}, "
              f"weights {st['weights_dtype']}{', activation checkpointing' if st.get('gradient_checkpointing') else ''}; "
              f"{st['steps']} timed steps after {st['warmup']}**")
-    rows = ["| method | variant | tokens/s | x naive | step ms (median) | peak GiB | memory x naive | MFU | "
-            "loss dev: max step / 10-step window | first step s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    steady = any("steady_tokens_per_s" in v for r in data["results"] for v in r["variants"].values())
+    rows = ["| method | variant | tokens/s | x naive | step ms (median) | " + ("steady tokens/s | " if steady else "")
+            + "peak GiB | memory x naive | MFU | loss dev: max step / 10-step window | first step s |",
+            "|---|---|---|---|---|" + ("---|" if steady else "") + "---|---|---|---|---|"]
 
     def f(x: Any, fmt: str, scale: float = 1.0, suffix: str = "") -> str:
         return format(x * scale, fmt) + suffix if x is not None else "—"
@@ -242,12 +249,14 @@ def markdown(data: dict[str, Any]) -> str:
         for name, v in r["variants"].items():
             if v.get("status") != "ok":
                 rows.append(f"| {r['method']} | {name} | {v['status']} (peak {_gib(v.get('peak_memory_bytes'))} GiB) "
-                            "| | | | | | | |")
+                            + "| " * (9 if steady else 8) + "|")
                 continue
             dev = "—" if v.get("max_loss_dev") is None else \
                 f"{v['max_loss_dev'] * 100:.2f}% / {f(v.get('max_loss_dev_window'), '.2f', 100, '%')}"
             rows.append(f"| {r['method']} | {name} | {f(v['tokens_per_s'], ',.0f')} | {f(v.get('speedup'), '.2f')} | "
-                        f"{v['step_s_median'] * 1000:.1f} | {_gib(v['peak_memory_bytes'])} | "
+                        f"{v['step_s_median'] * 1000:.1f} | "
+                        + (f"{f(v.get('steady_tokens_per_s'), ',.0f')} | " if steady else "")
+                        + f"{_gib(v['peak_memory_bytes'])} | "
                         f"{f(v.get('memory_ratio'), '.2f')} | {f(v['mfu'], '.1f', 100, '%')} | {dev} | "
                         f"{f(v['first_step_s'], '.1f')} |")
     return title + "\n\n" + "\n".join(rows)

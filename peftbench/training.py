@@ -199,12 +199,14 @@ def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
 COMPILE_BACKEND = "inductor"
 
 
-def compile_blocks(blocks: torch.nn.ModuleList) -> None:
+def compile_blocks(blocks: torch.nn.ModuleList, dynamic: bool = False) -> None:
     """Regional compilation: each block compiled in place (one graph serves them all, since torch inlines
     built-in modules instead of guarding on each one). Cheaper to compile than the whole model, and the
-    method's own layers (LoRA branches, adapters) inside a block are compiled with it."""
+    method's own layers (LoRA branches, adapters) inside a block are compiled with it. ``dynamic``: compile
+    for symbolic batch and sequence sizes from the first call (examples of varying length), instead of one
+    graph for the first shape and a recompilation when the next differs."""
     for block in blocks:
-        block.compile(backend=COMPILE_BACKEND)
+        block.compile(backend=COMPILE_BACKEND, dynamic=True if dynamic else None)
 
 
 def eager_rounding() -> Any:
@@ -368,7 +370,9 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     _checkpointing(model, cfg.gradient_checkpointing)
     rounding = contextlib.nullcontext()
     if blocks is not None:
-        compile_blocks(blocks)
+        dynamic = len({len(x) for x in data.input_ids}) > 1  # batches of varying shape
+        compile_blocks(blocks, dynamic=dynamic)
+        loop["compile"] += ", dynamic shapes" if dynamic else ", static shapes"
         rounding = eager_rounding()
         loop["compile_rounding"] = "eager (inductor emulate_precision_casts)"
     try:

@@ -154,7 +154,7 @@ def test_compiled_blocks_train_like_eager_ones_and_are_uncompiled_after(monkeypa
 
 
 def test_a_block_that_fails_to_compile_is_recorded_and_trained_uncompiled(monkeypatch):
-    def broken(blocks):
+    def broken(blocks, dynamic=False):
         for block in blocks:
             block._compiled_call_impl = _raise
 
@@ -218,3 +218,22 @@ def test_compiled_blocks_round_like_eager_kernels(monkeypatch):
     assert seen and all(seen)
     assert res.loop["compile_rounding"].startswith("eager")
     assert inductor_config.emulate_precision_casts is False  # restored after training
+
+
+def test_varying_lengths_compile_for_dynamic_shapes_once(monkeypatch):
+    """Examples of varying length give batches of varying shape: the blocks are compiled for symbolic sizes
+    from the start (fewer compilations than a static graph then a recompilation), fixed lengths stay static."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    res, _ = _run(TrainConfig(steps=12, batch_size=8, lr=1e-3, compile="on"), data=_data(96, seed=1, lo=4, hi=60))
+    assert res.loop["compile"].endswith("dynamic shapes")
+    assert len(graphs) <= 2  # packed rows (a mask) and, at most, unpacked ones (no mask)
+    graphs.clear()
+    fixed = TrainData([[5 + (i + k) % 80 for k in range(16)] for i in range(32)], [1] * 32, pad_id=0)
+    res, _ = _run(TrainConfig(steps=3, batch_size=8, lr=1e-3, compile="on"), data=fixed)
+    assert res.loop["compile"].endswith("static shapes") and len(graphs) == 1
