@@ -127,7 +127,8 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     base, _ = resolved.load(args.device, dtype)
     n_matmul = matmul_params(base)
     cfg_model = base.config
-    model = method.prepare(base, method.make_config({}))
+    method_config = method.make_config({})
+    model = method.prepare(base, method_config)
     params = [p for _, p in method.trainable_parameters(model)]
     trainable = sum(p.numel() for p in params)
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.0,
@@ -150,6 +151,11 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     seq_mean = sum(len(x) for x in data.input_ids) / len(data)
     fpt = flops_per_token(n_matmul, trainable, method.capabilities.trains_all_parameters,
                           cfg_model.num_hidden_layers, cfg_model.hidden_size, seq_mean)
+    artifact = None
+    if args.artifact and variant == args.variants[-1]:  # what the method ships, once per method
+        with tempfile.TemporaryDirectory(prefix="pb-artifact-") as d:
+            files = method.save(model, Path(d), method_config)
+            artifact = {"bytes": sum(Path(f).stat().st_size for f in files), "files": len(files)}
     peak = peak_tflops(args.device, args.peak_tflops)
     tps = span_tokens / span_s if span_s > 0 else None
     step_median = statistics.median(times[args.warmup:] or times)
@@ -160,7 +166,9 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
            "steady_tokens_per_s": (span_tokens / n_timed) / step_median if n_timed > 0 and step_median else None,
            "peak_memory_bytes": result.peak_memory_bytes, "first_step_s": result.first_step_s,
            "losses": [loss for _, loss in result.losses], "loop": result.loop, "trainable": trainable,
-           "flops_per_token": fpt, "mfu": (fpt * tps) / (peak * 1e12) if peak and tps else None}
+           "flops_per_token": fpt, "mfu": (fpt * tps) / (peak * 1e12) if peak and tps else None,
+           "total_params": sum(p.numel() for p in base.parameters()) if not method.capabilities.quantized_base
+           else None, "artifact": artifact}
     del model, base, params
     return out
 
@@ -300,6 +308,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--gradient-checkpointing", action="store_true", help="for every variant alike")
+    ap.add_argument("--artifact", action="store_true", help="also save each method's artifact after its last "
+                    "variant and record its size (what the method ships)")
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU (default: by GPU name)")
     ap.add_argument("--json", type=Path, help="write the results here (rewritten after every variant)")

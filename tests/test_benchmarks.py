@@ -21,7 +21,7 @@ def _throughput(tmp_path, *extra):
 
 
 def test_train_throughput_smoke_random_tokens(tmp_path):
-    data, stdout = _throughput(tmp_path, "--methods", "full,lora", "--steps", "3", "--warmup", "1",
+    data, stdout = _throughput(tmp_path, "--methods", "full,lora", "--steps", "3", "--warmup", "1", "--artifact",
                                "--batch-size", "2", "--seq-len", "16", "--variants", "naive,fast,chunked_loss")
     assert data["settings"]["batch_size"] == 2 and data["settings"]["seq_len"] == 16
     assert data["env"]["source_sha256"] and data["env"]["torch"]
@@ -40,6 +40,10 @@ def test_train_throughput_smoke_random_tokens(tmp_path):
         assert v["chunked_loss"]["loop"]["padding_free"] is False and v["chunked_loss"]["loop"]["chunked_loss"]
     assert [r["method"] for r in data["results"]] == ["full", "lora"]
     assert "x naive" in stdout and "fast" in stdout
+    full, lora = (r["variants"]["chunked_loss"] for r in data["results"])  # the last variant saves the artifact
+    assert full["artifact"]["bytes"] >= 4 * full["total_params"] * 0.95  # every weight, fp32 on CPU
+    assert 4 * lora["trainable"] <= lora["artifact"]["bytes"] <= 4 * lora["trainable"] + 64 * 1024
+    assert data["results"][0]["variants"]["naive"]["artifact"] is None
 
 
 def test_train_throughput_variable_lengths_pack_and_count_real_tokens(tmp_path):

@@ -16,6 +16,8 @@
 #     1b        shape:llama-3.2-1b, full fine-tuning, bs8 x 2048: MFU
 #     8b-ckpt   shape:llama-3.1-8b, lora and full, bs2 x 2048, activation checkpointing
 #     8b        the same without activation checkpointing (full fine-tuning may not fit: recorded as oom)
+#     8b-all, 8b-all-ckpt  issue 8's cost rows: all four methods, fast loop, artifact size, without/with checkpointing
+#     8b-latency  peftbench latency on shape:llama-3.1-8b, static regime, batch 1/8 x prompt 128/1024
 set -u
 secs=$1; names=$2
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -58,6 +60,15 @@ for n in ${names//,/ }; do
                --gradient-checkpointing --variants naive,fast --warmup 3 --steps 8 ;;
     8b) tp 8b --model shape:llama-3.1-8b --methods lora,full --batch-size 2 --seq-len 2048 \
           --variants naive,fast --warmup 3 --steps 8 ;;
+    8b-all) tp 8b-all --model shape:llama-3.1-8b --methods lora,qlora,adapter,full --batch-size 2 --seq-len 2048 \
+              --variants fast --warmup 3 --steps 8 --artifact ;;
+    8b-all-ckpt) tp 8b-all-ckpt --model shape:llama-3.1-8b --methods lora,qlora,adapter,full --batch-size 2 \
+              --seq-len 2048 --gradient-checkpointing --variants fast --warmup 3 --steps 8 --artifact ;;
+    8b-latency) [ -f "$root/8b-latency/session.json" ] && { echo "8b-latency: kept"; continue; }
+              timeout -s INT -k 15 $(( end - $(date +%s) )) python3 -m peftbench.cli latency --model shape:llama-3.1-8b \
+                --methods lora,qlora,adapter,full --batch-sizes 1,8 --prompt-lengths 128,1024 --new-tokens 64 \
+                --regimes static --stack none --rounds 5 --output "$root/8b-latency" > "$root/8b-latency.log" 2>&1
+              echo "== 8b-latency (exit $?)"; tail -n 20 "$root/8b-latency.log" ;;
     *) echo "unknown run $n" ;;
   esac
 done
