@@ -133,7 +133,7 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     trainable = sum(p.numel() for p in params)
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.0,
                       max_length=args.seq_len, latency_rounds=0, log_every=1, max_grad_norm=1.0,
-                      gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer,
+                      gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, dtype=args.autocast,
                       **VARIANTS[variant])
     marks: list[tuple[float, int]] = []
 
@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--variants", default="naive,fast", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--weights-dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--autocast", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="the loop's dtype option: auto (bf16 autocast on CUDA, none on CPU), bf16, fp32")
     ap.add_argument("--task", help="train on this task's real examples instead of random tokens")
     ap.add_argument("--data-dir", type=Path, help="local data folder for --task")
     ap.add_argument("--batch-size", type=int, default=16)
