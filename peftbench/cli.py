@@ -340,6 +340,32 @@ def methods(as_json, device):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--markdown", is_flag=True, help="print a Markdown table (docs/training-options.md)")
+def options(as_json, markdown):
+    """List the shared training options (--set KEY=VALUE): type, default and help."""
+    from .config import TrainConfig, describe_fields, options_markdown
+
+    rows = describe_fields(TrainConfig)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if markdown:
+        click.echo(options_markdown(), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="training options (--set KEY=VALUE; METHOD.KEY=VALUE for a method's own: peftbench methods)",
+              title_justify="left")
+    for col in ("option", "type", "default", "help"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["type"], str(r["default"]), r["help"])
+    Console().print(t)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
 @click.option("--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(path_type=Path),
               help="extra folder of task definitions (repeatable)")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="local data folder [env: PEFTBENCH_DATA_DIR]")

@@ -123,6 +123,20 @@ def describe_fields(cls: type) -> list[dict[str, Any]]:
     return out
 
 
+def options_markdown() -> str:
+    """docs/training-options.md: every shared training option, generated from ``TrainConfig``."""
+    lines = ["# Training options", "",
+             "Shared by every method (the same loop, data and budget for all); set with `peftbench run --set "
+             "KEY=VALUE`, listed by `peftbench options`. A method's own options are `--set METHOD.KEY=VALUE` "
+             "(`peftbench methods`). Generated from `peftbench.config.TrainConfig` by `peftbench options "
+             "--markdown`; a test keeps it current.", "",
+             "| option | type | default | what it does |", "|---|---|---|---|"]
+    for r in describe_fields(TrainConfig):
+        default = (",".join(map(str, r["default"])) or "none") if isinstance(r["default"], list) else r["default"]
+        lines.append(f"| `{r['name']}` | {r['type']} | `{default}` | {r['help'].replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -44,3 +44,16 @@ def test_the_results_schema_doc_is_current():
 
     assert (ROOT / "docs/results-schema.md").read_text() == schema_markdown(), (
         "docs/results-schema.md is stale: python -m peftbench.schema_docs > docs/results-schema.md")
+
+
+def test_training_options_doc_is_current_and_lists_the_loop_options(capsys):
+    from peftbench.config import options_markdown
+    from peftbench.testing import run_cli
+
+    text = (ROOT / "docs" / "training-options.md").read_text()
+    assert text == options_markdown(), \
+        "docs/training-options.md is stale: peftbench options --markdown > docs/training-options.md"
+    code, out, _ = run_cli(["options", "--json"], capsys)
+    rows = {r["name"]: r for r in __import__("json").loads(out)}
+    assert code == 0 and rows["padding_free"]["default"] is True and rows["compile"]["default"] == "auto"
+    assert rows["loop"]["help"] and rows["optimizer"]["default"] == "adamw"
