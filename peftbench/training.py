@@ -160,6 +160,9 @@ def _decoder_and_head(model: torch.nn.Module):
     if cfg is not None and getattr(cfg, "is_prompt_learning", False):
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return None  # the model transforms its logits after the head (Gemma 2 soft-capping, Cohere's scale)
     get_dec, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
     if not (callable(get_dec) and callable(get_head)):
         return None
@@ -251,7 +254,8 @@ def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str) -> dict[str
     chunked = not naive and cfg.chunked_loss and parts is not None and _plain_linear(parts[1])
     if not naive and parts is None and (cfg.padding_free or cfg.chunked_loss):
         notes.append("padding-free batches and the chunked loss need the model's decoder and head apart "
-                     "(this method runs its own forward): off")
+                     "(prompt-learning methods, and models that transform logits after the head, run their own "
+                     "forward): off")
     elif not naive and cfg.chunked_loss and not chunked:
         notes.append("chunked loss: the LM head is not a plain bias-free Linear (e.g. adapted by the method): "
                      "plain loss")

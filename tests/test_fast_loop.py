@@ -237,3 +237,15 @@ def test_varying_lengths_compile_for_dynamic_shapes_once(monkeypatch):
     fixed = TrainData([[5 + (i + k) % 80 for k in range(16)] for i in range(32)], [1] * 32, pad_id=0)
     res, _ = _run(TrainConfig(steps=3, batch_size=8, lr=1e-3, compile="on"), data=fixed)
     assert res.loop["compile"].endswith("static shapes") and len(graphs) == 1
+
+
+@pytest.mark.parametrize("attr,value", [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625)])
+def test_models_that_transform_their_logits_use_their_own_forward(attr, value):
+    """Gemma 2 soft-caps and Cohere scales the logits after the head: the head-only paths would compute another
+    loss, so such models train through their own forward (and say so)."""
+    model = _tiny()
+    setattr(model.config, attr, value)
+    assert training._decoder_and_head(model) is None
+    res, _ = _run(TrainConfig(steps=2, batch_size=8, lr=1e-3), model)
+    assert res.loop["padding_free"] is False and res.loop["chunked_loss"] is False
+    assert any("need the model's decoder and head apart" in n for n in res.loop["notes"])
