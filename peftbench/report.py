@@ -48,6 +48,37 @@ def _pct(v: float | None, signed: bool = True) -> str:
     return "—" if v is None else (f"{v * 100:+.1f}%" if signed else f"{v:.0f}%")
 
 
+def loop_signature(run: dict[str, Any]) -> str | None:
+    """How a run's training loop ran, in words (``None`` for runs that predate ``train.loop``)."""
+    loop = (run.get("train") or {}).get("loop")
+    if not loop:
+        return None
+    parts = [loop.get("loop", "?")]
+    parts += [name for key, name in (("padding_free", "packed"), ("chunked_loss", "chunked loss"),
+                                     ("gradient_checkpointing", "checkpointing")) if loop.get(key)]
+    compiled = str(loop.get("compile") or "off")
+    if compiled.startswith("blocks"):
+        parts.append("compiled")
+    elif compiled.startswith("failed"):
+        parts.append("compile failed")
+    if loop.get("optimizer"):
+        parts.append(str(loop["optimizer"]))
+    return ", ".join(parts)
+
+
+def mixed_loops(runs: list[dict[str, Any]]) -> dict[str, str] | None:
+    """method -> loop signature, when the methods of one table did not all train in the same loop (their time,
+    tokens/s and memory columns are then not comparable); else ``None``."""
+    sigs: dict[str, set[str]] = {}
+    for r in runs:
+        sig = loop_signature(r)
+        if r.get("method") != "base" and sig is not None:
+            sigs.setdefault(r["method"], set()).add(sig)
+    if len({s for v in sigs.values() for s in v}) <= 1:
+        return None
+    return {m: " / ".join(sorted(v)) for m, v in sorted(sigs.items())}
+
+
 def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> list[Any]:
     from rich.table import Table
 
@@ -71,6 +102,10 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
         title = f"{task} — {metric} on {model} ({device})" + (f", scored on first {limit} examples" if limit else "")
         if (session.get("model") or {}).get("kind") in ("tiny", "shape"):
             title += " — random weights: scores carry no accuracy, only costs do"
+        mixed = mixed_loops([r for r in runs if r["task"] == task])
+        if mixed:
+            title += (" — training loops differ between methods, so their time, tok/s and memory are not comparable: "
+                      + "; ".join(f"{m}: {sig}" for m, sig in mixed.items()))
         t = Table(title=title, title_justify="left", header_style="bold")
         # latency columns only when the session measured latency (latency_rounds=0 skips it)
         show_lat = any(r["latency_unmerged"] is not None or r["latency_merged"] is not None for r in rows)

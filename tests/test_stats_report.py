@@ -318,3 +318,23 @@ def test_seeds_aggregate_to_mean_sd_and_ci():
     half = 4.303 * 0.02 / math.sqrt(3)
     assert lora["seeds"] == 3 and lora["score"] == pytest.approx(0.82) and lora["score_sd"] == pytest.approx(0.02)
     assert [lora["score_ci_low"], lora["score_ci_high"]] == pytest.approx([0.82 - half, 0.82 + half])
+
+
+def test_leaderboard_flags_methods_trained_in_different_loops():
+    from peftbench.report import leaderboard_tables, loop_signature, mixed_loops
+
+    fast = {"loop": "fast", "padding_free": True, "chunked_loss": True, "compile": "blocks x30, static shapes",
+            "optimizer": "torch AdamW (fused)"}
+    failed = {**fast, "compile": "failed, off: RuntimeError: no kernel"}
+    assert loop_signature({"train": {"loop": fast}}) == "fast, packed, chunked loss, compiled, torch AdamW (fused)"
+    assert loop_signature({"train": {}}) is None  # older run files: nothing to compare
+    same = [run("lora", train={"loop": fast}), run("full", train={"loop": fast}), run("base")]
+    assert mixed_loops(same) is None
+    mixed = [run("lora", train={"loop": fast}), run("full", train={"loop": failed}), run("base")]
+    assert mixed_loops(mixed) == {"full": "fast, packed, chunked loss, compile failed, torch AdamW (fused)",
+                                  "lora": "fast, packed, chunked loss, compiled, torch AdamW (fused)"}
+    session = {"tasks": {"t": {"metric": "acc"}}, "model": {"source": "m"}, "env": {"device": "cuda"}}
+    (table,) = leaderboard_tables(session, mixed)
+    assert "training loops differ between methods" in str(table.title) and "full: fast" in str(table.title)
+    (table,) = leaderboard_tables(session, same)
+    assert "differ" not in str(table.title)
