@@ -329,10 +329,9 @@ def planned_steps(cfg: TrainConfig, n_examples: int) -> int:
 
 
 def _step(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], cfg: TrainConfig, device: str,
-          autocast: Any, loop: dict[str, Any]) -> tuple[float, int, int, int]:
-    """Forward and backward over one optimizer step's micro-batches: (loss, real tokens, computed positions,
-    examples)."""
-    step_loss, tokens, positions, examples = 0.0, 0, 0, 0
+          autocast: Any, loop: dict[str, Any]) -> tuple[float, int, int]:
+    """Forward and backward over one optimizer step's micro-batches: (loss, real tokens, computed positions)."""
+    step_loss, tokens, positions = 0.0, 0, 0
     for batch in micro:
         n_real = int(batch["num_tokens"]) if "num_tokens" in batch else int(batch["attention_mask"].sum())
         moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "num_tokens"}
@@ -343,8 +342,7 @@ def _step(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], cfg: Tra
         step_loss += loss.item()
         tokens += n_real
         positions += moved["input_ids"].numel()
-        examples += int((moved["labels"] != -100).any(dim=1).sum()) if "num_tokens" not in batch else 0
-    return step_loss, tokens, positions, examples
+    return step_loss, tokens, positions
 
 
 def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainData, cfg: TrainConfig,
@@ -392,17 +390,17 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
                     epoch, batch = next(stream)
                     micro.append(batch)
                 try:
-                    step_loss, n_tok, n_pos, _ = _step(model, micro, cfg, device, autocast, loop)
+                    step_loss, n_tok, n_pos = _step(model, micro, cfg, device, autocast, loop)
                 except torch.cuda.OutOfMemoryError:
                     raise
-                except Exception as e:  # a block the compiler cannot handle: record it, train uncompiled
-                    if blocks is None or step > 0:
+                except Exception as e:  # a block the compiler cannot handle (at the first shape or a later
+                    if blocks is None:  # one): record it, redo the step uncompiled; a real error fails again
                         raise
                     uncompile_blocks(blocks)
                     blocks = None
-                    loop["compile"] = f"failed, off: {type(e).__name__}: {str(e)[:300]}"
+                    loop["compile"] = f"failed at step {step + 1}, off: {type(e).__name__}: {str(e)[:300]}"
                     optimizer.zero_grad(set_to_none=True)
-                    step_loss, n_tok, n_pos, _ = _step(model, micro, cfg, device, autocast, loop)
+                    step_loss, n_tok, n_pos = _step(model, micro, cfg, device, autocast, loop)
                 tokens += n_tok
                 positions += n_pos
                 examples += per_step * cfg.grad_accum
