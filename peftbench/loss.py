@@ -46,9 +46,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
                 if grad_hidden is None and grad_weight is None:
                     continue
-                grad = torch.softmax(logits, dim=-1)  # d(sum of losses)/d logits = softmax - onehot
+                # d(mean loss)/d logits = (softmax - onehot) / n, built in place in the logits' buffer
+                grad = logits.sub_(lse[:, None]).exp_()
                 grad[torch.arange(grad.shape[0], device=grad.device), y] -= 1.0
-                grad = (grad / n).to(dtype)
+                grad = grad.mul_(1.0 / n).to(dtype)
                 if grad_hidden is not None:
                     grad_hidden[lo:lo + chunk] = grad @ w
                 if grad_weight is not None:

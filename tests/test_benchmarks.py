@@ -84,3 +84,10 @@ def test_matmul_params_count_the_head_once_and_not_the_input_table():
     emb = model.get_input_embeddings().weight
     tied = model.get_output_embeddings().weight is emb
     assert matmul_params(model) == (total if tied else total - emb.numel())
+
+
+def test_loss_speed_smoke():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/loss_speed.py"), "--device", "cpu", "--tokens", "64",
+                           "--hidden", "16", "--vocab", "500", "--reps", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "chunked / plain time:" in done.stdout and "plain" in done.stdout

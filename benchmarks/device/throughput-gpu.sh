@@ -17,6 +17,7 @@
 #     8b-ckpt   shape:llama-3.1-8b, lora and full, bs2 x 2048, activation checkpointing
 #     8b        the same without activation checkpointing (full fine-tuning may not fit: recorded as oom)
 #     8b-all, 8b-all-ckpt  issue 8's cost rows: all four methods, fast loop, artifact size, without/with checkpointing
+#     loss      benchmarks/loss_speed.py: the chunked loss alone vs the plain one (trainable and frozen head)
 #     8b-latency  peftbench latency on shape:llama-3.1-8b, static regime, batch 1/8 x prompt 128/1024
 set -u
 secs=$1; names=$2
@@ -69,6 +70,8 @@ for n in ${names//,/ }; do
                 --methods lora,qlora,adapter,full --batch-sizes 1,8 --prompt-lengths 128,1024 --new-tokens 64 \
                 --regimes static --stack none --rounds 5 --output "$root/8b-latency" > "$root/8b-latency.log" 2>&1
               echo "== 8b-latency (exit $?)"; tail -n 20 "$root/8b-latency.log" ;;
+    loss) for frozen in "" --frozen-head; do python3 "$here/benchmarks/loss_speed.py" --device cuda $frozen; done \
+            | tee "$root/loss-speed.txt" ;;
     *) echo "unknown run $n" ;;
   esac
 done
