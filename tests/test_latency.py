@@ -916,3 +916,20 @@ def test_gc_is_off_while_a_round_is_timed_and_restored_after(regime, monkeypatch
     with pytest.raises(RuntimeError, match="forward failed"):
         lat.ROUNDS[regime](model, ids_of(1, 4), 3, Clock("cpu"))
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize("regime,warm_tokens", [("eager", 20), ("static", 8)])
+def test_eager_warmup_decodes_the_full_length_static_a_few_tokens(monkeypatch, regime, warm_tokens):
+    """Eager: the dynamic cache grows each step, so the warm-up runs every length the timed rounds will; static:
+    the cache is allocated once and a few tokens capture the graph."""
+    seen: list[int] = []
+
+    def fake_round(model, ids, new_tokens, clock):
+        seen.append(new_tokens)
+        return 1.0, 1.0, 1.0
+
+    monkeypatch.setitem(lat.ROUNDS, regime, fake_round)
+    plan = LatencyPlan(batch_sizes=[1], prompt_lengths=[5], new_tokens=20, rounds=2, warmup=1, regimes=[regime],
+                       bootstrap=10)
+    measure({"base": lambda: contextlib.nullcontext("base")}, plan, "cpu", VOCAB)
+    assert seen == [warm_tokens, 20, 20]
