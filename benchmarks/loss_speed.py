@@ -3,7 +3,7 @@
 Prints the median time of each over alternating repetitions, and the peak memory on CUDA. Defaults: SmolLM2's
 head (hidden 576, vocabulary 49,152), 8,192 tokens (batch 16 x 512), bf16 autocast on CUDA.
 
-    python benchmarks/loss_speed.py --device cuda
+    python benchmarks/loss_speed.py --device cuda --fused
     python benchmarks/loss_speed.py --device cpu --tokens 2048 --reps 4
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from peftbench.loss import linear_cross_entropy  # noqa: E402
+from peftbench.loss import fused_chunks, linear_cross_entropy  # noqa: E402
 
 
 def main() -> None:
@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--frozen-head", action="store_true", help="the head needs no gradient (LoRA, adapters)")
+    ap.add_argument("--fused", action="store_true", help="also the chunked loss with its compiled chunk kernel "
+                    "(as the training loop runs it when it compiles the blocks)")
     args = ap.parse_args()
     dev = args.device
     torch.manual_seed(0)
@@ -48,10 +50,18 @@ def main() -> None:
             loss = linear_cross_entropy(h, w, y)
         loss.backward()
 
-    times: dict[str, list[float]] = {"plain": [], "chunked": []}
+    fused_ctx = fused_chunks()
+
+    def fused():
+        with fused_ctx, autocast:
+            loss = linear_cross_entropy(h, w, y)
+        loss.backward()
+
+    variants = (("plain", plain), ("chunked", chunked)) + ((("fused", fused),) if args.fused else ())
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
     peaks: dict[str, int] = {}
     for _ in range(args.reps + 1):  # the first round warms up and is dropped
-        for name, fn in (("plain", plain), ("chunked", chunked)):
+        for name, fn in variants:
             if dev == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -68,8 +78,12 @@ def main() -> None:
     for name, ts in times.items():
         peak = f", peak {peaks[name] / 2**30:.2f} GiB" if name in peaks else ""
         print(f"  {name:8s} {statistics.median(ts[1:]) * 1000:9.1f} ms{peak}")
-    ratio = statistics.median(times["chunked"][1:]) / statistics.median(times["plain"][1:])
-    print(f"  chunked / plain time: {ratio:.2f}")
+    for name in times:
+        if name != "plain":
+            ratio = statistics.median(times[name][1:]) / statistics.median(times["plain"][1:])
+            print(f"  {name} / plain time: {ratio:.2f}")
+    if args.fused:
+        print(f"  fused kernel: {fused_ctx.status}")
 
 
 if __name__ == "__main__":

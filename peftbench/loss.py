@@ -24,6 +24,69 @@ def chunk_rows(vocab: int) -> int:
     return max(64, LOGITS_PER_CHUNK // max(1, vocab))
 
 
+def _chunk_eager(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, need_grad: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk's summed loss and d(mean loss)/d logits = (softmax - onehot) / n, in the logits' dtype (the
+    softmax in fp32, built in place in one fp32 buffer)."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, labels[:, None]).squeeze(1)).sum()
+    if not need_grad:
+        return loss, None
+    grad = x.sub_(lse[:, None]).exp_()
+    grad[torch.arange(grad.shape[0], device=grad.device), labels] -= 1.0
+    return loss, grad.mul_(inv_n).to(logits.dtype)
+
+
+def _chunk_fusable(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, need_grad: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The same as ``_chunk_eager`` written for the compiler (no in-place ops, the one-hot as a comparison),
+    which fuses it into a reduction and one elementwise pass over the chunk's logits."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, labels[:, None]).squeeze(1)).sum()
+    if not need_grad:
+        return loss, None
+    onehot = torch.arange(x.shape[1], device=x.device)[None, :] == labels[:, None]
+    return loss, ((torch.exp(x - lse[:, None]) - onehot.to(x.dtype)) * inv_n).to(logits.dtype)
+
+
+class _Fused:
+    """The compiled chunk kernel, when the training loop turns it on (``fused_chunks``); a compile failure
+    turns it off for good and is kept in ``failure``."""
+
+    fn: Any = None
+    failure: str | None = None
+
+
+def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, need_grad: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if _Fused.fn is not None:
+        try:
+            return _Fused.fn(logits, labels, inv_n, need_grad)
+        except Exception as e:  # the compiler could not handle it here: eager from now on, and say why
+            _Fused.fn, _Fused.failure = None, f"{type(e).__name__}: {str(e)[:300]}"
+    return _chunk_eager(logits, labels, inv_n, need_grad)
+
+
+class fused_chunks:
+    """Context: within it, each chunk's softmax and gradient run as one compiled kernel (``backend``: a
+    ``torch.compile`` backend). ``status`` after exit: 'fused', or 'fused failed, eager: reason'."""
+
+    def __init__(self, backend: Any = "inductor") -> None:
+        self.backend, self.status = backend, "fused"
+
+    def __enter__(self) -> fused_chunks:
+        _Fused.fn = torch.compile(_chunk_fusable, backend=self.backend, dynamic=True)
+        _Fused.failure = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if _Fused.failure:
+            self.status = f"fused failed, eager: {_Fused.failure}"
+        _Fused.fn = None
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]
@@ -41,15 +104,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for lo in range(0, n, chunk):
                 h = h_all[lo:lo + chunk]
                 y = labels[lo:lo + chunk]
-                logits = (h @ w.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-                if grad_hidden is None and grad_weight is None:
+                logits = h @ w.t()
+                need_grad = grad_hidden is not None or grad_weight is not None
+                loss_sum, grad = _chunk_loss_and_grad(logits, y, 1.0 / n, need_grad)
+                total += loss_sum
+                if not need_grad:
                     continue
-                # d(mean loss)/d logits = (softmax - onehot) / n, built in place in the logits' buffer
-                grad = logits.sub_(lse[:, None]).exp_()
-                grad[torch.arange(grad.shape[0], device=grad.device), y] -= 1.0
-                grad = grad.mul_(1.0 / n).to(dtype)
                 if grad_hidden is not None:
                     grad_hidden[lo:lo + chunk] = grad @ w
                 if grad_weight is not None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .errors import ConfigError
-from .loss import linear_cross_entropy
+from .loss import fused_chunks, linear_cross_entropy
 from .memory import PeakMemory
 from .records import TrainResult
 
@@ -370,15 +370,18 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     first_step_s = None
     lr_total = total if total < 10**9 else max(1, cfg.max_tokens // (cfg.batch_size * cfg.grad_accum * 32))
     _checkpointing(model, cfg.gradient_checkpointing)
-    rounding = contextlib.nullcontext()
+    rounding: Any = contextlib.nullcontext()
+    fused: Any = contextlib.nullcontext()
     if blocks is not None:
         dynamic = len({len(x) for x in data.input_ids}) > 1  # batches of varying shape
         compile_blocks(blocks, dynamic=dynamic)
         loop["compile"] += ", dynamic shapes" if dynamic else ", static shapes"
         rounding = eager_rounding()
         loop["compile_rounding"] = "eager (inductor emulate_precision_casts)"
+        if loop["chunked_loss"]:  # the chunks' softmax and gradient as one compiled kernel too
+            fused = fused_chunks(COMPILE_BACKEND)
     try:
-        with rounding, PeakMemory(device) as mem:
+        with rounding, fused, PeakMemory(device) as mem:
             t0 = time.perf_counter()
             step = 0
             while step < total and not (cfg.max_tokens and tokens >= cfg.max_tokens):
@@ -434,6 +437,8 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     optimizer.zero_grad(set_to_none=True)
     del optimizer
     loop["padding_fraction"] = round(1 - tokens / positions, 4) if positions else None
+    if loop["chunked_loss"]:
+        loop["chunked_loss_kernel"] = getattr(fused, "status", "eager")
     return TrainResult(steps=step, tokens=tokens, examples=examples, epochs=round(examples / max(1, len(data)), 4),
                        wall_time_s=round(wall, 3), tokens_per_s=round(tokens / wall, 1) if wall > 0 else 0.0,
                        peak_memory_bytes=mem.peak, peak_memory_kind=mem.kind, lr=cfg.lr, losses=losses,

@@ -230,12 +230,13 @@ def test_varying_lengths_compile_for_dynamic_shapes_once(monkeypatch):
         return gm.forward
 
     monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
-    res, _ = _run(TrainConfig(steps=12, batch_size=8, lr=1e-3, compile="on"), data=_data(96, seed=1, lo=4, hi=60))
+    res, _ = _run(TrainConfig(steps=12, batch_size=8, lr=1e-3, compile="on", chunked_loss=False),  # blocks only
+                  data=_data(96, seed=1, lo=4, hi=60))
     assert res.loop["compile"].endswith("dynamic shapes")
     assert len(graphs) <= 2  # packed rows (a mask) and, at most, unpacked ones (no mask)
     graphs.clear()
     fixed = TrainData([[5 + (i + k) % 80 for k in range(16)] for i in range(32)], [1] * 32, pad_id=0)
-    res, _ = _run(TrainConfig(steps=3, batch_size=8, lr=1e-3, compile="on"), data=fixed)
+    res, _ = _run(TrainConfig(steps=3, batch_size=8, lr=1e-3, compile="on", chunked_loss=False), data=fixed)
     assert res.loop["compile"].endswith("static shapes") and len(graphs) == 1
 
 
@@ -274,3 +275,42 @@ def test_a_compile_failure_at_a_later_step_redoes_that_step_uncompiled(monkeypat
     assert res.loop["compile"].startswith("failed at step 3, off: RuntimeError: inductor: recompilation")
     assert [b for _, b in res.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-5)
     assert all(layer._compiled_call_impl is None for layer in model.model.layers)
+
+
+def test_fused_chunk_kernel_equals_the_eager_one_and_falls_back(monkeypatch):
+    """With compiled blocks the chunks' softmax and gradient run as one compiled kernel: the same loss and
+    gradients; a kernel that fails to compile leaves the eager one in place and says why."""
+    from peftbench import loss as loss_mod
+
+    torch.manual_seed(3)
+    h = torch.randn(40, 16, requires_grad=True)
+    w = torch.randn(300, 16, requires_grad=True)
+    y = torch.randint(0, 300, (40,))
+    ref = linear_cross_entropy(h, w, y, chunk=16)
+    ref_g = torch.autograd.grad(ref, (h, w))
+    with loss_mod.fused_chunks("aot_eager") as fused:
+        out = linear_cross_entropy(h, w, y, chunk=16)
+        out_g = torch.autograd.grad(out, (h, w))
+    assert fused.status == "fused" and loss_mod._Fused.fn is None  # off again after the context
+    assert out.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out_g, ref_g, strict=True))
+
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("inductor: no kernel")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with loss_mod.fused_chunks("inductor") as fused:
+        again = linear_cross_entropy(h, w, y, chunk=16)
+    assert fused.status.startswith("fused failed, eager: RuntimeError: inductor: no kernel")
+    assert again.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_compiled_loop_records_the_fused_loss_kernel(monkeypatch):
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
+    base = _tiny()
+    ref, _ = _run(TrainConfig(steps=3, batch_size=8, lr=3e-3), copy.deepcopy(base))
+    comp, _ = _run(TrainConfig(steps=3, batch_size=8, lr=3e-3, compile="on"), copy.deepcopy(base))
+    assert ref.loop["chunked_loss_kernel"] == "eager" and comp.loop["chunked_loss_kernel"] == "fused"
+    assert [b for _, b in comp.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-4)

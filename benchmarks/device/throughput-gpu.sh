@@ -70,7 +70,7 @@ for n in ${names//,/ }; do
                 --methods lora,qlora,adapter,full --batch-sizes 1,8 --prompt-lengths 128,1024 --new-tokens 64 \
                 --regimes static --stack none --rounds 5 --output "$root/8b-latency" > "$root/8b-latency.log" 2>&1
               echo "== 8b-latency (exit $?)"; tail -n 20 "$root/8b-latency.log" ;;
-    loss) for frozen in "" --frozen-head; do python3 "$here/benchmarks/loss_speed.py" --device cuda $frozen; done \
+    loss) for frozen in "" --frozen-head; do python3 "$here/benchmarks/loss_speed.py" --device cuda --fused $frozen; done \
             | tee "$root/loss-speed.txt" ;;
     *) echo "unknown run $n" ;;
   esac
