@@ -91,3 +91,10 @@ def test_loss_speed_smoke():
                            "--hidden", "16", "--vocab", "500", "--reps", "2"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "chunked / plain time:" in done.stdout and "plain" in done.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks" / "device").glob("*.sh")))
+def test_device_scripts_parse(script):
+    """The GPU scripts only run on the lent machine: at least check here that bash can parse them."""
+    done = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "device" / script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
