@@ -217,7 +217,7 @@ def _gib(b: Any) -> str:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    head = (f"{'method':8s} {'variant':15s} {'tok/s':>10s} {'x naive':>8s} {'step ms':>8s} {'peak GiB':>9s} "
+    head = (f"{'method':8s} {'variant':15s} {'tok/s':>10s} {'x naive':>8s} {'step ms':>8s} {'steady':>9s} {'peak GiB':>9s} "
             f"{'mem x':>6s} {'MFU':>6s} {'loss dev':>9s} {'window':>7s} {'1st step s':>10s}")
     print(head)
     print("-" * len(head))
@@ -230,7 +230,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
             def f(x, fmt):  # noqa: E306
                 return format(x, fmt) if x is not None else "-"
             print(f"{r['method']:8s} {name:15s} {f(v['tokens_per_s'], ',.0f'):>10s} {f(v.get('speedup'), '.2f'):>8s} "
-                  f"{v['step_s_median'] * 1000:8.1f} {_gib(v['peak_memory_bytes']):>9s} "
+                  f"{v['step_s_median'] * 1000:8.1f} {f(v.get('steady_tokens_per_s'), ',.0f'):>9s} "
+                  f"{_gib(v['peak_memory_bytes']):>9s} "
                   f"{f(v.get('memory_ratio'), '.2f'):>6s} {f(v['mfu'] and v['mfu'] * 100, '.1f'):>5s}% "
                   f"{f(v.get('max_loss_dev') and v['max_loss_dev'] * 100, '.2f'):>8s}% "
                   f"{f(v.get('max_loss_dev_window') and v['max_loss_dev_window'] * 100, '.2f'):>6s}% "
