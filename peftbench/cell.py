@@ -70,8 +70,20 @@ def _numel(p: Any) -> int:
     return p.numel()
 
 
+def scoring(session: Session, run: RunContext) -> bool:
+    """Whether this run scores with lm-eval (``evaluate``: auto skips shape: models, whose weights are random)."""
+    mode = run.train_config.evaluate
+    return mode == "on" or (mode == "auto" and session.model.info.kind != "shape")
+
+
+NOT_SCORED = "evaluation off (evaluate=off, or a shape: model's random weights, which carry no accuracy)"
+
+
 def run_base_cell(session: Session, run: RunContext, result: dict[str, Any]) -> None:
     """The untouched base model, zero-shot: what every method's gain is measured against."""
+    if not scoring(session, run):
+        result.update(status="skipped", reason=NOT_SCORED)
+        return
     with phase(result, "load", session):
         base, tok = session.model.load(run.device)
     result["params"] = {"trainable": 0, "total": sum(_numel(p) for p in base.parameters()), "trainable_pct": 0.0}
@@ -146,9 +158,13 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
         result["artifact"] = {"bytes": sum(f.stat().st_size for f in files),
                               "files": {str(f.relative_to(art)): f.stat().st_size for f in files},
                               "kept_at": str(art) if session.config.keep_artifacts else None}
-        with phase(result, "evaluate", session):
-            result["eval"] = to_jsonable(hook.evaluate_model(run=run, model=infer, tokenizer=session.tokenizer))
-        score_retention(session, run, result, infer)
+        scored = scoring(session, run)
+        if scored:
+            with phase(result, "evaluate", session):
+                result["eval"] = to_jsonable(hook.evaluate_model(run=run, model=infer, tokenizer=session.tokenizer))
+            score_retention(session, run, result, infer)
+        else:
+            result["reason"] = NOT_SCORED
         cfg = run.train_config
         merge: dict[str, Any] = {"supported": caps.mergeable, "lossy": caps.merge_lossy, "tolerance_rel": tol}
         result["merge"] = merge
@@ -158,7 +174,7 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
                 merged_infer = method.inference_model(merged)
                 merge.update(compare(reference, probe_logits(merged_infer, probes, device)))
                 merge["ok"] = merge["max_rel_logit_diff"] <= tol
-                if cfg.merge_eval:
+                if cfg.merge_eval and scored:
                     merge["eval"] = _score_pair(session, run, merged_infer, result.get("eval"))
                 model = hook.unmerge_adapter(run=run, merged=merged)
                 restored = compare(reference, probe_logits(method.inference_model(model), probes, device))
@@ -168,7 +184,7 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
             if cfg.merge_precisions:
                 model = infer = base = None
                 with phase(result, "merge_precision", session):
-                    merge["precision"] = merge_precision_study(session, run, art, probes)
+                    merge["precision"] = merge_precision_study(session, run, art, probes, scored)
         model = infer = base = None  # free the trained model before reloading onto a fresh base
         with phase(result, "reload", session):
             fresh, _ = session.model.load(device)
@@ -189,7 +205,8 @@ def _score_pair(session: Session, run: RunContext, model: Any, reference: dict[s
             "delta": None if score is None or ref is None else score - ref, "n_samples": ev.get("n_samples")}
 
 
-def merge_precision_study(session: Session, run: RunContext, art: Path, probes: list[list[int]]) -> dict[str, Any]:
+def merge_precision_study(session: Session, run: RunContext, art: Path, probes: list[list[int]],
+                          scored: bool = True) -> dict[str, Any]:
     """Merging for bf16 serving, two ways, against the unmerged model in bf16: merge in fp32 then cast to
     bf16 (one rounding), or cast to bf16 then merge there (the delta is added in bf16). Logit fidelity on the
     probe prompts and the lm-eval score of each."""
@@ -206,15 +223,15 @@ def merge_precision_study(session: Session, run: RunContext, art: Path, probes: 
     unmerged = cast_floating(fresh_trained(), bf16)
     u_inf = method.inference_model(unmerged)
     ref = probe_logits(u_inf, probes, device)
-    out: dict[str, Any] = {"dtype": "bf16", "unmerged": _score_pair(session, run, u_inf, None)}
+    out: dict[str, Any] = {"dtype": "bf16", "unmerged": _score_pair(session, run, u_inf, None) if scored else None}
     unmerged = u_inf = None
-    ref_eval = {"metrics": {out["unmerged"]["metric"]: out["unmerged"]["score"]}}
+    ref_eval = {"metrics": {out["unmerged"]["metric"]: out["unmerged"]["score"]}} if scored else None
     variants = {"merge_fp32_then_cast": lambda: cast_floating(hook.merge_adapter(run=run, prepared=fresh_trained()), bf16),
                 "merge_in_bf16": lambda: hook.merge_adapter(run=run, prepared=cast_floating(fresh_trained(), bf16))}
     for name, build in variants.items():
         merged = method.inference_model(build())
         out[name] = {**compare(ref, probe_logits(merged, probes, device)),
-                     "eval": _score_pair(session, run, merged, ref_eval)}
+                     "eval": _score_pair(session, run, merged, ref_eval) if scored else None}
         merged = None
     return out
 

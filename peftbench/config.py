@@ -58,6 +58,9 @@ class TrainConfig:
                                    "(mergeable methods; logits and lm-eval score vs the unmerged bf16 model)",
                                    default=True)
     log_every: int = _help("record the loss every N steps", default=1)
+    evaluate: str = _help("'auto' (score with lm-eval, except on shape: models, whose random weights carry no "
+                          "accuracy), 'on', or 'off' (cost only: training, artifact, merge and reload checks, latency)",
+                          default="auto")
     loop: str = _help("'fast' (the optimisations below, as set) or 'naive' (the plain loop: padded batches, the "
                       "model's own full-logit loss, no compile; overrides padding_free, chunked_loss and compile)",
                       default="fast")
@@ -90,6 +93,7 @@ class TrainConfig:
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train option 'dtype' must be one of auto, fp32, bf16; got {self.dtype!r}.")
         for name, valid in (("loop", ("fast", "naive")), ("compile", ("auto", "on", "off")),
+                            ("evaluate", ("auto", "on", "off")),
                             ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"train option {name!r} must be one of {', '.join(valid)}; got "

@@ -138,3 +138,39 @@ def test_naive_flag_trains_with_the_plain_loop_and_records_it(capsys, tmp_path):
     loop = run["train"]["loop"]
     assert (loop["loop"], loop["padding_free"], loop["chunked_loss"], loop["compile"]) == ("naive", False, False, "off")
     assert run["config"]["train"]["loop"] == "naive" and loop["padding_fraction"] > 0
+
+
+def test_evaluate_off_is_a_cost_only_run(capsys, tmp_path):
+    """evaluate=off (and, by default, any shape: model) trains, saves, checks merge and reload and times, but
+    scores nothing: no lm-eval number for random weights."""
+    out = tmp_path / "cost"
+    code, stdout, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(out), "--set", "steps=2",
+                                 "--set", "evaluate=off", "--set", "latency_rounds=1", "--set", "latency_new_tokens=2",
+                                 "--set", "latency_prompt_lengths=4"], capsys)
+    assert code == 0, err
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    base, lora = runs["base--quickstart--seed0"], runs["lora--quickstart--seed0"]
+    assert base["status"] == "skipped" and "evaluation off" in base["reason"]
+    assert lora["status"] == "ok" and lora["eval"] is None and "evaluation off" in lora["reason"]
+    assert lora["train"]["steps"] == 2 and lora["artifact"]["bytes"] > 0 and lora["reload"]["ok"]
+    assert lora["merge"]["ok"] and "eval" not in lora["merge"]
+    assert lora["merge"]["precision"]["unmerged"] is None
+    assert lora["merge"]["precision"]["merge_in_bf16"]["eval"] is None
+    assert lora["merge"]["precision"]["merge_in_bf16"]["greedy_agreement"] > 0.5
+    assert lora["latency"]["regimes"]["eager"][0]["overhead"]["unmerged"]["ratio"] is not None
+
+
+def test_shape_models_are_not_scored_by_default():
+    from types import SimpleNamespace
+
+    from peftbench.cell import scoring
+    from peftbench.config import TrainConfig
+
+    def session(kind):
+        return SimpleNamespace(model=SimpleNamespace(info=SimpleNamespace(kind=kind)))
+
+    def run(**kw):
+        return SimpleNamespace(train_config=TrainConfig(**kw))
+
+    assert scoring(session("shape"), run()) is False and scoring(session("shape"), run(evaluate="on")) is True
+    assert scoring(session("tiny"), run()) is True and scoring(session("hub"), run(evaluate="off")) is False
