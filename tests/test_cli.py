@@ -174,3 +174,22 @@ def test_shape_models_are_not_scored_by_default():
 
     assert scoring(session("shape"), run()) is False and scoring(session("shape"), run(evaluate="on")) is True
     assert scoring(session("tiny"), run()) is True and scoring(session("hub"), run(evaluate="off")) is False
+
+
+@pytest.mark.skipif(not (__import__("shutil").which("g++") or __import__("shutil").which("cc")),
+                    reason="inductor on CPU needs a C++ compiler")
+def test_real_compiled_training_end_to_end(capsys, tmp_path):
+    """compile=on with the real inductor backend (what CUDA runs get by default), through peftbench run: the blocks
+    and the loss kernel compile, training runs, and scoring, merging and reloading use the uncompiled model."""
+    out = tmp_path / "compiled"
+    code, _, err = run_cli(["run", "--methods", "lora,qlora", *TINY, "--output", str(out), "--no-base",
+                            "--set", "steps=2", "--set", "limit=8", "--set", "compile=on", "--set", "latency_rounds=0",
+                            "--set", "merge_eval=false", "--set", "merge_precisions=false"], capsys)
+    assert code == 0, err
+    for m in ("lora", "qlora"):
+        run = json.loads((out / "runs" / f"{m}--quickstart--seed0.json").read_text())
+        loop = run["train"]["loop"]
+        assert run["status"] == "ok", run.get("error")
+        assert loop["compile"].startswith("blocks x2"), loop  # compiled, not fallen back
+        assert loop["chunked_loss_kernel"] == "fused"
+        assert run["merge"]["ok"] and run["reload"]["ok"]
