@@ -119,6 +119,15 @@ def _run(cfg, model=None, data=None):
     return train(model, list(model.parameters()), data, cfg, seed=0, device="cpu"), model
 
 
+def _eager_and_compiled(steps):
+    """The same weights trained ``steps`` steps uncompiled and with compile=on: (eager result, compiled result,
+    the compiled run's model)."""
+    base = _tiny()
+    ref, _ = _run(TrainConfig(steps=steps, batch_size=8, lr=3e-3), copy.deepcopy(base))
+    res, model = _run(TrainConfig(steps=steps, batch_size=8, lr=3e-3, compile="on"), copy.deepcopy(base))
+    return ref, res, model
+
+
 def test_fast_loop_follows_the_naive_loop_step_for_step():
     base = _tiny()
     naive, _ = _run(TrainConfig(steps=12, batch_size=8, lr=3e-3, loop="naive"), copy.deepcopy(base))
@@ -145,9 +154,7 @@ def test_gradient_accumulation_and_checkpointing_keep_the_loss_curve():
 
 def test_compiled_blocks_train_like_eager_ones_and_are_uncompiled_after(monkeypatch):
     monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")  # dynamo + autograd capture, no C++ build
-    base = _tiny()
-    ref, _ = _run(TrainConfig(steps=4, batch_size=8, lr=3e-3), copy.deepcopy(base))
-    comp, model = _run(TrainConfig(steps=4, batch_size=8, lr=3e-3, compile="on"), copy.deepcopy(base))
+    ref, comp, model = _eager_and_compiled(4)
     assert comp.loop["compile"].startswith("blocks x")
     assert [b for _, b in comp.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-4)
     assert all(layer._compiled_call_impl is None for layer in model.model.layers)
@@ -162,9 +169,7 @@ def test_a_block_that_fails_to_compile_is_recorded_and_trained_uncompiled(monkey
         raise RuntimeError("inductor: no kernel for this op")
 
     monkeypatch.setattr(training, "compile_blocks", broken)
-    base = _tiny()
-    ref, _ = _run(TrainConfig(steps=3, batch_size=8, lr=3e-3), copy.deepcopy(base))
-    res, _ = _run(TrainConfig(steps=3, batch_size=8, lr=3e-3, compile="on"), copy.deepcopy(base))
+    ref, res, _ = _eager_and_compiled(3)
     assert res.loop["compile"].startswith("failed at step 1, off: RuntimeError: inductor")
     assert [b for _, b in res.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-5)
 
@@ -269,9 +274,7 @@ def test_a_compile_failure_at_a_later_step_redoes_that_step_uncompiled(monkeypat
             block._compiled_call_impl = impl(block)
 
     monkeypatch.setattr(training, "compile_blocks", flaky)
-    base = _tiny()
-    ref, _ = _run(TrainConfig(steps=4, batch_size=8, lr=3e-3), copy.deepcopy(base))
-    res, model = _run(TrainConfig(steps=4, batch_size=8, lr=3e-3, compile="on"), copy.deepcopy(base))
+    ref, res, model = _eager_and_compiled(4)
     assert res.loop["compile"].startswith("failed at step 3, off: RuntimeError: inductor: recompilation")
     assert [b for _, b in res.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-5)
     assert all(layer._compiled_call_impl is None for layer in model.model.layers)
@@ -309,8 +312,6 @@ def test_fused_chunk_kernel_equals_the_eager_one_and_falls_back(monkeypatch):
 
 def test_compiled_loop_records_the_fused_loss_kernel(monkeypatch):
     monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
-    base = _tiny()
-    ref, _ = _run(TrainConfig(steps=3, batch_size=8, lr=3e-3), copy.deepcopy(base))
-    comp, _ = _run(TrainConfig(steps=3, batch_size=8, lr=3e-3, compile="on"), copy.deepcopy(base))
+    ref, comp, _ = _eager_and_compiled(3)
     assert ref.loop["chunked_loss_kernel"] == "eager" and comp.loop["chunked_loss_kernel"] == "fused"
     assert [b for _, b in comp.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-4)

@@ -293,20 +293,27 @@ def test_sanity_flag_logic_exact(monkeypatch):
 
 
 @contextlib.contextmanager
-def slowed(model, seconds=0.02):
-    """The same model, its every forward pass made ``seconds`` slower (restored on exit)."""
-    original = model.forward
+def delayed_forward(model, seconds, call=None):
+    """The same model, its forward passes made ``seconds`` slower: every one, or only the ``call``-th (1 = the
+    first after entering; restored on exit)."""
+    original, calls = model.forward, itertools.count(1)
 
     @functools.wraps(original)
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
+    def forward(*args, **kwargs):
+        if call is None or next(calls) == call:
+            time.sleep(seconds)
         return original(*args, **kwargs)
 
-    model.forward = slow
+    model.forward = forward
     try:
         yield model
     finally:
         del model.forward
+
+
+def slowed(model, seconds=0.02):
+    """The same model, its every forward pass made ``seconds`` slower."""
+    return delayed_forward(model, seconds)
 
 
 def _run(method, latency):
@@ -824,23 +831,10 @@ class ScriptedClock(Clock):
         return next(self.readings)
 
 
-@contextlib.contextmanager
 def stalled_once(model, call, seconds):
     """The same model, its ``call``-th forward pass (1 = the prefill) made ``seconds`` slower; the count restarts
     with every ``generate``-sized use of the context."""
-    original, calls = model.forward, itertools.count(1)
-
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
-        if next(calls) == call:
-            time.sleep(seconds)
-        return original(*args, **kwargs)
-
-    model.forward = forward
-    try:
-        yield model
-    finally:
-        del model.forward
+    return delayed_forward(model, seconds, call)
 
 
 def test_eager_decode_is_the_median_of_the_steps_exact():
