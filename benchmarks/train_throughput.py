@@ -216,6 +216,10 @@ def _gib(b: Any) -> str:
     return f"{b / 2**30:.2f}" if b else "-"
 
 
+def _fmt(x: Any, fmt: str, scale: float = 1.0, suffix: str = "", missing: str = "—") -> str:
+    return format(x * scale, fmt) + suffix if x is not None else missing
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     head = (f"{'method':8s} {'variant':15s} {'tok/s':>10s} {'x naive':>8s} {'step ms':>8s} {'steady':>9s} {'peak GiB':>9s} "
             f"{'mem x':>6s} {'MFU':>6s} {'loss dev':>9s} {'window':>7s} {'1st step s':>10s}")
@@ -227,14 +231,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 print(f"{r['method']:8s} {name:15s} {v['status']}: {v.get('error', '')[:80]} "
                       f"(peak {_gib(v.get('peak_memory_bytes'))} GiB)")
                 continue
-            def f(x, fmt):  # noqa: E306
-                return format(x, fmt) if x is not None else "-"
+            def f(x: Any, fmt: str, scale: float = 1.0) -> str:  # noqa: E306
+                return _fmt(x, fmt, scale, missing="-")
             print(f"{r['method']:8s} {name:15s} {f(v['tokens_per_s'], ',.0f'):>10s} {f(v.get('speedup'), '.2f'):>8s} "
                   f"{v['step_s_median'] * 1000:8.1f} {f(v.get('steady_tokens_per_s'), ',.0f'):>9s} "
                   f"{_gib(v['peak_memory_bytes']):>9s} "
-                  f"{f(v.get('memory_ratio'), '.2f'):>6s} {f(v['mfu'] and v['mfu'] * 100, '.1f'):>5s}% "
-                  f"{f(v.get('max_loss_dev') and v['max_loss_dev'] * 100, '.2f'):>8s}% "
-                  f"{f(v.get('max_loss_dev_window') and v['max_loss_dev_window'] * 100, '.2f'):>6s}% "
+                  f"{f(v.get('memory_ratio'), '.2f'):>6s} {f(v['mfu'], '.1f', 100):>5s}% "
+                  f"{f(v.get('max_loss_dev'), '.2f', 100):>8s}% "
+                  f"{f(v.get('max_loss_dev_window'), '.2f', 100):>6s}% "
                   f"{f(v['first_step_s'], '.1f'):>10s}")
 
 
@@ -251,9 +255,7 @@ def markdown(data: dict[str, Any]) -> str:
             + "peak GiB | memory x naive | MFU | loss dev: max step / 10-step window | first step s |",
             "|---|---|---|---|---|" + ("---|" if steady else "") + "---|---|---|---|---|"]
 
-    def f(x: Any, fmt: str, scale: float = 1.0, suffix: str = "") -> str:
-        return format(x * scale, fmt) + suffix if x is not None else "—"
-
+    f = _fmt
     for r in data["results"]:
         for name, v in r["variants"].items():
             if v.get("status") != "ok":

@@ -24,13 +24,18 @@ def chunk_rows(vocab: int) -> int:
     return max(64, LOGITS_PER_CHUNK // max(1, vocab))
 
 
+def _chunk_loss(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits ``x`` of one chunk: each row's log-sum-exp, and the chunk's summed cross-entropy."""
+    lse = torch.logsumexp(x, dim=-1)
+    return lse, (lse - x.gather(1, labels[:, None]).squeeze(1)).sum()
+
+
 def _chunk_eager(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, need_grad: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk's summed loss and d(mean loss)/d logits = (softmax - onehot) / n, in the logits' dtype (the
     softmax in fp32, built in place in one fp32 buffer)."""
     x = logits.float()
-    lse = torch.logsumexp(x, dim=-1)
-    loss = (lse - x.gather(1, labels[:, None]).squeeze(1)).sum()
+    lse, loss = _chunk_loss(x, labels)
     if not need_grad:
         return loss, None
     grad = x.sub_(lse[:, None]).exp_()
@@ -43,8 +48,7 @@ def _chunk_fusable(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, nee
     """The same as ``_chunk_eager`` written for the compiler (no in-place ops, the one-hot as a comparison),
     which fuses it into a reduction and one elementwise pass over the chunk's logits."""
     x = logits.float()
-    lse = torch.logsumexp(x, dim=-1)
-    loss = (lse - x.gather(1, labels[:, None]).squeeze(1)).sum()
+    lse, loss = _chunk_loss(x, labels)
     if not need_grad:
         return loss, None
     onehot = torch.arange(x.shape[1], device=x.device)[None, :] == labels[:, None]
@@ -100,12 +104,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if weight.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        need_grad = grad_hidden is not None or grad_weight is not None
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for lo in range(0, n, chunk):
                 h = h_all[lo:lo + chunk]
                 y = labels[lo:lo + chunk]
                 logits = h @ w.t()
-                need_grad = grad_hidden is not None or grad_weight is not None
                 loss_sum, grad = _chunk_loss_and_grad(logits, y, 1.0 / n, need_grad)
                 total += loss_sum
                 if not need_grad:

@@ -192,10 +192,9 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunked:
     return F.cross_entropy(head(hidden).float(), labels[keep])
 
 
-def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+def _blocks(decoder: torch.nn.Module | None) -> torch.nn.ModuleList | None:
     """The repeated transformer blocks (``decoder.layers``), or ``None``."""
-    parts = _decoder_and_head(model)
-    layers = getattr(parts[0], "layers", None) if parts else None
+    layers = getattr(decoder, "layers", None)
     return layers if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
 
 
@@ -266,7 +265,7 @@ def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str) -> dict[str
             notes.append(f"padding-free batches: off, this model's attention does not honour packed position ids "
                          f"({leak})")
     want_compile = not naive and (cfg.compile == "on" or (cfg.compile == "auto" and device == "cuda"))
-    blocks = _blocks(model) if want_compile else None
+    blocks = _blocks(parts[0] if parts else None) if want_compile else None
     if want_compile and blocks is None:
         notes.append("compile: no repeated transformer blocks found: off")
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
