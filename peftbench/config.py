@@ -19,6 +19,7 @@ def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
 
+DTYPES = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw")
 
 
@@ -90,17 +91,12 @@ class TrainConfig:
         if len(budgets) > 1:
             raise ConfigError(f"train options {' and '.join(budgets)} are both set; the budget is one of steps, epochs "
                               "or max_tokens.")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"train option 'dtype' must be one of auto, fp32, bf16; got {self.dtype!r}.")
-        for name, valid in (("loop", ("fast", "naive")), ("compile", ("auto", "on", "off")),
-                            ("evaluate", ("auto", "on", "off")),
+        for name, valid in (("dtype", DTYPES), ("latency_dtype", DTYPES), ("loop", ("fast", "naive")),
+                            ("compile", ("auto", "on", "off")), ("evaluate", ("auto", "on", "off")),
                             ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"train option {name!r} must be one of {', '.join(valid)}; got "
                                   f"{getattr(self, name)!r}.{did_you_mean(str(getattr(self, name)), valid)}")
-        if self.latency_dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"train option 'latency_dtype' must be one of auto, fp32, bf16; got "
-                              f"{self.latency_dtype!r}.")
         if any(k < 2 for k in self.latency_stack):
             raise ConfigError(f"train option 'latency_stack' lists how many modules to stack (each >= 2); got "
                               f"{self.latency_stack}.")
