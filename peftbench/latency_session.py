@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -152,6 +153,8 @@ class LatencySession:
         def load_base() -> Any:
             return self.model.load(self.device)[0]
 
+        seconds: dict[str, float] = {}   # where the method's wall time went (the timing phase includes
+        t0 = time.perf_counter()          # loading the base and merged models it times)
         try:
             with tempfile.TemporaryDirectory(prefix="peftbench-latency-") as tmp:
                 art = Path(tmp)
@@ -159,13 +162,18 @@ class LatencySession:
                 self.hook.save_artifact(run=run, prepared=prepared, directory=art)
                 prepared = None
                 trained = self.hook.load_artifact(run=run, directory=art, base_model=load_base())
+                seconds["prepare_save_load"] = round(time.perf_counter() - t0, 2)
                 self.say(f"{name}: timing {', '.join(['base', *method.capabilities.latency_modes(tuple(self.train_config.latency_stack))])}")
+                t1 = time.perf_counter()
                 result["latency"] = time_inference(load_base, run, art, trained)
+                seconds["timing"] = round(time.perf_counter() - t1, 2)
         except torch.cuda.OutOfMemoryError as e:
             result.update(status="oom", error={"type": "OutOfMemoryError", "message": str(e)[:500]})
         except Exception as e:  # one method failing never loses the others
             result.update(status="error", error={"type": type(e).__name__, "message": str(e)[:1000],
                                                  "traceback": traceback.format_exc()[-4000:]})
+        seconds["total"] = round(time.perf_counter() - t0, 2)
+        result["seconds"] = seconds
         result["finished"] = _now()
         return result
 

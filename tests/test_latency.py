@@ -683,6 +683,9 @@ def test_latency_command_end_to_end(capsys, tmp_path):
         assert [(s["regime"], s["mode"]) for s in latency["sanity"]] == (
             [("eager", held), ("static", held)] if held else [])
         assert latency["summary"]["regime"] == "eager" and set(latency["summary"]["overhead"]) == set(modes) - {"base"}
+        sec = r["seconds"]  # where the method's time went: the phases add up to no more than the total
+        assert set(sec) == {"prepare_save_load", "timing", "total"} and min(sec.values()) > 0
+        assert sec["prepare_save_load"] + sec["timing"] <= sec["total"] + 0.02
     session = json.loads((out / "session.json").read_text())
     assert (session["kind"], session["status"]) == ("latency", "finished")
     assert session["methods"] == ["lora", "adapter", "full"] and session["model"]["source"] == "tiny:llama"

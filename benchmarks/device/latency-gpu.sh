@@ -5,14 +5,19 @@
 #   2. the full grid (batch 1,8,32 x prompt 128,1024 x 64 new tokens; eager and static regimes; base,
 #      unmerged, merged, stack2, stack4) for lora, qlora, adapter and full, twice (runs A and B), to check
 #      that every overhead ratio reproduces.
-#   usage (on the GPU machine, after on-device-env.sh): bash benchmarks/device/latency-gpu.sh SECONDS [ROUNDS] [NEW]
+#   usage (on the GPU machine, after on-device-env.sh):
+#     bash benchmarks/device/latency-gpu.sh SECONDS [ROUNDS] [NEW] [WHAT] [REGIMES]
+#   WHAT: all (default), one (the one-shape benchmark only) or grid (the grid runs only);
+#   REGIMES: the grid's regimes, default eager,static.
+# The one-shape benchmark's wall time includes the GGUF conversion when the model cache is cold: run it
+# after something that loaded the model (its log says whether it converted).
 # The committed grid used ROUNDS=3 and NEW=32 new tokens (the command's defaults are 5 and 64): eager decoding
 # runs at ~25-45 ms per token on that machine, and the default grid twice would not fit the session's device time.
 set -u
-secs=$1; rounds=${2:-5}; new=${3:-64}
+secs=$1; rounds=${2:-5}; new=${3:-64}; what=${4:-all}; regimes=${5:-eager,static}
 root=/tmp/pb/results; mkdir -p "$root"
 end=$(( $(date +%s) + secs ))
-if [ ! -f "$root/latency-one-shape/wall.txt" ]; then
+if [ "$what" != grid ] && [ ! -f "$root/latency-one-shape/wall.txt" ]; then
   t0=$(date +%s.%N)
   python3 -m peftbench.cli latency --methods lora --batch-sizes 1 --prompt-lengths 128 --new-tokens 64 \
     --regimes eager --stack none --rounds 5 --output "$root/latency-one-shape" > "$root/latency-one-shape.log" 2>&1
@@ -22,10 +27,11 @@ if [ ! -f "$root/latency-one-shape/wall.txt" ]; then
   echo "peftbench latency, lora, 1 shape x 3 modes (base, unmerged, merged), eager, 5 rounds + 1 warm-up: exit $rc, wall $(python3 -c "print(round($t1 - $t0, 1))") s (process start and model load included)" | tee "$root/latency-one-shape/wall.txt"
 fi
 for run in A B; do
+  [ "$what" = one ] && break
   left=$(( end - $(date +%s) ))
   [ "$left" -lt 30 ] && break
   timeout -s INT -k 20 "$left" python3 -m peftbench.cli latency --methods lora,qlora,adapter,full \
-    --rounds "$rounds" --new-tokens "$new" --output "$root/latency-grid-$run" --resume >> "$root/latency-grid-$run.log" 2>&1
+    --rounds "$rounds" --new-tokens "$new" --regimes "$regimes" --output "$root/latency-grid-$run" --resume >> "$root/latency-grid-$run.log" 2>&1
   echo "grid $run: exit $? ; files: $(ls "$root/latency-grid-$run/latency" 2>/dev/null | tr '\n' ' ')"
 done
 tail -n 5 "$root"/latency-grid-*.log 2>/dev/null | grep -v "^$" | tail -n 20
