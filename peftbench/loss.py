@@ -30,7 +30,7 @@ def _chunk_loss(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     return lse, (lse - x.gather(1, labels[:, None]).squeeze(1)).sum()
 
 
-def _chunk_eager(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, need_grad: bool
+def _chunk_eager(logits: torch.Tensor, labels: torch.Tensor, inv_n: torch.Tensor, need_grad: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk's summed loss and d(mean loss)/d logits = (softmax - onehot) / n, in the logits' dtype (the
     softmax in fp32, built in place in one fp32 buffer)."""
@@ -43,10 +43,12 @@ def _chunk_eager(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, need_
     return loss, grad.mul_(inv_n).to(logits.dtype)
 
 
-def _chunk_fusable(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, need_grad: bool
+def _chunk_fusable(logits: torch.Tensor, labels: torch.Tensor, inv_n: torch.Tensor, need_grad: bool
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The same as ``_chunk_eager`` written for the compiler (no in-place ops, the one-hot as a comparison),
-    which fuses it into a reduction and one elementwise pass over the chunk's logits."""
+    which fuses it into a reduction and one elementwise pass over the chunk's logits. ``inv_n`` is a 0-d
+    tensor, not a Python float: the compiler would make a float a constant of the graph and compile again
+    for every new token count."""
     x = logits.float()
     lse, loss = _chunk_loss(x, labels)
     if not need_grad:
@@ -63,7 +65,7 @@ class _Fused:
     failure: str | None = None
 
 
-def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, inv_n: float, need_grad: bool
+def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, inv_n: torch.Tensor, need_grad: bool
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     if _Fused.fn is not None:
         try:
@@ -105,12 +107,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if weight.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         need_grad = grad_hidden is not None or grad_weight is not None
+        inv_n = torch.tensor(1.0 / n, dtype=torch.float32, device=hidden.device)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for lo in range(0, n, chunk):
                 h = h_all[lo:lo + chunk]
                 y = labels[lo:lo + chunk]
                 logits = h @ w.t()
-                loss_sum, grad = _chunk_loss_and_grad(logits, y, 1.0 / n, need_grad)
+                loss_sum, grad = _chunk_loss_and_grad(logits, y, inv_n, need_grad)
                 total += loss_sum
                 if not need_grad:
                     continue

@@ -245,6 +245,25 @@ def test_varying_lengths_compile_for_dynamic_shapes_once(monkeypatch):
     assert res.loop["compile"].endswith("static shapes") and len(graphs) == 1
 
 
+def test_the_fused_loss_kernel_compiles_once_for_every_token_count(monkeypatch):
+    """Each step has another number of labelled tokens: the fused loss kernel takes 1/n as a tensor, so one
+    graph serves every step (with 1/n a Python float the compiler made it a constant and compiled again per
+    step, up to its recompile limit, then ran the kernel eagerly: seconds per step on a GPU)."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs, aot_eager = [], lookup_backend("aot_eager")  # (a float becomes a constant in AOT's capture)
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    res, _ = _run(TrainConfig(steps=12, batch_size=8, lr=1e-3, compile="on"), data=_data(96, seed=1, lo=4, hi=60))
+    assert res.loop["chunked_loss_kernel"] == "fused"
+    loss_graphs = [g for g in graphs if "logsumexp" in g.code]
+    assert len(loss_graphs) == 1 and len(graphs) <= 4  # and the blocks: packed rows and unpacked ones
+
+
 @pytest.mark.parametrize("attr,value", [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625)])
 def test_models_that_transform_their_logits_use_their_own_forward(attr, value):
     """Gemma 2 soft-caps and Cohere scales the logits after the head: the head-only paths would compute another
