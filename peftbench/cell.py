@@ -238,8 +238,8 @@ def merge_precision_study(session: Session, run: RunContext, art: Path, probes: 
 
 def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> dict[str, Any]:
     """The latency section of a run: ``base`` (a fresh base model), ``unmerged`` (``trained``: the artifact
-    loaded onto a fresh base, as a user would load it), ``merged`` (merged in fp32, then cast, for
-    mergeable methods) and ``stackN`` (stackable methods, ``latency_stack``), all in the latency dtype."""
+    loaded onto a fresh base, as a user would load it), ``merged`` (merged in fp32, the method's wrappers
+    removed (``Method.unload``), then cast, for mergeable methods) and ``stackN`` (stackable methods, ``latency_stack``), all in the latency dtype."""
     from .latency import cast_floating, latency_dtype
 
     cfg, method, hook = run.train_config, run.method, run.hook
@@ -250,7 +250,7 @@ def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> 
                              "unmerged": lambda: contextlib.nullcontext(unmerged)}
     if method.capabilities.mergeable:
         merged = hook.merge_adapter(run=run, prepared=hook.load_artifact(run=run, directory=art, base_model=load_base()))
-        merged_infer = method.inference_model(cast_floating(merged, dtype))
+        merged_infer = method.inference_model(cast_floating(method.unload(merged), dtype))  # served as unloaded
         modes["merged"] = lambda: contextlib.nullcontext(merged_infer)
     if method.capabilities.can_stack:
         for k in cfg.latency_stack:

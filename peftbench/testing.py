@@ -180,6 +180,19 @@ class MethodContract:
         r = logits(method.inference_model(restored), ids)
         assert (r - trained).abs().max() <= self._tol(method) * scale
 
+    def test_unload_serves_the_merged_weights(self, method, config):
+        """``unload(merge(model))`` (what the latency harness times as ``merged``) computes what the merged
+        model computes, and keeps no more parameters than the merged model."""
+        if not method.capabilities.mergeable:
+            return
+        model, tok, ids, base_logits, untrained = self._trained(method, config)
+        merged = method.merge(model)
+        m = logits(method.inference_model(merged), ids)
+        n_merged = sum(p.numel() for p in method.inference_model(merged).parameters())
+        served = method.inference_model(method.unload(merged))
+        assert torch_equal(logits(served, ids), m), "unload() changed the merged model's outputs"
+        assert sum(p.numel() for p in served.parameters()) <= n_merged
+
     def test_stacked_modules_are_on_the_path_and_leave_no_trace(self, method, config):
         if not method.capabilities.can_stack:
             from .errors import NotSupported

@@ -44,6 +44,9 @@ class LoraMethod(Method):
         model.unmerge_adapter()
         return model
 
+    def unload(self, model):
+        return model.unload()  # the merged base layers without their LoRA wrappers (merge_and_unload's end)
+
     @contextlib.contextmanager
     def disabled(self, model):
         with model.disable_adapter():

@@ -111,6 +111,9 @@ class QLoraMethod(Method):
                 weight.data -= layer.get_delta_weight(name).to(weight.dtype)
         return model
 
+    def unload(self, model):
+        return self.lora.unload(model)  # the dequantized, merged base layers without their LoRA wrappers
+
     @contextlib.contextmanager
     def disabled(self, model):
         with self.lora.disabled(model):

@@ -47,6 +47,9 @@ class IA3Method(Method):
         model.unmerge_adapter()
         return model
 
+    def unload(self, model):
+        return model.unload()  # the merged layers without their IA3 wrappers
+
     @contextlib.contextmanager
     def disabled(self, model):
         with model.disable_adapter():
