@@ -5,7 +5,7 @@ so the ratios are side by side, not absolute times from different runs:
 
   naive          loop=naive: padded batches, the model's own forward with full logits, no compilation
                  (the plain eager loop a first benchmark would write; fused AdamW, bf16 autocast on CUDA)
-  fast           every optimisation peftbench uses by default (compile: on CUDA)
+  fast           every optimisation peftbench uses by default in a long run (compile: on CUDA)
   fast-nocompile fast without torch.compile
   chunked_loss   only the chunked loss (and the head at labelled positions): no packing, no compile
   padding_free   only padding-free batches: no chunked loss, no compile
@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, SXM parts
 VARIANTS: dict[str, dict[str, Any]] = {
     "naive": {"loop": "naive"},
-    "fast": {},
+    "fast": {"compile": "auto-long"},  # the default loop of a long run: compiled on CUDA, not on CPU
     "fast-nocompile": {"compile": "off"},
     "chunked_loss": {"padding_free": False, "compile": "off"},
     "padding_free": {"chunked_loss": False, "compile": "off"},
@@ -134,7 +134,8 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.0,
                       max_length=args.seq_len, latency_rounds=0, log_every=1, max_grad_norm=1.0,
                       gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, dtype=args.autocast,
-                      **VARIANTS[variant])
+                      **{k: (("on" if args.device == "cuda" else "off") if v == "auto-long" else v)
+                         for k, v in VARIANTS[variant].items()})
     marks: list[tuple[float, int]] = []
 
     def on_step(step: int, metrics: dict[str, Any]) -> None:
@@ -161,6 +162,7 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     step_median = statistics.median(times[args.warmup:] or times)
     n_timed = len(timed) - 1
     out = {"status": "ok", "tokens_per_s": tps, "step_s_median": step_median,
+           "step_s": [round(t, 6) for t in times],  # every step, warm-up included: where the stalls were
            # steady state: the mean tokens of a timed step over the median step time (recompilations and other
            # one-off stalls inside the timed steps do not count here; they do in tokens_per_s)
            "steady_tokens_per_s": (span_tokens / n_timed) / step_median if n_timed > 0 and step_median else None,

@@ -69,7 +69,8 @@ class TrainConfig:
                                "examples), so padding is not computed", default=True)
     chunked_loss: bool = _help("cross-entropy through the LM head a chunk of tokens at a time: no full "
                                "(tokens x vocabulary) logits tensor", default=True)
-    compile: str = _help("torch.compile of each repeated transformer block: 'auto' (on CUDA only), 'on', 'off'",
+    compile: str = _help("torch.compile of each repeated transformer block: 'auto' (on CUDA, for runs of 500+ "
+                         "optimizer steps, which pay back the compilation), 'on', 'off'",
                          default="auto")
     gradient_checkpointing: bool = _help("recompute each block's activations in the backward pass (less memory, "
                                          "~1/3 more compute)", default=False)

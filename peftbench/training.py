@@ -244,8 +244,14 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], cfg: TrainConfig
     return cls(groups, lr=cfg.lr, betas=(0.9, 0.999)), f"bitsandbytes {cls.__name__}"
 
 
-def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str) -> dict[str, Any]:
-    """Which optimisations this run uses, and why any asked for is off (recorded in the run file)."""
+COMPILE_MIN_STEPS = 500  # compile=auto compiles on CUDA only for runs of at least this many optimizer steps:
+# on an H200, compiling SmolLM2-135M's blocks took 5-77 s (LoRA with dynamic shapes the most) and paid back
+# after ~70 steps (bs16 x 512) to ~400-800 steps (SST-2's short examples), see docs/performance.md
+
+
+def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str, steps: int | None = None) -> dict[str, Any]:
+    """Which optimisations this run uses, and why any asked for is off (recorded in the run file).
+    ``steps``: the run's planned optimizer steps (``compile=auto`` compiles only long runs)."""
     naive = cfg.loop == "naive"
     parts = _decoder_and_head(model)
     notes = []
@@ -265,6 +271,10 @@ def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str) -> dict[str
             notes.append(f"padding-free batches: off, this model's attention does not honour packed position ids "
                          f"({leak})")
     want_compile = not naive and (cfg.compile == "on" or (cfg.compile == "auto" and device == "cuda"))
+    if want_compile and cfg.compile == "auto" and steps is not None and steps < COMPILE_MIN_STEPS:
+        want_compile = False
+        notes.append(f"compile: off (auto compiles runs of {COMPILE_MIN_STEPS}+ steps; this one plans {steps}, "
+                     "too few to pay back the compilation; compile=on forces it)")
     blocks = _blocks(parts[0] if parts else None) if want_compile else None
     if want_compile and blocks is None:
         notes.append("compile: no repeated transformer blocks found: off")
@@ -357,7 +367,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     total = planned_steps(cfg, len(data))
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device == "cuda")
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16)
-    loop = plan_loop(model, cfg, device)
+    loop = plan_loop(model, cfg, device, steps=total)
     blocks = loop.pop("_blocks")
     optimizer, loop["optimizer"] = make_optimizer(cfg.optimizer, params, cfg, device)
     loop["autocast"] = "bf16" if use_bf16 else None

@@ -206,6 +206,18 @@ def test_a_model_whose_attention_ignores_packing_trains_padded(monkeypatch):
     assert any("does not honour packed position ids" in n for n in res.loop["notes"])
 
 
+def test_compile_auto_compiles_only_runs_long_enough_to_pay_it_back():
+    model = _tiny()
+    short = training.plan_loop(model, TrainConfig(), "cuda", steps=training.COMPILE_MIN_STEPS - 1)
+    assert short["compile"] == "off" and short["_blocks"] is None
+    assert any(f"this one plans {training.COMPILE_MIN_STEPS - 1}" in n for n in short["notes"])
+    long = training.plan_loop(model, TrainConfig(), "cuda", steps=training.COMPILE_MIN_STEPS)
+    assert long["compile"] == "blocks x2" and not long["notes"]
+    forced = training.plan_loop(model, TrainConfig(compile="on"), "cuda", steps=10)
+    assert forced["compile"] == "blocks x2"
+    assert training.plan_loop(model, TrainConfig(), "cpu", steps=10_000)["compile"] == "off"  # auto: CUDA only
+
+
 def test_kernels_that_round_by_token_count_are_not_a_packing_leak():
     """4-bit matmuls round differently for different numbers of tokens: a sequence packed behind another then
     differs from the same sequence alone by more than any fixed tolerance on a deep random model, without
