@@ -21,11 +21,23 @@ PROBES = 4  # training prompts whose logits are compared across merge / unmerge 
 @contextlib.contextmanager
 def phase(result: dict[str, Any], name: str, session: Session):
     session.progress.phase(name)
+    _sample_gpu_others(result)
     t0 = time.perf_counter()
     try:
         yield
     finally:
         result["timings"][name] = round(time.perf_counter() - t0, 3)
+        _sample_gpu_others(result)
+
+
+def _sample_gpu_others(result: dict[str, Any]) -> None:
+    """Keep the most device memory seen in use outside this process's allocator (``gpu_others_bytes``):
+    the report flags cells whose times were measured on a shared GPU."""
+    from . import memory
+
+    seen = memory.gpu_others_bytes()
+    if seen is not None:
+        result["gpu_others_bytes"] = max(seen, result.get("gpu_others_bytes") or 0)
 
 
 def probe_logits(model: Any, probes: list[list[int]], device: str) -> list[Any]:
@@ -255,8 +267,13 @@ def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> 
     if method.capabilities.can_stack:
         for k in cfg.latency_stack:
             modes[f"stack{k}"] = lambda k=k: _stacked(method, trained, unmerged, k)
+    others: dict[str, Any] = {}
+    _sample_gpu_others(others)
     latency = hook.measure_latency(run=run, model=unmerged, modes=modes)
+    _sample_gpu_others(others)
     latency["dtype"] = str(dtype).replace("torch.", "")
+    if "gpu_others_bytes" in others:  # the report flags timings taken on a shared GPU
+        latency["gpu_others_bytes"] = others["gpu_others_bytes"]
     return latency
 
 

@@ -54,3 +54,19 @@ class PeakMemory:
         else:
             hwm = _vm_hwm()
             self.peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+SHARED_GPU_BYTES = 3 * 1024**3  # more than this process's context and libraries take: another process is there
+
+
+def gpu_others_bytes() -> int | None:
+    """Bytes in use on the current CUDA device beyond what this process's caching allocator holds, as the
+    driver reports them: this process's CUDA context and libraries (well under ``SHARED_GPU_BYTES``) plus
+    whatever other processes use. Above ``SHARED_GPU_BYTES`` the GPU was shared, and times measured then
+    are not the method's alone. ``None`` without an initialised CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return max(0, int(total - free - torch.cuda.memory_reserved()))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .leaderboard import best_values, retention_tasks, rows_for_task
+from .memory import SHARED_GPU_BYTES
 
 
 def _num(v: float | None, fmt: str) -> str:
@@ -106,6 +107,9 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
         if mixed:
             title += (" — training loops differ between methods, so their time, tok/s and memory are not comparable: "
                       + "; ".join(f"{m}: {sig}" for m, sig in mixed.items()))
+        if any(r.get("gpu_shared") for r in rows):
+            title += (" — 'GPU shared': other processes used the GPU while those cells ran (over 3 GiB of its "
+                      "memory), so their time, tok/s and latency are not the method's alone")
         t = Table(title=title, title_justify="left", header_style="bold")
         # latency columns only when the session measured latency (latency_rounds=0 skips it)
         show_lat = any(r["latency_unmerged"] is not None or r["latency_merged"] is not None for r in rows)
@@ -148,6 +152,8 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
                 status += " [red]reload mismatch[/]"
             if r.get("latency_sane") is False:
                 status += " [red]latency suspect[/]"
+            if r.get("gpu_shared"):
+                status += " [yellow]GPU shared[/]"
             t.add_row(
                 r["method"] if r["method"] != "base" else "base (zero-shot)",
                 mark(r, "score", score),
@@ -212,13 +218,16 @@ def latency_tables(latencies: dict[str, dict[str, Any]], title: str = "") -> lis
                     cols.append("failed" if err else "—" if o is None else
                                 f"{o['ratio'] * 100:+.1f}% [{o['ci95'][0] * 100:+.1f}, {o['ci95'][1] * 100:+.1f}]")
                 flag = flags.get((regime, cell["batch_size"], cell["prompt_tokens"]))
+                sanity = f"[red]{flag['mode']} {flag['overhead'] * 100:+.1f}% ≠ base[/]" if flag else "ok"
+                if (lat.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES:
+                    sanity += " [yellow]GPU shared[/]"
                 t.add_row(label, str(cell["batch_size"]), str(cell["prompt_tokens"]), str(cell["new_tokens"]),
                           _num((base.get("decode_ms_per_token") or {}).get("median"), ".2f"),
-                          _num((base.get("prefill_ms") or {}).get("median"), ".1f"), *cols,
-                          f"[red]{flag['mode']} {flag['overhead'] * 100:+.1f}% ≠ base[/]" if flag else "ok")
+                          _num((base.get("prefill_ms") or {}).get("median"), ".1f"), *cols, sanity)
         t.caption = ("overhead: the mode's median decode time per token / base's - 1, base timed in the same "
                      "rotated rounds; CI: paired bootstrap over rounds. sanity: merged (and full fine-tuning) must "
-                     "time like base; a flag means the timing is suspect, not a finding.")
+                     "time like base; a flag means the timing is suspect, not a finding. GPU shared: other processes "
+                     "used the GPU while it was timed.")
         tables.append(t)
     return tables
 

@@ -338,3 +338,47 @@ def test_leaderboard_flags_methods_trained_in_different_loops():
     assert "training loops differ between methods" in str(table.title) and "full: fast" in str(table.title)
     (table,) = leaderboard_tables(session, same)
     assert "differ" not in str(table.title)
+
+
+def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
+    """Each phase samples the device memory in use outside this process's allocator; a cell that saw more
+    than another process's worth is marked 'GPU shared' on the leaderboard (its times are not its own)."""
+    import types
+
+    from peftbench import cell, memory
+    from peftbench.leaderboard import rows_for_task
+    from peftbench.report import leaderboard_tables, render_markdown
+
+    seen = iter([1 * 1024**3, 5 * 1024**3])
+    monkeypatch.setattr(memory, "gpu_others_bytes", lambda: next(seen))
+    session = types.SimpleNamespace(progress=types.SimpleNamespace(phase=lambda name: None))
+    result = {"timings": {}}
+    with cell.phase(result, "train", session):
+        pass
+    assert result["gpu_others_bytes"] == 5 * 1024**3 and "train" in result["timings"]
+    monkeypatch.setattr(memory, "gpu_others_bytes", lambda: None)  # CPU: nothing recorded
+    cpu = {"timings": {}}
+    with cell.phase(cpu, "train", session):
+        pass
+    assert "gpu_others_bytes" not in cpu
+
+    def run(method, others):
+        return {"task": "t", "method": method, "seed": 0, "status": "ok", "eval": {"metrics": {"acc": 0.5}},
+                "gpu_others_bytes": others}
+
+    runs = [run("base", None), run("lora", result["gpu_others_bytes"]), run("full", 1 * 1024**3)]
+    assert {r["method"]: r["gpu_shared"] for r in rows_for_task(runs, "t")} == {
+        "base": False, "lora": True, "full": False}
+    board = render_markdown(leaderboard_tables({}, runs))
+    status = {line.split("|")[1].strip(): line.rsplit("|", 2)[-2].strip() for line in board.splitlines()
+              if line.startswith("| ") and not line.startswith("| method")}
+    assert status["lora"] == "ok GPU shared" and status["full"] == "ok"
+    assert "other processes used the GPU" in board
+
+    # the latency table says so too (its section carries the sample of its own timing)
+    from peftbench.report import latency_tables
+
+    lat = {"regimes": {"eager": [{"batch_size": 1, "prompt_tokens": 4, "new_tokens": 2, "modes": {"base": {}},
+                                  "overhead": {}}]}, "gpu_others_bytes": 5 * 1024**3}
+    row = [line for line in render_markdown(latency_tables({"lora": lat})).splitlines() if line.startswith("| lora")]
+    assert row and row[0].rstrip(" |").endswith("ok GPU shared")

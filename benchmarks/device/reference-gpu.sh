@@ -3,18 +3,35 @@
 # sst2, boolq, arc_easy and openbookqa, 3 seeds each, the same budget for every method (each task's default
 # steps), retention on piqa and winogrande, the zero-shot base row, latency (one shape, both regimes) and
 # merge fidelity in every cell. One resumable session per task under results/reference/<task> (copied back
-# through $OUT), run side by side on the one GPU (a 135M model leaves it mostly idle); the same command
-# again continues where the per-command limit stopped it (--resume re-runs only cells that are not ok).
+# through $OUT); the same command again continues where the per-command limit stopped it (--resume re-runs
+# only cells that are not ok).
 #   usage (on the GPU machine, after on-device-env.sh, data unpacked in /tmp/pb/data):
-#     bash benchmarks/device/reference-gpu.sh SECONDS [TASKS]   # TASKS default: sst2,boolq,arc_easy,openbookqa
-# Plan: 4 tasks x 3 seeds x 4 methods = 48 cells of ~1-3 min each: several commands, likely two sessions.
+#     bash benchmarks/device/reference-gpu.sh SECONDS [TASKS] [PARALLEL]
+#   TASKS default: sst2,boolq,arc_easy,openbookqa
+#   PARALLEL: 1 (default) runs the task sessions one after another, so every cell has the GPU to itself and
+#     its time, tokens/s and latency are its own; N > 1 runs them side by side (a 135M model leaves the GPU
+#     mostly idle, so quality comes N times sooner), and every cell is then marked "GPU shared" in the
+#     reports (peftbench samples the device memory other processes hold at every phase).
+# Plan: 4 tasks x 3 seeds x 4 methods = 48 cells of ~1-3 min each: several commands, likely several sessions.
 set -u
-secs=${1:-540}; tasks=${2:-sst2,boolq,arc_easy,openbookqa}
+secs=${1:-540}; tasks=${2:-sst2,boolq,arc_easy,openbookqa}; parallel=${3:-1}
+end=$(( $(date +%s) + secs ))
 here=$(dirname "$0")
 common=(--methods lora,qlora,adapter,full --seeds 0,1,2 --data-dir /tmp/pb/data --device cuda
         --retention piqa,winogrande --set latency_regimes=eager,static --set latency_rounds=5)
-for t in ${tasks//,/ }; do
-  bash "$here/session.sh" "reference-$t" "$secs" --tasks "$t" "${common[@]}" &
-done
-wait
+if [ "$parallel" -le 1 ]; then
+  for t in ${tasks//,/ }; do
+    left=$(( end - $(date +%s) ))
+    [ "$left" -lt 90 ] && { echo "reference-$t: no time left"; continue; }
+    bash "$here/session.sh" "reference-$t" "$left" --tasks "$t" "${common[@]}"
+  done
+else
+  running=0
+  for t in ${tasks//,/ }; do
+    bash "$here/session.sh" "reference-$t" "$secs" --tasks "$t" "${common[@]}" &
+    running=$((running + 1))
+    if [ "$running" -ge "$parallel" ]; then wait -n; running=$((running - 1)); fi
+  done
+  wait
+fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null | tail -1
