@@ -207,11 +207,18 @@ def compare(out: dict[str, Any]) -> None:
         v["speedup"] = v["tokens_per_s"] / naive["tokens_per_s"]
         v["memory_ratio"] = (v["peak_memory_bytes"] / naive["peak_memory_bytes"]
                              if v["peak_memory_bytes"] and naive["peak_memory_bytes"] else None)
-        pairs = list(zip(naive["losses"], v["losses"], strict=False))[:LOSS_STEPS]
-        v["max_loss_dev"] = max(abs(b - a) / abs(a) for a, b in pairs) if pairs else None
-        windows = [pairs[i:i + LOSS_WINDOW] for i in range(0, len(pairs) - LOSS_WINDOW + 1, LOSS_WINDOW)]
-        v["max_loss_dev_window"] = max(abs(sum(b for _, b in w) - sum(a for a, _ in w)) / sum(a for a, _ in w)
-                                       for w in windows) if windows else None
+        v["max_loss_dev"], v["max_loss_dev_window"] = loss_deviation(naive["losses"], v["losses"])
+
+
+def loss_deviation(ref: list[float], other: list[float]) -> tuple[float | None, float | None]:
+    """How far ``other``'s loss curve strays from ``ref``'s over the first LOSS_STEPS steps: the largest
+    relative difference at one step, and of the mean loss over consecutive LOSS_WINDOW-step windows."""
+    pairs = list(zip(ref, other, strict=False))[:LOSS_STEPS]
+    step = max(abs(b - a) / abs(a) for a, b in pairs) if pairs else None
+    windows = [pairs[i:i + LOSS_WINDOW] for i in range(0, len(pairs) - LOSS_WINDOW + 1, LOSS_WINDOW)]
+    window = max(abs(sum(b for _, b in w) - sum(a for a, _ in w)) / sum(a for a, _ in w)
+                 for w in windows) if windows else None
+    return step, window
 
 
 def _gib(b: Any) -> str:

@@ -102,3 +102,22 @@ def test_device_scripts_parse(script):
     """The GPU scripts only run on the lent machine: at least check here that bash can parse them."""
     done = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "device" / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_loss_floor_compares_curves_across_files(tmp_path):
+    def write(name, variant, losses):
+        path = tmp_path / name
+        path.write_text(json.dumps({"results": [
+            {"method": m, "variants": {variant: {"status": "ok", "losses": ls}}} for m, ls in losses.items()]}))
+        return f"{path}:{variant}"
+
+    ref = write("a.json", "naive", {"lora": [2.0] * 20, "full": [4.0] * 20})
+    other = write("b.json", "compile", {"lora": [2.0] * 9 + [2.2] + [2.0] * 10})  # one step 10 % high
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/loss_floor.py"), ref, other],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "lora" in done.stdout and "full" not in done.stdout.split("reference")[1].split("\n", 1)[1]
+    assert "max step 10.00%, max 10-step window 1.00%" in done.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/loss_floor.py"), ref, f"{tmp_path}/a.json:fast"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "no method has a finished variant 'fast'" in bad.stderr
