@@ -121,7 +121,8 @@ def collate_packed(data: TrainData, idx: list[int]) -> dict[str, torch.Tensor]:
     restart at 0 for each example, and the model's mask builder reads the restarts as boundaries (a block-
     diagonal causal mask: no token attends across examples). A row's trailing padding continues the last
     example's positions; it comes after every real token of the row, so causal attention keeps it out of
-    every real token's view, and it carries no label."""
+    every real token's view, and it carries no label. When no row holds more than one example, the position
+    ids are left out: they would be the model's default ones."""
     seqs = [data.input_ids[i] for i in idx]
     rows = pack_rows([len(q) for q in seqs])
     width = max(len(q) for q in seqs)
@@ -140,8 +141,11 @@ def collate_packed(data: TrainData, idx: list[int]) -> dict[str, torch.Tensor]:
         if off < width:
             last = int(position_ids[r, off - 1])
             position_ids[r, off:] = torch.arange(last + 1, last + 1 + width - off)
-    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels,
-            "num_tokens": torch.tensor(sum(len(q) for q in seqs))}
+    batch = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels,
+             "num_tokens": torch.tensor(sum(len(q) for q in seqs))}
+    if all(len(row) == 1 for row in rows):  # nothing packed: the positions are 0, 1, 2, ... in every row, the
+        del batch["position_ids"]           # model's own; without them the mask builder does not look for
+    return batch                            # packing on the GPU (a device-to-host sync every forward pass)
 
 
 def lr_at(step: int, total: int, peak: float, warmup_ratio: float, min_ratio: float) -> float:

@@ -74,6 +74,11 @@ def test_packed_batch_holds_the_same_tokens_and_labels_with_restarting_positions
     assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 2]]  # the pad continues the last one
     assert b["labels"].tolist() == [[-100, -100, 7, 8, 9, 10], [-100, 14, 15, -100, 12, -100]]
     assert int(b["num_tokens"]) == 11 and "attention_mask" not in b
+    # nothing to pack (each example fills its own row): no position ids, so the model's mask builder does
+    # not inspect them on the device every forward pass; the batch is then the plain causal one
+    alone = collate_packed(TrainData([[5, 6, 7], [8, 9, 10], [11, 12]], [1, 1, 1], pad_id=0), [0, 1, 2])
+    assert "position_ids" not in alone and alone["input_ids"].tolist() == [[5, 6, 7], [8, 9, 10], [11, 12, 0]]
+    assert alone["labels"].tolist() == [[-100, 6, 7], [-100, 9, 10], [-100, 12, -100]]
 
 
 def test_no_attention_across_packed_examples():
