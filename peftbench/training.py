@@ -190,10 +190,24 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunked:
         logits = model(**inputs).logits
         return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep])
     decoder, head = parts
-    hidden = decoder(**inputs, use_cache=False).last_hidden_state[:, :-1][keep]
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    if "label_index" in batch:  # the labelled positions, found on the host: no device-to-host sync here
+        hidden, targets = hidden.flatten(0, 1).index_select(0, batch["label_index"]), batch["label_targets"]
+    else:
+        hidden, targets = hidden[:, :-1][keep], labels[keep]
     if chunked and _plain_linear(head):
-        return linear_cross_entropy(hidden, head.weight, labels[keep])
-    return F.cross_entropy(head(hidden).float(), labels[keep])
+        return linear_cross_entropy(hidden, head.weight, targets)
+    return F.cross_entropy(head(hidden).float(), targets)
+
+
+def label_positions(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where a (batch x length) micro-batch has labels, computed on the host before it moves to the GPU:
+    ``label_index``, the flat positions (row * length + t) of the hidden states that predict a label (t
+    predicts t + 1), and ``label_targets``, those labels. Selecting with them needs no device-to-host sync,
+    as a boolean mask would (its size is known only on the device)."""
+    keep = labels[:, 1:] != -100
+    rows, cols = keep.nonzero(as_tuple=True)
+    return {"label_index": rows * labels.shape[1] + cols, "label_targets": labels[:, 1:][keep]}
 
 
 def _blocks(decoder: torch.nn.Module | None) -> torch.nn.ModuleList | None:
@@ -349,6 +363,8 @@ def _step(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], cfg: Tra
     step_loss, tokens, positions = 0.0, 0, 0
     for batch in micro:
         n_real = int(batch["num_tokens"]) if "num_tokens" in batch else int(batch["attention_mask"].sum())
+        if loop["loop"] != "naive":
+            batch = {**batch, **label_positions(batch["labels"])}
         moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "num_tokens"}
         with autocast:
             loss = answer_loss(model, moved, chunked=loop["chunked_loss"], naive=loop["loop"] == "naive")

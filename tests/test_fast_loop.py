@@ -110,11 +110,24 @@ def test_packed_and_chunked_loss_and_gradients_equal_the_padded_plain_ones(chunk
     idx = list(range(8))
     ref = answer_loss(model, collate(data, idx), naive=True)
     ref_grads = torch.autograd.grad(ref, list(model.parameters()))
-    out = answer_loss(model, collate_packed(data, idx), chunked=chunked)
+    packed = collate_packed(data, idx)
+    out = answer_loss(model, packed, chunked=chunked)
     grads = torch.autograd.grad(out, list(model.parameters()))
     assert out.item() == pytest.approx(ref.item(), rel=1e-5)
     for g, r in zip(grads, ref_grads, strict=True):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-4)
+    # the labelled positions found on the host (what the loop passes: no sync on the device) select the same
+    located = answer_loss(model, {**packed, **training.label_positions(packed["labels"])}, chunked=chunked)
+    assert located.item() == out.item()
+    for g, r in zip(torch.autograd.grad(located, list(model.parameters())), grads, strict=True):
+        assert torch.equal(g, r)
+
+
+def test_label_positions_index_the_hidden_states_that_predict_a_label():
+    labels = torch.tensor([[-100, 7, 8, -100], [-100, -100, 5, 6]])
+    pos = training.label_positions(labels)
+    assert pos["label_index"].tolist() == [0, 1, 5, 6]  # row * 4 + t, where labels[row, t + 1] is set
+    assert pos["label_targets"].tolist() == [7, 8, 5, 6]
 
 
 # ---- the loop as a whole ---------------------------------------------------------------------------------
