@@ -110,17 +110,27 @@ class _StepMarks:
         return scores
 
 
+_GC_HELD = [False]  # an enclosing _gc_off (a whole shape's rounds) already collected and holds the collector off
+
+
 @contextlib.contextmanager
 def _gc_off() -> Iterator[None]:
     """Garbage collection off while a round is timed, as timeit and pyperf do: collect first (so no pending
     collection falls into the round), disable, and restore the previous state afterwards (a collector that was
-    already off stays off)."""
+    already off stays off). Nested inside another ``_gc_off`` it does nothing: a shape's rounds share one
+    collection (a full collection of a process holding a model takes 0.1-0.25 s, and one per mode and round
+    added seconds to a one-shape benchmark)."""
+    if _GC_HELD[0]:
+        yield
+        return
     was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
+    _GC_HELD[0] = True
     try:
         yield
     finally:
+        _GC_HELD[0] = False
         if was_enabled:
             gc.enable()
 
@@ -280,30 +290,31 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
     samples: dict[str, dict[str, list[float]]] = {m: {"prefill": [], "decode": [], "decode_mean": []}
                                                   for m in names}
     failed: dict[str, str] = {}
-    for r in range(plan.warmup + plan.rounds):
-        k = r % len(names)
-        for mode in names[k:] + names[:k]:  # rotate: each mode leads in turn
-            if mode in failed:
-                continue
-            # eager warm-up decodes the full length: the dynamic cache grows every step, and a short warm-up left
-            # the allocator cold for the later lengths (on the H200, unmerged LoRA's first timed round was 3x its
-            # later ones after an 8-token warm-up). The static cache is allocated once: a few tokens warm it and
-            # capture the graph.
-            n = plan.new_tokens if r >= plan.warmup or regime == "eager" else min(plan.new_tokens, 8)
-            try:
-                with modes[mode]() as model:
-                    prefill, decode, decode_mean = one_round(model, ids, n, clock)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as e:  # a regime the stack does not support for this mode: record, go on
-                failed[mode] = f"{type(e).__name__}: {str(e)[:300]}"
-                out["errors"].append({"regime": regime, "batch_size": batch, "prompt_tokens": length,
-                                      "mode": mode, "error": failed[mode]})
-                continue
-            if r >= plan.warmup:
-                samples[mode]["prefill"].append(prefill)
-                samples[mode]["decode"].append(decode)
-                samples[mode]["decode_mean"].append(decode_mean)
+    with _gc_off():  # one collection for the shape; each round below then runs with the collector off
+        for r in range(plan.warmup + plan.rounds):
+            k = r % len(names)
+            for mode in names[k:] + names[:k]:  # rotate: each mode leads in turn
+                if mode in failed:
+                    continue
+                # eager warm-up decodes the full length: the dynamic cache grows every step, and a short warm-up left
+                # the allocator cold for the later lengths (on the H200, unmerged LoRA's first timed round was 3x its
+                # later ones after an 8-token warm-up). The static cache is allocated once: a few tokens warm it and
+                # capture the graph.
+                n = plan.new_tokens if r >= plan.warmup or regime == "eager" else min(plan.new_tokens, 8)
+                try:
+                    with modes[mode]() as model:
+                        prefill, decode, decode_mean = one_round(model, ids, n, clock)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as e:  # a regime the stack does not support for this mode: record, go on
+                    failed[mode] = f"{type(e).__name__}: {str(e)[:300]}"
+                    out["errors"].append({"regime": regime, "batch_size": batch, "prompt_tokens": length,
+                                          "mode": mode, "error": failed[mode]})
+                    continue
+                if r >= plan.warmup:
+                    samples[mode]["prefill"].append(prefill)
+                    samples[mode]["decode"].append(decode)
+                    samples[mode]["decode_mean"].append(decode_mean)
     cell: dict[str, Any] = {"batch_size": batch, "prompt_tokens": length, "new_tokens": plan.new_tokens,
                             "modes": {}, "overhead": {}, "prefill_overhead": {}}
     for mode in names:

@@ -957,6 +957,24 @@ def test_gc_is_off_while_a_round_is_timed_and_restored_after(regime, monkeypatch
     assert gc.isenabled()
 
 
+def test_a_shape_collects_garbage_once_and_times_every_round_with_the_collector_off(monkeypatch):
+    """A full collection costs 0.1-0.25 s in a process holding a model: once per shape, not per mode and round
+    (that added seconds to the one-shape benchmark); every forward pass still runs with the collector off."""
+    model = tiny()
+    events: list[object] = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: events.append("collect") or collect(*a))
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: events.append(gc.isenabled()) or original(*a, **k))
+    plan = LatencyPlan(batch_sizes=[1], prompt_lengths=[4, 6], new_tokens=3, rounds=2, warmup=1,
+                       regimes=["eager"], bootstrap=50)
+    measure({"base": same(model), "unmerged": same(model), "merged": same(model)}, plan, "cpu", VOCAB)
+    assert events.count("collect") == 2  # one per shape (2 prompt lengths)
+    assert not any(e is True for e in events)  # no forward pass with the collector on
+    assert events.count(False) == 2 * 3 * 3 * 3  # shapes x modes x (warm-up + rounds) x forward passes
+    assert gc.isenabled()
+
+
 @pytest.mark.parametrize("regime,warm_tokens", [("eager", 20), ("static", 8)])
 def test_eager_warmup_decodes_the_full_length_static_a_few_tokens(monkeypatch, regime, warm_tokens):
     """Eager: the dynamic cache grows each step, so the warm-up runs every length the timed rounds will; static:
