@@ -121,3 +121,10 @@ def test_loss_floor_compares_curves_across_files(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/loss_floor.py"), ref, f"{tmp_path}/a.json:fast"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "no method has a finished variant 'fast'" in bad.stderr
+
+
+def test_gc_cost_times_collections_with_a_model_loaded():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/gc_cost.py"), "--repeat", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tiny:llama" in done.stdout and done.stdout.count(" s") >= 2
