@@ -41,7 +41,8 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
         lat = [_latency_headline(r.get("latency") or {}) for r in ok]
         reason = next((r.get("reason") or (r.get("error") or {}).get("message") for r in cells
                        if r["status"] != "ok"), None)
-        seed_ci = mean_ci([s for s, _ in scores if s is not None]) if len(scores) >= 2 else None
+        scored = [s for s, _ in scores if s is not None]  # none when the cells were not scored (evaluate=off)
+        seed_ci = mean_ci(scored) if len(scored) >= 2 else None
         rows.append({
             "method": method, "seeds": len(ok), "status": ",".join(statuses), "reason": reason,
             "score": score, "stderr": se, "score_ci": seed_ci["ci95"] if seed_ci else None,

@@ -175,6 +175,7 @@ class Session:
         self.hook.configure.call_historic(kwargs={"config": self.config})
         done = load_runs(self.output) if self.config.resume else {}
         self.base_retention: dict[str, Any] = {}
+        self.latency_cache: dict[str, Any] = {}  # latency_key -> the first cell's latency (latency_once)
         for r in done.values():  # a resumed session reuses the base model's retention scores
             if r.get("method") == "base" and r.get("status") == "ok":
                 for name, entry in (r.get("retention") or {}).items():

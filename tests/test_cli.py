@@ -160,6 +160,29 @@ def test_evaluate_off_is_a_cost_only_run(capsys, tmp_path):
     assert lora["latency"]["regimes"]["eager"][0]["overhead"]["unmerged"]["ratio"] is not None
 
 
+@pytest.mark.parametrize("once", [True, False])
+def test_latency_is_timed_once_per_method_and_reused_marked(capsys, tmp_path, once):
+    """Latency depends on a method's shapes, not its trained values: by default the first cell of a method
+    is timed and the others reuse its figures, naming that cell; latency_once=false times every cell."""
+    out = tmp_path / "once"
+    code, _, err = run_cli(["run", "--methods", "lora,adapter", *TINY, "--seeds", "0,1", "--no-base",
+                            "--output", str(out), "--set", "steps=2", "--set", "evaluate=off",
+                            "--set", "merge_precisions=false", "--set", "latency_rounds=1",
+                            "--set", "latency_new_tokens=2", "--set", "latency_prompt_lengths=4",
+                            "--set", f"latency_once={str(once).lower()}"], capsys)
+    assert code == 0, err
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    for m in ("lora", "adapter"):
+        first, second = runs[f"{m}--quickstart--seed0"], runs[f"{m}--quickstart--seed1"]
+        assert "measured_in" not in first["latency"] and "latency" in first["timings"]
+        if once:
+            assert second["latency"]["measured_in"] == f"{m}--quickstart--seed0"
+            assert second["latency"]["regimes"] == first["latency"]["regimes"]
+            assert "latency" not in second["timings"]  # not timed again
+        else:
+            assert "measured_in" not in second["latency"] and "latency" in second["timings"]
+
+
 def test_shape_models_are_not_scored_by_default():
     from types import SimpleNamespace
 
