@@ -220,9 +220,9 @@ def latency_key(run: RunContext) -> str:
     weights) and the timing grid, not the trained values or the task."""
     import json
 
-    cfg = run.train_config
-    grid = {k: getattr(cfg, k) for k in ("latency_rounds", "latency_batch_sizes", "latency_prompt_lengths",
-                                          "latency_new_tokens", "latency_regimes", "latency_stack", "latency_dtype")}
+    from .config import LATENCY_KEYS
+
+    grid = {k: getattr(run.train_config, k) for k in LATENCY_KEYS}
     return json.dumps([run.method.name, to_jsonable(run.method_config), grid], sort_keys=True, default=str)
 
 

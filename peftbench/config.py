@@ -20,6 +20,8 @@ def _help(text: str, **kw: Any) -> Any:
 
 
 DTYPES = ("auto", "fp32", "bf16")
+LATENCY_KEYS = ("latency_rounds", "latency_batch_sizes", "latency_prompt_lengths", "latency_new_tokens",
+                "latency_regimes", "latency_stack", "latency_dtype")  # the options that shape a latency grid
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw")
 
 

@@ -20,13 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from . import meta
-from .config import TrainConfig, build_dataclass, parse_sets, to_jsonable
+from .config import LATENCY_KEYS, TrainConfig, build_dataclass, parse_sets, to_jsonable
 from .errors import UsageError
 from .records import SCHEMA_VERSION, RunContext, RunSpec
 from .results import write_json
-
-LATENCY_KEYS = ("latency_rounds", "latency_batch_sizes", "latency_prompt_lengths", "latency_new_tokens",
-                "latency_regimes", "latency_stack", "latency_dtype")
 
 
 @dataclass

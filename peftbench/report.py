@@ -108,8 +108,9 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
             title += (" — training loops differ between methods, so their time, tok/s and memory are not comparable: "
                       + "; ".join(f"{m}: {sig}" for m, sig in mixed.items()))
         if any(r.get("gpu_shared") for r in rows):
-            title += (" — 'GPU shared': other processes used the GPU while those cells ran (over 3 GiB of its "
-                      "memory), so their time, tok/s and latency are not the method's alone")
+            title += (" — 'GPU shared': other processes used the GPU while those cells ran (over "
+                      f"{SHARED_GPU_BYTES / 1024**3:.0f} GiB of its memory), so their time, tok/s and latency are not "
+                      "the method's alone")
         t = Table(title=title, title_justify="left", header_style="bold")
         # latency columns only when the session measured latency (latency_rounds=0 skips it)
         show_lat = any(r["latency_unmerged"] is not None or r["latency_merged"] is not None for r in rows)

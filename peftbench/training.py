@@ -183,17 +183,18 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunked:
     """Mean cross-entropy over the answer tokens (positions with a label). ``naive``: the model's own forward
     and full logits; ``chunked``: the head and the loss a chunk of tokens at a time (see ``peftbench.loss``)."""
     labels = batch["labels"][:, 1:]
-    keep = labels != -100
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     parts = None if naive else _decoder_and_head(model)
     if parts is None:  # generic path: full logits
         logits = model(**inputs).logits
+        keep = labels != -100
         return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep])
     decoder, head = parts
     hidden = decoder(**inputs, use_cache=False).last_hidden_state
     if "label_index" in batch:  # the labelled positions, found on the host: no device-to-host sync here
         hidden, targets = hidden.flatten(0, 1).index_select(0, batch["label_index"]), batch["label_targets"]
     else:
+        keep = labels != -100
         hidden, targets = hidden[:, :-1][keep], labels[keep]
     if chunked and _plain_linear(head):
         return linear_cross_entropy(hidden, head.weight, targets)
