@@ -9,6 +9,8 @@
 #     bash benchmarks/device/latency-gpu.sh SECONDS [ROUNDS] [NEW] [WHAT] [REGIMES]
 #   WHAT: all (default), one (the one-shape benchmark only) or grid (the grid runs only);
 #   REGIMES: the grid's regimes, default eager,static.
+#   LATENCY_RUNS (environment): which grid runs, default "A B"; "A" on one GPU and "B" on the other runs both
+#   side by side (benchmarks/device/two-gpus.sh).
 # The one-shape benchmark's wall time includes the GGUF conversion when the model cache is cold: run it
 # after something that loaded the model (its log says whether it converted).
 # The committed grid used ROUNDS=3 and NEW=32 new tokens (the command's defaults are 5 and 64): eager decoding
@@ -26,7 +28,7 @@ if [ "$what" != grid ] && [ ! -f "$root/latency-one-shape/wall.txt" ]; then
   mkdir -p "$root/latency-one-shape"
   echo "peftbench latency, lora, 1 shape x 3 modes (base, unmerged, merged), eager, 5 rounds + 1 warm-up: exit $rc, wall $(python3 -c "print(round($t1 - $t0, 1))") s (process start and model load included)" | tee "$root/latency-one-shape/wall.txt"
 fi
-for run in A B; do
+for run in ${LATENCY_RUNS:-A B}; do
   [ "$what" = one ] && break
   left=$(( end - $(date +%s) ))
   [ "$left" -lt 30 ] && break

@@ -65,10 +65,11 @@ for n in ${names//,/ }; do
               --variants fast --warmup 3 --steps 8 --artifact ;;
     8b-all-ckpt) tp 8b-all-ckpt --model shape:llama-3.1-8b --methods lora,qlora,adapter,full --batch-size 2 \
               --seq-len 2048 --gradient-checkpointing --variants fast --warmup 3 --steps 8 --artifact ;;
-    8b-latency) [ -f "$root/8b-latency/session.json" ] && { echo "8b-latency: kept"; continue; }
+    8b-latency) grep -q '"status": "finished"' "$root/8b-latency/session.json" 2>/dev/null && { echo "8b-latency: kept"; continue; }
+              [ $(( end - $(date +%s) )) -lt 40 ] && { echo "8b-latency: no time left"; continue; }
               timeout -s INT -k 15 $(( end - $(date +%s) )) python3 -m peftbench.cli latency --model shape:llama-3.1-8b \
                 --methods lora,qlora,adapter,full --batch-sizes 1,8 --prompt-lengths 128,1024 --new-tokens 64 \
-                --regimes static --stack none --rounds 5 --output "$root/8b-latency" > "$root/8b-latency.log" 2>&1
+                --regimes static --stack none --rounds 5 --output "$root/8b-latency" --resume > "$root/8b-latency.log" 2>&1
               echo "== 8b-latency (exit $?)"; tail -n 20 "$root/8b-latency.log" ;;
     loss) for frozen in "" --frozen-head; do python3 "$here/benchmarks/loss_speed.py" --device cuda --fused $frozen; done \
             | tee "$root/loss-speed.txt" ;;
