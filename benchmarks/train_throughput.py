@@ -143,8 +143,13 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
             torch.cuda.synchronize()
         marks.append((time.perf_counter(), metrics["tokens"]))
 
+    from peftbench import memory
+
+    alloc0, graphs0, cpu0 = allocator_counts(args.device), compiled_graphs(), memory.cpu_sample()
     t0 = time.perf_counter()
     result = train(model, params, data, cfg, seed=0, device=args.device, on_step=on_step)
+    host_others = memory.host_others_cores(cpu0, memory.cpu_sample())
+    alloc1, graphs1 = allocator_counts(args.device), compiled_graphs()
     times = [b[0] - a[0] for a, b in zip([(t0, 0), *marks], marks, strict=False)]
     timed = marks[args.warmup - 1:] if args.warmup else [(t0, 0), *marks]
     span_s = timed[-1][0] - timed[0][0]
@@ -170,9 +175,35 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
            "losses": [loss for _, loss in result.losses], "loop": result.loop, "trainable": trainable,
            "flops_per_token": fpt, "mfu": (fpt * tps) / (peak * 1e12) if peak and tps else None,
            "total_params": sum(p.numel() for p in base.parameters()) if not method.capabilities.quantized_base
-           else None, "artifact": artifact}
+           else None, "artifact": artifact,
+           # diagnostics of the stalls step_s shows: CPU other processes used on the host (host-bound steps slow
+           # when it is shared), CUDA caching-allocator device mallocs/frees and retries (fragmentation under
+           # varying shapes), graphs dynamo compiled (recompilations)
+           "host_others_cores": host_others,
+           "allocator": {k: alloc1[k] - alloc0.get(k, 0) for k in alloc1} if alloc1 else None,
+           "compiled_graphs": graphs1 - graphs0 if graphs0 is not None and graphs1 is not None else None}
     del model, base, params
     return out
+
+
+ALLOC_KEYS = ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams")
+
+
+def allocator_counts(device: str) -> dict[str, int]:
+    """The CUDA caching allocator's counters that mean a device malloc/free (each can stall the host)."""
+    if device != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {k: int(stats[k]) for k in ALLOC_KEYS if k in stats}
+
+
+def compiled_graphs() -> int | None:
+    """Graphs dynamo has compiled in this process so far (a recompilation adds one)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return None
+    return int(counters["stats"]["unique_graphs"])
 
 
 def measure(method_name: str, resolved: Any, data: Any, args: Any, write: Any) -> dict[str, Any]:
@@ -249,6 +280,29 @@ def print_table(results: list[dict[str, Any]]) -> None:
                   f"{f(v.get('max_loss_dev'), '.2f', 100):>8s}% "
                   f"{f(v.get('max_loss_dev_window'), '.2f', 100):>6s}% "
                   f"{f(v['first_step_s'], '.1f'):>10s}")
+    for line in diagnostics(results):
+        print(line)
+
+
+def diagnostics(results: list[dict[str, Any]]) -> list[str]:
+    """Lines under a table: variants timed on a busy host, with recompilations or allocator churn."""
+    from peftbench.memory import HOST_BUSY_CORES
+
+    lines = []
+    for r in results:
+        for name, v in r["variants"].items():
+            notes = []
+            if (v.get("host_others_cores") or 0) > HOST_BUSY_CORES:
+                notes.append(f"host busy: other processes kept {v['host_others_cores']:.1f} CPU cores busy")
+            if (v.get("compiled_graphs") or 0) > 0:
+                notes.append(f"{v['compiled_graphs']} graphs compiled")
+            alloc = v.get("allocator") or {}
+            if alloc.get("num_device_alloc"):
+                notes.append(f"{alloc['num_device_alloc']} device mallocs, {alloc.get('num_device_free', 0)} frees, "
+                             f"{alloc.get('num_alloc_retries', 0)} retries")
+            if notes:
+                lines.append(f"{r['method']} {name}: " + "; ".join(notes))
+    return lines
 
 
 def markdown(data: dict[str, Any]) -> str:

@@ -20,14 +20,18 @@ PROBES = 4  # training prompts whose logits are compared across merge / unmerge 
 
 @contextlib.contextmanager
 def phase(result: dict[str, Any], name: str, session: Session):
+    from . import memory
+
     session.progress.phase(name)
     _sample_gpu_others(result)
+    cpu0 = memory.cpu_sample()
     t0 = time.perf_counter()
     try:
         yield
     finally:
         result["timings"][name] = round(time.perf_counter() - t0, 3)
         _sample_gpu_others(result)
+        _keep_host_others(result, memory.host_others_cores(cpu0, memory.cpu_sample()))
 
 
 def _sample_gpu_others(result: dict[str, Any]) -> None:
@@ -38,6 +42,13 @@ def _sample_gpu_others(result: dict[str, Any]) -> None:
     seen = memory.gpu_others_bytes()
     if seen is not None:
         result["gpu_others_bytes"] = max(seen, result.get("gpu_others_bytes") or 0)
+
+
+def _keep_host_others(result: dict[str, Any], cores: float | None) -> None:
+    """Keep the most CPU that other processes on the host used during any phase (``host_others_cores``): the
+    report flags cells whose times were measured on a busy host."""
+    if cores is not None:
+        result["host_others_cores"] = max(cores, result.get("host_others_cores") or 0.0)
 
 
 def probe_logits(model: Any, probes: list[list[int]], device: str) -> list[Any]:
@@ -285,13 +296,18 @@ def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> 
     if method.capabilities.can_stack:
         for k in cfg.latency_stack:
             modes[f"stack{k}"] = lambda k=k: _stacked(method, trained, unmerged, k)
+    from . import memory
+
     others: dict[str, Any] = {}
     _sample_gpu_others(others)
+    cpu0 = memory.cpu_sample()
     latency = hook.measure_latency(run=run, model=unmerged, modes=modes)
     _sample_gpu_others(others)
+    _keep_host_others(others, memory.host_others_cores(cpu0, memory.cpu_sample()))
     latency["dtype"] = str(dtype).replace("torch.", "")
-    if "gpu_others_bytes" in others:  # the report flags timings taken on a shared GPU
-        latency["gpu_others_bytes"] = others["gpu_others_bytes"]
+    for key in ("gpu_others_bytes", "host_others_cores"):  # the report flags timings on a shared GPU or host
+        if key in others:
+            latency[key] = others[key]
     return latency
 
 

@@ -107,7 +107,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if weight.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         need_grad = grad_hidden is not None or grad_weight is not None
-        inv_n = torch.tensor(1.0 / n, dtype=torch.float32, device=hidden.device)
+        # a fill kernel, not torch.tensor(1 / n, device=...): that copies from the host and waits for the GPU to
+        # finish the forward pass queued so far (a device sync in the middle of every step)
+        inv_n = torch.full((), 1.0 / n, dtype=torch.float32, device=hidden.device)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for lo in range(0, n, chunk):
                 h = h_all[lo:lo + chunk]

@@ -1,8 +1,11 @@
-"""Peak memory of a phase: CUDA peak allocated on GPU, peak resident set size (RSS) on CPU."""
+"""Peak memory of a phase: CUDA peak allocated on GPU, peak resident set size (RSS) on CPU. Also what other
+processes used while a timing ran: GPU memory (``gpu_others_bytes``) and host CPU (``host_others_cores``)."""
 
 from __future__ import annotations
 
+import os
 import resource
+import time
 
 
 def _vm_hwm() -> int | None:
@@ -70,3 +73,64 @@ def gpu_others_bytes() -> int | None:
         return None
     free, total = torch.cuda.mem_get_info()
     return max(0, int(total - free - torch.cuda.memory_reserved()))
+
+
+HOST_BUSY_CORES = 1.0  # other processes' mean CPU use (cores) above which a timing is flagged 'host busy'
+
+
+def _proc_tree_cpu_s() -> float | None:
+    """CPU seconds used by this process and its live descendants (compile workers, data loaders), with the
+    children they have reaped, from ``/proc/<pid>/stat``; ``None`` where ``/proc`` is not there."""
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue   # exited meanwhile, or unreadable
+        parent[pid] = int(fields[1])
+        used[pid] = sum(int(x) for x in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    if me not in used:
+        return None
+    total = 0.0
+    for pid, cpu in used.items():
+        p, hops = pid, 0
+        while p not in (me, 0, 1) and hops < 64:
+            p, hops = parent.get(p, 0), hops + 1
+        if p == me:
+            total += cpu
+    return total
+
+
+def cpu_sample() -> tuple[float, float, float] | None:
+    """(monotonic s, CPU s the whole host has spent busy, CPU s of this process tree) on Linux, else ``None``.
+    Two samples give :func:`host_others_cores`."""
+    try:
+        with open("/proc/stat") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if len(first) < 9 or first[0] != "cpu":
+        return None
+    v = [int(x) for x in first[1:9]]  # user nice system idle iowait irq softirq steal (guest is inside user)
+    own = _proc_tree_cpu_s()
+    if own is None:
+        return None
+    return time.monotonic(), (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), own
+
+
+def host_others_cores(start: tuple[float, float, float] | None, end: tuple[float, float, float] | None) -> float | None:
+    """Mean number of CPU cores that processes outside this one's tree kept busy between two
+    :func:`cpu_sample` s. A timing that is bound by launching work from the host (eager decoding, a small
+    model's training steps) slows when other processes share the host's cores, even on a GPU of its own:
+    above ``HOST_BUSY_CORES`` the report marks such timings 'host busy'. ``None`` when not measurable."""
+    if start is None or end is None or end[0] - start[0] < 0.05:
+        return None
+    return round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]), 2)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .leaderboard import best_values, retention_tasks, rows_for_task
-from .memory import SHARED_GPU_BYTES
+from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES
 
 
 def _num(v: float | None, fmt: str) -> str:
@@ -111,6 +111,10 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
             title += (" — 'GPU shared': other processes used the GPU while those cells ran (over "
                       f"{SHARED_GPU_BYTES / 1024**3:.0f} GiB of its memory), so their time, tok/s and latency are not "
                       "the method's alone")
+        if any(r.get("host_busy") for r in rows):
+            title += (" — 'host busy': other processes kept over "
+                      f"{HOST_BUSY_CORES:g} CPU core busy on average while those cells ran, which slows host-bound "
+                      "steps and decoding even on a GPU of its own")
         t = Table(title=title, title_justify="left", header_style="bold")
         # latency columns only when the session measured latency (latency_rounds=0 skips it)
         show_lat = any(r["latency_unmerged"] is not None or r["latency_merged"] is not None for r in rows)
@@ -155,6 +159,8 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
                 status += " [red]latency suspect[/]"
             if r.get("gpu_shared"):
                 status += " [yellow]GPU shared[/]"
+            if r.get("host_busy"):
+                status += " [yellow]host busy[/]"
             t.add_row(
                 r["method"] if r["method"] != "base" else "base (zero-shot)",
                 mark(r, "score", score),
@@ -222,13 +228,16 @@ def latency_tables(latencies: dict[str, dict[str, Any]], title: str = "") -> lis
                 sanity = f"[red]{flag['mode']} {flag['overhead'] * 100:+.1f}% ≠ base[/]" if flag else "ok"
                 if (lat.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES:
                     sanity += " [yellow]GPU shared[/]"
+                if (lat.get("host_others_cores") or 0) > HOST_BUSY_CORES:
+                    sanity += " [yellow]host busy[/]"
                 t.add_row(label, str(cell["batch_size"]), str(cell["prompt_tokens"]), str(cell["new_tokens"]),
                           _num((base.get("decode_ms_per_token") or {}).get("median"), ".2f"),
                           _num((base.get("prefill_ms") or {}).get("median"), ".1f"), *cols, sanity)
         t.caption = ("overhead: the mode's median decode time per token / base's - 1, base timed in the same "
                      "rotated rounds; CI: paired bootstrap over rounds. sanity: merged (and full fine-tuning) must "
                      "time like base; a flag means the timing is suspect, not a finding. GPU shared: other processes "
-                     "used the GPU while it was timed.")
+                     "used the GPU while it was timed. host busy: other processes kept over "
+                     f"{HOST_BUSY_CORES:g} CPU core busy on average while it was timed.")
         tables.append(t)
     return tables
 

@@ -360,8 +360,10 @@ def planned_steps(cfg: TrainConfig, n_examples: int) -> int:
 
 def _step(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], cfg: TrainConfig, device: str,
           autocast: Any, loop: dict[str, Any]) -> tuple[float, int, int]:
-    """Forward and backward over one optimizer step's micro-batches: (loss, real tokens, computed positions)."""
-    step_loss, tokens, positions = 0.0, 0, 0
+    """Forward and backward over one optimizer step's micro-batches: (loss, real tokens, computed positions).
+    The loss is read back from the device once per step, not once per micro-batch (each read waits for the GPU)."""
+    step_loss: Any = 0.0
+    tokens, positions = 0, 0
     for batch in micro:
         n_real = int(batch["num_tokens"]) if "num_tokens" in batch else int(batch["attention_mask"].sum())
         if loop["loop"] != "naive":
@@ -371,10 +373,10 @@ def _step(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], cfg: Tra
             loss = answer_loss(model, moved, chunked=loop["chunked_loss"], naive=loop["loop"] == "naive")
             loss = loss / cfg.grad_accum
         loss.backward()
-        step_loss += loss.item()
+        step_loss = step_loss + loss.detach()
         tokens += n_real
         positions += moved["input_ids"].numel()
-    return step_loss, tokens, positions
+    return float(step_loss), tokens, positions
 
 
 def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainData, cfg: TrainConfig,

@@ -38,6 +38,9 @@ def test_train_throughput_smoke_random_tokens(tmp_path):
             assert x["steady_tokens_per_s"] == pytest.approx(32 / x["step_s_median"], rel=1e-6)
             assert len(x["losses"]) == 4 and x["mfu"] is None  # no peak FLOPs known on CPU
             assert x["loop"]["loop"] == ("naive" if name == "naive" else "fast")
+            # diagnostics: nothing compiled on CPU (fast compiles on CUDA only), no CUDA allocator, host CPU measured
+            assert x["compiled_graphs"] == 0 and x["allocator"] is None
+            assert x["host_others_cores"] is None or x["host_others_cores"] >= 0
         for name in ("fast", "chunked_loss"):
             assert v[name]["speedup"] == pytest.approx(v[name]["tokens_per_s"] / v["naive"]["tokens_per_s"])
             assert v[name]["max_loss_dev"] < 1e-4  # the same math on the same batches
@@ -48,6 +51,18 @@ def test_train_throughput_smoke_random_tokens(tmp_path):
     assert full["artifact"]["bytes"] >= 4 * full["total_params"] * 0.95  # every weight, fp32 on CPU
     assert 4 * lora["trainable"] <= lora["artifact"]["bytes"] <= 4 * lora["trainable"] + 64 * 1024
     assert data["results"][0]["variants"]["naive"]["artifact"] is None
+
+
+def test_throughput_diagnostics_name_busy_hosts_recompiles_and_allocator_churn():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import diagnostics
+
+    results = [{"method": "full", "variants": {
+        "naive": {"host_others_cores": 0.2, "compiled_graphs": 0, "allocator": None},
+        "fast": {"host_others_cores": 3.46, "compiled_graphs": 2,
+                 "allocator": {"num_device_alloc": 40, "num_device_free": 12, "num_alloc_retries": 1}}}}]
+    assert diagnostics(results) == ["full fast: host busy: other processes kept 3.5 CPU cores busy; 2 graphs compiled; "
+                                    "40 device mallocs, 12 frees, 1 retries"]
 
 
 def test_train_throughput_variable_lengths_pack_and_count_real_tokens(tmp_path):

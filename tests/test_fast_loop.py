@@ -123,6 +123,49 @@ def test_packed_and_chunked_loss_and_gradients_equal_the_padded_plain_ones(chunk
         assert torch.equal(g, r)
 
 
+def test_the_chunked_loss_makes_no_tensor_from_a_host_number(monkeypatch):
+    """``torch.tensor(x, device=gpu)`` copies from the host and waits for everything queued on the GPU: made in
+    the loss, right after the forward pass was queued, it serialised every step of the fast loop (H200, third
+    pass: ~10 ms a step behind compiled blocks alone). The chunked loss builds its constants on the device."""
+    made = []
+    real = torch.tensor
+
+    def spy(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", spy)
+    h = torch.randn(10, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    y = torch.randint(0, 30, (10,))
+    linear_cross_entropy(h, w, y, chunk=4).backward()
+    assert made == []
+    assert h.grad is not None and w.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the device machine)")
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_fast_step_does_not_sync_the_device_between_its_batch_and_its_loss(chunked):
+    """From the moved batch to the gradients, the fast loop's forward, loss and backward queue work without
+    waiting for the GPU (torch's sync debug mode raises on any synchronising call). Rows of one length, so
+    nothing is packed: with packed rows transformers checks the position ids once as the forward starts (one
+    sync, while only the previous optimizer step is still running)."""
+    model = _tiny().to("cuda")
+    data = _data(8, seed=4, lo=20, hi=21)
+    packed = collate_packed(data, list(range(8)))
+    batch = {k: v.to("cuda", non_blocking=True) for k, v in
+             {**packed, **training.label_positions(packed["labels"])}.items() if k != "num_tokens"}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = answer_loss(model, batch, chunked=chunked)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert math.isfinite(loss.item())
+
+
 def test_label_positions_index_the_hidden_states_that_predict_a_label():
     labels = torch.tensor([[-100, 7, 8, -100], [-100, -100, 5, 6]])
     pos = training.label_positions(labels)

@@ -382,3 +382,77 @@ def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
                                   "overhead": {}}]}, "gpu_others_bytes": 5 * 1024**3}
     row = [line for line in render_markdown(latency_tables({"lora": lat})).splitlines() if line.startswith("| lora")]
     assert row and row[0].rstrip(" |").endswith("ok GPU shared")
+
+
+def test_host_cpu_used_by_other_processes_is_measured():
+    """host_others_cores counts CPU used outside this process's tree: a spinning child process (like a compile
+    worker) is this process's own work; the same spin in a process that is not a descendant is another's."""
+    import subprocess
+    import sys
+    import time
+
+    from peftbench import memory
+
+    if memory.cpu_sample() is None:
+        pytest.skip("needs Linux /proc")
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass"
+
+    def measure() -> float:
+        time.sleep(0.3)  # let the spinner start
+        a = memory.cpu_sample()
+        time.sleep(1.2)
+        return memory.host_others_cores(a, memory.cpu_sample())
+
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    own = measure()
+    child.wait()
+    # `sh -c 'cmd &'`: the shell exits at once, the spinner is re-parented away from this process's tree
+    subprocess.run(["sh", "-c", f"'{sys.executable}' -c '{spin}' >/dev/null 2>&1 &"], check=True)
+    foreign = measure()
+    assert foreign >= 0.7, foreign           # one core kept busy by someone else (~1.0)
+    assert foreign - own >= 0.5, (own, foreign)
+
+
+def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
+    """A phase records the most CPU other processes used during it; above HOST_BUSY_CORES the leaderboard and
+    the latency table mark the cell 'host busy'."""
+    import types
+
+    from peftbench import cell, memory
+    from peftbench.leaderboard import rows_for_task
+    from peftbench.report import latency_tables, leaderboard_tables, render_markdown
+
+    # (wall s, host busy CPU s, own tree CPU s): 10 s in which the host spent 25 CPU s, this process 5
+    samples = iter([(0.0, 100.0, 10.0), (10.0, 125.0, 15.0), (20.0, 125.0, 15.0), (30.0, 131.0, 20.0)])
+    monkeypatch.setattr(memory, "cpu_sample", lambda: next(samples))
+    monkeypatch.setattr(memory, "gpu_others_bytes", lambda: None)
+    session = types.SimpleNamespace(progress=types.SimpleNamespace(phase=lambda name: None))
+    result = {"timings": {}}
+    with cell.phase(result, "train", session):
+        pass
+    assert result["host_others_cores"] == pytest.approx(2.0)   # (25 - 5) / 10
+    with cell.phase(result, "evaluate", session):
+        pass
+    assert result["host_others_cores"] == pytest.approx(2.0)   # the later, quieter phase (0.1) keeps the max
+    monkeypatch.setattr(memory, "cpu_sample", lambda: None)    # not Linux: nothing recorded
+    other = {"timings": {}}
+    with cell.phase(other, "train", session):
+        pass
+    assert "host_others_cores" not in other
+
+    def run(method, cores):
+        return {"task": "t", "method": method, "seed": 0, "status": "ok", "eval": {"metrics": {"acc": 0.5}},
+                "host_others_cores": cores}
+
+    runs = [run("base", None), run("lora", 2.0), run("full", 0.4)]
+    assert {r["method"]: r["host_busy"] for r in rows_for_task(runs, "t")} == {
+        "base": False, "lora": True, "full": False}
+    board = render_markdown(leaderboard_tables({}, runs))
+    status = {line.split("|")[1].strip(): line.rsplit("|", 2)[-2].strip() for line in board.splitlines()
+              if line.startswith("| ") and not line.startswith("| method")}
+    assert status["lora"] == "ok host busy" and status["full"] == "ok"
+    assert "kept over 1 CPU core busy" in board
+    lat = {"regimes": {"eager": [{"batch_size": 1, "prompt_tokens": 4, "new_tokens": 2, "modes": {"base": {}},
+                                  "overhead": {}}]}, "host_others_cores": 3.5}
+    row = [line for line in render_markdown(latency_tables({"lora": lat})).splitlines() if line.startswith("| lora")]
+    assert row and row[0].rstrip(" |").endswith("ok host busy")

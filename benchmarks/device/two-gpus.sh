@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Two benchmark commands side by side, one per GPU of a two-GPU machine (device kind nvidia-h200-x2), then
 # everything under /tmp/pb/results packed into $OUT once (the children run without OUT, so they don't pack).
-# Each command sees only its own GPU (CUDA_VISIBLE_DEVICES); they share the host's CPU cores (32 on that
-# machine), which the results' notes say. Logs append to /tmp/pb/results/gpu0.log and gpu1.log.
+# Each command sees only its own GPU (CUDA_VISIBLE_DEVICES) and is pinned to its own half of the host's CPU
+# cores (taskset), with inductor's compile workers limited to that half. Measured on 2026-11-30 WITHOUT the
+# pinning: a neighbour that compiles (inductor starts a worker per core) disturbed host-bound timings on the other
+# GPU -- eager decoding at batch 1 read 22-49 ms/token against 20-21 alone, and the latency sanity check flagged
+# it. Whether pinning is enough is not measured yet: use two GPUs for GPU-bound work (8B shapes, the static
+# latency regime, quality cells), and check host_others_cores / 'host busy' in what comes back.
+# Logs append to /tmp/pb/results/gpu0.log and gpu1.log.
 #   usage (on the GPU machine, after on-device-env.sh):
 #     bash benchmarks/device/two-gpus.sh "COMMAND FOR GPU 0" "COMMAND FOR GPU 1"
 set -u
 out=${OUT:-}
 logs=/tmp/pb/results; mkdir -p "$logs"
+n=$(nproc); half=$(( n / 2 ))
 run_on() {  # GPU COMMAND
-  echo "=== $(date -u +%FT%TZ) on GPU $1: $2" >> "$logs/gpu$1.log"
-  ( export CUDA_VISIBLE_DEVICES=$1; unset OUT; bash -c "$2" ) >> "$logs/gpu$1.log" 2>&1
+  local cores=$(( $1 * half ))-$(( $1 * half + half - 1 )) pin=()
+  command -v taskset > /dev/null && [ "$half" -gt 0 ] && pin=(taskset -c "$cores")
+  echo "=== $(date -u +%FT%TZ) on GPU $1 (cores ${pin:+$cores}): $2" >> "$logs/gpu$1.log"
+  ( export CUDA_VISIBLE_DEVICES=$1 TORCHINDUCTOR_COMPILE_THREADS=$(( half > 0 ? half : 1 )); unset OUT
+    "${pin[@]}" bash -c "$2" ) >> "$logs/gpu$1.log" 2>&1
 }
 run_on 0 "$1" & p0=$!
 run_on 1 "$2" & p1=$!
