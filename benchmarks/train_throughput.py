@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -137,17 +138,30 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
                       **({"compile": "on" if args.device == "cuda" else "off"} if variant == "fast" else {}),
                       **VARIANTS[variant])
     marks: list[tuple[float, int]] = []
+    # the last warm-up step runs in torch's sync-debug mode: every call that waits for the GPU inside a step
+    # (each one stalls the host's launching) is recorded with where it was made; untimed
+    check_at = args.warmup if args.device == "cuda" and args.warmup >= 2 else None
 
     def on_step(step: int, metrics: dict[str, Any]) -> None:
+        if step == check_at:
+            torch.cuda.set_sync_debug_mode(0)
         if args.device == "cuda":
             torch.cuda.synchronize()
         marks.append((time.perf_counter(), metrics["tokens"]))
+        if check_at is not None and step == check_at - 1:
+            torch.cuda.set_sync_debug_mode("warn")
 
     from peftbench import memory
 
     alloc0, graphs0, cpu0 = allocator_counts(args.device), compiled_graphs(), memory.cpu_sample()
     t0 = time.perf_counter()
-    result = train(model, params, data, cfg, seed=0, device=args.device, on_step=on_step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = train(model, params, data, cfg, seed=0, device=args.device, on_step=on_step)
+        finally:
+            if check_at is not None:
+                torch.cuda.set_sync_debug_mode(0)
     host_others = memory.host_others_cores(cpu0, memory.cpu_sample())
     alloc1, graphs1 = allocator_counts(args.device), compiled_graphs()
     times = [b[0] - a[0] for a, b in zip([(t0, 0), *marks], marks, strict=False)]
@@ -180,10 +194,31 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
            # when it is shared), CUDA caching-allocator device mallocs/frees and retries (fragmentation under
            # varying shapes), graphs dynamo compiled (recompilations)
            "host_others_cores": host_others,
+           "syncs_in_step": sync_sites(caught) if check_at is not None else None,
            "allocator": {k: alloc1[k] - alloc0.get(k, 0) for k in alloc1} if alloc1 else None,
            "compiled_graphs": graphs1 - graphs0 if graphs0 is not None and graphs1 is not None else None}
     del model, base, params
     return out
+
+
+SYNC_WARNING = "synchronizing CUDA operation"  # torch's sync-debug mode warning
+
+
+def sync_sites(caught: list[Any]) -> list[dict[str, Any]]:
+    """Where the sync-debug warnings came from: [{"where": "package/file.py:line", "count": n}], most first.
+    One is expected per step: the loop reads the step's loss back (peftbench/training.py) before the
+    optimizer step."""
+    counts: dict[str, int] = {}
+    for w in caught:
+        if SYNC_WARNING not in str(w.message):
+            continue
+        path = Path(str(w.filename)).parts
+        cut = max((i + 1 for i, part in enumerate(path) if part in ("site-packages", "dist-packages")), default=0)
+        if not cut and "peftbench" in path:
+            cut = len(path) - 1 - path[::-1].index("peftbench")
+        where = f"{'/'.join(path[cut:] if cut else path[-2:])}:{w.lineno}"
+        counts[where] = counts.get(where, 0) + 1
+    return [{"where": k, "count": v} for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 ALLOC_KEYS = ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams")
@@ -294,6 +329,9 @@ def diagnostics(results: list[dict[str, Any]]) -> list[str]:
             notes = []
             if (v.get("host_others_cores") or 0) > HOST_BUSY_CORES:
                 notes.append(f"host busy: other processes kept {v['host_others_cores']:.1f} CPU cores busy")
+            if v.get("syncs_in_step"):
+                notes.append("device syncs in a step: " + ", ".join(f"{x['where']} x{x['count']}"
+                                                                     for x in v["syncs_in_step"]))
             if (v.get("compiled_graphs") or 0) > 0:
                 notes.append(f"{v['compiled_graphs']} graphs compiled")
             alloc = v.get("allocator") or {}

@@ -39,7 +39,7 @@ def test_train_throughput_smoke_random_tokens(tmp_path):
             assert len(x["losses"]) == 4 and x["mfu"] is None  # no peak FLOPs known on CPU
             assert x["loop"]["loop"] == ("naive" if name == "naive" else "fast")
             # diagnostics: nothing compiled on CPU (fast compiles on CUDA only), no CUDA allocator, host CPU measured
-            assert x["compiled_graphs"] == 0 and x["allocator"] is None
+            assert x["compiled_graphs"] == 0 and x["allocator"] is None and x["syncs_in_step"] is None
             assert x["host_others_cores"] is None or x["host_others_cores"] >= 0
         for name in ("fast", "chunked_loss"):
             assert v[name]["speedup"] == pytest.approx(v[name]["tokens_per_s"] / v["naive"]["tokens_per_s"])
@@ -61,8 +61,27 @@ def test_throughput_diagnostics_name_busy_hosts_recompiles_and_allocator_churn()
         "naive": {"host_others_cores": 0.2, "compiled_graphs": 0, "allocator": None},
         "fast": {"host_others_cores": 3.46, "compiled_graphs": 2,
                  "allocator": {"num_device_alloc": 40, "num_device_free": 12, "num_alloc_retries": 1}}}}]
+    results[0]["variants"]["naive"]["syncs_in_step"] = [{"where": "peftbench/training.py:380", "count": 1}]
+    assert diagnostics(results)[0] == "full naive: device syncs in a step: peftbench/training.py:380 x1"
+    del results[0]["variants"]["naive"]["syncs_in_step"]
     assert diagnostics(results) == ["full fast: host busy: other processes kept 3.5 CPU cores busy; 2 graphs compiled; "
                                     "40 device mallocs, 12 frees, 1 retries"]
+
+
+def test_sync_sites_name_where_the_step_waited_for_the_device():
+    import types
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import sync_sites
+
+    def warn(path, line, text="called a synchronizing CUDA operation"):
+        return types.SimpleNamespace(message=UserWarning(text), filename=path, lineno=line)
+
+    caught = [warn("/opt/venv/lib/python3.12/site-packages/transformers/masking_utils.py", 120),
+              warn("/work/main/peftbench/training.py", 380), warn("/work/main/peftbench/training.py", 380),
+              warn("/opt/venv/lib/python3.12/site-packages/torch/_dynamo/x.py", 5, "something else")]
+    assert sync_sites(caught) == [{"where": "peftbench/training.py:380", "count": 2},
+                                  {"where": "transformers/masking_utils.py:120", "count": 1}]
 
 
 def test_train_throughput_variable_lengths_pack_and_count_real_tokens(tmp_path):
