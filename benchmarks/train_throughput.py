@@ -142,7 +142,11 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     # (each one stalls the host's launching) is recorded with where it was made; untimed
     check_at = args.warmup if args.device == "cuda" and args.warmup >= 2 else None
 
+    recompiles: list[dict[str, Any]] = []
+    seen_failures = guard_failures_seen()  # train() resets dynamo at its end: read them as the steps go
+
     def on_step(step: int, metrics: dict[str, Any]) -> None:
+        recompiles.extend(new_guard_failures(seen_failures, step))
         if step == check_at:
             torch.cuda.set_sync_debug_mode(0)
         if args.device == "cuda":
@@ -195,10 +199,33 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
            # varying shapes), graphs dynamo compiled (recompilations)
            "host_others_cores": host_others,
            "syncs_in_step": sync_sites(caught) if check_at is not None else None,
+           "recompiles": recompiles,
            "allocator": {k: alloc1[k] - alloc0.get(k, 0) for k in alloc1} if alloc1 else None,
            "compiled_graphs": graphs1 - graphs0 if graphs0 is not None and graphs1 is not None else None}
     del model, base, params
     return out
+
+
+def guard_failures_seen() -> dict[Any, int]:
+    """How many guard failures (recompilations) dynamo has recorded so far, per compiled function."""
+    from torch._dynamo.utils import guard_failures
+
+    return {code: len(reasons) for code, reasons in guard_failures.items()}
+
+
+def new_guard_failures(seen: dict[Any, int], step: int) -> list[dict[str, Any]]:
+    """The recompilations since the last call (``seen`` is updated): the step after which they were seen,
+    the function and the failed guard (e.g. a size crossing a threshold the compiled code was built for)."""
+    from torch._dynamo.utils import guard_failures
+
+    found = []
+    for code, reasons in list(guard_failures.items()):
+        for reason in reasons[seen.get(code, 0):]:
+            found.append({"step": step, "function": f"{code.co_name} ({Path(code.co_filename).name}:"
+                                                       f"{code.co_firstlineno})",
+                          "guard": " ".join(str(reason).split("\n")[0].split())[:300]})
+        seen[code] = len(reasons)
+    return found
 
 
 SYNC_WARNING = "synchronizing CUDA operation"  # torch's sync-debug mode warning
@@ -332,6 +359,8 @@ def diagnostics(results: list[dict[str, Any]]) -> list[str]:
             if v.get("syncs_in_step"):
                 notes.append("device syncs in a step: " + ", ".join(f"{x['where']} x{x['count']}"
                                                                      for x in v["syncs_in_step"]))
+            for r in v.get("recompiles") or []:
+                notes.append(f"recompiled {r['function']} at step {r['step']}: {r['guard'][:120]}")
             if (v.get("compiled_graphs") or 0) > 0:
                 notes.append(f"{v['compiled_graphs']} graphs compiled")
             alloc = v.get("allocator") or {}

@@ -40,6 +40,7 @@ def test_train_throughput_smoke_random_tokens(tmp_path):
             assert x["loop"]["loop"] == ("naive" if name == "naive" else "fast")
             # diagnostics: nothing compiled on CPU (fast compiles on CUDA only), no CUDA allocator, host CPU measured
             assert x["compiled_graphs"] == 0 and x["allocator"] is None and x["syncs_in_step"] is None
+            assert x["recompiles"] == []
             assert x["host_others_cores"] is None or x["host_others_cores"] >= 0
         for name in ("fast", "chunked_loss"):
             assert v[name]["speedup"] == pytest.approx(v[name]["tokens_per_s"] / v["naive"]["tokens_per_s"])
@@ -66,6 +67,30 @@ def test_throughput_diagnostics_name_busy_hosts_recompiles_and_allocator_churn()
     del results[0]["variants"]["naive"]["syncs_in_step"]
     assert diagnostics(results) == ["full fast: host busy: other processes kept 3.5 CPU cores busy; 2 graphs compiled; "
                                     "40 device mallocs, 12 frees, 1 retries"]
+
+
+def test_recompilations_are_read_as_the_steps_go(monkeypatch):
+    """train() resets dynamo when it ends (which clears its guard failures), so the benchmark reads them after
+    every step: each new one with the step it was seen after."""
+    import collections
+
+    from torch._dynamo import utils
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import guard_failures_seen, new_guard_failures
+
+    def block(x):
+        return x
+
+    fake = collections.defaultdict(list)
+    monkeypatch.setattr(utils, "guard_failures", fake)
+    seen = guard_failures_seen()
+    assert new_guard_failures(seen, 1) == []
+    fake[block.__code__].append("[0/1] 0/0: args[0].size()[0]*args[0].size()[1] > 4096  # (cpp.py:2273)\nstack")
+    (event,) = new_guard_failures(seen, 12)
+    assert event["step"] == 12 and event["function"].startswith("block (test_benchmarks.py:")
+    assert event["guard"] == "[0/1] 0/0: args[0].size()[0]*args[0].size()[1] > 4096 # (cpp.py:2273)"
+    assert new_guard_failures(seen, 13) == []  # each failure reported once
 
 
 def test_sync_sites_name_where_the_step_waited_for_the_device():
