@@ -225,7 +225,11 @@ def latency_tables(latencies: dict[str, dict[str, Any]], title: str = "") -> lis
                     cols.append("failed" if err else "—" if o is None else
                                 f"{o['ratio'] * 100:+.1f}% [{o['ci95'][0] * 100:+.1f}, {o['ci95'][1] * 100:+.1f}]")
                 flag = flags.get((regime, cell["batch_size"], cell["prompt_tokens"]))
-                sanity = f"[red]{flag['mode']} {flag['overhead'] * 100:+.1f}% ≠ base[/]" if flag else "ok"
+                unjudged = any(s.get("ok") is None for s in lat.get("sanity") or []
+                               if (s["regime"], s["batch_size"], s["prompt_tokens"]) ==
+                               (regime, cell["batch_size"], cell["prompt_tokens"]))
+                sanity = (f"[red]{flag['mode']} {flag['overhead'] * 100:+.1f}% ≠ base[/]" if flag else
+                          "not judged (too few rounds)" if unjudged else "ok")
                 if (lat.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES:
                     sanity += " [yellow]GPU shared[/]"
                 if (lat.get("host_others_cores") or 0) > HOST_BUSY_CORES:
@@ -271,12 +275,23 @@ def markdown_table(session: dict[str, Any], runs: list[dict[str, Any]]) -> str:
 
 
 def run_latencies(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{task: {method: latency section}} for the run files that hold a latency grid."""
+    """{task: {row label: latency section}} for the run files that hold a latency grid. A cell that reused
+    another's timing (``latency_once``: ``measured_in``) adds no row of its own when that cell is among
+    ``runs``: the measuring row names it instead ("lora (seed 0; also seed 1, 2)")."""
+    ok = [r for r in runs if r.get("status") == "ok" and (r.get("latency") or {}).get("regimes")]
+    keys = {r.get("key") for r in ok}
+    reusers: dict[tuple[str, str], list[str]] = {}
+    for r in ok:
+        src = r["latency"].get("measured_in")
+        if src and src in keys:
+            reusers.setdefault((r["task"], src), []).append(str(r["seed"]))
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in runs:
-        lat = r.get("latency") or {}
-        if r.get("status") == "ok" and lat.get("regimes"):
-            out.setdefault(r["task"], {})[f"{r['method']} (seed {r['seed']})"] = lat
+    for r in ok:
+        if r["latency"].get("measured_in") in keys:
+            continue
+        also = reusers.get((r["task"], r.get("key")), [])
+        label = f"{r['method']} (seed {r['seed']}" + (f"; also seed {', '.join(also)}" if also else "") + ")"
+        out.setdefault(r["task"], {})[label] = r["latency"]
     return out
 
 

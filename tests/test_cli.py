@@ -181,6 +181,17 @@ def test_latency_is_timed_once_per_method_and_reused_marked(capsys, tmp_path, on
             assert "latency" not in second["timings"]  # not timed again
         else:
             assert "measured_in" not in second["latency"] and "latency" in second["timings"]
+    # the report's latency table shows a reused timing once, on the row of the cell that measured it
+    code, report, err = run_cli(["report", str(out), "--markdown"], capsys)
+    assert code == 0, err
+    rows = [line.split("|")[1].strip() for line in report.splitlines()
+            if line.startswith(("| lora", "| adapter")) and "(seed" in line]
+    if once:
+        assert sorted(rows) == ["adapter (seed 0; also seed 1)", "lora (seed 0; also seed 1)"]
+    else:
+        assert sorted(rows) == ["adapter (seed 0)", "adapter (seed 1)", "lora (seed 0)", "lora (seed 1)"]
+    # one round cannot judge merged against base: the sanity column says so rather than "ok"
+    assert "not judged (too few rounds)" in report
 
 
 def test_shape_models_are_not_scored_by_default():
