@@ -182,8 +182,28 @@ def latency_overhead(ev: Evidence, task: str, method: str, mode: str) -> tuple[A
     c = cells[0]
     o = c["overhead"][mode]
     spread = [x["overhead"][mode]["ratio"] for x in cells]
-    return o["ratio"], o["ci95"], (f"{regime} regime, batch {c['batch_size']} x prompt {c['prompt_tokens']}; over "
-                                   f"{len(cells)} shapes {min(spread) * 100:+.1f}% to {max(spread) * 100:+.1f}%")
+    how = (f"{regime} regime, batch {c['batch_size']} x prompt {c['prompt_tokens']}; over "
+           f"{len(cells)} shapes {min(spread) * 100:+.1f}% to {max(spread) * 100:+.1f}%")
+    suspect = timing_doubts(lat, regime)
+    return o["ratio"], o["ci95"], how + (f"; {SUSPECT}: {', '.join(suspect)}" if suspect else "")
+
+
+SUSPECT = "timing suspect"
+
+
+def timing_doubts(lat: dict[str, Any], regime: str) -> list[str]:
+    """Why a latency section's figures in ``regime`` cannot back a verdict: its own sanity check failed
+    (merged or full fine-tuning did not time like base), or it was timed on a shared GPU or a busy host."""
+    from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES
+
+    doubts = []
+    if any(s.get("ok") is False for s in lat.get("sanity") or [] if s.get("regime") == regime):
+        doubts.append("its sanity check failed")
+    if (lat.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES:
+        doubts.append("GPU shared")
+    if (lat.get("host_others_cores") or 0) > HOST_BUSY_CORES:
+        doubts.append("host busy")
+    return doubts
 
 
 QUANTITIES: dict[str, Callable[..., tuple[Any, Any, str]]] = {
@@ -204,7 +224,9 @@ def check(runs: list[dict[str, Any]], latency: dict[str, dict[str, Any]],
             value, ci, how = QUANTITIES[c["quantity"]](ev, task, **c["args"])
             if value is None:
                 continue
+            judged = verdict(value, ci, c["range"])
+            if SUSPECT in how:  # a figure the harness itself doubts decides nothing
+                judged = f"inconclusive ({SUSPECT})"
             out.append({"id": c["id"], "claim": c["claim"], "source": c["source"], "task": task,
-                        "value": value, "ci95": ci, "range": c["range"], "how": how,
-                        "verdict": verdict(value, ci, c["range"])})
+                        "value": value, "ci95": ci, "range": c["range"], "how": how, "verdict": judged})
     return out

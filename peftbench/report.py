@@ -413,7 +413,8 @@ def claims_table(results: list[dict[str, Any]], title: str = "") -> Any:
         color = colors.get(r["verdict"].split(" (")[0], "white")
         t.add_row(r["claim"], r["task"], _claim_value(q, r["value"]), ci, claimed, f"[{color}]{r['verdict']}[/]")
     t.caption = ("verdict: holds = the 95% CI lies inside the claimed range; does not hold = entirely outside; "
-                 "inconclusive = it straddles a bound; (no CI) = one measurement, judged by its value. Definitions "
+                 "inconclusive = it straddles a bound; (no CI) = one measurement, judged by its value; (timing suspect) = "
+                 "the latency harness flagged its own figure (sanity check, shared GPU, busy host). Definitions "
                  "and sources: docs/claims.md and peftbench/claims.yaml.")
     return t
 

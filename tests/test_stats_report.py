@@ -140,6 +140,15 @@ def test_claims_on_synthetic_results_with_known_values():
     assert out[("lora_less_memory", "t")]["value"] == pytest.approx(0.4)
     assert out[("lora_trains_faster", "t")]["verdict"] == "does not hold (no CI)"      # 12 s vs 10 s
     assert ("series_adapter_latency", "latency") not in out  # no adapter latency: not measured, not listed
+    # a timing the harness doubts decides nothing: its own sanity check failed, or a shared GPU / busy host
+    for doubt, why in (({"sanity": [{"regime": "static", "ok": False}]}, "its sanity check failed"),
+                       ({"sanity": [{"regime": "eager", "ok": False}]}, None),   # another regime's flag
+                       ({"host_others_cores": 2.5}, "host busy"), ({"gpu_others_bytes": 5 * 1024**3}, "GPU shared")):
+        merged = {c["id"]: c for c in check(runs, {"lora": {**latency["lora"], **doubt}})}["merged_lora_zero_latency"]
+        if why is None:
+            assert merged["verdict"] == "holds"
+        else:
+            assert merged["verdict"] == "inconclusive (timing suspect)" and merged["how"].endswith(why), merged
 
 
 # ---- exports --------------------------------------------------------------------------------------------------
