@@ -65,7 +65,10 @@ for n in ${names//,/ }; do
               --variants fast --warmup 3 --steps 8 --artifact ;;
     8b-all-ckpt) tp 8b-all-ckpt --model shape:llama-3.1-8b --methods lora,qlora,adapter,full --batch-size 2 \
               --seq-len 2048 --gradient-checkpointing --variants fast --warmup 3 --steps 8 --artifact ;;
-    8b-latency) grep -q '"status": "finished"' "$root/8b-latency/session.json" 2>/dev/null && { echo "8b-latency: kept"; continue; }
+    8b-latency) # continue the committed partial session (LoRA and QLoRA timed on 2026-11-30) rather than redo it
+              [ ! -d "$root/8b-latency" ] && [ -d "$here/results/throughput-gpu/8b-latency.partial/latency" ] && \
+                cp -r "$here/results/throughput-gpu/8b-latency.partial" "$root/8b-latency"
+              grep -q '"status": "finished"' "$root/8b-latency/session.json" 2>/dev/null && { echo "8b-latency: kept"; continue; }
               [ $(( end - $(date +%s) )) -lt 40 ] && { echo "8b-latency: no time left"; continue; }
               timeout -s INT -k 15 $(( end - $(date +%s) )) python3 -m peftbench.cli latency --model shape:llama-3.1-8b \
                 --methods lora,qlora,adapter,full --batch-sizes 1,8 --prompt-lengths 128,1024 --new-tokens 64 \
