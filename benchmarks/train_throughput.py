@@ -38,6 +38,7 @@ not hardware FLOPs). Peak: --peak-tflops, else dense bf16 by GPU name (H100/H200
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -145,8 +146,14 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     recompiles: list[dict[str, Any]] = []
     seen_failures = guard_failures_seen()  # train() resets dynamo at its end: read them as the steps go
 
+    gc_clock = GcClock()
+    step_gc: list[float] = []
+    step_cpu: list[int | None] = []
+
     def on_step(step: int, metrics: dict[str, Any]) -> None:
         recompiles.extend(new_guard_failures(seen_failures, step))
+        step_gc.append(round(gc_clock.take(), 4))
+        step_cpu.append(current_cpu())
         if step == check_at:
             torch.cuda.set_sync_debug_mode(0)
         if args.device == "cuda":
@@ -159,7 +166,7 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
 
     alloc0, graphs0, cpu0 = allocator_counts(args.device), compiled_graphs(), memory.cpu_sample()
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, gc_clock:
         warnings.simplefilter("always")
         try:
             result = train(model, params, data, cfg, seed=0, device=args.device, on_step=on_step)
@@ -200,9 +207,60 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
            "host_others_cores": host_others,
            "syncs_in_step": sync_sites(caught) if check_at is not None else None,
            "recompiles": recompiles,
+           # per step: seconds the Python garbage collector ran, and the CPU the loop's thread was on at the
+           # step's end (with each CPU's package: a loop that moves away from its GPU's socket launches slower)
+           "gc_s": step_gc, "gc_full_collections": gc_clock.full,
+           "step_cpu": step_cpu, "cpu_packages": cpu_packages({c for c in step_cpu if c is not None}),
            "allocator": {k: alloc1[k] - alloc0.get(k, 0) for k in alloc1} if alloc1 else None,
            "compiled_graphs": graphs1 - graphs0 if graphs0 is not None and graphs1 is not None else None}
     del model, base, params
+    return out
+
+
+class GcClock:
+    """Times the Python garbage collector while active (a ``gc.callbacks`` hook): ``take()`` returns the
+    seconds collected since the last call; ``full`` counts collections of the oldest generation."""
+
+    def __init__(self) -> None:
+        self.pending, self.full, self._start = 0.0, 0, None
+
+    def _hook(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.pending += time.perf_counter() - self._start
+            self.full += info.get("generation") == 2
+            self._start = None
+
+    def take(self) -> float:
+        out, self.pending = self.pending, 0.0
+        return out
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        gc.callbacks.remove(self._hook)
+
+
+def current_cpu() -> int | None:
+    """The CPU this thread last ran on (Linux: field 39 of /proc/thread-self/stat), else None."""
+    try:
+        with open("/proc/thread-self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_packages(cpus: set[int]) -> dict[str, int]:
+    """{cpu: physical package (socket)} for ``cpus``, from sysfs (empty where unknown)."""
+    out = {}
+    for c in sorted(cpus):
+        try:
+            out[str(c)] = int(Path(f"/sys/devices/system/cpu/cpu{c}/topology/physical_package_id").read_text())
+        except (OSError, ValueError):
+            pass
     return out
 
 
@@ -359,6 +417,17 @@ def diagnostics(results: list[dict[str, Any]]) -> list[str]:
             if v.get("syncs_in_step"):
                 notes.append("device syncs in a step: " + ", ".join(f"{x['where']} x{x['count']}"
                                                                      for x in v["syncs_in_step"]))
+            gcs = v.get("gc_s") or []
+            if sum(gcs) > 0.05:
+                notes.append(f"garbage collection {sum(gcs):.2f} s in all ({v.get('gc_full_collections', 0)} full), "
+                             f"at most {max(gcs) * 1000:.0f} ms in one step")
+            packages = v.get("cpu_packages") or {}
+            if len(set(packages.values())) > 1:
+                per = {}
+                for c in v.get("step_cpu") or []:
+                    if str(c) in packages:
+                        per[packages[str(c)]] = per.get(packages[str(c)], 0) + 1
+                notes.append("steps ended on CPU packages " + ", ".join(f"{p}: {n}" for p, n in sorted(per.items())))
             for r in v.get("recompiles") or []:
                 notes.append(f"recompiled {r['function']} at step {r['step']}: {r['guard'][:120]}")
             if (v.get("compiled_graphs") or 0) > 0:

@@ -41,6 +41,8 @@ def test_train_throughput_smoke_random_tokens(tmp_path):
             # diagnostics: nothing compiled on CPU (fast compiles on CUDA only), no CUDA allocator, host CPU measured
             assert x["compiled_graphs"] == 0 and x["allocator"] is None and x["syncs_in_step"] is None
             assert x["recompiles"] == []
+            assert len(x["gc_s"]) == len(steps) and all(g >= 0 for g in x["gc_s"])
+            assert len(x["step_cpu"]) == len(steps)
             assert x["host_others_cores"] is None or x["host_others_cores"] >= 0
         for name in ("fast", "chunked_loss"):
             assert v[name]["speedup"] == pytest.approx(v[name]["tokens_per_s"] / v["naive"]["tokens_per_s"])
@@ -65,8 +67,32 @@ def test_throughput_diagnostics_name_busy_hosts_recompiles_and_allocator_churn()
     results[0]["variants"]["naive"]["syncs_in_step"] = [{"where": "peftbench/training.py:380", "count": 1}]
     assert diagnostics(results)[0] == "full naive: device syncs in a step: peftbench/training.py:380 x1"
     del results[0]["variants"]["naive"]["syncs_in_step"]
+    results[0]["variants"]["naive"].update(gc_s=[0.0, 0.12, 0.0], gc_full_collections=1, step_cpu=[0, 40, 40],
+                                           cpu_packages={"0": 0, "40": 1})
+    assert diagnostics(results)[0] == ("full naive: garbage collection 0.12 s in all (1 full), at most 120 ms in one "
+                                       "step; steps ended on CPU packages 0: 1, 1: 2")
+    for k in ("gc_s", "gc_full_collections", "step_cpu", "cpu_packages"):
+        del results[0]["variants"]["naive"][k]
     assert diagnostics(results) == ["full fast: host busy: other processes kept 3.5 CPU cores busy; 2 graphs compiled; "
                                     "40 device mallocs, 12 frees, 1 retries"]
+
+
+def test_gc_clock_times_collections_and_counts_full_ones():
+    import gc
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import GcClock, cpu_packages, current_cpu
+
+    junk = [[i] for i in range(200_000)]  # something for a full collection to walk
+    with GcClock() as clock:
+        gc.collect()
+        gc.collect(0)
+    assert clock.full == 1 and clock.take() > 0 and clock.take() == 0.0
+    assert clock._hook not in gc.callbacks
+    del junk
+    cpu = current_cpu()
+    if cpu is not None:  # Linux
+        assert 0 <= cpu < 4096 and set(cpu_packages({cpu})) <= {str(cpu)}
 
 
 def test_recompilations_are_read_as_the_steps_go(monkeypatch):
