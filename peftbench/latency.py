@@ -268,6 +268,9 @@ def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab
     names = list(modes)
     out: dict[str, Any] = {"plan": asdict(plan), "timer": clock.kind, "modes": names, "regimes": {},
                            "sanity": [], "errors": []}
+    # where the wall time went, per regime and mode (setting the mode up, warm-up and timed rounds included):
+    # what a smaller grid would save
+    out["wall_s"] = {regime: dict.fromkeys(names, 0.0) for regime in plan.regimes}
     for regime in plan.regimes:
         cells = []
         for batch in plan.batch_sizes:
@@ -301,6 +304,7 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
                 # later ones after an 8-token warm-up). The static cache is allocated once: a few tokens warm it and
                 # capture the graph.
                 n = plan.new_tokens if r >= plan.warmup or regime == "eager" else min(plan.new_tokens, 8)
+                t0 = time.perf_counter()
                 try:
                     with modes[mode]() as model:
                         prefill, decode, decode_mean = one_round(model, ids, n, clock)
@@ -311,6 +315,9 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
                     out["errors"].append({"regime": regime, "batch_size": batch, "prompt_tokens": length,
                                           "mode": mode, "error": failed[mode]})
                     continue
+                finally:
+                    wall = out["wall_s"][regime]
+                    wall[mode] = round(wall[mode] + time.perf_counter() - t0, 3)
                 if r >= plan.warmup:
                     samples[mode]["prefill"].append(prefill)
                     samples[mode]["decode"].append(decode)

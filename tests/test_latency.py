@@ -337,6 +337,12 @@ def test_a_slowed_merged_mode_is_flagged_and_an_honest_one_is_not():
                                                                           ("static", "merged", False)]
     for s in bad["sanity"]:
         assert s["overhead"] > s["tolerance"] == 1.0 and s["ci95"][0] > 0, s
+    # where the wall time went: every mode in every regime; the slowed mode sleeps 30 ms per forward pass, in
+    # 6 rounds x (prefill + 3 decode steps) in eager: at least 0.72 s there, more than base took
+    for regime in ("eager", "static"):
+        assert set(bad["wall_s"][regime]) == {"base", "unmerged", "merged"}
+        assert bad["wall_s"][regime]["merged"] > bad["wall_s"][regime]["base"] > 0
+    assert bad["wall_s"]["eager"]["merged"] >= 6 * 4 * 0.03
     # 30 ms per forward pass vs ~2-5 ms: merged decodes several times slower than base
     for regime in ("eager", "static"):
         cell = bad["regimes"][regime][0]
