@@ -71,7 +71,9 @@ def cli(plugins, disabled, strict_plugins):
 
 
 @cli.command()
-@click.option("--methods", default="lora,adapter,full", show_default=True, help="comma-separated method names")
+@click.option("--methods", default="lora,adapter,full", show_default=True,
+              help="comma-separated method names; NAME@LABEL runs a variant of NAME with its own options "
+                   "(--set NAME@LABEL.KEY=VALUE), e.g. adapter@pfeiffer")
 @click.option("--tasks", default="quickstart", show_default=True, help="comma-separated task names")
 @click.option("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", show_default=True,
               help="hub id, local folder, .gguf file, or tiny:llama")
@@ -260,7 +262,8 @@ def claims(directories, fmt, allow_mixed):
 
 
 @cli.command()
-@click.option("--methods", default="lora,qlora,adapter,full", show_default=True, help="comma-separated method names")
+@click.option("--methods", default="lora,qlora,adapter,full", show_default=True,
+              help="comma-separated method names; NAME@LABEL: a variant with its own options (--set NAME@LABEL.KEY=VALUE)")
 @click.option("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", show_default=True,
               help="hub id, local folder, .gguf file, or tiny:llama")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))

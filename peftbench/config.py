@@ -267,7 +267,7 @@ def parse_sets(items: list[str], method_names: list[str]) -> tuple[dict[str, Any
         key = key.strip()
         if "." in key:
             method, sub = key.split(".", 1)
-            if method not in method_names:
+            if method.split("@", 1)[0] not in method_names:  # NAME@LABEL: a variant of NAME
                 raise ConfigError(f"--set {item!r}: unknown method {method!r}.{did_you_mean(method, method_names)}"
                                   f" Methods: {', '.join(sorted(method_names))}.")
             per_method.setdefault(method, {})[sub] = value

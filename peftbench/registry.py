@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import PluginError, unknown
+from .errors import PluginError, UsageError, unknown
 from .method import Method, validate_method_class
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class MethodEntry:
         return self._cls
 
 
+VARIANT_LABEL = re.compile(r"[a-z0-9_-]+")
+
+
 @dataclass
 class MethodRegistry:
     entries: dict[str, MethodEntry] = field(default_factory=dict)
@@ -50,16 +54,29 @@ class MethodRegistry:
         return sorted(self.entries)
 
     def canonical(self, name: str, where: str = "") -> str:
+        """The registered name for a name or alias; a variant ``NAME@LABEL`` (the method NAME run with its own
+        options, set as ``--set NAME@LABEL.KEY=VALUE``) keeps its label: ``bottleneck@pf`` -> ``adapter@pf``."""
         key = name.strip().lower()
+        if "@" in key:
+            base, label = key.split("@", 1)
+            if not VARIANT_LABEL.fullmatch(label):
+                raise UsageError(f"{where + ': ' if where else ''}method variant {name!r}: the label after '@' must be "
+                                 "letters, digits, '_' or '-' (e.g. adapter@pfeiffer), so that "
+                                 f"--set {base}@LABEL.KEY=VALUE can name it.")
+            return f"{self.canonical(base, where)}@{label}"
         if key in self.entries:
             return key
         if key in self.aliases:
             return self.aliases[key]
         raise unknown("method", name, [*self.entries, *self.aliases], where)
 
+    def base(self, name: str) -> str:
+        """The registered method a name, alias or variant runs: ``adapter@pfeiffer`` -> ``adapter``."""
+        return self.canonical(name).split("@", 1)[0]
+
     def get(self, name: str) -> Method:
-        """The (stateless) Method instance for a name or alias."""
-        key = self.canonical(name)
+        """The (stateless) Method instance for a name, alias or variant."""
+        key = self.base(name)
         if key not in self._instances:
             self._instances[key] = self.entries[key].load_class()()
         return self._instances[key]

@@ -121,7 +121,7 @@ class Session:
         self.train_configs: dict[tuple[str, str], TrainConfig] = {}
         for task in self.tasks:
             for m in [*self.methods, "base"]:
-                task_values = task.train_overrides(self.device, m if m != "base" else None)
+                task_values = task.train_overrides(self.device, self.registry.base(m) if m != "base" else None)
                 if BUDGET_KEYS & set(train_sets):  # the user's budget replaces the task's, not adds to it
                     task_values = {k: v for k, v in task_values.items() if k not in BUDGET_KEYS}
                 values = {**task_values, **train_sets}

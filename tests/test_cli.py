@@ -17,6 +17,12 @@ TINY = ["--model", "tiny:llama", "--device", "cpu"]
     (["run", "--methods", "lora", "--set", "adapter.r=4", *TINY], ["adapter", "--methods does not run"]),
     (["run", "--methods", "lora", "--seeds", "0,one", *TINY], ["--seeds", "integers"]),
     (["run", "--methods", "lora", "--model", "/nonexistent/model/dir", "--device", "cpu"], ["/nonexistent/model/dir"]),
+    (["run", "--methods", "adapter@pf.x", *TINY], ["variant 'adapter@pf.x'", "letters, digits", "--methods"]),
+    (["run", "--methods", "adaptr@pf", *TINY], ["Unknown method 'adaptr'", "Did you mean 'adapter'"]),
+    (["run", "--methods", "adapter,bottleneck@pf,adapter@pf", *TINY], ["names a method twice"]),
+    (["run", "--methods", "adapter", "--set", "adapter@pf.placement=pfeiffer", *TINY],
+     ["adapter@pf", "--methods does not run"]),
+    (["run", "--methods", "adapter@pf", "--set", "adapter@pf.placement=sideways", *TINY], ["placement", "sideways"]),
 ])
 def test_bad_input_exits_2_with_a_clear_message(argv, needles, capsys, tmp_path):
     code, out, err = run_cli([*argv, "--output", str(tmp_path / "o")], capsys)
@@ -24,6 +30,25 @@ def test_bad_input_exits_2_with_a_clear_message(argv, needles, capsys, tmp_path)
     assert "Traceback" not in err
     for n in needles:
         assert n in err, (n, err)
+
+
+def test_variants_of_a_method_run_side_by_side_with_their_own_options(capsys, tmp_path):
+    """NAME@LABEL runs method NAME as a separate row with its own options: here the series adapter in both
+    placements, Houlsby (after attention and MLP) and Pfeiffer (after the MLP only: half the adapters)."""
+    out = tmp_path / "variants"
+    code, _, err = run_cli(["run", "--methods", "adapter,bottleneck@pfeiffer", *TINY, "--no-base", "--output", str(out),
+                            "--set", "steps=2", "--set", "evaluate=off", "--set", "latency_rounds=0",
+                            "--set", "adapter@pfeiffer.placement=pfeiffer"], capsys)
+    assert code == 0, err
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    houlsby, pfeiffer = runs["adapter--quickstart--seed0"], runs["adapter@pfeiffer--quickstart--seed0"]
+    assert houlsby["status"] == pfeiffer["status"] == "ok" and pfeiffer["method"] == "adapter@pfeiffer"
+    assert houlsby["config"]["method"]["placement"] == "houlsby"
+    assert pfeiffer["config"]["method"]["placement"] == "pfeiffer"
+    assert pfeiffer["params"]["trainable"] * 2 == houlsby["params"]["trainable"]
+    assert pfeiffer["config"]["train"]["lr"] == houlsby["config"]["train"]["lr"]  # the method's default lr
+    code, board, err = run_cli(["report", str(out), "--markdown"], capsys)
+    assert code == 0 and "| adapter@pfeiffer |" in board, err
 
 
 def test_a_gguf_that_is_not_one(capsys, tmp_path):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 8's quality-and-cost sessions on SmolLM2-135M-Instruct: lora, qlora, adapter (series) and full on
+# Issue 8's quality-and-cost sessions on SmolLM2-135M-Instruct: lora, qlora, the series adapter in both placements
+# (adapter: Houlsby, after attention and MLP; adapter@pfeiffer: after the MLP only) and full on
 # sst2, boolq, arc_easy and openbookqa, 3 seeds each, the same budget for every method (each task's default
 # steps), retention on piqa and winogrande, the zero-shot base row, latency (one shape, both regimes) and
 # merge fidelity in every cell. One resumable session per task under results/reference/<task> (copied back
@@ -12,12 +13,13 @@
 #     its time, tokens/s and latency are its own; N > 1 runs them side by side (a 135M model leaves the GPU
 #     mostly idle, so quality comes N times sooner), and every cell is then marked "GPU shared" in the
 #     reports (peftbench samples the device memory other processes hold at every phase).
-# Plan: 4 tasks x 3 seeds x 4 methods = 48 cells of ~1-3 min each: several commands, likely several sessions.
+# Plan: 4 tasks x 3 seeds x 5 methods = 60 cells of ~1-3 min each: several commands, likely several sessions.
 set -u
 secs=${1:-540}; tasks=${2:-sst2,boolq,arc_easy,openbookqa}; parallel=${3:-1}
 end=$(( $(date +%s) + secs ))
 here=$(dirname "$0")
-common=(--methods lora,qlora,adapter,full --seeds 0,1,2 --data-dir /tmp/pb/data --device cuda
+common=(--methods lora,qlora,adapter,adapter@pfeiffer,full --set adapter@pfeiffer.placement=pfeiffer
+        --seeds 0,1,2 --data-dir /tmp/pb/data --device cuda
         --retention piqa,winogrande --set latency_regimes=eager,static --set latency_rounds=5)
 if [ "$parallel" -le 1 ]; then
   for t in ${tasks//,/ }; do
