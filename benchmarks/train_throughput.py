@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "naive": {"loop": "naive"},
     "fast": {},  # the default loop of a long run: compiled on CUDA, not on CPU (see run_variant)
     "fast-nocompile": {"compile": "off"},
+    "fast-graphs": {"compile_mode": "reduce-overhead"},  # fast with CUDA graphs (fixed shapes, CUDA only)
     "chunked_loss": {"padding_free": False, "compile": "off"},
     "padding_free": {"chunked_loss": False, "compile": "off"},
     "compile": {"padding_free": False, "chunked_loss": False, "compile": "on"},
@@ -136,7 +137,8 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.0,
                       max_length=args.seq_len, latency_rounds=0, log_every=1, max_grad_norm=1.0,
                       gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, dtype=args.autocast,
-                      **({"compile": "on" if args.device == "cuda" else "off"} if variant == "fast" else {}),
+                      **({"compile": "on" if args.device == "cuda" else "off"} if variant in ("fast", "fast-graphs")
+                         else {}),
                       **VARIANTS[variant])
     marks: list[tuple[float, int]] = []
     # the last warm-up step runs in torch's sync-debug mode: every call that waits for the GPU inside a step

@@ -78,6 +78,10 @@ class TrainConfig:
     compile: str = _help("torch.compile of each repeated transformer block: 'auto' (on CUDA, for runs of 500+ "
                          "optimizer steps, which pay back the compilation), 'on', 'off'",
                          default="auto")
+    compile_mode: str = _help("how compiled blocks run: 'default', or 'reduce-overhead' (CUDA graphs: each "
+                              "block's kernels replayed with one launch; for steps bound by launching kernels, "
+                              "e.g. a small model; needs batches of one shape: with varying shapes it is not "
+                              "used, and the run's notes say so)", default="default")
     gradient_checkpointing: bool = _help("recompute each block's activations in the backward pass (less memory, "
                                          "~1/3 more compute)", default=False)
     optimizer: str = _help("'adamw' (torch; fused on CUDA), 'adamw_8bit', 'paged_adamw_8bit' or 'paged_adamw' "
@@ -100,6 +104,7 @@ class TrainConfig:
                               "or max_tokens.")
         for name, valid in (("dtype", DTYPES), ("latency_dtype", DTYPES), ("loop", ("fast", "naive")),
                             ("compile", ("auto", "on", "off")), ("evaluate", ("auto", "on", "off")),
+                            ("compile_mode", ("default", "reduce-overhead")),
                             ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"train option {name!r} must be one of {', '.join(valid)}; got "

@@ -220,14 +220,16 @@ def _blocks(decoder: torch.nn.Module | None) -> torch.nn.ModuleList | None:
 COMPILE_BACKEND = "inductor"
 
 
-def compile_blocks(blocks: torch.nn.ModuleList, dynamic: bool = False) -> None:
+def compile_blocks(blocks: torch.nn.ModuleList, dynamic: bool = False, mode: str = "default") -> None:
     """Regional compilation: each block compiled in place (one graph serves them all, since torch inlines
     built-in modules instead of guarding on each one). Cheaper to compile than the whole model, and the
     method's own layers (LoRA branches, adapters) inside a block are compiled with it. ``dynamic``: compile
     for symbolic batch and sequence sizes from the first call (examples of varying length), instead of one
-    graph for the first shape and a recompilation when the next differs."""
+    graph for the first shape and a recompilation when the next differs. ``mode``: torch.compile's mode
+    ('reduce-overhead': CUDA graphs)."""
     for block in blocks:
-        block.compile(backend=COMPILE_BACKEND, dynamic=True if dynamic else None)
+        block.compile(backend=COMPILE_BACKEND, dynamic=True if dynamic else None,
+                      **({"mode": mode} if mode != "default" else {}))
 
 
 def eager_rounding() -> Any:
@@ -406,10 +408,18 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     _checkpointing(model, cfg.gradient_checkpointing)
     rounding: Any = contextlib.nullcontext()
     fused: Any = contextlib.nullcontext()
+    graphs = False
     if blocks is not None:
         dynamic = len({len(x) for x in data.input_ids}) > 1  # batches of varying shape
-        compile_blocks(blocks, dynamic=dynamic)
-        loop["compile"] += ", dynamic shapes" if dynamic else ", static shapes"
+        mode = cfg.compile_mode
+        if mode == "reduce-overhead" and (dynamic or device != "cuda"):
+            why = "batches vary in shape: a CUDA graph per shape" if dynamic else "CUDA graphs need a CUDA device"
+            loop["notes"].append(f"compile_mode: reduce-overhead not used ({why}); default instead")
+            mode = "default"
+        graphs = mode == "reduce-overhead"
+        compile_blocks(blocks, dynamic=dynamic, mode=mode)
+        loop["compile"] += (", dynamic shapes" if dynamic else ", static shapes") + (
+            ", CUDA graphs (reduce-overhead)" if mode == "reduce-overhead" else "")
         rounding = eager_rounding()
         loop["compile_rounding"] = "eager (inductor emulate_precision_casts)"
         if loop["chunked_loss"]:  # the chunks' softmax and gradient as one compiled kernel too
@@ -423,6 +433,8 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 micro = []
+                if graphs:  # CUDA graph trees: a new iteration begins (the last one's outputs may be overwritten)
+                    torch.compiler.cudagraph_mark_step_begin()
                 for _ in range(cfg.grad_accum):
                     epoch, batch = next(stream)
                     micro.append(batch)
@@ -434,7 +446,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
                     if blocks is None:  # one): record it, redo the step uncompiled; a real error fails again
                         raise
                     uncompile_blocks(blocks)
-                    blocks = None
+                    blocks, graphs = None, False
                     loop["compile"] = f"failed at step {step + 1}, off: {type(e).__name__}: {str(e)[:300]}"
                     optimizer.zero_grad(set_to_none=True)
                     step_loss, n_tok, n_pos = _step(model, micro, cfg, device, autocast, loop)

@@ -223,7 +223,7 @@ def test_compiled_blocks_train_like_eager_ones_and_are_uncompiled_after(monkeypa
 
 
 def test_a_block_that_fails_to_compile_is_recorded_and_trained_uncompiled(monkeypatch):
-    def broken(blocks, dynamic=False):
+    def broken(blocks, dynamic=False, mode="default"):
         for block in blocks:
             block._compiled_call_impl = _raise
 
@@ -247,6 +247,7 @@ def test_bitsandbytes_optimizers_train(name):
     ("loop", "fastest", "'loop' must be one of fast, naive"),
     ("compile", "yes", "'compile' must be one of auto, on, off"),
     ("optimizer", "adam8bit", "Did you mean 'adamw_8bit'"),
+    ("compile_mode", "reduce_overhead", "Did you mean 'reduce-overhead'"),
 ])
 def test_bad_loop_options_are_clear_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -335,6 +336,33 @@ def test_varying_lengths_compile_for_dynamic_shapes_once(monkeypatch):
     assert res.loop["compile"].endswith("static shapes") and len(graphs) == 1
 
 
+def test_cuda_graphs_are_asked_for_only_where_they_can_work(monkeypatch):
+    """compile_mode=reduce-overhead compiles the blocks with CUDA graphs; with batches of varying shape (a graph
+    per shape) or off CUDA it is not used, and the run's notes say why."""
+    asked = []
+    monkeypatch.setattr(training, "compile_blocks", lambda blocks, dynamic=False, mode="default": asked.append(mode))
+    fixed = TrainData([[5 + (i + k) % 80 for k in range(16)] for i in range(32)], [1] * 32, pad_id=0)
+    res, _ = _run(TrainConfig(steps=2, batch_size=8, compile="on", compile_mode="reduce-overhead"), data=fixed)
+    assert asked == ["default"] and "CUDA graphs need a CUDA device" in " ".join(res.loop["notes"])
+    assert "CUDA graphs" not in res.loop["compile"]
+    asked.clear()
+    res, _ = _run(TrainConfig(steps=2, batch_size=8, compile="on", compile_mode="reduce-overhead"),
+                  data=_data(32, seed=1, lo=4, hi=60))
+    assert asked == ["default"] and "batches vary in shape" in " ".join(res.loop["notes"])
+
+    class Block(torch.nn.Linear):
+        def compile(self, **kwargs):
+            asked.append(kwargs)
+
+    asked.clear()
+    monkeypatch.undo()
+    training.compile_blocks(torch.nn.ModuleList([Block(2, 2), Block(2, 2)]), mode="reduce-overhead")
+    assert [a.get("mode") for a in asked] == ["reduce-overhead"] * 2
+    asked.clear()
+    training.compile_blocks(torch.nn.ModuleList([Block(2, 2)]))
+    assert "mode" not in asked[0]  # torch's own default
+
+
 def test_the_fused_loss_kernel_compiles_once_for_every_token_count(monkeypatch):
     """Each step has another number of labelled tokens: the fused loss kernel takes 1/n as a tensor, so one
     graph serves every step (with 1/n a Python float the compiler made it a constant and compiled again per
@@ -371,7 +399,7 @@ def test_a_compile_failure_at_a_later_step_redoes_that_step_uncompiled(monkeypat
     the run goes on, with the same losses as a run that was never compiled."""
     calls = [0]
 
-    def flaky(blocks, dynamic=False):
+    def flaky(blocks, dynamic=False, mode="default"):
         def impl(block):
             def call(*a, **k):
                 calls[0] += 1

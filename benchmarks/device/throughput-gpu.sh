@@ -11,7 +11,7 @@
 #     smol-qa   smol for qlora and adapter only (ablate has full and lora)
 #     sst2-lf   sst2 for lora and full, 50 steps (the loss-curve check in the device time left)
 #     varlen    shape:smollm2-135m, random rows of 64..512 tokens, bs16: what padding-free batches buy
-#     ablate    shape:smollm2-135m, bs16 x 512, full and lora: each optimisation alone
+#     ablate    shape:smollm2-135m, bs16 x 512, full and lora: each optimisation alone, and fast with CUDA graphs
 #     ablate-sst2  the same on sst2's real examples (where padding-free batches matter)
 #     1b        shape:llama-3.2-1b, full fine-tuning, bs8 x 2048: MFU
 #     8b-ckpt   shape:llama-3.1-8b, lora and full, bs2 x 2048, activation checkpointing
@@ -45,13 +45,13 @@ for n in ${names//,/ }; do
     sst2-fp32) tp sst2-fp32 --model "$PEFTBENCH_GGUF" --task sst2 --data-dir /tmp/pb/data --weights-dtype fp32 \
             --methods full,lora,qlora,adapter --batch-size 16 --seq-len 512 --variants naive,fast --warmup 20 --steps 50 ;;
     smol-qa) tp smol-qa --model shape:smollm2-135m --methods qlora,adapter --batch-size 16 --seq-len 512 \
-            --variants naive,fast --warmup 5 --steps 20 ;;
+            --variants naive,fast,fast-graphs --warmup 5 --steps 20 ;;
     sst2-lf) tp sst2-lf --model "$PEFTBENCH_GGUF" --task sst2 --data-dir /tmp/pb/data --methods lora,full \
             --batch-size 16 --seq-len 512 --variants naive,fast --warmup 5 --steps 45 ;;
     varlen) tp varlen --model shape:smollm2-135m --methods full,lora --batch-size 16 --lengths 64-512 \
               --variants naive,padding_free,fast --warmup 5 --steps 20 ;;
     ablate) tp ablate --model shape:smollm2-135m --methods full,lora --batch-size 16 --seq-len 512 \
-              --variants naive,chunked_loss,padding_free,compile,fast-nocompile,fast --warmup 5 --steps 20 ;;
+              --variants naive,chunked_loss,padding_free,compile,fast-nocompile,fast,fast-graphs --warmup 5 --steps 20 ;;
     ablate-sst2) tp ablate-sst2 --model "$PEFTBENCH_GGUF" --task sst2 --data-dir /tmp/pb/data --methods full,lora \
               --batch-size 16 --seq-len 512 --variants naive,chunked_loss,padding_free,compile,fast-nocompile,fast \
               --warmup 5 --steps 20 ;;
