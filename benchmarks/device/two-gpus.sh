@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Two benchmark commands side by side, one per GPU of a two-GPU machine (device kind nvidia-h200-x2), then
 # everything under /tmp/pb/results packed into $OUT once (the children run without OUT, so they don't pack).
-# Each command sees only its own GPU (CUDA_VISIBLE_DEVICES) and is pinned to its own half of the host's CPU
-# cores (taskset), with inductor's compile workers limited to that half. Measured on 2026-11-30 WITHOUT the
+# Each command sees only its own GPU (CUDA_VISIBLE_DEVICES) and is pinned (taskset) to the CPUs of its GPU's NUMA
+# node when the two GPUs sit on different nodes, else to its own half of the cores, with inductor's compile
+# workers limited to half the cores. Measured on 2026-11-30 WITHOUT the
 # pinning: a neighbour that compiles (inductor starts a worker per core) disturbed host-bound timings on the other
 # GPU -- eager decoding at batch 1 read 22-49 ms/token against 20-21 alone, and the latency sanity check flagged
 # it. Whether pinning is enough is not measured yet: use two GPUs for GPU-bound work (8B shapes, the static
@@ -14,8 +15,14 @@ set -u
 out=${OUT:-}
 logs=/tmp/pb/results; mkdir -p "$logs"
 n=$(nproc); half=$(( n / 2 ))
+here=$(dirname "$0")
+local0=$(bash "$here/gpu-cpus.sh" 0); local1=$(bash "$here/gpu-cpus.sh" 1)
 run_on() {  # GPU COMMAND
+  # each side on its GPU's own NUMA node when the two differ, else on half of the cores
   local cores=$(( $1 * half ))-$(( $1 * half + half - 1 )) pin=()
+  if [ -n "$local0" ] && [ -n "$local1" ] && [ "$local0" != "$local1" ]; then
+    cores=$local0; [ "$1" = 1 ] && cores=$local1
+  fi
   command -v taskset > /dev/null && [ "$half" -gt 0 ] && pin=(taskset -c "$cores")
   echo "=== $(date -u +%FT%TZ) on GPU $1 (cores ${pin:+$cores}): $2" >> "$logs/gpu$1.log"
   ( export CUDA_VISIBLE_DEVICES=$1 TORCHINDUCTOR_COMPILE_THREADS=$(( half > 0 ? half : 1 )); unset OUT
