@@ -486,7 +486,19 @@ def environment(args: Any) -> dict[str, Any]:
     return {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "python": platform.python_version(), "source_sha256": src.hexdigest(),
-            "peak_tflops": peak_tflops(args.device, args.peak_tflops)}
+            "peak_tflops": peak_tflops(args.device, args.peak_tflops),
+            "gpu_local_cpus": gpu_local_cpus() if args.device == "cuda" else None}
+
+
+def gpu_local_cpus() -> str | None:
+    """The CPUs on the current GPU's NUMA node (sysfs local_cpulist, e.g. "0-15,32-47"), to read ``step_cpu``
+    against; None where unknown."""
+    try:
+        p = torch.cuda.get_device_properties(torch.cuda.current_device())
+        bus = f"{p.pci_domain_id:04x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0"
+        return Path(f"/sys/bus/pci/devices/{bus}/local_cpulist").read_text().strip()
+    except (AttributeError, OSError, RuntimeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
