@@ -192,11 +192,16 @@ SUSPECT = "timing suspect"
 
 
 def timing_doubts(lat: dict[str, Any], regime: str) -> list[str]:
-    """Why a latency section's figures in ``regime`` cannot back a verdict: its own sanity check failed
-    (merged or full fine-tuning did not time like base), or it was timed on a shared GPU or a busy host."""
+    """Why a latency section's figures in ``regime`` cannot back a verdict: too few rounds for a CI, its own
+    sanity check failed (merged or full fine-tuning did not time like base), or it was timed on a shared GPU
+    or a busy host."""
+    from .latency import MIN_ROUNDS_TO_JUDGE
     from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES
 
     doubts = []
+    rounds = (lat.get("plan") or {}).get("rounds")
+    if rounds is not None and rounds < MIN_ROUNDS_TO_JUDGE:
+        doubts.append(f"{rounds} timed round{'s' if rounds != 1 else ''}: too few for a CI")
     if any(s.get("ok") is False for s in lat.get("sanity") or [] if s.get("regime") == regime):
         doubts.append("its sanity check failed")
     if (lat.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES:

@@ -143,7 +143,8 @@ def test_claims_on_synthetic_results_with_known_values():
     # a timing the harness doubts decides nothing: its own sanity check failed, or a shared GPU / busy host
     for doubt, why in (({"sanity": [{"regime": "static", "ok": False}]}, "its sanity check failed"),
                        ({"sanity": [{"regime": "eager", "ok": False}]}, None),   # another regime's flag
-                       ({"host_others_cores": 2.5}, "host busy"), ({"gpu_others_bytes": 5 * 1024**3}, "GPU shared")):
+                       ({"host_others_cores": 2.5}, "host busy"), ({"gpu_others_bytes": 5 * 1024**3}, "GPU shared"),
+                       ({"plan": {"rounds": 1}}, "1 timed round: too few for a CI"), ({"plan": {"rounds": 5}}, None)):
         merged = {c["id"]: c for c in check(runs, {"lora": {**latency["lora"], **doubt}})}["merged_lora_zero_latency"]
         if why is None:
             assert merged["verdict"] == "holds"

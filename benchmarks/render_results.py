@@ -1,0 +1,248 @@
+"""docs/results.md from results/reference/: issue 8's reference results, rendered by peftbench itself.
+
+Every table and figure in the document comes from the committed files through the same code as
+``peftbench report`` / ``peftbench claims`` (and ``train_throughput.py --markdown`` for the 8B-shape cost
+rows), so re-rendering reproduces the document exactly; ``--check`` says whether it does (a test runs it).
+
+Layout of ``results/reference/``:
+  <task>/            one ``peftbench run`` session per task (benchmarks/device/reference-gpu.sh)
+  8b-shape/          throughput.json, throughput-ckpt.json (train_throughput.py on shape:llama-3.1-8b,
+                     without / with activation checkpointing) and latency/ (a ``peftbench latency`` session)
+
+    python benchmarks/render_results.py            # write docs/results.md and its plots
+    python benchmarks/render_results.py --check    # exit 1 if docs/results.md is not what the files give
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- results:headline -->", "<!-- /results:headline -->"  # the README's headline block
+
+LIMITS = """\
+- **One small model.** SmolLM2-135M-Instruct has 135M parameters; how methods rank on 1B–70B models,
+  where LoRA's rank is a smaller share of the weights and full fine-tuning is far costlier, is not shown
+  here. The 8B-shape rows give cost at that scale, not quality.
+- **One GPU type, one software stack** (the versions above). Speeds and latencies are this machine's;
+  ratios travel better than absolute numbers.
+- **One budget per task** (the same optimizer steps and examples for every method) and each method's
+  default learning rate; no per-method tuning. A method that needs more steps or another learning rate
+  is at a disadvantage that tuning could remove.
+- **Three seeds.** The CIs are over seeds and test examples; differences inside them are not findings
+  (the leaderboard marks ties with the best).
+- **Latency is for batch-1 decoding of short prompts** in the cells; the latency grid of docs/latency.md
+  covers more shapes.
+"""
+
+
+def reference_parts(ref: Path) -> tuple[list[Path], Path | None]:
+    """(the task session folders, the 8B-shape folder or None)."""
+    sessions = sorted(p for p in ref.iterdir() if (p / "session.json").is_file() and (p / "runs").is_dir()) \
+        if ref.is_dir() else []
+    shape = ref / "8b-shape"
+    return sessions, (shape if shape.is_dir() else None)
+
+
+def _md(tables: list[Any]) -> str:
+    from peftbench.report import render_markdown
+
+    return render_markdown(tables).strip()
+
+
+def setup_section(session: dict[str, Any], runs: list[dict[str, Any]], sessions: list[tuple[Path, dict]]) -> str:
+    """What was run: model, machine, versions, methods with their options, budgets and seeds."""
+    model = session.get("model") or {}
+    envs = [s.get("env") or {} for _, s in sessions]
+    gpus = sorted({e.get("gpu") or e.get("device") or "?" for e in envs})
+    versions = (envs[0].get("versions") or {}) if envs else {}
+    dates = sorted({str(s.get("started", ""))[:10] for _, s in sessions if s.get("started")})
+    lines = [f"- **Model**: `{model.get('source', '?')}` ({model.get('architecture', '?')}, "
+             f"{model.get('parameters', 0):,} parameters; {model.get('note', '')}).",
+             f"- **Machine**: {', '.join(gpus)}; " + ", ".join(f"{k} {versions[k]}" for k in
+                                                              ("torch", "transformers", "peft", "bitsandbytes",
+                                                               "lm_eval") if k in versions) + ".",
+             f"- **Sessions**: {', '.join(f'`{p.name}`' for p, _ in sessions)} ({', '.join(dates) or 'undated'}).",
+             f"- **Seeds**: {', '.join(str(s) for s in sorted({r['seed'] for r in runs}))}; the zero-shot base row "
+             "once per task."]
+    method_configs: dict[str, Any] = {}
+    budgets: dict[tuple[str, str], dict[str, Any]] = {}
+    for _, s in sessions:
+        method_configs.update(s.get("method_configs") or {})
+        for key, cfg in (s.get("train_configs") or {}).items():
+            method, task = key.split("--", 1)
+            budgets[(method, task)] = cfg
+    rows = ["| method | options | learning rate | steps × batch (per task) |", "|---|---|---|---|"]
+    for method in sorted(method_configs):
+        opts = ", ".join(f"{k}={v}" for k, v in (method_configs[method] or {}).items())
+        per = {t: c for (m, t), c in budgets.items() if m == method}
+        lrs = sorted({c.get("lr") for c in per.values()}, key=str)
+        steps = "; ".join(f"{t}: {c.get('steps')} × {c.get('batch_size')}" for t, c in sorted(per.items()))
+        rows.append(f"| {method} | {opts} | {', '.join(map(str, lrs))} | {steps} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(rows)
+
+
+def cells_section(runs: list[dict[str, Any]]) -> str:
+    """Every cell's status; those not ok with their recorded reason."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    text = f"{len(runs)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "."
+    bad = [r for r in runs if r["status"] != "ok"]
+    if bad:
+        text += "\n\n| cell | status | reason |\n|---|---|---|\n" + "\n".join(
+            f"| {r['key']} | {r['status']} | {(r.get('reason') or (r.get('error') or {}).get('message') or '—')[:200]} |"
+            for r in sorted(bad, key=lambda r: r["key"]))
+    return text
+
+
+def shape_section(shape: Path | None) -> str:
+    if shape is None:
+        return "Not run yet."
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import markdown
+
+    parts = ["These rows use random weights of the published Llama-3.1-8B shape: **they carry no accuracy**, "
+             "only cost."]
+    for name, what in (("throughput.json", "without activation checkpointing"),
+                       ("throughput-ckpt.json", "with activation checkpointing")):
+        f = shape / name
+        if f.is_file():
+            parts.append(f"Training, {what} (`{f.relative_to(ROOT) if f.is_relative_to(ROOT) else f}`):\n\n"
+                         + markdown(json.loads(f.read_text())))
+    if (shape / "latency").is_dir():
+        from peftbench.report import folder_tables
+
+        tables, failed = folder_tables(shape)
+        parts.append("Latency (static regime):\n\n" + _md(tables) + (
+            "\n\nNot timed: " + ", ".join(f"{m} ({r.get('status')})" for m, r in sorted(failed.items()))
+            if failed else ""))
+    return "\n\n".join(parts)
+
+
+def headline(records: list[dict[str, Any]], tasks: list[str]) -> str:
+    """The README's headline: each method's score on every task (mean over seeds, with the 95 % CI) and its
+    cost, from the same leaderboard rows as the document."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    head = "| method | " + " | ".join(tasks) + " | trainable | peak memory | tokens/s |"
+    rows = [head, "|---|" + "---|" * (len(tasks) + 3)]
+    from peftbench.report import human_bytes
+
+    for m in methods:
+        cells = []
+        cost = {} if m == "base" else next((r for r in records if r["method"] == m and r.get("trainable")), {})
+        for t in tasks:
+            r = next((x for x in records if x["method"] == m and x["task"] == t), None)
+            if r is None or r.get("score") is None:
+                cells.append("—")
+                continue
+            ci = "" if r.get("score_ci_low") is None else f" [{r['score_ci_low']:.3f}, {r['score_ci_high']:.3f}]"
+            cells.append(f"{r['score']:.3f}{ci}")
+        trainable = "—" if cost.get("trainable") is None else f"{cost['trainable'] / 1e6:.2f}M"
+        memory = "—" if cost.get("peak_memory_bytes") is None else human_bytes(cost["peak_memory_bytes"])
+        tps = "—" if cost.get("tokens_per_s") is None else f"{cost['tokens_per_s']:,.0f}"
+        label = "base (zero-shot)" if m == "base" else m
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {trainable} | {memory} | {tps} |")
+    return "\n".join(rows)
+
+
+def render(ref: Path, plots: Path, doc: Path) -> tuple[str, str | None, list[Path]]:
+    """(docs/results.md's text, the README headline block or None, the plot files written)."""
+    from peftbench.claims import check
+    from peftbench.report import (
+        claims_table,
+        export_rows,
+        latency_tables,
+        leaderboard_tables,
+        load_folders,
+        merged_session,
+        run_latencies,
+    )
+
+    sessions, shape = reference_parts(ref)
+    out = ["# Reference results", "",
+           f"Rendered by `python benchmarks/render_results.py` from `{_rel(ref)}/`: every table and figure comes "
+           "from the committed result files through `peftbench report` / `peftbench claims`. Do not edit by hand; "
+           "a test re-renders the document and compares.", ""]
+    files: list[Path] = []
+    head = None
+    if not sessions:
+        out += ["## Quality and cost on SmolLM2-135M-Instruct", "", "Not run yet.", ""]
+    else:
+        merged = load_folders(sessions)
+        session, runs = merged_session(merged["sessions"]), merged["runs"]
+        tasks = [t for t in (session.get("tasks") or {}) if any(r["task"] == t for r in runs if r["method"] != "base")]
+        out += ["## What was run", "", setup_section(session, runs, merged["sessions"]), "",
+                "## Cells", "", cells_section(runs), "",
+                "## Leaderboards", "", _md(leaderboard_tables(session, runs)), ""]
+        lat = [t for task, lats in run_latencies(runs).items() for t in latency_tables(lats, title=f"{task} — ")]
+        out += ["## Latency", "", _md(lat) if lat else "No cell timed latency.", ""]
+        from peftbench.plots import pareto_plots
+
+        plots.mkdir(parents=True, exist_ok=True)
+        for old in plots.glob("*.png"):
+            old.unlink()
+        files = pareto_plots(session, runs, merged["latency"], plots, formats=("png",))
+        out += ["## Pareto plots", ""] + [f"![{p.stem}]({_rel(p, doc.parent)})" for p in sorted(files)] + [""]
+        verdicts = check(runs, merged["latency"])
+        out += ["## Claims", "", _md([claims_table(verdicts)]) if verdicts else "No claim can be measured.", ""]
+        head = headline(export_rows(session, runs), tasks)
+    out += ["## Cost at 8B scale", "", shape_section(shape), "",
+            "## What these numbers do and do not show", "", LIMITS]
+    return "\n".join(out).rstrip() + "\n", head, files
+
+
+def _rel(p: Path, start: Path = ROOT) -> str:
+    try:
+        return str(p.resolve().relative_to(start.resolve()))
+    except ValueError:
+        import os
+
+        return os.path.relpath(p.resolve(), start.resolve())
+
+
+def with_headline(readme: str, block: str) -> str:
+    """``readme`` with the text between the headline markers replaced by ``block`` (markers kept)."""
+    a, b = readme.find(BEGIN), readme.find(END)
+    if a < 0 or b < a:
+        raise SystemExit(f"README: no {BEGIN} ... {END} block to fill")
+    return readme[:a + len(BEGIN)] + "\n" + block + "\n" + readme[b:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reference", type=Path, default=ROOT / "results/reference")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs/results.md")
+    ap.add_argument("--plots", type=Path, default=ROOT / "docs/results/plots")
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from peftbench.errors import PeftbenchError
+
+    try:
+        text, head, files = render(args.reference, args.plots, args.doc)
+    except PeftbenchError as e:  # e.g. a result file changed after its session wrote it
+        print(f"render_results: {e}", file=sys.stderr)
+        return 2
+    readme = args.readme.read_text() if args.readme.is_file() else None
+    new_readme = with_headline(readme, head) if head is not None and readme is not None and BEGIN in readme else readme
+    if args.check:
+        stale = [str(args.doc)] if not args.doc.is_file() or args.doc.read_text() != text else []
+        stale += [str(args.readme)] if new_readme != readme else []
+        print("stale: " + ", ".join(stale) if stale else "current")
+        return 1 if stale else 0
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(text)
+    if new_readme != readme:
+        args.readme.write_text(new_readme)
+    print(f"wrote {args.doc} and {len(files)} plots" + (f"; {args.readme} headline" if new_readme != readme else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""benchmarks/render_results.py: docs/results.md and the README headline rendered from a reference folder."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from peftbench.testing import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks/render_results.py"
+
+
+def _render(tmp_path, *extra):
+    args = [sys.executable, str(SCRIPT), "--reference", str(tmp_path / "ref"), "--doc", str(tmp_path / "docs/results.md"),
+            "--plots", str(tmp_path / "docs/results/plots"), "--readme", str(tmp_path / "README.md"), *extra]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def test_reference_results_render_reproducibly_with_every_section(capsys, tmp_path):
+    ref = tmp_path / "ref"
+    code, _, err = run_cli(["run", "--methods", "lora,full", "--model", "tiny:llama", "--device", "cpu", "--seeds", "0,1",
+                            "--output", str(ref / "quickstart"), "--set", "steps=2", "--set", "latency_rounds=3",
+                            "--set", "latency_new_tokens=2", "--set", "latency_prompt_lengths=4",
+                            "--set", "merge_precisions=false", "--retention", "none"], capsys)
+    assert code == 0, err
+    shape = ref / "8b-shape"
+    shape.mkdir()
+    shutil.copy(ROOT / "results/throughput-gpu/8b-all.json", shape / "throughput.json")
+    shutil.copytree(ROOT / "results/throughput-gpu/8b-latency.partial", shape, dirs_exist_ok=True)
+    (tmp_path / "README.md").write_text("# x\n\n<!-- results:headline -->\nstale\n<!-- /results:headline -->\nend\n")
+
+    assert _render(tmp_path, "--check").returncode == 1  # nothing rendered yet
+    done = _render(tmp_path)
+    assert done.returncode == 0, done.stderr
+    doc = (tmp_path / "docs/results.md").read_text()
+    for heading in ("## What was run", "## Cells", "## Leaderboards", "## Latency", "## Pareto plots", "## Claims",
+                    "## Cost at 8B scale", "## What these numbers do and do not show"):
+        assert heading in doc, heading
+    assert "5 cells: 5 ok." in doc  # lora and full x 2 seeds, and the base row
+    assert "carry no accuracy" in doc and "Training, without activation checkpointing" in doc
+    assert "with activation checkpointing" not in doc.replace("without activation checkpointing", "")  # not given
+    plots = sorted((tmp_path / "docs/results/plots").glob("*.png"))
+    assert plots and all(f"results/plots/{p.name}" in doc for p in plots)
+    readme = (tmp_path / "README.md").read_text()
+    assert "stale" not in readme and "| base (zero-shot) |" in readme and readme.endswith("end\n")
+    head = readme.split("<!-- results:headline -->\n")[1].split("<!-- /results:headline -->")[0]
+    assert head.splitlines()[0] == "| method | quickstart | trainable | peak memory | tokens/s |"
+    assert {line.split("|")[1].strip() for line in head.splitlines()[2:]} == {"base (zero-shot)", "lora", "full"}
+
+    # the same files give the same text: --check passes; a hand edit or a changed result file makes it fail
+    assert _render(tmp_path, "--check").returncode == 0
+    (tmp_path / "docs/results.md").write_text(doc.replace("## Cells", "## Cells (edited)"))
+    assert _render(tmp_path, "--check").returncode == 1
+    assert _render(tmp_path).returncode == 0 and _render(tmp_path, "--check").returncode == 0
+    run = next((ref / "quickstart/runs").glob("lora--*seed1.json"))
+    data = json.loads(run.read_text())
+    data["eval"]["metrics"]["acc"] = 1.0
+    run.write_text(json.dumps(data))  # a result edited after its session wrote it is refused, not rendered
+    done = _render(tmp_path)
+    assert done.returncode == 2 and "changed or truncated" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cells_that_are_not_ok_are_listed_with_their_reason():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_results import cells_section
+
+    runs = [{"key": "lora--t--seed0", "status": "ok"}, {"key": "full--t--seed0", "status": "oom",
+                                                        "error": {"message": "CUDA out of memory at 79.1 GiB"}},
+            {"key": "qlora--t--seed0", "status": "skipped", "reason": "needs a CUDA device"}]
+    assert cells_section(runs) == ("3 cells: 1 ok, 1 oom, 1 skipped.\n\n| cell | status | reason |\n|---|---|---|\n"
+                                   "| full--t--seed0 | oom | CUDA out of memory at 79.1 GiB |\n"
+                                   "| qlora--t--seed0 | skipped | needs a CUDA device |")
+
+
+def test_an_empty_reference_says_not_run_yet(tmp_path):
+    (tmp_path / "README.md").write_text("# x\n")
+    done = _render(tmp_path)
+    assert done.returncode == 0, done.stderr
+    doc = (tmp_path / "docs/results.md").read_text()
+    assert doc.count("Not run yet.") == 2 and (tmp_path / "README.md").read_text() == "# x\n"
