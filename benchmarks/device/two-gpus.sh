@@ -37,5 +37,6 @@ for g in 0 1; do
   echo "=== GPU $g (exit $r), log tail:"; tail -n 45 "$logs/gpu$g.log"
 done
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null
-[ -n "$out" ] && tar czf "$out/results.tgz" -C /tmp/pb results
+# (lm-eval's materialized task folders hold copies of the data: left out, as session.sh does)
+[ -n "$out" ] && tar czf "$out/results.tgz" --exclude "*/lm_eval_tasks" -C /tmp/pb results
 exit 0
