@@ -107,7 +107,7 @@ def shape_section(shape: Path | None) -> str:
     from train_throughput import markdown
 
     parts = ["These rows use random weights of the published Llama-3.1-8B shape: **they carry no accuracy**, "
-             "only cost."]
+             "only cost.", shape_summary(shape)]
     for name, what in (("throughput.json", "without activation checkpointing"),
                        ("throughput-ckpt.json", "with activation checkpointing")):
         f = shape / name
@@ -122,6 +122,68 @@ def shape_section(shape: Path | None) -> str:
             "\n\nNot timed: " + ", ".join(f"{m} ({r.get('status')})" for m, r in sorted(failed.items()))
             if failed else ""))
     return "\n\n".join(parts)
+
+
+H100_BYTES = 80 * 10**9  # an H100's memory: what "fits one 80 GB GPU" is read against
+
+
+def shape_summary(shape: Path) -> str:
+    """One row per method: trainable parameters, artifact, peak memory and tokens/s without / with activation
+    checkpointing (an out-of-memory run shows the memory it reached), whether each peak is under 80 GB, and
+    the latency overhead at batch 1 x prompt 128 (static regime)."""
+    from peftbench.report import human_bytes
+
+    runs: dict[str, dict[str, Any]] = {}
+    settings = None
+    for name in ("throughput.json", "throughput-ckpt.json"):
+        f = shape / name
+        if f.is_file():
+            data = json.loads(f.read_text())
+            settings = settings or {**data["settings"], "gpu": (data.get("env") or {}).get("gpu")}
+            for r in data["results"]:
+                runs.setdefault(r["method"], {})[name] = next(iter(r["variants"].values()), {})
+    lat: dict[str, Any] = {}
+    if (shape / "latency").is_dir():
+        from peftbench.latency_session import load_latency
+
+        lat = {m: r.get("latency") or {} for m, r in load_latency(shape)[1].items() if r.get("status") == "ok"}
+    if not runs:
+        return ""
+
+    def mem(v: dict[str, Any] | None) -> str:
+        if not v:
+            return "not run"
+        b = v.get("peak_memory_bytes")
+        text = "—" if b is None else human_bytes(b)
+        if v.get("status") == "oom":
+            return f"**out of memory** at {text}"
+        return text + ("" if b is None else " (< 80 GB)" if b < H100_BYTES else " (> 80 GB)")
+
+    def tps(v: dict[str, Any] | None) -> str:
+        return "—" if not v or v.get("tokens_per_s") is None else f"{v['tokens_per_s']:,.0f}"
+
+    def overhead(m: str) -> str:
+        for cell in ((lat.get(m) or {}).get("regimes") or {}).get("static", []):
+            if cell["batch_size"] == 1 and cell["prompt_tokens"] == 128:
+                o = cell["overhead"]
+                return ", ".join(f"{k} {o[k]['ratio'] * 100:+.1f}%" for k in ("unmerged", "merged") if k in o)
+        return "not timed yet"
+
+    rows = [f"At batch {settings['batch_size']} × {settings['seq_len']} tokens, weights {settings['weights_dtype']}, "
+            f"the fast loop, on one {settings.get('gpu') or 'GPU'}. Peak memory is what PyTorch allocated; "
+            "\"< 80 GB\" reads it against an 80 GB H100, which also needs room for the CUDA context and the "
+            "allocator's reserve, so a peak near 80 GB may not fit there:", "",
+            "| method | trainable | artifact | peak memory (no checkpointing / checkpointing) | tokens/s (same) | "
+            "latency vs base, batch 1 × 128 |", "|---|---|---|---|---|---|"]
+    for m, v in runs.items():
+        plain, ckpt = v.get("throughput.json"), v.get("throughput-ckpt.json")
+        any_v = plain or ckpt or {}
+        trainable, total = any_v.get("trainable"), any_v.get("total_params")
+        share = f" ({100 * trainable / total:.2f} %)" if trainable and total else ""
+        art = (any_v.get("artifact") or {}).get("bytes")
+        rows.append(f"| {m} | {trainable:,}{share} | {human_bytes(art) if art else '—'} | {mem(plain)} / {mem(ckpt)} | "
+                    f"{tps(plain)} / {tps(ckpt)} | {overhead(m)} |")
+    return "\n".join(rows)
 
 
 def headline(records: list[dict[str, Any]], tasks: list[str]) -> str:
@@ -150,8 +212,10 @@ def headline(records: list[dict[str, Any]], tasks: list[str]) -> str:
     return "\n".join(rows)
 
 
-def render(ref: Path, plots: Path, doc: Path) -> tuple[str, str | None, list[Path]]:
-    """(docs/results.md's text, the README headline block or None, the plot files written)."""
+def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> tuple[str, str | None, list[Path]]:
+    """(docs/results.md's text, the README headline block or None, the plot files written). The document links
+    the plots in ``plots``; they are written to ``plot_out`` (default: ``plots``; --check writes them aside)."""
+    plot_out = plot_out or plots
     from peftbench.claims import check
     from peftbench.report import (
         claims_table,
@@ -183,11 +247,11 @@ def render(ref: Path, plots: Path, doc: Path) -> tuple[str, str | None, list[Pat
         out += ["## Latency", "", _md(lat) if lat else "No cell timed latency.", ""]
         from peftbench.plots import pareto_plots
 
-        plots.mkdir(parents=True, exist_ok=True)
-        for old in plots.glob("*.png"):
+        plot_out.mkdir(parents=True, exist_ok=True)
+        for old in plot_out.glob("*.png"):
             old.unlink()
-        files = pareto_plots(session, runs, merged["latency"], plots, formats=("png",))
-        out += ["## Pareto plots", ""] + [f"![{p.stem}]({_rel(p, doc.parent)})" for p in sorted(files)] + [""]
+        files = pareto_plots(session, runs, merged["latency"], plot_out, formats=("png",))
+        out += ["## Pareto plots", ""] + [f"![{p.stem}]({_rel(plots / p.name, doc.parent)})" for p in sorted(files)] + [""]
         verdicts = check(runs, merged["latency"])
         out += ["## Claims", "", _md([claims_table(verdicts)]) if verdicts else "No claim can be measured.", ""]
         head = headline(export_rows(session, runs), tasks)
@@ -222,18 +286,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    import tempfile
+
     from peftbench.errors import PeftbenchError
 
-    try:
-        text, head, files = render(args.reference, args.plots, args.doc)
-    except PeftbenchError as e:  # e.g. a result file changed after its session wrote it
-        print(f"render_results: {e}", file=sys.stderr)
-        return 2
+    with tempfile.TemporaryDirectory(prefix="pb-plots-") as aside:
+        try:
+            text, head, files = render(args.reference, args.plots, args.doc,
+                                       plot_out=Path(aside) if args.check else None)
+        except PeftbenchError as e:  # e.g. a result file changed after its session wrote it
+            print(f"render_results: {e}", file=sys.stderr)
+            return 2
+        missing = [p.name for p in files if not (args.plots / p.name).is_file()] if args.check else []
     readme = args.readme.read_text() if args.readme.is_file() else None
     new_readme = with_headline(readme, head) if head is not None and readme is not None and BEGIN in readme else readme
     if args.check:
         stale = [str(args.doc)] if not args.doc.is_file() or args.doc.read_text() != text else []
         stale += [str(args.readme)] if new_readme != readme else []
+        stale += [f"{args.plots / name} (missing)" for name in missing]
         print("stale: " + ", ".join(stale) if stale else "current")
         return 1 if stale else 0
     args.doc.parent.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,11 @@ def test_cells_that_are_not_ok_are_listed_with_their_reason():
                                    "| qlora--t--seed0 | skipped | needs a CUDA device |")
 
 
+def test_the_committed_results_doc_is_what_results_reference_gives():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{done.stdout}{done.stderr}: python benchmarks/render_results.py"
+
+
 def test_an_empty_reference_says_not_run_yet(tmp_path):
     (tmp_path / "README.md").write_text("# x\n")
     done = _render(tmp_path)
