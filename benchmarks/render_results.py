@@ -67,8 +67,8 @@ def setup_section(session: dict[str, Any], runs: list[dict[str, Any]], sessions:
                                                               ("torch", "transformers", "peft", "bitsandbytes",
                                                                "lm_eval") if k in versions) + ".",
              f"- **Sessions**: {', '.join(f'`{p.name}`' for p, _ in sessions)} ({', '.join(dates) or 'undated'}).",
-             f"- **Seeds**: {', '.join(str(s) for s in sorted({r['seed'] for r in runs}))}; the zero-shot base row "
-             "once per task."]
+             f"- **Seeds**: {', '.join(str(s) for s in sorted({r['seed'] for r in runs if r['method'] != 'base'}))}"
+             + ("; the zero-shot base row once per task." if any(r["method"] == "base" for r in runs) else ".")]
     method_configs: dict[str, Any] = {}
     budgets: dict[tuple[str, str], dict[str, Any]] = {}
     for _, s in sessions:
@@ -76,12 +76,22 @@ def setup_section(session: dict[str, Any], runs: list[dict[str, Any]], sessions:
         for key, cfg in (s.get("train_configs") or {}).items():
             method, task = key.split("--", 1)
             budgets[(method, task)] = cfg
-    rows = ["| method | options | learning rate | steps × batch (per task) |", "|---|---|---|---|"]
+    trained = [c for (m, _), c in budgets.items() if m != "base"]
+    shared = {k: v for k, v in (trained[0] if trained else {}).items() if all(c.get(k) == v for c in trained)}
+    lines.append("- **Training options shared by every method and task**: "
+                 + ", ".join(f"`{k}={v}`" for k, v in shared.items()) + ".")
+    tokens: dict[tuple[str, str], list[int]] = {}
+    for r in runs:
+        if r["status"] == "ok" and (r.get("train") or {}).get("tokens"):
+            tokens.setdefault((r["method"], r["task"]), []).append(r["train"]["tokens"])
+    rows = ["| method | options | learning rate | steps × batch, mean tokens trained (per task) |", "|---|---|---|---|"]
     for method in sorted(method_configs):
         opts = ", ".join(f"{k}={v}" for k, v in (method_configs[method] or {}).items())
         per = {t: c for (m, t), c in budgets.items() if m == method}
         lrs = sorted({c.get("lr") for c in per.values()}, key=str)
-        steps = "; ".join(f"{t}: {c.get('steps')} × {c.get('batch_size')}" for t, c in sorted(per.items()))
+        steps = "; ".join(f"{t}: {c.get('steps')} × {c.get('batch_size')}"
+                          + (f", {sum(tokens[(method, t)]) / len(tokens[(method, t)]):,.0f}"
+                             if tokens.get((method, t)) else "") for t, c in sorted(per.items()))
         rows.append(f"| {method} | {opts} | {', '.join(map(str, lrs))} | {steps} |")
     return "\n".join(lines) + "\n\n" + "\n".join(rows)
 
