@@ -119,7 +119,9 @@ def shape_section(shape: Path | None) -> str:
     parts = ["These rows use random weights of the published Llama-3.1-8B shape: **they carry no accuracy**, "
              "only cost.", shape_summary(shape)]
     for name, what in (("throughput.json", "without activation checkpointing"),
-                       ("throughput-ckpt.json", "with activation checkpointing")):
+                       ("throughput-ckpt.json", "with activation checkpointing"),
+                       ("throughput-h100.json", "without checkpointing, allocations capped at 79 GiB"),
+                       ("throughput-h100-ckpt.json", "with checkpointing, allocations capped at 79 GiB")):
         f = shape / name
         if f.is_file():
             parts.append(f"Training, {what} (`{f.relative_to(ROOT) if f.is_relative_to(ROOT) else f}`):\n\n"
@@ -134,30 +136,32 @@ def shape_section(shape: Path | None) -> str:
     return "\n\n".join(parts)
 
 
-H100_BYTES = 80 * 10**9  # an H100's memory: what "fits one 80 GB GPU" is read against
+SHAPE_FILES = {"throughput.json": "plain", "throughput-ckpt.json": "ckpt",  # train_throughput.py outputs
+               "throughput-h100.json": "h100", "throughput-h100-ckpt.json": "h100-ckpt"}  # capped at 79 GiB
 
 
 def shape_summary(shape: Path) -> str:
     """One row per method: trainable parameters, artifact, peak memory and tokens/s without / with activation
-    checkpointing (an out-of-memory run shows the memory it reached), whether each peak is under 80 GB, and
-    the latency overhead at batch 1 x prompt 128 (static regime)."""
+    checkpointing, whether each setting fits an 80 GB H100 (measured with allocations capped at 79 GiB, when
+    those runs exist: an out-of-memory run shows the memory it reached), and the latency overhead at batch 1 x
+    prompt 128 (static regime)."""
     from peftbench.report import human_bytes
 
     runs: dict[str, dict[str, Any]] = {}
     settings = None
-    for name in ("throughput.json", "throughput-ckpt.json"):
+    for name, kind in SHAPE_FILES.items():
         f = shape / name
         if f.is_file():
             data = json.loads(f.read_text())
             settings = settings or {**data["settings"], "gpu": (data.get("env") or {}).get("gpu")}
             for r in data["results"]:
-                runs.setdefault(r["method"], {})[name] = next(iter(r["variants"].values()), {})
+                runs.setdefault(r["method"], {})[kind] = next(iter(r["variants"].values()), {})
     lat: dict[str, Any] = {}
     if (shape / "latency").is_dir():
         from peftbench.latency_session import load_latency
 
         lat = {m: r.get("latency") or {} for m, r in load_latency(shape)[1].items() if r.get("status") == "ok"}
-    if not runs:
+    if not runs or settings is None:
         return ""
 
     def mem(v: dict[str, Any] | None) -> str:
@@ -165,9 +169,13 @@ def shape_summary(shape: Path) -> str:
             return "not run"
         b = v.get("peak_memory_bytes")
         text = "—" if b is None else human_bytes(b)
-        if v.get("status") == "oom":
-            return f"**out of memory** at {text}"
-        return text + ("" if b is None else " (< 80 GB)" if b < H100_BYTES else " (> 80 GB)")
+        return f"**out of memory** at {text}" if v.get("status") == "oom" else text
+
+    def fits(v: dict[str, Any] | None) -> str:
+        if not v:
+            return "not measured"
+        return "yes" if v.get("status") == "ok" else f"**no** ({mem(v)})" if v.get("status") == "oom" else \
+            str(v.get("status"))
 
     def tps(v: dict[str, Any] | None) -> str:
         return "—" if not v or v.get("tokens_per_s") is None else f"{v['tokens_per_s']:,.0f}"
@@ -180,19 +188,20 @@ def shape_summary(shape: Path) -> str:
         return "not timed yet"
 
     rows = [f"At batch {settings['batch_size']} × {settings['seq_len']} tokens, weights {settings['weights_dtype']}, "
-            f"the fast loop, on one {settings.get('gpu') or 'GPU'}. Peak memory is what PyTorch allocated; "
-            "\"< 80 GB\" reads it against an 80 GB H100, which also needs room for the CUDA context and the "
-            "allocator's reserve, so a peak near 80 GB may not fit there:", "",
+            f"the fast loop, on one {settings.get('gpu') or 'GPU'}. \"Fits an 80 GB H100\" is measured: the same "
+            "runs with this process's CUDA allocations capped at 79 GiB (`--memory-limit-gib 79`: an H100's "
+            "81,559 MiB less its CUDA context).", "",
             "| method | trainable | artifact | peak memory (no checkpointing / checkpointing) | tokens/s (same) | "
-            "latency vs base, batch 1 × 128 |", "|---|---|---|---|---|---|"]
+            "fits an 80 GB H100 (same) | latency vs base, batch 1 × 128 |", "|---|---|---|---|---|---|---|"]
     for m, v in runs.items():
-        plain, ckpt = v.get("throughput.json"), v.get("throughput-ckpt.json")
-        any_v = plain or ckpt or {}
+        any_v = next((x for x in v.values() if x.get("trainable")), {})
         trainable, total = any_v.get("trainable"), any_v.get("total_params")
         share = f" ({100 * trainable / total:.2f} %)" if trainable and total else ""
-        art = (any_v.get("artifact") or {}).get("bytes")
-        rows.append(f"| {m} | {trainable:,}{share} | {human_bytes(art) if art else '—'} | {mem(plain)} / {mem(ckpt)} | "
-                    f"{tps(plain)} / {tps(ckpt)} | {overhead(m)} |")
+        art = next(((x.get("artifact") or {}).get("bytes") for x in v.values() if x.get("artifact")), None)
+        rows.append(f"| {m} | {'—' if trainable is None else f'{trainable:,}'}{share} | "
+                    f"{human_bytes(art) if art else '—'} | {mem(v.get('plain'))} / {mem(v.get('ckpt'))} | "
+                    f"{tps(v.get('plain'))} / {tps(v.get('ckpt'))} | {fits(v.get('h100'))} / {fits(v.get('h100-ckpt'))} | "
+                    f"{overhead(m)} |")
     return "\n".join(rows)
 
 

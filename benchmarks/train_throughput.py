@@ -530,8 +530,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     "variant and record its size (what the method ships)")
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU (default: by GPU name)")
+    ap.add_argument("--memory-limit-gib", type=float,
+                    help="cap this process's CUDA allocations (torch.cuda.set_per_process_memory_fraction) to see "
+                         "what fits a smaller GPU: 79 for an 80 GB H100 (81,559 MiB, less ~0.6 GiB of CUDA context); "
+                         "a variant that needs more is recorded as oom with the memory it reached")
     ap.add_argument("--json", type=Path, help="write the results here (rewritten after every variant)")
     args = ap.parse_args(argv)
+    if args.memory_limit_gib:
+        if args.device != "cuda":
+            ap.error("--memory-limit-gib caps CUDA allocations: it needs --device cuda")
+        total = torch.cuda.get_device_properties(0).total_memory
+        if not 0 < args.memory_limit_gib * 2**30 <= total:
+            ap.error(f"--memory-limit-gib {args.memory_limit_gib}: this GPU has {total / 2**30:.1f} GiB")
+        torch.cuda.set_per_process_memory_fraction(args.memory_limit_gib * 2**30 / total)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:

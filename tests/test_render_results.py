@@ -28,6 +28,10 @@ def test_reference_results_render_reproducibly_with_every_section(capsys, tmp_pa
     shape = ref / "8b-shape"
     shape.mkdir()
     shutil.copy(ROOT / "results/throughput-gpu/8b-all.json", shape / "throughput.json")
+    capped = json.loads((ROOT / "results/throughput-gpu/8b-all.json").read_text())  # as if full did not fit 79 GiB
+    full = next(r for r in capped["results"] if r["method"] == "full")
+    full["variants"]["fast"] = {"status": "oom", "peak_memory_bytes": 78 * 2**30, "error": "CUDA out of memory"}
+    (shape / "throughput-h100.json").write_text(json.dumps(capped))
     shutil.copytree(ROOT / "results/throughput-gpu/8b-latency.partial", shape, dirs_exist_ok=True)
     (tmp_path / "README.md").write_text("# x\n\n<!-- results:headline -->\nstale\n<!-- /results:headline -->\nend\n")
 
@@ -40,6 +44,11 @@ def test_reference_results_render_reproducibly_with_every_section(capsys, tmp_pa
         assert heading in doc, heading
     assert "5 cells: 5 ok." in doc  # lora and full x 2 seeds, and the base row
     assert "carry no accuracy" in doc and "Training, without activation checkpointing" in doc
+    summary = doc.split("| method | trainable | artifact |")[1].split("\n\n")[0]
+    rows = {line.split("|")[1].strip(): line for line in summary.splitlines()[2:]}
+    assert "| yes / not measured |" in rows["lora"]
+    assert "| **no** (**out of memory** at 78.0 GiB) / not measured |" in rows["full"]
+    assert "| 15.0 GiB |" in rows["full"]  # the artifact comes from the uncapped run
     assert "with activation checkpointing" not in doc.replace("without activation checkpointing", "")  # not given
     plots = sorted((tmp_path / "docs/results/plots").glob("*.png"))
     assert plots and all(f"results/plots/{p.name}" in doc for p in plots)

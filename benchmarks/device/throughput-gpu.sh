@@ -17,6 +17,7 @@
 #     8b-ckpt   shape:llama-3.1-8b, lora and full, bs2 x 2048, activation checkpointing
 #     8b        the same without activation checkpointing (full fine-tuning may not fit: recorded as oom)
 #     8b-all, 8b-all-ckpt  issue 8's cost rows: all four methods, fast loop, artifact size, without/with checkpointing
+#     8b-h100, 8b-h100-ckpt  the same with allocations capped at 79 GiB: which settings fit an 80 GB H100
 #     loss      benchmarks/loss_speed.py: the chunked loss alone vs the plain one (trainable and frozen head)
 #     8b-latency  peftbench latency on shape:llama-3.1-8b, static regime, batch 1/8 x prompt 128/1024
 set -u
@@ -65,6 +66,10 @@ for n in ${names//,/ }; do
               --variants fast --warmup 3 --steps 8 --artifact ;;
     8b-all-ckpt) tp 8b-all-ckpt --model shape:llama-3.1-8b --methods lora,qlora,adapter,full --batch-size 2 \
               --seq-len 2048 --gradient-checkpointing --variants fast --warmup 3 --steps 8 --artifact ;;
+    8b-h100|8b-h100-ckpt)  # issue 8's "which settings fit one 80 GB GPU": the cost rows with allocations capped
+              ckpt=(); [ "$n" = 8b-h100-ckpt ] && ckpt=(--gradient-checkpointing)
+              tp "$n" --model shape:llama-3.1-8b --methods lora,qlora,adapter,full --batch-size 2 --seq-len 2048 \
+                "${ckpt[@]}" --variants fast --warmup 3 --steps 8 --memory-limit-gib 79 ;;
     8b-latency) # continue the committed partial session (LoRA and QLoRA timed on 2026-11-30) rather than redo it
               [ ! -d "$root/8b-latency" ] && [ -d "$here/results/throughput-gpu/8b-latency.partial/latency" ] && \
                 cp -r "$here/results/throughput-gpu/8b-latency.partial" "$root/8b-latency"
