@@ -15,13 +15,22 @@
 # after something that loaded the model (its log says whether it converted).
 # The committed grid used ROUNDS=3 and NEW=32 new tokens (the command's defaults are 5 and 64): eager decoding
 # runs at ~25-45 ms per token on that machine, and the default grid twice would not fit the session's device time.
+#   PIN (environment): 1 (default) runs peftbench latency pinned (taskset) to the CPUs of the GPU's NUMA node
+#   (benchmarks/device/gpu-cpus.sh), so the host-bound eager rounds do not move across sockets; 0 leaves the
+#   scheduler free. The log says which.
 set -u
 secs=$1; rounds=${2:-5}; new=${3:-64}; what=${4:-all}; regimes=${5:-eager,static}
+pin=()
+if [ "${PIN:-1}" = 1 ] && command -v taskset > /dev/null; then
+  cpus=$(bash "$(dirname "$0")/gpu-cpus.sh" "${CUDA_VISIBLE_DEVICES:-0}")
+  [ -n "$cpus" ] && pin=(taskset -c "$cpus")
+fi
+echo "latency-gpu.sh: ${pin[*]:-not pinned}"
 root=/tmp/pb/results; mkdir -p "$root"
 end=$(( $(date +%s) + secs ))
 if [ "$what" != grid ] && [ ! -f "$root/latency-one-shape/wall.txt" ]; then
   t0=$(date +%s.%N)
-  python3 -m peftbench.cli latency --methods lora --batch-sizes 1 --prompt-lengths 128 --new-tokens 64 \
+  "${pin[@]}" python3 -m peftbench.cli latency --methods lora --batch-sizes 1 --prompt-lengths 128 --new-tokens 64 \
     --regimes eager --stack none --rounds 5 --output "$root/latency-one-shape" > "$root/latency-one-shape.log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
@@ -32,7 +41,7 @@ for run in ${LATENCY_RUNS:-A B}; do
   [ "$what" = one ] && break
   left=$(( end - $(date +%s) ))
   [ "$left" -lt 30 ] && break
-  timeout -s INT -k 20 "$left" python3 -m peftbench.cli latency --methods lora,qlora,adapter,full \
+  timeout -s INT -k 20 "$left" "${pin[@]}" python3 -m peftbench.cli latency --methods lora,qlora,adapter,full \
     --rounds "$rounds" --new-tokens "$new" --regimes "$regimes" --output "$root/latency-grid-$run" --resume >> "$root/latency-grid-$run.log" 2>&1
   echo "grid $run: exit $? ; files: $(ls "$root/latency-grid-$run/latency" 2>/dev/null | tr '\n' ' ')"
 done
