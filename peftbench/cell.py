@@ -20,35 +20,33 @@ PROBES = 4  # training prompts whose logits are compared across merge / unmerge 
 
 @contextlib.contextmanager
 def phase(result: dict[str, Any], name: str, session: Session):
+    session.progress.phase(name)
+    with watch_neighbours(result):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            result["timings"][name] = round(time.perf_counter() - t0, 3)
+
+
+@contextlib.contextmanager
+def watch_neighbours(record: dict[str, Any]):
+    """Keep in ``record`` the most that other processes used while the block ran, over every block watched
+    with it: device memory outside this process's allocator (``gpu_others_bytes``, sampled at both ends) and
+    host CPU outside this process's tree (``host_others_cores``). The report flags times measured then."""
     from . import memory
 
-    session.progress.phase(name)
-    _sample_gpu_others(result)
+    def keep(key: str, value: float | None) -> None:
+        if value is not None:
+            record[key] = max(value, record.get(key) or 0)
+
+    keep("gpu_others_bytes", memory.gpu_others_bytes())
     cpu0 = memory.cpu_sample()
-    t0 = time.perf_counter()
     try:
         yield
     finally:
-        result["timings"][name] = round(time.perf_counter() - t0, 3)
-        _sample_gpu_others(result)
-        _keep_host_others(result, memory.host_others_cores(cpu0, memory.cpu_sample()))
-
-
-def _sample_gpu_others(result: dict[str, Any]) -> None:
-    """Keep the most device memory seen in use outside this process's allocator (``gpu_others_bytes``):
-    the report flags cells whose times were measured on a shared GPU."""
-    from . import memory
-
-    seen = memory.gpu_others_bytes()
-    if seen is not None:
-        result["gpu_others_bytes"] = max(seen, result.get("gpu_others_bytes") or 0)
-
-
-def _keep_host_others(result: dict[str, Any], cores: float | None) -> None:
-    """Keep the most CPU that other processes on the host used during any phase (``host_others_cores``): the
-    report flags cells whose times were measured on a busy host."""
-    if cores is not None:
-        result["host_others_cores"] = max(cores, result.get("host_others_cores") or 0.0)
+        keep("gpu_others_bytes", memory.gpu_others_bytes())
+        keep("host_others_cores", memory.host_others_cores(cpu0, memory.cpu_sample()))
 
 
 def probe_logits(model: Any, probes: list[list[int]], device: str) -> list[Any]:
@@ -296,14 +294,9 @@ def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> 
     if method.capabilities.can_stack:
         for k in cfg.latency_stack:
             modes[f"stack{k}"] = lambda k=k: _stacked(method, trained, unmerged, k)
-    from . import memory
-
     others: dict[str, Any] = {}
-    _sample_gpu_others(others)
-    cpu0 = memory.cpu_sample()
-    latency = hook.measure_latency(run=run, model=unmerged, modes=modes)
-    _sample_gpu_others(others)
-    _keep_host_others(others, memory.host_others_cores(cpu0, memory.cpu_sample()))
+    with watch_neighbours(others):
+        latency = hook.measure_latency(run=run, model=unmerged, modes=modes)
     latency["dtype"] = str(dtype).replace("torch.", "")
     for key in ("gpu_others_bytes", "host_others_cores"):  # the report flags timings on a shared GPU or host
         if key in others:

@@ -196,7 +196,7 @@ def timing_doubts(lat: dict[str, Any], regime: str) -> list[str]:
     sanity check failed (merged or full fine-tuning did not time like base), or it was timed on a shared GPU
     or a busy host."""
     from .latency import MIN_ROUNDS_TO_JUDGE
-    from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES
+    from .memory import neighbour_flags
 
     doubts = []
     rounds = (lat.get("plan") or {}).get("rounds")
@@ -204,11 +204,7 @@ def timing_doubts(lat: dict[str, Any], regime: str) -> list[str]:
         doubts.append(f"{rounds} timed round{'s' if rounds != 1 else ''}: too few for a CI")
     if any(s.get("ok") is False for s in lat.get("sanity") or [] if s.get("regime") == regime):
         doubts.append("its sanity check failed")
-    if (lat.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES:
-        doubts.append("GPU shared")
-    if (lat.get("host_others_cores") or 0) > HOST_BUSY_CORES:
-        doubts.append("host busy")
-    return doubts
+    return doubts + neighbour_flags(lat)
 
 
 QUANTITIES: dict[str, Callable[..., tuple[Any, Any, str]]] = {

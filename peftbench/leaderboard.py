@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES
+from .memory import neighbour_flags
 from .stats import mean_ci
 
 
@@ -60,8 +60,8 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
             "merge_ok": all((r.get("merge") or {}).get("ok", True) for r in ok) if ok else None,
             "reload_ok": all((r.get("reload") or {}).get("ok", True) for r in ok) if ok else None,
             "latency_sane": all((r.get("latency") or {}).get("sanity_ok", True) for r in ok) if ok else None,
-            "gpu_shared": any((r.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES for r in ok),
-            "host_busy": any((r.get("host_others_cores") or 0) > HOST_BUSY_CORES for r in ok),
+            "gpu_shared": any("GPU shared" in neighbour_flags(r) for r in ok),
+            "host_busy": any("host busy" in neighbour_flags(r) for r in ok),
         })
     full = next((r for r in rows if r["method"] == "full"), None)
     for row in rows:

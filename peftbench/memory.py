@@ -126,6 +126,18 @@ def cpu_sample() -> tuple[float, float, float] | None:
     return time.monotonic(), (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), own
 
 
+def neighbour_flags(record: dict) -> list[str]:
+    """The flags a record's timings earn from what other processes used meanwhile: 'GPU shared' (its
+    ``gpu_others_bytes`` above ``SHARED_GPU_BYTES``), 'host busy' (its ``host_others_cores`` above
+    ``HOST_BUSY_CORES``). The leaderboard, the latency tables and the claims read them from here."""
+    flags = []
+    if (record.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES:
+        flags.append("GPU shared")
+    if (record.get("host_others_cores") or 0) > HOST_BUSY_CORES:
+        flags.append("host busy")
+    return flags
+
+
 def host_others_cores(start: tuple[float, float, float] | None, end: tuple[float, float, float] | None) -> float | None:
     """Mean number of CPU cores that processes outside this one's tree kept busy between two
     :func:`cpu_sample` s. A timing that is bound by launching work from the host (eager decoding, a small

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .leaderboard import best_values, retention_tasks, rows_for_task
-from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES
+from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES, neighbour_flags
 
 
 def _num(v: float | None, fmt: str) -> str:
@@ -230,10 +230,7 @@ def latency_tables(latencies: dict[str, dict[str, Any]], title: str = "") -> lis
                                (regime, cell["batch_size"], cell["prompt_tokens"]))
                 sanity = (f"[red]{flag['mode']} {flag['overhead'] * 100:+.1f}% ≠ base[/]" if flag else
                           "not judged (too few rounds)" if unjudged else "ok")
-                if (lat.get("gpu_others_bytes") or 0) > SHARED_GPU_BYTES:
-                    sanity += " [yellow]GPU shared[/]"
-                if (lat.get("host_others_cores") or 0) > HOST_BUSY_CORES:
-                    sanity += " [yellow]host busy[/]"
+                sanity += "".join(f" [yellow]{flag}[/]" for flag in neighbour_flags(lat))
                 t.add_row(label, str(cell["batch_size"]), str(cell["prompt_tokens"]), str(cell["new_tokens"]),
                           _num((base.get("decode_ms_per_token") or {}).get("median"), ".2f"),
                           _num((base.get("prefill_ms") or {}).get("median"), ".1f"), *cols, sanity)

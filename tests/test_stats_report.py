@@ -350,6 +350,25 @@ def test_leaderboard_flags_methods_trained_in_different_loops():
     assert "differ" not in str(table.title)
 
 
+def _leaderboard_status(runs):
+    """The rendered leaderboard, and each method's status column in it."""
+    from peftbench.report import leaderboard_tables, render_markdown
+
+    board = render_markdown(leaderboard_tables({}, runs))
+    return board, {line.split("|")[1].strip(): line.rsplit("|", 2)[-2].strip() for line in board.splitlines()
+                   if line.startswith("| ") and not line.startswith("| method")}
+
+
+def _latency_sanity(extra):
+    """The sanity column of a one-cell latency table whose section also holds ``extra``."""
+    from peftbench.report import latency_tables, render_markdown
+
+    lat = {"regimes": {"eager": [{"batch_size": 1, "prompt_tokens": 4, "new_tokens": 2, "modes": {"base": {}},
+                                  "overhead": {}}]}, **extra}
+    (row,) = [line for line in render_markdown(latency_tables({"lora": lat})).splitlines() if line.startswith("| lora")]
+    return row.rstrip(" |")
+
+
 def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
     """Each phase samples the device memory in use outside this process's allocator; a cell that saw more
     than another process's worth is marked 'GPU shared' on the leaderboard (its times are not its own)."""
@@ -357,7 +376,6 @@ def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
 
     from peftbench import cell, memory
     from peftbench.leaderboard import rows_for_task
-    from peftbench.report import leaderboard_tables, render_markdown
 
     seen = iter([1 * 1024**3, 5 * 1024**3])
     monkeypatch.setattr(memory, "gpu_others_bytes", lambda: next(seen))
@@ -379,19 +397,13 @@ def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
     runs = [run("base", None), run("lora", result["gpu_others_bytes"]), run("full", 1 * 1024**3)]
     assert {r["method"]: r["gpu_shared"] for r in rows_for_task(runs, "t")} == {
         "base": False, "lora": True, "full": False}
-    board = render_markdown(leaderboard_tables({}, runs))
-    status = {line.split("|")[1].strip(): line.rsplit("|", 2)[-2].strip() for line in board.splitlines()
-              if line.startswith("| ") and not line.startswith("| method")}
+    board, status = _leaderboard_status(runs)
     assert status["lora"] == "ok GPU shared" and status["full"] == "ok"
     assert "other processes used the GPU" in board
 
     # the latency table says so too (its section carries the sample of its own timing)
-    from peftbench.report import latency_tables
 
-    lat = {"regimes": {"eager": [{"batch_size": 1, "prompt_tokens": 4, "new_tokens": 2, "modes": {"base": {}},
-                                  "overhead": {}}]}, "gpu_others_bytes": 5 * 1024**3}
-    row = [line for line in render_markdown(latency_tables({"lora": lat})).splitlines() if line.startswith("| lora")]
-    assert row and row[0].rstrip(" |").endswith("ok GPU shared")
+    assert _latency_sanity({"gpu_others_bytes": 5 * 1024**3}).endswith("ok GPU shared")
 
 
 def test_host_cpu_used_by_other_processes_is_measured():
@@ -430,7 +442,6 @@ def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
 
     from peftbench import cell, memory
     from peftbench.leaderboard import rows_for_task
-    from peftbench.report import latency_tables, leaderboard_tables, render_markdown
 
     # (wall s, host busy CPU s, own tree CPU s): 10 s in which the host spent 25 CPU s, this process 5
     samples = iter([(0.0, 100.0, 10.0), (10.0, 125.0, 15.0), (20.0, 125.0, 15.0), (30.0, 131.0, 20.0)])
@@ -457,12 +468,7 @@ def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
     runs = [run("base", None), run("lora", 2.0), run("full", 0.4)]
     assert {r["method"]: r["host_busy"] for r in rows_for_task(runs, "t")} == {
         "base": False, "lora": True, "full": False}
-    board = render_markdown(leaderboard_tables({}, runs))
-    status = {line.split("|")[1].strip(): line.rsplit("|", 2)[-2].strip() for line in board.splitlines()
-              if line.startswith("| ") and not line.startswith("| method")}
+    board, status = _leaderboard_status(runs)
     assert status["lora"] == "ok host busy" and status["full"] == "ok"
     assert "kept over 1 CPU core busy" in board
-    lat = {"regimes": {"eager": [{"batch_size": 1, "prompt_tokens": 4, "new_tokens": 2, "modes": {"base": {}},
-                                  "overhead": {}}]}, "host_others_cores": 3.5}
-    row = [line for line in render_markdown(latency_tables({"lora": lat})).splitlines() if line.startswith("| lora")]
-    assert row and row[0].rstrip(" |").endswith("ok host busy")
+    assert _latency_sanity({"host_others_cores": 3.5}).endswith("ok host busy")
