@@ -430,8 +430,8 @@ def diagnostics(results: list[dict[str, Any]]) -> list[str]:
                     if str(c) in packages:
                         per[packages[str(c)]] = per.get(packages[str(c)], 0) + 1
                 notes.append("steps ended on CPU packages " + ", ".join(f"{p}: {n}" for p, n in sorted(per.items())))
-            for r in v.get("recompiles") or []:
-                notes.append(f"recompiled {r['function']} at step {r['step']}: {r['guard'][:120]}")
+            for event in v.get("recompiles") or []:
+                notes.append(f"recompiled {event['function']} at step {event['step']}: {event['guard'][:120]}")
             if (v.get("compiled_graphs") or 0) > 0:
                 notes.append(f"{v['compiled_graphs']} graphs compiled")
             alloc = v.get("allocator") or {}

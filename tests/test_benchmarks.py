@@ -75,6 +75,11 @@ def test_throughput_diagnostics_name_busy_hosts_recompiles_and_allocator_churn()
         del results[0]["variants"]["naive"][k]
     assert diagnostics(results) == ["full fast: host busy: other processes kept 3.5 CPU cores busy; 2 graphs compiled; "
                                     "40 device mallocs, 12 frees, 1 retries"]
+    results[0]["variants"]["fast"]["recompiles"] = [{"step": 12, "function": "forward (modeling_layers.py:89)",
+                                                     "guard": "0/0: s0*s1 > 4096"}]
+    assert diagnostics(results)[0] == ("full fast: host busy: other processes kept 3.5 CPU cores busy; recompiled "
+                                       "forward (modeling_layers.py:89) at step 12: 0/0: s0*s1 > 4096; 2 graphs "
+                                       "compiled; 40 device mallocs, 12 frees, 1 retries")
 
 
 def test_gc_clock_times_collections_and_counts_full_ones():
