@@ -137,8 +137,8 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.0,
                       max_length=args.seq_len, latency_rounds=0, log_every=1, max_grad_norm=1.0,
                       gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, dtype=args.autocast,
-                      **({"compile": "on" if args.device == "cuda" else "off"} if variant in ("fast", "fast-graphs")
-                         else {}),
+                      **({"compile": args.compile or ("on" if args.device == "cuda" else "off")}
+                         if variant in ("fast", "fast-graphs") else {}),
                       **VARIANTS[variant])
     marks: list[tuple[float, int]] = []
     # the last warm-up step runs in torch's sync-debug mode: every call that waits for the GPU inside a step
@@ -530,6 +530,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     "variant and record its size (what the method ships)")
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU (default: by GPU name)")
+    ap.add_argument("--compile", choices=["on", "off"],
+                    help="compile the fast variants' blocks or not (default: on CUDA yes, on CPU no); e.g. on CPU to "
+                         "see the recompilations the JSON's 'recompiles' records")
     ap.add_argument("--memory-limit-gib", type=float,
                     help="cap this process's CUDA allocations (torch.cuda.set_per_process_memory_fraction) to see "
                          "what fits a smaller GPU: 79 for an 80 GB H100 (81,559 MiB, less ~0.6 GiB of CUDA context); "
