@@ -1001,3 +1001,44 @@ def test_eager_warmup_decodes_the_full_length_static_a_few_tokens(monkeypatch, r
                        bootstrap=10)
     measure({"base": lambda: contextlib.nullcontext("base")}, plan, "cpu", VOCAB)
     assert seen == [warm_tokens, 20, 20]
+
+
+def test_a_model_from_disk_is_read_once_per_method_and_every_use_is_its_own_copy(capsys, tmp_path, monkeypatch):
+    """``peftbench latency`` on a model read from disk: one ``from_pretrained`` per method (the one-shape
+    benchmark's 60 s target), and the timed base, the artifact's base and the merged model's base are distinct
+    copies: the lora merged model merges into its own weights, not into the timed base."""
+    import peftbench.cell as cell_module
+    from transformers import AutoModelForCausalLM
+
+    from peftbench.models import load_model
+
+    model, tok, _ = load_model("tiny:llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    reads = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        reads.append(args[0])
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counting))
+    bases = []
+    real_time = cell_module.time_inference
+
+    def spy(load_base, *args):
+        first, second = load_base(), load_base()
+        bases.extend([first, second])
+        return real_time(load_base, *args)
+
+    monkeypatch.setattr(cell_module, "time_inference", spy)
+    out = tmp_path / "lat"
+    grid = ["--model", str(tmp_path / "m"), *GRID[2:], "--stack", "none", "--regimes", "eager"]
+    code, _, err = run_cli(["latency", "--methods", "lora,full", *grid, "--output", str(out)], capsys)
+    assert code == 0, err
+    assert len(reads) == 2  # lora and full: one read each, for 3-4 uses each
+    first, second = bases[:2]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert not {p.data_ptr() for p in first.parameters()} & {p.data_ptr() for p in second.parameters()}
+    r = json.loads((out / "latency" / "lora.json").read_text())
+    assert r["status"] == "ok" and r["latency"]["modes"] == ["base", "unmerged", "merged"]
