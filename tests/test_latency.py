@@ -1007,9 +1007,9 @@ def test_a_model_from_disk_is_read_once_per_method_and_every_use_is_its_own_copy
     """``peftbench latency`` on a model read from disk: one ``from_pretrained`` per method (the one-shape
     benchmark's 60 s target), and the timed base, the artifact's base and the merged model's base are distinct
     copies: the lora merged model merges into its own weights, not into the timed base."""
-    import peftbench.cell as cell_module
     from transformers import AutoModelForCausalLM
 
+    import peftbench.cell as cell_module
     from peftbench.models import load_model
 
     model, tok, _ = load_model("tiny:llama")
@@ -1038,7 +1038,7 @@ def test_a_model_from_disk_is_read_once_per_method_and_every_use_is_its_own_copy
     assert code == 0, err
     assert len(reads) == 2  # lora and full: one read each, for 3-4 uses each
     first, second = bases[:2]
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
     assert not {p.data_ptr() for p in first.parameters()} & {p.data_ptr() for p in second.parameters()}
     r = json.loads((out / "latency" / "lora.json").read_text())
     assert r["status"] == "ok" and r["latency"]["modes"] == ["base", "unmerged", "merged"]
