@@ -42,6 +42,8 @@ RENDERED = [  # (doc, result folder): tests/test_results_docs.py checks each of 
     ("docs/performance.md", "results/throughput-gpu/smol-qa-side-by-side.json"),
     ("docs/performance.md", "results/throughput-gpu/varlen-side-by-side.json"),
     ("docs/performance.md", "results/throughput-gpu/sst2-side-by-side.json"),
+    ("docs/performance.md", "results/throughput-gpu/ablate-loss-sync-fix.json"),
+    ("docs/performance.md", "results/throughput-gpu/smol-qa-loss-sync-fix.json"),
     ("docs/performance.md", "results/throughput-gpu/1b.json"),
     ("docs/performance.md", "results/throughput-gpu/8b-all.json"),
     ("docs/performance.md", "results/throughput-gpu/8b-all-ckpt.json"),
