@@ -30,6 +30,8 @@ RENDERED = [  # (doc, result folder): tests/test_results_docs.py checks each of 
     ("docs/latency.md", "results/latency-gpu/latency-one-shape-warm-cache"),
     ("docs/latency.md", "results/latency-gpu/latency-grid-A-side-by-side"),
     ("docs/latency.md", "results/latency-gpu/latency-one-shape-side-by-side"),
+    ("docs/latency.md", "results/latency-gpu/latency-grid-eager-B"),
+    ("docs/latency.md", "results/latency-gpu/latency-one-shape-slow-host"),
     ("docs/latency.md", "results/throughput-gpu/8b-latency.partial"),
     # benchmarks/train_throughput.py results files (a .json path: rendered by its --markdown)
     ("docs/performance.md", "results/throughput-gpu/ablate.json"),
