@@ -62,4 +62,5 @@ def measure_latency(run, model, modes):
     same = ("merged",) + (("unmerged",) if run.method is not None and run.method.capabilities.trains_all_parameters
                           else ())
     return measure(modes, run.train_config.latency_plan(), run.device, model.config.vocab_size,
-                   same_as_base=same, progress=run.progress.phase if run.progress is not None else None)
+                   same_as_base=same, progress=run.progress.phase if run.progress is not None else None,
+                   done=run.latency_done, checkpoint=run.latency_checkpoint)

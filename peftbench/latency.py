@@ -35,6 +35,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -257,11 +258,17 @@ def _prompt(vocab: int, batch: int, length: int, device: str, seed: int) -> torc
 
 
 def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab: int,
-            same_as_base: tuple[str, ...] = ("merged",), progress: Callable[[str], None] | None = None
+            same_as_base: tuple[str, ...] = ("merged",), progress: Callable[[str], None] | None = None,
+            done: dict[str, Any] | None = None, checkpoint: Callable[[dict[str, Any]], None] | None = None
             ) -> dict[str, Any]:
     """Time every mode over the plan's grid. ``modes`` maps a name to a zero-argument factory of a context
     manager that yields the model to time (``base`` must be one of them); ``same_as_base`` names the modes
-    the sanity check holds to base's timing. Returns the ``latency`` section of a run file."""
+    the sanity check holds to base's timing. Returns the ``latency`` section of a run file.
+
+    A grid of eager decoding can outlast a command's time limit, so it can be continued: ``checkpoint`` is
+    called with the section so far after every shape, and ``done`` (such a section, of the same plan and
+    modes) supplies the shapes already timed, which are kept, not timed again. Every shape's modes are
+    still timed together, in the same rounds (each cell records when: ``timed_at``)."""
     if "base" not in modes:
         raise ValueError("latency modes must include 'base'")
     clock = Clock(device)
@@ -271,18 +278,50 @@ def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab
     # where the wall time went, per regime and mode (setting the mode up, warm-up and timed rounds included):
     # what a smaller grid would save
     out["wall_s"] = {regime: dict.fromkeys(names, 0.0) for regime in plan.regimes}
+    kept = _timed_cells(done, out)
+    if kept:
+        out["resumed_cells"] = 0
+        for regime, modes_wall in (done or {}).get("wall_s", {}).items():
+            for mode, seconds in modes_wall.items():
+                if regime in out["wall_s"] and mode in out["wall_s"][regime]:
+                    out["wall_s"][regime][mode] = seconds
     for regime in plan.regimes:
-        cells = []
+        cells = out["regimes"][regime] = []
         for batch in plan.batch_sizes:
             for length in plan.prompt_lengths:
+                key = (regime, batch, length)
+                if key in kept:  # timed by an earlier, interrupted process: kept with its sanity entries
+                    cells.append(kept[key])
+                    out["sanity"] += [s for s in done.get("sanity", []) if _where(s) == key]
+                    out["errors"] += [e for e in done.get("errors", []) if _where(e) == key]
+                    out["resumed_cells"] += 1
+                    continue
                 if progress:
                     progress(f"latency {regime} bs{batch} x {length}")
                 cells.append(_measure_shape(modes, names, regime, batch, length, plan, device, vocab, clock,
                                             same_as_base, out))
-        out["regimes"][regime] = cells
+                if checkpoint:
+                    checkpoint(out)
     out["sanity_ok"] = not any(s["ok"] is False for s in out["sanity"])
     out["summary"] = headline(out)
     return out
+
+
+def _where(entry: dict[str, Any]) -> tuple[str, int, int]:
+    return entry.get("regime"), entry.get("batch_size"), entry.get("prompt_tokens")
+
+
+def _timed_cells(done: dict[str, Any] | None, out: dict[str, Any]) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """The cells of an earlier section ``done`` that can be kept: only when it timed the same plan and modes
+    (anything else would mix grids), and only complete cells (every mode timed or failed)."""
+    if not done or done.get("plan") != out["plan"] or done.get("modes") != out["modes"]:
+        return {}
+    kept = {}
+    for regime, cells in (done.get("regimes") or {}).items():
+        for cell in cells:
+            if set(cell.get("modes", {})) == set(out["modes"]):
+                kept[(regime, cell["batch_size"], cell["prompt_tokens"])] = cell
+    return kept
 
 
 def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str, batch: int, length: int,
@@ -323,6 +362,7 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
                     samples[mode]["decode"].append(decode)
                     samples[mode]["decode_mean"].append(decode_mean)
     cell: dict[str, Any] = {"batch_size": batch, "prompt_tokens": length, "new_tokens": plan.new_tokens,
+                            "timed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "modes": {}, "overhead": {}, "prefill_overhead": {}}
     for mode in names:
         s = samples[mode]

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import meta
+from . import memory, meta
 from .config import LATENCY_KEYS, TrainConfig, build_dataclass, parse_sets, to_jsonable
 from .errors import UsageError
 from .records import SCHEMA_VERSION, RunContext, RunSpec
@@ -79,7 +79,8 @@ class LatencySession:
         self.method_configs = {m: self.registry.get(m).make_config(method_sets.get(m, {})) for m in self.methods}
         self.id = datetime.now(timezone.utc).strftime("latency-%Y%m%d-%H%M%S")
         self.output = Path(c.output) if c.output else Path("peftbench-results") / self.id
-        if (self.output / "latency").is_dir() and any((self.output / "latency").glob("*.json")) and not c.resume:
+        held = [d for d in ("latency", "latency-partial") if any((self.output / d).glob("*.json"))]
+        if held and not c.resume:
             raise UsageError(f"--output {self.output} already holds latency results. Pass --resume to keep them and "
                              "time only the methods missing there, or choose an empty folder.")
         old = self.output / "session.json"
@@ -94,13 +95,21 @@ class LatencySession:
                                  f"{'model' if not diff else 'grid (' + ', '.join(diff) + ')'}; results of different "
                                  "grids or models cannot be mixed. Use the same options, or a new --output.")
             self.id = before.get("session_id", self.id)
+            self.earlier = before   # the record keeps the earlier commands' methods and command lines
         self.model = resolve_model(c.model, progress=self.say, cache_dir=default_cache_dir())
 
     def record(self, status: str) -> dict[str, Any]:
+        """session.json. Resumed, it still names what the earlier commands timed: ``methods`` and
+        ``method_configs`` are theirs and this command's together, ``commands`` every command line so far."""
+        earlier = getattr(self, "earlier", {})
+        methods = [*[m for m in earlier.get("methods", []) if m not in self.methods], *self.methods]
+        configs = {**(earlier.get("method_configs") or {}), **to_jsonable(self.method_configs)}
+        commands = [*(earlier.get("commands") or ([earlier["command"]] if earlier.get("command") else [])),
+                    meta.command_line()]
         return {"schema_version": SCHEMA_VERSION, "kind": "latency", "status": status, "session_id": self.id,
-                "command": meta.command_line(), "updated": _now(), "model": to_jsonable(self.model.info),
-                "methods": self.methods, "train_config": to_jsonable(self.train_config),
-                "method_configs": to_jsonable(self.method_configs),
+                "command": meta.command_line(), "commands": commands, "updated": _now(),
+                "model": to_jsonable(self.model.info), "methods": methods, "train_config": to_jsonable(self.train_config),
+                "method_configs": configs,
                 "plan": to_jsonable(self.train_config.latency_plan()),
                 "env": {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash(),
                     "source_sha256": meta.source_digest()}}
@@ -136,6 +145,24 @@ class LatencySession:
             write_json(self.output / "session.json", self.record(status))
         return results
 
+    def _partial_section(self, name: str, partial: Path, result: dict[str, Any]) -> dict[str, Any] | None:
+        """The latency section an interrupted earlier run of this method left, when ``--resume`` may keep it:
+        the same method configuration (the grid was checked against session.json already)."""
+        import json
+
+        if not (self.config.resume and partial.is_file()):
+            return None
+        try:
+            old = json.loads(partial.read_text())
+        except ValueError:
+            return None
+        section = old.get("latency") or {}
+        if old.get("method_config") != result["method_config"] or not section.get("regimes"):
+            return None
+        self.say(f"{name}: continuing; {sum(len(c) for c in section['regimes'].values())} shapes kept from the "
+                 "interrupted run")
+        return section
+
     def time_method(self, name: str) -> dict[str, Any]:
         import torch
 
@@ -161,6 +188,16 @@ class LatencySession:
                 pristine.append(self.model.load("cpu")[0])
             return copy.deepcopy(pristine[0]).to(self.device)
 
+        # an interrupted method's finished shapes, kept under latency-partial/ until the method is done
+        partial = self.output / "latency-partial" / f"{name}.json"
+        run.latency_done = self._partial_section(name, partial, result)
+        cpu0 = memory.cpu_sample()
+
+        def checkpoint(section: dict[str, Any]) -> None:
+            section = {**section, **_neighbours_so_far(run.latency_done, cpu0)}
+            write_json(partial, {**result, "status": "partial", "latency": section, "updated": _now()})
+
+        run.latency_checkpoint = checkpoint
         seconds: dict[str, float] = {}   # where the method's wall time went (the timing phase includes
         t0 = time.perf_counter()          # loading the base and merged models it times)
         try:
@@ -175,6 +212,9 @@ class LatencySession:
                 t1 = time.perf_counter()
                 result["latency"] = time_inference(load_base, run, art, trained)
                 seconds["timing"] = round(time.perf_counter() - t1, 2)
+                for key, value in _neighbours_so_far(run.latency_done, None).items():  # the kept shapes' too
+                    result["latency"][key] = max(value, result["latency"].get(key) or 0)
+            partial.unlink(missing_ok=True)
         except torch.cuda.OutOfMemoryError as e:
             result.update(status="oom", error={"type": "OutOfMemoryError", "message": str(e)[:500]})
         except Exception as e:  # one method failing never loses the others
@@ -184,6 +224,19 @@ class LatencySession:
         result["seconds"] = seconds
         result["finished"] = _now()
         return result
+
+
+def _neighbours_so_far(done: dict[str, Any] | None, cpu0: Any) -> dict[str, Any]:
+    """What other processes used while the shapes so far were timed: the most of an earlier partial's
+    (``done``) and, given ``cpu0``, this process's since then (GPU memory now, host CPU since ``cpu0``)."""
+    out = {k: done[k] for k in ("gpu_others_bytes", "host_others_cores") if (done or {}).get(k) is not None}
+    if cpu0 is not None:
+        now = {"gpu_others_bytes": memory.gpu_others_bytes(),
+               "host_others_cores": memory.host_others_cores(cpu0, memory.cpu_sample())}
+        for k, v in now.items():
+            if v is not None:
+                out[k] = max(v, out.get(k) or 0)
+    return out
 
 
 def load_latency(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

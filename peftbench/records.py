@@ -41,6 +41,10 @@ class RunContext:
     hook: Any = None
     progress: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # `peftbench latency` continuing an interrupted method: the shapes already timed (a partial ``latency``
+    # section), and a callback that saves the section after each shape (see ``peftbench.latency.measure``)
+    latency_done: dict[str, Any] | None = None
+    latency_checkpoint: Any = None
 
     def record(self, key: str, value: Any) -> None:
         """Store a JSON-able value under ``extras[key]`` in this run's result file."""

@@ -1042,3 +1042,105 @@ def test_a_model_from_disk_is_read_once_per_method_and_every_use_is_its_own_copy
     assert not {p.data_ptr() for p in first.parameters()} & {p.data_ptr() for p in second.parameters()}
     r = json.loads((out / "latency" / "lora.json").read_text())
     assert r["status"] == "ok" and r["latency"]["modes"] == ["base", "unmerged", "merged"]
+
+
+# ---- 10. continuing an interrupted grid -----------------------------------------------------------------------
+
+def test_a_grid_continues_from_the_shapes_an_interrupted_run_checkpointed(monkeypatch):
+    """After every shape the section so far is checkpointed; given it back as ``done``, measure keeps those
+    shapes (with their sanity entries and wall time) and times only the rest. Another plan or other modes
+    keep nothing."""
+    calls: list[tuple[str, int]] = []
+
+    def fake_round(model, ids, new_tokens, clock):
+        calls.append((model, ids.shape[0]))
+        return 1.0, (1.2 if model == "merged" else 1.0) * ids.shape[0], 1.0
+
+    monkeypatch.setitem(lat.ROUNDS, "eager", fake_round)
+    modes = {n: (lambda n=n: contextlib.nullcontext(n)) for n in ("base", "merged")}
+    plan = LatencyPlan(batch_sizes=[1, 2, 3], prompt_lengths=[4], new_tokens=2, rounds=3, warmup=1,
+                       regimes=["eager"], bootstrap=50)
+    saved: list[dict] = []
+
+    class Interrupt(Exception):
+        pass
+
+    def checkpoint(section):
+        saved.append(json.loads(json.dumps(section)))   # as it would be read back from the file
+        if len(saved) == 2:
+            raise Interrupt  # the command's time runs out after the second shape
+
+    with pytest.raises(Interrupt):
+        measure(modes, plan, "cpu", VOCAB, checkpoint=checkpoint)
+    first = saved[-1]
+    assert [c["batch_size"] for c in first["regimes"]["eager"]] == [1, 2]
+    assert [s["batch_size"] for s in first["sanity"]] == [1, 2]   # merged +20 %: flagged in both
+    assert len(calls) == 2 * 4 * 2
+    first["wall_s"]["eager"]["base"] = 5.0   # the earlier process's wall time is carried on
+
+    calls.clear()
+    progress: list[dict] = []
+    out = measure(modes, plan, "cpu", VOCAB, done=first, checkpoint=progress.append)
+    assert {b for _, b in calls} == {3} and len(calls) == 4 * 2           # only the missing shape was timed
+    cells = out["regimes"]["eager"]
+    assert [c["batch_size"] for c in cells] == [1, 2, 3] and out["resumed_cells"] == 2
+    assert cells[:2] == first["regimes"]["eager"]                         # kept as they were, timed_at included
+    assert all("timed_at" in c for c in cells)
+    assert [(s["batch_size"], s["ok"]) for s in out["sanity"]] == [(1, False), (2, False), (3, False)]
+    assert out["sanity_ok"] is False and len(progress) == 1
+    assert 5.0 <= out["wall_s"]["eager"]["base"] < 6.0
+
+    # another plan, or other modes: nothing is kept
+    calls.clear()
+    other = dataclasses.replace(plan, rounds=4)
+    out = measure(modes, other, "cpu", VOCAB, done=first)
+    assert len(calls) == 3 * 5 * 2 and "resumed_cells" not in out
+    calls.clear()
+    out = measure({**modes, "extra": lambda: contextlib.nullcontext("extra")}, plan, "cpu", VOCAB, done=first)
+    assert len(calls) == 3 * 4 * 3 and "resumed_cells" not in out
+
+
+def test_latency_resume_continues_an_interrupted_method_shape_by_shape(capsys, tmp_path, monkeypatch):
+    """The command interrupted inside a method (a command's time limit) keeps the method's finished shapes
+    under latency-partial/; --resume times only the rest, writes the method's file and removes the partial;
+    session.json names the earlier command's methods too. Without --resume the folder is refused."""
+    real = lat._measure_shape
+    shapes: list[tuple[int, int]] = []
+
+    def counted(modes, names, regime, batch, length, *args):
+        shapes.append((batch, length))
+        if len(shapes) == 6 and interrupt[0]:  # full: 4 shapes; lora: the second
+            raise KeyboardInterrupt
+        return real(modes, names, regime, batch, length, *args)
+
+    interrupt = [True]
+    monkeypatch.setattr(lat, "_measure_shape", counted)
+    out = tmp_path / "lat"
+    grid = ["--model", "tiny:llama", "--device", "cpu", "--batch-sizes", "1,2", "--prompt-lengths", "8,12",
+            "--new-tokens", "3", "--rounds", "2", "--regimes", "eager", "--stack", "none"]
+    code, _, err = run_cli(["latency", "--methods", "full,lora", *grid, "--output", str(out)], capsys)
+    assert code != 0
+    assert (out / "latency" / "full.json").is_file() and not (out / "latency" / "lora.json").exists()
+    partial = json.loads((out / "latency-partial" / "lora.json").read_text())
+    assert partial["status"] == "partial" and len(partial["latency"]["regimes"]["eager"]) == 1
+    assert json.loads((out / "session.json").read_text())["status"] == "interrupted"
+
+    code, _, err = run_cli(["latency", "--methods", "lora", *grid, "--output", str(out)], capsys)
+    assert code == 2 and "--resume" in err   # the partial is not overwritten by a fresh start
+
+    interrupt[0] = False
+    shapes.clear()
+    code, _, err = run_cli(["latency", "--methods", "lora", *grid, "--output", str(out), "--resume"], capsys)
+    assert code == 0, err
+    assert "lora: continuing; 1 shapes kept" in err
+    assert shapes == [(1, 12), (2, 8), (2, 12)]                          # (1, 8) was kept
+    lora = json.loads((out / "latency" / "lora.json").read_text())
+    assert lora["status"] == "ok" and lora["latency"]["resumed_cells"] == 1
+    assert [(c["batch_size"], c["prompt_tokens"]) for c in lora["latency"]["regimes"]["eager"]] == [
+        (1, 8), (1, 12), (2, 8), (2, 12)]
+    assert lora["latency"]["regimes"]["eager"][0] == partial["latency"]["regimes"]["eager"][0]
+    assert not (out / "latency-partial" / "lora.json").exists()
+    session = json.loads((out / "session.json").read_text())
+    assert session["status"] == "finished" and session["methods"] == ["full", "lora"]
+    assert len(session["commands"]) == 2 and "--resume" in session["commands"][-1]  # the refused one wrote nothing
+    assert set(session["method_configs"]) == {"full", "lora"}
