@@ -469,3 +469,36 @@ def test_compiled_loop_records_the_fused_loss_kernel(monkeypatch):
     ref, comp, _ = _eager_and_compiled(3)
     assert ref.loop["chunked_loss_kernel"] == "eager" and comp.loop["chunked_loss_kernel"] == "fused"
     assert [b for _, b in comp.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-4)
+
+
+def test_the_fast_loop_freezes_the_collector_after_its_first_steps_and_unfreezes_after():
+    """Objects alive after steps 1 and 3 move to the permanent generation (full collections inside
+    CUDA-graph steps took 0.7-0.9 s on an H200); training ends with the collector as it found it. The naive
+    loop leaves the collector alone, and so does the fast loop when the caller froze objects itself."""
+    import gc
+
+    seen: dict[str, list[int]] = {}
+
+    def watch(name):
+        seen[name] = []
+        return lambda step, info: seen[name].append(gc.get_freeze_count())
+
+    model, data = _tiny(), _data(32, seed=5)
+    params = list(model.parameters())
+    assert gc.get_freeze_count() == 0
+    fast = train(model, params, data, TrainConfig(steps=5, batch_size=4), seed=0, device="cpu",
+                 on_step=watch("fast"))
+    assert gc.get_freeze_count() == 0 and fast.loop["gc"] == "frozen after steps 1 and 3"
+    counts = seen["fast"]
+    assert len(counts) == 5 and min(counts) > 1000   # frozen from step 1 on (objects freed since leave it)
+    naive = train(model, params, data, TrainConfig(steps=3, batch_size=4, loop="naive"), seed=0, device="cpu",
+                  on_step=watch("naive"))
+    assert seen["naive"] == [0, 0, 0] and "gc" not in naive.loop
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        mine = train(model, params, data, TrainConfig(steps=3, batch_size=4), seed=0, device="cpu",
+                     on_step=watch("mine"))
+        assert "gc" not in mine.loop and gc.get_freeze_count() > before // 2   # still the caller's frozen objects
+    finally:
+        gc.unfreeze()
