@@ -15,6 +15,8 @@
 # after something that loaded the model (its log says whether it converted).
 # The committed grid used ROUNDS=3 and NEW=32 new tokens (the command's defaults are 5 and 64): eager decoding
 # runs at ~25-45 ms per token on that machine, and the default grid twice would not fit the session's device time.
+# With REGIMES=eager, run B continues results/latency-gpu/latency-grid-eager-B (committed, QLoRA missing), so
+# `LATENCY_RUNS=B bash benchmarks/device/latency-gpu.sh 560 3 32 grid eager` times only QLoRA (~330 s).
 #   PIN (environment): 1 (default) runs peftbench latency pinned (taskset) to the CPUs of the GPU's NUMA node
 #   (benchmarks/device/gpu-cpus.sh), so the host-bound eager rounds do not move across sockets; 0 leaves the
 #   scheduler free. The log says which.
@@ -36,6 +38,12 @@ if [ "$what" != grid ] && [ ! -f "$root/latency-one-shape/wall.txt" ]; then
   t1=$(date +%s.%N)
   mkdir -p "$root/latency-one-shape"
   echo "peftbench latency, lora, 1 shape x 3 modes (base, unmerged, merged), eager, 5 rounds + 1 warm-up: exit $rc, wall $(python3 -c "print(round($t1 - $t0, 1))") s (process start and model load included)" | tee "$root/latency-one-shape/wall.txt"
+fi
+# the eager grid's run B was cut short on 2026-11-30 (QLoRA untimed): continue the committed one, not redo it
+here=$(cd "$(dirname "$0")/../.." && pwd)
+if [ "$regimes" = eager ] && [ ! -d "$root/latency-grid-B" ] && [ -d "$here/results/latency-gpu/latency-grid-eager-B" ]; then
+  cp -r "$here/results/latency-gpu/latency-grid-eager-B" "$root/latency-grid-B"
+  rm -f "$root/latency-grid-B/run.log"
 fi
 for run in ${LATENCY_RUNS:-A B}; do
   [ "$what" = one ] && break
