@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from .memory import host_cpu_state
+
 REGIMES = ("eager", "static")
 MIN_ROUNDS_TO_JUDGE = 3
 ModeFactory = Callable[[], contextlib.AbstractContextManager]
@@ -331,6 +333,7 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
     one_round = ROUNDS[regime]
     samples: dict[str, dict[str, list[float]]] = {m: {"prefill": [], "decode": [], "decode_mean": []}
                                                   for m in names}
+    host: dict[str, dict[str, list[Any]]] = {m: {"core": [], "mhz": []} for m in names}  # per timed round
     failed: dict[str, str] = {}
     with _gc_off():  # one collection for the shape; each round below then runs with the collector off
         for r in range(plan.warmup + plan.rounds):
@@ -358,6 +361,9 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
                     wall = out["wall_s"][regime]
                     wall[mode] = round(wall[mode] + time.perf_counter() - t0, 3)
                 if r >= plan.warmup:
+                    core, mhz = host_cpu_state()   # read after the round, outside its timing
+                    host[mode]["core"].append(core)
+                    host[mode]["mhz"].append(mhz)
                     samples[mode]["prefill"].append(prefill)
                     samples[mode]["decode"].append(decode)
                     samples[mode]["decode_mean"].append(decode_mean)
@@ -373,7 +379,8 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
         cell["modes"][mode] = {"prefill_ms": summarize(s["prefill"]), "decode_ms_per_token": dec,
                                "decode_ms_per_token_mean": summarize(s["decode_mean"]),
                                "tokens_per_s": round(batch * 1000.0 / dec["median"], 2) if dec["median"] else None,
-                               "samples": {k: [round(v, 4) for v in vs] for k, vs in s.items()}}
+                               "samples": {k: [round(v, 4) for v in vs] for k, vs in s.items()},
+                               "host": host[mode]}
     base = samples["base"]
     if "base" in failed:
         return cell

@@ -146,3 +146,32 @@ def host_others_cores(start: tuple[float, float, float] | None, end: tuple[float
     if start is None or end is None or end[0] - start[0] < 0.05:
         return None
     return round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]), 2)
+
+
+def host_cpu_state() -> tuple[int | None, float | None]:
+    """(the CPU core this process last ran on, that core's clock in MHz) from Linux ``/proc`` and
+    ``/sys``; ``None`` for what the platform does not show. Eager decoding of a small model is bound by one
+    host thread, and its speed moved by up to 2x between rounds on an otherwise idle H200 host: recorded per
+    round, these tell a core migration or a clock change from the method's own cost."""
+    core = mhz = None
+    try:
+        with open("/proc/self/stat") as f:
+            core = int(f.read().rsplit(")", 1)[1].split()[36])  # field 39, "processor"
+    except (OSError, ValueError, IndexError):
+        return None, None
+    try:
+        with open(f"/sys/devices/system/cpu/cpu{core}/cpufreq/scaling_cur_freq") as f:
+            mhz = round(int(f.read()) / 1000, 1)
+    except (OSError, ValueError):
+        try:
+            with open("/proc/cpuinfo") as f:
+                blocks = f.read().split("\n\n")
+            for block in blocks:
+                fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines()
+                                                            if ":" in line)}
+                if fields.get("processor") == str(core) and "cpu MHz" in fields:
+                    mhz = round(float(fields["cpu MHz"]), 1)
+                    break
+        except (OSError, ValueError):
+            pass
+    return core, mhz

@@ -1144,3 +1144,23 @@ def test_latency_resume_continues_an_interrupted_method_shape_by_shape(capsys, t
     assert session["status"] == "finished" and session["methods"] == ["full", "lora"]
     assert len(session["commands"]) == 2 and "--resume" in session["commands"][-1]  # the refused one wrote nothing
     assert set(session["method_configs"]) == {"full", "lora"}
+
+
+def test_each_timed_round_records_the_core_and_clock_it_ran_on(monkeypatch):
+    """Per mode, one (core, MHz) per timed round, in round order, read after the round; warm-up rounds are
+    not recorded. On this Linux machine the real reading gives a core number."""
+    from peftbench.memory import host_cpu_state
+
+    core, _ = host_cpu_state()
+    assert isinstance(core, int) and core >= 0
+    states = iter([(c, 1000.0 + c) for c in range(100)])
+    monkeypatch.setattr(lat, "host_cpu_state", lambda: next(states))
+    monkeypatch.setitem(lat.ROUNDS, "eager", lambda model, ids, n, clock: (1.0, 1.0, 1.0))
+    plan = LatencyPlan(batch_sizes=[1], prompt_lengths=[4], new_tokens=2, rounds=3, warmup=2, regimes=["eager"],
+                       bootstrap=20)
+    out = measure({n: (lambda n=n: contextlib.nullcontext(n)) for n in ("base", "other")}, plan, "cpu", VOCAB)
+    modes = out["regimes"]["eager"][0]["modes"]
+    # timed rounds 3-5 (after 2 warm-up rounds), two modes each, readings 0..5 in timing order; the lead
+    # rotates: base first in rounds 3 and 5, other first in round 4
+    assert modes["base"]["host"] == {"core": [0, 3, 4], "mhz": [1000.0, 1003.0, 1004.0]}
+    assert modes["other"]["host"] == {"core": [1, 2, 5], "mhz": [1001.0, 1002.0, 1005.0]}
