@@ -227,12 +227,29 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
 def latency_key(run: RunContext) -> str:
     """What a method's latency depends on: the method, its configuration (shapes and placement of its
     weights) and the timing grid, not the trained values or the task."""
-    import json
-
     from .config import LATENCY_KEYS
 
     grid = {k: getattr(run.train_config, k) for k in LATENCY_KEYS}
-    return json.dumps([run.method.name, to_jsonable(run.method_config), grid], sort_keys=True, default=str)
+    return _latency_key(run.method.name, to_jsonable(run.method_config), grid)
+
+
+def latency_key_of_result(result: dict[str, Any]) -> str | None:
+    """``latency_key`` of a finished run file (a resumed session reuses its timing), or None when the file
+    does not record what the key needs."""
+    from .config import LATENCY_KEYS
+
+    config = result.get("config") or {}
+    train = config.get("train") or {}
+    if not result.get("method") or result["method"] == "base" or "method" not in config or \
+            any(k not in train for k in LATENCY_KEYS):
+        return None
+    return _latency_key(result["method"].split("@", 1)[0], config["method"], {k: train[k] for k in LATENCY_KEYS})
+
+
+def _latency_key(method: str, method_config: Any, grid: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps([method, to_jsonable(method_config), to_jsonable(grid)], sort_keys=True, default=str)
 
 
 def _score_pair(session: Session, run: RunContext, model: Any, reference: dict[str, Any] | None) -> dict[str, Any]:

@@ -58,8 +58,9 @@ class TrainConfig:
                                default="auto")
     latency_once: bool = _help("time each method once per session (its first cell) and reuse those figures, "
                                "marked with the cell they come from, in its other cells: latency depends on the "
-                               "shapes and placement of a method's weights, not their values. false: time every "
-                               "cell", default=True)
+                               "shapes and placement of a method's weights, not their values (a session continued "
+                               "with --resume reuses its kept cells' timings). false: time every cell",
+                               default=True)
     merge_eval: bool = _help("score the merged model with lm-eval too (mergeable methods)", default=True)
     merge_precisions: bool = _help("also compare merging in fp32 then casting to bf16 with merging in bf16 "
                                    "(mergeable methods; logits and lm-eval score vs the unmerged bf16 model)",

@@ -180,6 +180,13 @@ class Session:
             if r.get("method") == "base" and r.get("status") == "ok":
                 for name, entry in (r.get("retention") or {}).items():
                     self.base_retention.setdefault(name, entry)
+        from .cell import latency_key_of_result
+
+        for r in done.values():  # ... and, with latency_once, the timings its kept cells measured themselves
+            latency = r.get("latency") or {}
+            key = latency_key_of_result(r) if r.get("status") == "ok" else None
+            if key and latency.get("regimes") and not latency.get("errors") and "measured_in" not in latency:
+                self.latency_cache.setdefault(key, {"latency": latency, "cell": r.get("key")})
         write_json(self.output / "session.json", self.session_record("running", []))
         self.hook.session_start(session=self)
         self.tokenizer = self.model.load_tokenizer()

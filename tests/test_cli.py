@@ -252,3 +252,25 @@ def test_real_compiled_training_end_to_end(capsys, tmp_path):
         assert loop["compile"].startswith("blocks x2"), loop  # compiled, not fallen back
         assert loop["chunked_loss_kernel"] == "fused"
         assert run["merge"]["ok"] and run["reload"]["ok"]
+
+
+def test_a_resumed_session_reuses_the_latency_its_kept_cells_measured(capsys, tmp_path):
+    """With latency_once, a session continued with --resume (a command's time limit) reuses the timing of
+    each method's kept cell instead of timing the method again in every command; a variant keeps its own."""
+    out = tmp_path / "resumed"
+    args = ["run", "--methods", "lora,adapter,adapter@pf", "--set", "adapter@pf.placement=pfeiffer", *TINY,
+            "--seeds", "0,1", "--no-base", "--output", str(out), "--set", "steps=2", "--set", "evaluate=off",
+            "--set", "merge_precisions=false", "--set", "latency_rounds=1", "--set", "latency_new_tokens=2",
+            "--set", "latency_prompt_lengths=4"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    for m in ("lora", "adapter", "adapter@pf"):   # as if the command had stopped before the seed-1 cells
+        (out / "runs" / f"{m}--quickstart--seed1.json").unlink()
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0, err
+    for m in ("lora", "adapter", "adapter@pf"):
+        first = json.loads((out / "runs" / f"{m}--quickstart--seed0.json").read_text())
+        second = json.loads((out / "runs" / f"{m}--quickstart--seed1.json").read_text())
+        assert second["status"] == "ok" and "latency" not in second["timings"]   # not timed again
+        assert second["latency"]["measured_in"] == f"{m}--quickstart--seed0"
+        assert second["latency"]["regimes"] == first["latency"]["regimes"]
