@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,8 +134,18 @@ def score_retention(session: Session, run: RunContext, result: dict[str, Any], m
             if run.method is None and task.name in session.base_retention:  # scored by an earlier base row
                 out[task.name] = session.base_retention[task.name]
                 continue
-            ev = to_jsonable(run.hook.evaluate_model(run=dataclasses.replace(run, task=task), model=model,
-                                                     tokenizer=session.tokenizer))
+            try:
+                ev = to_jsonable(run.hook.evaluate_model(run=dataclasses.replace(run, task=task), model=model,
+                                                         tokenizer=session.tokenizer))
+            except Exception as e:  # one retention task failing loses neither the cell nor the other tasks
+                import torch
+
+                if isinstance(e, torch.cuda.OutOfMemoryError):
+                    raise
+                out[task.name] = {"metric": task.metric, "score": None, "error": {
+                    "type": type(e).__name__, "message": str(e)[:1000] or "(no message)",
+                    "traceback": traceback.format_exc()[-3000:]}}
+                continue
             metric, score, stderr = _headline(ev, task.metric)
             entry = {"metric": metric, "score": score, "stderr": stderr, "n_samples": ev.get("n_samples"),
                      "eval": ev}

@@ -101,7 +101,8 @@ def _retention(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]
         entries = [(r.get("retention") or {}).get(name) or {} for r in runs]
         out[name] = {"score": _mean([e.get("score") for e in entries]),
                      "delta": _mean([e.get("delta") for e in entries]),
-                     "stderr": _mean([e.get("stderr") for e in entries])}
+                     "stderr": _mean([e.get("stderr") for e in entries]),
+                     "errors": sum(1 for e in entries if e.get("error"))}  # seeds whose scoring failed
     return out
 
 

@@ -133,6 +133,8 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
 
         def kept_cell(r: dict[str, Any], name: str) -> str:
             e = r["retention"].get(name)
+            if e and e["score"] is None and e.get("errors"):
+                return "error"   # the run files hold retention.<task>.error
             if not e or e["score"] is None:
                 return "—"
             if r["method"] == "base":

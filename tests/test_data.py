@@ -1299,3 +1299,34 @@ def test_end_to_end_run_on_fixture_data_with_retention(capsys, tmp_path, data_di
     assert session["tasks"]["sst2"]["sizes"] == {"train": 4, "test": 10}
     assert session["tasks"]["winogrande"]["sizes"] == {"test": wino_rows}
     assert session["retention"] == {"sst2": ["winogrande"]}
+
+
+def test_a_failing_retention_task_is_recorded_and_loses_neither_the_cell_nor_the_other_task(capsys, tmp_path,
+                                                                                           data_dir, monkeypatch):
+    """One retention task that cannot be scored (found on CPU: lm-eval asserts when a piqa continuation is
+    longer than a small model's context) is recorded with its error; the cell stays ok with its own score
+    and the other retention task's; the leaderboard shows 'error' in that column."""
+    import peftbench.evaluation as evaluation
+
+    real = evaluation.evaluate
+
+    def failing_on_piqa(model, tokenizer, task, *args, **kwargs):
+        if task.name == "piqa":
+            raise AssertionError
+        return real(model, tokenizer, task, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", failing_on_piqa)
+    out = tmp_path / "session"
+    code, stdout, err = run_cli(["run", "--methods", "full", "--tasks", "sst2", *TINY, "--data-dir", str(data_dir),
+                                 "--retention", "piqa,winogrande", "--limit", "4", "--set", "steps=1",
+                                 "--set", "latency_rounds=0", "--output", str(out)], capsys)
+    assert code == 0, err
+    for key in ("base--sst2--seed0", "full--sst2--seed0"):
+        r = json.loads((out / "runs" / f"{key}.json").read_text())
+        assert r["status"] == "ok" and r["eval"]["n_samples"] == 4
+        piqa, wino = r["retention"]["piqa"], r["retention"]["winogrande"]
+        assert piqa["score"] is None and piqa["error"]["type"] == "AssertionError"
+        assert piqa["error"]["message"] == "(no message)" and "failing_on_piqa" in piqa["error"]["traceback"]
+        assert 0.0 <= wino["score"] <= 1.0
+    rows = [line for line in stdout.splitlines() if line.startswith("│ ")]
+    assert len(rows) == 2 and all(row.split("│")[-4].strip() == "error" for row in rows)   # the piqa Δ column
