@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,30 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _without_env_dump() -> Iterator[None]:
+    """lm-eval ends every ``simple_evaluate`` with ``add_env_info``, which runs torch's ``collect_env``
+    (subprocesses: pip, nvidia-smi, ...; 0.6 s on the CPU machine, more on a GPU host) for the
+    ``pretty_env_info`` text, once per evaluation: a cell that scores its task, two retention tasks, the
+    merged model and the merge-precision variants calls it seven times. peftbench drops that text (the run file
+    records its own environment) and keeps only the two version fields, which this fills directly."""
+    from importlib.metadata import version
+
+    import lm_eval.evaluator as evaluator
+    import transformers
+
+    real = evaluator.add_env_info
+
+    def versions_only(storage: dict[str, Any]) -> None:
+        storage.update(lm_eval_version=version("lm_eval"), transformers_version=transformers.__version__)
+
+    evaluator.add_env_info = versions_only
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = real
+
+
 def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: TrainConfig, device: str,
              seed: int = 0) -> EvalResult:
     """Score ``model`` on ``task`` with lm-eval's ``simple_evaluate`` (zero- or few-shot per ``cfg``)."""
@@ -47,10 +73,11 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Tr
     model.eval()
     lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval_batch_size, device=device)
     t0 = time.perf_counter()
-    out = simple_evaluate(model=lm, tasks=[task.lm_eval_name], task_manager=task_manager(include_path),
-                          num_fewshot=cfg.num_fewshot or None, limit=cfg.limit or None, log_samples=True,
-                          bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
-                          torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
+    with _without_env_dump():
+        out = simple_evaluate(model=lm, tasks=[task.lm_eval_name], task_manager=task_manager(include_path),
+                              num_fewshot=cfg.num_fewshot or None, limit=cfg.limit or None, log_samples=True,
+                              bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
+                              torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
     wall = time.perf_counter() - t0
     block = json.loads(json.dumps({k: out[k] for k in KEEP if k in out}, default=str))
     result = parse_block(task, block, wall)

@@ -101,3 +101,35 @@ def test_task_overrides_layer_budget_then_method(qs):
     task, _ = qs
     assert task.train_overrides("cpu", "full")["lr"] == pytest.approx(5e-5)
     assert task.train_overrides("cpu", None) == task.budget["cpu"]
+
+
+def test_scoring_keeps_lm_evals_version_fields_without_its_environment_dump(tmp_path, monkeypatch):
+    """Each evaluation used to run torch's collect_env (subprocesses, 0.6 s here) for a text peftbench
+    drops; the block still carries lm_eval_version and transformers_version, and lm-eval's own
+    add_env_info is restored afterwards."""
+    from importlib.metadata import version
+
+    import lm_eval.evaluator
+    import torch.utils.collect_env
+    import transformers
+
+    from peftbench.config import TrainConfig
+    from peftbench.evaluation import evaluate
+    from peftbench.models import load_model
+
+    ran = []
+
+    def forbidden():  # lm-eval's add_env_info would catch an exception here: count the calls instead
+        ran.append(1)
+        return ""
+
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", forbidden)
+    real = lm_eval.evaluator.add_env_info
+    task = discover_tasks([builtin_tasks_dir()])["quickstart"]
+    include = materialize([task], {task.name: prepare_data(task, tmp_path / "cache", None, True)}, tmp_path / "w")
+    model, tok, _ = load_model("tiny:llama")
+    result = evaluate(model, tok, task, include, TrainConfig(limit=4), "cpu")
+    assert result.n_samples == 4
+    assert result.lm_eval["lm_eval_version"] == version("lm_eval")
+    assert result.lm_eval["transformers_version"] == transformers.__version__
+    assert ran == [] and lm_eval.evaluator.add_env_info is real
