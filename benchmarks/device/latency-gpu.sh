@@ -19,15 +19,21 @@
 # `LATENCY_RUNS=B bash benchmarks/device/latency-gpu.sh 560 3 32 grid eager` times only QLoRA (~330 s).
 #   PIN (environment): 1 (default) runs peftbench latency pinned (taskset) to the CPUs of the GPU's NUMA node
 #   (benchmarks/device/gpu-cpus.sh), so the host-bound eager rounds do not move across sockets; 0 leaves the
-#   scheduler free. The log says which.
+#   scheduler free; "one" pins it to a single CPU of that node with one intra-op thread (OMP_NUM_THREADS=1):
+#   an experiment on eager decoding's 2x swings between rounds on an idle host (each round now records the core
+#   it ran on and its clock: latency.regimes.*.modes.*.host). The log says which.
 set -u
 secs=$1; rounds=${2:-5}; new=${3:-64}; what=${4:-all}; regimes=${5:-eager,static}
 pin=()
-if [ "${PIN:-1}" = 1 ] && command -v taskset > /dev/null; then
+if [ "${PIN:-1}" != 0 ] && command -v taskset > /dev/null; then
   cpus=$(bash "$(dirname "$0")/gpu-cpus.sh" "${CUDA_VISIBLE_DEVICES:-0}")
-  [ -n "$cpus" ] && pin=(taskset -c "$cpus")
+  [ -z "$cpus" ] && cpus=0-$(( $(nproc) - 1 ))
+  if [ "${PIN:-1}" = one ]; then   # the node's second CPU (the first often takes the host's interrupts)
+    first=${cpus%%[,-]*}; cpus=$(( first + 1 )); export OMP_NUM_THREADS=1
+  fi
+  pin=(taskset -c "$cpus")
 fi
-echo "latency-gpu.sh: ${pin[*]:-not pinned}"
+echo "latency-gpu.sh: ${pin[*]:-not pinned}${OMP_NUM_THREADS:+, OMP_NUM_THREADS=$OMP_NUM_THREADS}"
 root=/tmp/pb/results; mkdir -p "$root"
 end=$(( $(date +%s) + secs ))
 if [ "$what" != grid ] && [ ! -f "$root/latency-one-shape/wall.txt" ]; then
