@@ -245,4 +245,15 @@ def load_latency(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]
 
     session = json.loads((folder / "session.json").read_text()) if (folder / "session.json").is_file() else {}
     results = {p.stem: json.loads(p.read_text()) for p in sorted((folder / "latency").glob("*.json"))}
+    for p in sorted((folder / "latency-partial").glob("*.json")):  # a method interrupted mid-grid
+        if p.stem in results:
+            continue
+        partial = json.loads(p.read_text())
+        plan = (partial.get("latency") or {}).get("plan") or {}
+        done = sum(len(c) for c in ((partial.get("latency") or {}).get("regimes") or {}).values())
+        total = (len(plan.get("regimes") or []) * len(plan.get("batch_sizes") or [])
+                 * len(plan.get("prompt_lengths") or [])) or "?"
+        results[p.stem] = {**partial, "status": "partial", "error": {
+            "type": "Interrupted", "message": f"interrupted after {done} of {total} shapes "
+                                              f"(latency-partial/{p.name}); peftbench latency --resume continues it"}}
     return session, results

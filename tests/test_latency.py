@@ -1127,6 +1127,11 @@ def test_latency_resume_continues_an_interrupted_method_shape_by_shape(capsys, t
 
     code, _, err = run_cli(["latency", "--methods", "lora", *grid, "--output", str(out)], capsys)
     assert code == 2 and "--resume" in err   # the partial is not overwritten by a fresh start
+    code, stdout, err = run_cli(["report", str(out), "--markdown"], capsys)   # the report names what is missing
+    assert code == 0, err
+    assert "lora: partial: interrupted after 1 of 4 shapes (latency-partial/lora.json); peftbench latency " \
+           "--resume continues it" in stdout
+    assert "| full |" in stdout and "| lora |" not in stdout
 
     interrupt[0] = False
     shapes.clear()
