@@ -5,7 +5,8 @@
 # steps), retention on piqa and winogrande, the zero-shot base row, latency (one shape, both regimes) and
 # merge fidelity in every cell. One resumable session per task under results/reference/<task> (copied back
 # through $OUT); the same command again continues where the per-command limit stopped it (--resume re-runs
-# only cells that are not ok).
+# only cells that are not ok). On a fresh machine it first copies the committed results/reference/<task> into
+# place, so work done in earlier sessions is kept (commit each session's tarball there as it comes back).
 #   usage (on the GPU machine, after on-device-env.sh, data unpacked in /tmp/pb/data):
 #     bash benchmarks/device/reference-gpu.sh SECONDS [TASKS] [PARALLEL]
 #   TASKS default: sst2,boolq,arc_easy,openbookqa
@@ -21,6 +22,15 @@ here=$(dirname "$0")
 common=(--methods lora,qlora,adapter,adapter@pfeiffer,full --set adapter@pfeiffer.placement=pfeiffer
         --seeds 0,1,2 --data-dir /tmp/pb/data --device cuda
         --retention piqa,winogrande --set latency_regimes=eager,static --set latency_rounds=5)
+# a fresh machine continues the committed sessions (results/reference/<task>, copied back from earlier commands)
+# instead of starting them again
+repo=$(cd "$here/../.." && pwd)
+for t in ${tasks//,/ }; do
+  if [ ! -d "/tmp/pb/results/reference-$t" ] && [ -f "$repo/results/reference/$t/session.json" ]; then
+    mkdir -p /tmp/pb/results && cp -r "$repo/results/reference/$t" "/tmp/pb/results/reference-$t"
+    echo "reference-$t: continuing the committed session ($(ls "/tmp/pb/results/reference-$t/runs" 2>/dev/null | wc -l) run files)"
+  fi
+done
 if [ "$parallel" -le 1 ]; then
   for t in ${tasks//,/ }; do
     left=$(( end - $(date +%s) ))
