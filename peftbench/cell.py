@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import memory
 from .config import to_jsonable
 
 if TYPE_CHECKING:
@@ -35,19 +36,12 @@ def watch_neighbours(record: dict[str, Any]):
     """Keep in ``record`` the most that other processes used while the block ran, over every block watched
     with it: device memory outside this process's allocator (``gpu_others_bytes``, sampled at both ends) and
     host CPU outside this process's tree (``host_others_cores``). The report flags times measured then."""
-    from . import memory
-
-    def keep(key: str, value: float | None) -> None:
-        if value is not None:
-            record[key] = max(value, record.get(key) or 0)
-
-    keep("gpu_others_bytes", memory.gpu_others_bytes())
+    memory.keep_most(record, {"gpu_others_bytes": memory.gpu_others_bytes()})
     cpu0 = memory.cpu_sample()
     try:
         yield
     finally:
-        keep("gpu_others_bytes", memory.gpu_others_bytes())
-        keep("host_others_cores", memory.host_others_cores(cpu0, memory.cpu_sample()))
+        memory.keep_most(record, memory.neighbours_since(cpu0))
 
 
 def probe_logits(model: Any, probes: list[list[int]], device: str) -> list[Any]:
@@ -326,9 +320,7 @@ def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> 
     with watch_neighbours(others):
         latency = hook.measure_latency(run=run, model=unmerged, modes=modes)
     latency["dtype"] = str(dtype).replace("torch.", "")
-    for key in ("gpu_others_bytes", "host_others_cores"):  # the report flags timings on a shared GPU or host
-        if key in others:
-            latency[key] = others[key]
+    memory.keep_most(latency, others)  # the report flags timings on a shared GPU or host
     return latency
 
 

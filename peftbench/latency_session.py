@@ -194,7 +194,9 @@ class LatencySession:
         cpu0 = memory.cpu_sample()
 
         def checkpoint(section: dict[str, Any]) -> None:
-            section = {**section, **_neighbours_so_far(run.latency_done, cpu0)}
+            section = dict(section)  # what other processes used: in the kept shapes and since this method began
+            memory.keep_most(section, run.latency_done or {})
+            memory.keep_most(section, memory.neighbours_since(cpu0))
             write_json(partial, {**result, "status": "partial", "latency": section, "updated": _now()})
 
         run.latency_checkpoint = checkpoint
@@ -212,8 +214,7 @@ class LatencySession:
                 t1 = time.perf_counter()
                 result["latency"] = time_inference(load_base, run, art, trained)
                 seconds["timing"] = round(time.perf_counter() - t1, 2)
-                for key, value in _neighbours_so_far(run.latency_done, None).items():  # the kept shapes' too
-                    result["latency"][key] = max(value, result["latency"].get(key) or 0)
+                memory.keep_most(result["latency"], run.latency_done or {})  # the kept shapes' too
             partial.unlink(missing_ok=True)
         except torch.cuda.OutOfMemoryError as e:
             result.update(status="oom", error={"type": "OutOfMemoryError", "message": str(e)[:500]})
@@ -224,19 +225,6 @@ class LatencySession:
         result["seconds"] = seconds
         result["finished"] = _now()
         return result
-
-
-def _neighbours_so_far(done: dict[str, Any] | None, cpu0: Any) -> dict[str, Any]:
-    """What other processes used while the shapes so far were timed: the most of an earlier partial's
-    (``done``) and, given ``cpu0``, this process's since then (GPU memory now, host CPU since ``cpu0``)."""
-    out = {k: done[k] for k in ("gpu_others_bytes", "host_others_cores") if (done or {}).get(k) is not None}
-    if cpu0 is not None:
-        now = {"gpu_others_bytes": memory.gpu_others_bytes(),
-               "host_others_cores": memory.host_others_cores(cpu0, memory.cpu_sample())}
-        for k, v in now.items():
-            if v is not None:
-                out[k] = max(v, out.get(k) or 0)
-    return out
 
 
 def load_latency(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -148,6 +148,24 @@ def host_others_cores(start: tuple[float, float, float] | None, end: tuple[float
     return round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]), 2)
 
 
+NEIGHBOUR_KEYS = ("gpu_others_bytes", "host_others_cores")
+
+
+def neighbours_since(cpu0: tuple[float, float, float] | None) -> dict[str, float | None]:
+    """What other processes use: device memory now (:func:`gpu_others_bytes`) and host CPU since the
+    :func:`cpu_sample` ``cpu0`` (:func:`host_others_cores`); ``None`` for what is not measurable."""
+    return {"gpu_others_bytes": gpu_others_bytes(), "host_others_cores": host_others_cores(cpu0, cpu_sample())}
+
+
+def keep_most(record: dict, values: dict) -> None:
+    """Keep in ``record`` the most of each neighbour figure seen so far: its own and those in ``values``
+    (a ``None`` or missing value changes nothing)."""
+    for key in NEIGHBOUR_KEYS:
+        value = values.get(key)
+        if value is not None:
+            record[key] = max(value, record.get(key) or 0)
+
+
 def host_cpu_state() -> tuple[int | None, float | None]:
     """(the CPU core this process last ran on, that core's clock in MHz) from Linux ``/proc`` and
     ``/sys``; ``None`` for what the platform does not show. Eager decoding of a small model is bound by one
