@@ -369,17 +369,29 @@ def _latency_sanity(extra):
     return row.rstrip(" |")
 
 
+def _phase_session():
+    """What ``cell.phase`` needs of a session: a progress display."""
+    import types
+
+    return types.SimpleNamespace(progress=types.SimpleNamespace(phase=lambda name: None))
+
+
+def _neighbour_run(method, **neighbours):
+    """An ok run on task t (acc 0.5) with the given gpu_others_bytes / host_others_cores."""
+    return {"task": "t", "method": method, "seed": 0, "status": "ok", "eval": {"metrics": {"acc": 0.5}},
+            **neighbours}
+
+
 def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
     """Each phase samples the device memory in use outside this process's allocator; a cell that saw more
     than another process's worth is marked 'GPU shared' on the leaderboard (its times are not its own)."""
-    import types
 
     from peftbench import cell, memory
     from peftbench.leaderboard import rows_for_task
 
     seen = iter([1 * 1024**3, 5 * 1024**3])
     monkeypatch.setattr(memory, "gpu_others_bytes", lambda: next(seen))
-    session = types.SimpleNamespace(progress=types.SimpleNamespace(phase=lambda name: None))
+    session = _phase_session()
     result = {"timings": {}}
     with cell.phase(result, "train", session):
         pass
@@ -390,11 +402,9 @@ def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
         pass
     assert "gpu_others_bytes" not in cpu
 
-    def run(method, others):
-        return {"task": "t", "method": method, "seed": 0, "status": "ok", "eval": {"metrics": {"acc": 0.5}},
-                "gpu_others_bytes": others}
-
-    runs = [run("base", None), run("lora", result["gpu_others_bytes"]), run("full", 1 * 1024**3)]
+    runs = [_neighbour_run("base", gpu_others_bytes=None),
+            _neighbour_run("lora", gpu_others_bytes=result["gpu_others_bytes"]),
+            _neighbour_run("full", gpu_others_bytes=1 * 1024**3)]
     assert {r["method"]: r["gpu_shared"] for r in rows_for_task(runs, "t")} == {
         "base": False, "lora": True, "full": False}
     board, status = _leaderboard_status(runs)
@@ -438,7 +448,6 @@ def test_host_cpu_used_by_other_processes_is_measured():
 def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
     """A phase records the most CPU other processes used during it; above HOST_BUSY_CORES the leaderboard and
     the latency table mark the cell 'host busy'."""
-    import types
 
     from peftbench import cell, memory
     from peftbench.leaderboard import rows_for_task
@@ -447,7 +456,7 @@ def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
     samples = iter([(0.0, 100.0, 10.0), (10.0, 125.0, 15.0), (20.0, 125.0, 15.0), (30.0, 131.0, 20.0)])
     monkeypatch.setattr(memory, "cpu_sample", lambda: next(samples))
     monkeypatch.setattr(memory, "gpu_others_bytes", lambda: None)
-    session = types.SimpleNamespace(progress=types.SimpleNamespace(phase=lambda name: None))
+    session = _phase_session()
     result = {"timings": {}}
     with cell.phase(result, "train", session):
         pass
@@ -461,11 +470,8 @@ def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
         pass
     assert "host_others_cores" not in other
 
-    def run(method, cores):
-        return {"task": "t", "method": method, "seed": 0, "status": "ok", "eval": {"metrics": {"acc": 0.5}},
-                "host_others_cores": cores}
-
-    runs = [run("base", None), run("lora", 2.0), run("full", 0.4)]
+    runs = [_neighbour_run("base", host_others_cores=None), _neighbour_run("lora", host_others_cores=2.0),
+            _neighbour_run("full", host_others_cores=0.4)]
     assert {r["method"]: r["host_busy"] for r in rows_for_task(runs, "t")} == {
         "base": False, "lora": True, "full": False}
     board, status = _leaderboard_status(runs)
