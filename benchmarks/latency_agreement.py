@@ -43,12 +43,17 @@ def main() -> None:
     ap.add_argument("run_b", type=Path)
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--methods", help="comma-separated subset of methods")
+    ap.add_argument("--modes", help="comma-separated subset of modes (e.g. unmerged,merged: leaves out the stacked "
+                    "modes, whose LoRA/QLoRA form changed between runs made before and after 3195e47)")
     args = ap.parse_args()
     a, b = load(args.run_a), load(args.run_b)
     if args.methods:
         keep = set(args.methods.split(","))
         a = {k: v for k, v in a.items() if k in keep}
     rows, bad = compare(a, b, args.tolerance)
+    if args.modes:
+        modes = set(args.modes.split(","))
+        rows, bad = [r for r in rows if r[4] in modes], [r for r in bad if r[4] in modes]
     for m, reg, bs, pl, mode, ra, rb, dev in bad:
         print(f"DIFFERS  {m:8s} {reg:6s} bs{bs:<3d} prompt {pl:<5d} {mode:9s} A {ra * 100:+7.1f}%  B {rb * 100:+7.1f}%  "
               f"time ratio differs by {dev * 100:+.1f}%")

@@ -32,7 +32,7 @@ RENDERED = [  # (doc, result folder): tests/test_results_docs.py checks each of 
     ("docs/latency.md", "results/latency-gpu/latency-one-shape-side-by-side"),
     ("docs/latency.md", "results/latency-gpu/latency-grid-eager-B"),
     ("docs/latency.md", "results/latency-gpu/latency-one-shape-slow-host"),
-    ("docs/latency.md", "results/throughput-gpu/8b-latency.partial"),
+    ("docs/latency.md", "results/reference/8b-shape"),
     # benchmarks/train_throughput.py results files (a .json path: rendered by its --markdown)
     ("docs/performance.md", "results/throughput-gpu/ablate.json"),
     ("docs/performance.md", "results/throughput-gpu/ablate-first.json"),

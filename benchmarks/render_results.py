@@ -205,9 +205,27 @@ def shape_summary(shape: Path) -> str:
     return "\n".join(rows)
 
 
-def headline(records: list[dict[str, Any]], tasks: list[str]) -> str:
+def headline_note(runs: list[dict[str, Any]]) -> str:
+    """What the headline cannot show by itself: cells still pending, and cost columns measured on a shared
+    GPU or busy host. Empty when every cell is ok and was measured alone."""
+    from peftbench.memory import neighbour_flags
+
+    notes = []
+    ok = sum(r["status"] == "ok" for r in runs)
+    if ok < len(runs):
+        notes.append(f"**Partial**: {ok} of {len(runs)} cells are done so far (the rest are pending GPU sessions; "
+                     "[docs/results.md](docs/results.md) lists each); scores are over the seeds finished.")
+    flags = sorted({f for r in runs if r["status"] == "ok" for f in neighbour_flags(r)})
+    if flags:
+        notes.append(f"The cost columns come from cells marked {' / '.join(repr(f) for f in flags)}: other "
+                     "processes shared the machine, so time and tokens/s are not the method's alone "
+                     "([docs/performance.md](docs/performance.md) has the dedicated measurements).")
+    return "\n\n".join(notes)
+
+
+def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[str, Any]] | None = None) -> str:
     """The README's headline: each method's score on every task (mean over seeds, with the 95 % CI) and its
-    cost, from the same leaderboard rows as the document."""
+    cost, from the same leaderboard rows as the document, with ``headline_note`` below it."""
     methods = list(dict.fromkeys(r["method"] for r in records))
     head = "| method | " + " | ".join(tasks) + " | trainable | peak memory | tokens/s |"
     rows = [head, "|---|" + "---|" * (len(tasks) + 3)]
@@ -228,7 +246,8 @@ def headline(records: list[dict[str, Any]], tasks: list[str]) -> str:
         tps = "—" if cost.get("tokens_per_s") is None else f"{cost['tokens_per_s']:,.0f}"
         label = "base (zero-shot)" if m == "base" else m
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {trainable} | {memory} | {tps} |")
-    return "\n".join(rows)
+    note = headline_note(runs or [])
+    return "\n".join(rows) + (f"\n\n{note}" if note else "")
 
 
 def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> tuple[str, str | None, list[Path]]:
@@ -242,6 +261,7 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
         latency_tables,
         leaderboard_tables,
         load_folders,
+        merge_tables,
         merged_session,
         run_latencies,
     )
@@ -262,6 +282,8 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
         out += ["## What was run", "", setup_section(session, runs, merged["sessions"]), "",
                 "## Cells", "", cells_section(runs), "",
                 "## Leaderboards", "", _md(leaderboard_tables(session, runs)), ""]
+        fidelity = merge_tables(runs)
+        out += ["## Merge fidelity", "", _md(fidelity) if fidelity else "No cell merged.", ""]
         lat = [t for task, lats in run_latencies(runs).items() for t in latency_tables(lats, title=f"{task} — ")]
         out += ["## Latency", "", _md(lat) if lat else "No cell timed latency.", ""]
         from peftbench.plots import pareto_plots
@@ -273,7 +295,7 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
         out += ["## Pareto plots", ""] + [f"![{p.stem}]({_rel(plots / p.name, doc.parent)})" for p in sorted(files)] + [""]
         verdicts = check(runs, merged["latency"])
         out += ["## Claims", "", _md([claims_table(verdicts)]) if verdicts else "No claim can be measured.", ""]
-        head = headline(export_rows(session, runs), tasks)
+        head = headline(export_rows(session, runs), tasks, runs)
     out += ["## Cost at 8B scale", "", shape_section(shape), "",
             "## What these numbers do and do not show", "", LIMITS]
     return "\n".join(out).rstrip() + "\n", head, files

@@ -258,12 +258,17 @@ def _latency_key(method: str, method_config: Any, grid: dict[str, Any]) -> str:
 
 
 def _score_pair(session: Session, run: RunContext, model: Any, reference: dict[str, Any] | None) -> dict[str, Any]:
-    """lm-eval score of ``model`` beside a reference evaluation of the same task (e.g. merged vs unmerged)."""
+    """lm-eval score of ``model`` beside a reference evaluation of the same task (e.g. merged vs unmerged), with
+    its per-example values of that metric (``samples``: doc_id and metric), so that a score change can be tested
+    paired over the same examples (``peftbench claims``)."""
     ev = to_jsonable(run.hook.evaluate_model(run=run, model=model, tokenizer=session.tokenizer))
     metric, score, stderr = _headline(ev, run.task.metric)
     _, ref, _ = _headline(reference or {}, metric)
+    samples = ev.get("samples") or {}
     return {"metric": metric, "score": score, "stderr": stderr, "reference": ref,
-            "delta": None if score is None or ref is None else score - ref, "n_samples": ev.get("n_samples")}
+            "delta": None if score is None or ref is None else score - ref, "n_samples": ev.get("n_samples"),
+            "samples": {"doc_id": samples["doc_id"], metric: samples[metric]}
+            if metric in samples and "doc_id" in samples else None}
 
 
 def merge_precision_study(session: Session, run: RunContext, art: Path, probes: list[list[int]],

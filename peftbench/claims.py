@@ -188,6 +188,71 @@ def latency_overhead(ev: Evidence, task: str, method: str, mode: str) -> tuple[A
     return o["ratio"], o["ci95"], how + (f"; {SUSPECT}: {', '.join(suspect)}" if suspect else "")
 
 
+def _aligned(a: dict[str, Any] | None, b: dict[str, Any] | None, metric: str) -> tuple[list[float], list[float]] | None:
+    """Two evaluations' per-example values of ``metric`` on the same examples, aligned by doc id."""
+    if not a or not b or metric not in a or metric not in b:
+        return None
+    ma, mb = dict(zip(a["doc_id"], a[metric], strict=True)), dict(zip(b["doc_id"], b[metric], strict=True))
+    if set(ma) != set(mb) or not ma:
+        return None
+    ids = sorted(ma)
+    return [float(ma[i]) for i in ids], [float(mb[i]) for i in ids]
+
+
+def merge_score_change(ev: Evidence, task: str, method: str, path: str) -> tuple[Any, Any, str]:
+    """The merged model's lm-eval score relative to the unmerged one's, (merged - unmerged) / unmerged, mean
+    over seeds. ``path``: ``merged`` (the run's own merge, in its dtype) or a ``merge.precision`` study
+    (``merge_in_bf16``, ``merge_fp32_then_cast``: against the unmerged model in bf16).
+
+    CI: when every seed logged both evaluations per example, a paired bootstrap over the examples (the same
+    resampled examples for both models of a seed; seeds kept as they are) -- the two scores differ only where
+    the merge changed an answer, so this is the test the claim needs. Otherwise Student t over the per-seed
+    changes; with one seed, normal from the two scores' standard errors taken as independent (which
+    overstates it)."""
+    pairs, aligned = [], []
+    for r in ev.runs(task, method):
+        merge = r.get("merge") or {}
+        precision = merge.get("precision") or {}
+        m = merge if path == "merged" else precision.get(path) or {}
+        e = m.get("eval") or {}
+        if e.get("score") is None or not e.get("reference"):
+            continue
+        ref_eval = (r.get("eval") or {}) if path == "merged" else precision.get("unmerged") or {}
+        ref_se = ((ref_eval.get("stderr") or {}).get(e.get("metric")) if path == "merged" else ref_eval.get("stderr"))
+        pairs.append((e["score"], e["reference"], e.get("stderr"), ref_se))
+        aligned.append(_aligned(e.get("samples"), ref_eval.get("samples"), e.get("metric", "")))
+    if not pairs:
+        return None, None, ""
+    from .stats import Z95, mean_ci
+
+    changes = [(s - ref) / ref for s, ref, _, _ in pairs]
+    value = statistics.fmean(changes)
+    if all(a is not None for a in aligned):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        draws = np.zeros(DRAWS)
+        for merged_vals, ref_vals in aligned:  # type: ignore[misc]
+            a, b = np.asarray(merged_vals), np.asarray(ref_vals)
+            idx = rng.integers(0, len(a), size=(DRAWS, len(a)))
+            ref_means = b[idx].mean(axis=1)
+            draws += np.divide(a[idx].mean(axis=1) - ref_means, ref_means, out=np.zeros(DRAWS), where=ref_means > 0)
+        draws = np.sort(draws / len(aligned))
+        return value, [float(draws[int(0.025 * (DRAWS - 1))]), float(draws[int(0.975 * (DRAWS - 1))])], \
+            f"mean over {len(changes)} seed(s), paired bootstrap over the examples"
+    if len(changes) >= 2:
+        out = mean_ci(changes)
+        return value, out["ci95"], f"mean over {len(changes)} seeds, t CI from their paired changes " \
+                                   "(per-example results not logged)"
+    s, ref, s_se, ref_se = pairs[0]
+    if s_se is None or ref_se is None:
+        return value, None, "one seed, no standard errors recorded"
+    # d/ds (s/ref - 1) = 1/ref, d/dref = -s/ref^2
+    half = Z95 * ((s_se / ref) ** 2 + (s * ref_se / ref ** 2) ** 2) ** 0.5
+    return value, [value - half, value + half], \
+        "one seed: CI from the two scores' standard errors taken as independent (wider than paired)"
+
+
 SUSPECT = "timing suspect"
 
 
@@ -210,6 +275,7 @@ def timing_doubts(lat: dict[str, Any], regime: str) -> list[str]:
 QUANTITIES: dict[str, Callable[..., tuple[Any, Any, str]]] = {
     "share_of_full": share_of_full, "relative_gap": relative_gap, "ratio_to": ratio_to,
     "artifact_ratio": artifact_ratio, "trainable_pct": trainable_pct, "latency_overhead": latency_overhead,
+    "merge_score_change": merge_score_change,
 }
 LATENCY_QUANTITIES = {"latency_overhead"}
 

@@ -190,6 +190,75 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
     return tables
 
 
+def _pts_over_seeds(values: list[float]) -> str:
+    """Score changes (fractions) as points: the mean, and the seeds' range when there are several."""
+    if not values:
+        return "—"
+    mean = sum(values) / len(values) * 100
+    if len(values) == 1:
+        return f"{mean:+.2f}"
+    return f"{mean:+.2f} ({min(values) * 100:+.2f}..{max(values) * 100:+.2f})"
+
+
+def _min_text(values: list[float], fmt: str) -> str:
+    return format(min(values), fmt) if values else "—"
+
+
+def merge_tables(runs: list[dict[str, Any]], title: str = "") -> list[Any]:
+    """Merge fidelity, one row per task x mergeable method over its ok seeds: the merged model against the
+    unmerged one in the run's dtype (max abs Δ logit, greedy-token agreement, lm-eval score change), and the
+    two ways to merge for bf16 serving (``merge.precision``: merge in fp32 then cast, or cast then merge in
+    bf16), each against the unmerged model in bf16. Empty when no run merged."""
+    from rich.table import Table
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        if r.get("status") == "ok" and (r.get("merge") or {}).get("supported"):
+            groups.setdefault((r["task"], r["method"]), []).append(r)
+    if not groups:
+        return []
+    precision = any((r["merge"].get("precision") or {}) for rs in groups.values() for r in rs)
+    t = Table(title=f"{title}merge fidelity: the merged model vs the unmerged one", title_justify="left",
+              header_style="bold")
+    cols = ["task", "method", "seeds", "max Δ logit", "greedy", "score Δ pts"]
+    if precision:
+        cols += ["fp32→bf16: Δ pts", "greedy", "in bf16: Δ pts", "greedy"]
+    cols += ["status"]
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("task", "method", "status") else "right", no_wrap=True)
+
+    def deltas(rs: list[dict[str, Any]], path: str) -> tuple[list[float], list[float]]:
+        ds, agree = [], []
+        for r in rs:
+            m = r["merge"] if path == "merged" else (r["merge"].get("precision") or {}).get(path) or {}
+            d = (m.get("eval") or {}).get("delta")
+            ds += [d] if d is not None else []
+            agree += [m["greedy_agreement"]] if m.get("greedy_agreement") is not None else []
+        return ds, agree
+
+    for (task, method), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        logit = [r["merge"]["max_abs_logit_diff"] for r in rs if r["merge"].get("max_abs_logit_diff") is not None]
+        d_merged, a_merged = deltas(rs, "merged")
+        row = [task, method, ", ".join(str(r["seed"]) for r in rs), _num(max(logit) if logit else None, ".2g"),
+               _min_text(a_merged, ".3f"), _pts_over_seeds(d_merged)]
+        if precision:
+            for path in ("merge_fp32_then_cast", "merge_in_bf16"):
+                d, a = deltas(rs, path)
+                row += [_pts_over_seeds(d), _min_text(a, ".3f")]
+        status = ["lossy"] if any(r["merge"].get("lossy") for r in rs) else []
+        status += ["[red]merge mismatch[/]"] if any(r["merge"].get("ok") is False for r in rs) else []
+        status += ["[red]unmerge mismatch[/]"] if any(r["merge"].get("unmerge_ok") is False for r in rs) else []
+        t.add_row(*row, " ".join(status) or "ok")
+    t.caption = ("max Δ logit: the largest absolute logit difference over the probe prompts and seeds; greedy: "
+                 "the share of greedy tokens that match, the lowest over seeds; Δ pts: the merged model's lm-eval "
+                 "score minus the unmerged one's, in points, mean over seeds (range). Merging for bf16 serving, "
+                 "against the unmerged model in bf16: fp32→bf16 merges in fp32 then casts, in bf16 casts then "
+                 "merges. lossy: QLoRA merges into its dequantized 4-bit base. mismatch: merged logits beyond "
+                 "the method's tolerance.")
+    return [t]
+
+
 MODE_ORDER = ("unmerged", "merged", "stack2", "stack4")
 
 
@@ -329,7 +398,7 @@ def folder_tables(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]]]:
         failed = {m: r for m, r in results.items() if r.get("status") != "ok"}
         return (latency_tables(ok, title=f"{model} ({gpu}) — ") if ok else []), failed
     runs = data["runs"]
-    tables = leaderboard_tables(session, runs)
+    tables = leaderboard_tables(session, runs) + merge_tables(runs)
     for task, lats in run_latencies(runs).items():
         tables += latency_tables(lats, title=f"{task} — ")
     return tables, {}
@@ -390,6 +459,8 @@ def _claim_value(quantity: str, value: float) -> str:
         return f"{value * 100:.1f}%" if quantity == "share_of_full" else f"{value * 100:+.1f}%"
     if quantity == "trainable_pct":
         return f"{value:.2f}%"
+    if quantity == "merge_score_change":
+        return f"{value * 100:+.2f}%"
     return f"{value:,.2f}x" if value < 10 else f"{value:,.0f}x"
 
 

@@ -134,6 +134,11 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
         for variant in ("merge_fp32_then_cast", "merge_in_bf16"):
             assert 0.5 <= prec[variant]["greedy_agreement"] <= 1.0
             assert prec[variant]["eval"]["reference"] == prec["unmerged"]["score"]
+            # per-example values beside each score, on the same 40 documents, agreeing with the score
+            s, ref = prec[variant]["eval"]["samples"], prec["unmerged"]["samples"]
+            assert sorted(s["doc_id"]) == sorted(ref["doc_id"]) and len(s["doc_id"]) == 40
+            assert sum(s["acc"]) / 40 == pytest.approx(prec[variant]["eval"]["score"])
+        assert len(merge["eval"]["samples"]["acc"]) == 40
     assert runs["qlora--quickstart--seed0"]["merge"]["lossy"]
     full_bytes = runs["full--quickstart--seed0"]["artifact"]["bytes"]
     assert full_bytes >= 4 * p["full"]["total"] * 0.95  # the whole model in fp32

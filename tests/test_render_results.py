@@ -39,7 +39,8 @@ def test_reference_results_render_reproducibly_with_every_section(capsys, tmp_pa
     done = _render(tmp_path)
     assert done.returncode == 0, done.stderr
     doc = (tmp_path / "docs/results.md").read_text()
-    for heading in ("## What was run", "## Cells", "## Leaderboards", "## Latency", "## Pareto plots", "## Claims",
+    for heading in ("## What was run", "## Cells", "## Leaderboards", "## Merge fidelity", "## Latency",
+                    "## Pareto plots", "## Claims",
                     "## Cost at 8B scale", "## What these numbers do and do not show"):
         assert heading in doc, heading
     assert "5 cells: 5 ok." in doc  # lora and full x 2 seeds, and the base row
@@ -56,7 +57,9 @@ def test_reference_results_render_reproducibly_with_every_section(capsys, tmp_pa
     assert "stale" not in readme and "| base (zero-shot) |" in readme and readme.endswith("end\n")
     head = readme.split("<!-- results:headline -->\n")[1].split("<!-- /results:headline -->")[0]
     assert head.splitlines()[0] == "| method | quickstart | trainable | peak memory | tokens/s |"
-    assert {line.split("|")[1].strip() for line in head.splitlines()[2:]} == {"base (zero-shot)", "lora", "full"}
+    assert {line.split("|")[1].strip() for line in head.splitlines()[2:] if line.startswith("|")} == \
+        {"base (zero-shot)", "lora", "full"}
+    assert "| quickstart | lora | 0, 1 |" in doc.split("## Merge fidelity")[1]   # both seeds' merges, one row
 
     # the same files give the same text: --check passes; a hand edit or a changed result file makes it fail
     assert _render(tmp_path, "--check").returncode == 0
@@ -81,6 +84,20 @@ def test_cells_that_are_not_ok_are_listed_with_their_reason():
     assert cells_section(runs) == ("3 cells: 1 ok, 1 oom, 1 skipped.\n\n| cell | status | reason |\n|---|---|---|\n"
                                    "| full--t--seed0 | oom | CUDA out of memory at 79.1 GiB |\n"
                                    "| qlora--t--seed0 | skipped | needs a CUDA device |")
+
+
+def test_the_headline_says_when_it_is_partial_or_its_cost_was_shared():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_results import headline_note
+
+    alone = [{"key": f"lora--t--seed{s}", "status": "ok", "gpu_others_bytes": 0, "host_others_cores": 0.1}
+             for s in range(3)]
+    assert headline_note(alone) == ""
+    pending = alone[:2] + [{"key": "lora--t--seed2", "status": "cancelled"}]
+    assert headline_note(pending).startswith("**Partial**: 2 of 3 cells are done so far")
+    shared = [dict(alone[0], gpu_others_bytes=8 * 2**30), dict(alone[1], host_others_cores=3.0)]
+    note = headline_note(shared)
+    assert "Partial" not in note and "'GPU shared' / 'host busy'" in note
 
 
 def test_the_committed_results_doc_is_what_results_reference_gives():

@@ -114,7 +114,7 @@ def test_every_shipped_claim_is_well_formed():
     claims = load_claims()
     assert len(claims) >= 8 and len({c["id"] for c in claims}) == len(claims)
     assert {"share_of_full", "relative_gap", "latency_overhead", "artifact_ratio", "trainable_pct",
-            "ratio_to"} <= {c["quantity"] for c in claims}
+            "ratio_to", "merge_score_change"} <= {c["quantity"] for c in claims}
 
 
 def test_claims_on_synthetic_results_with_known_values():
@@ -150,6 +150,78 @@ def test_claims_on_synthetic_results_with_known_values():
             assert merged["verdict"] == "holds"
         else:
             assert merged["verdict"] == "inconclusive (timing suspect)" and merged["how"].endswith(why), merged
+
+
+def _merged_run(method, seed, unmerged, in_bf16, fp32_cast, acc=0.8, lossy=False, ok=True):
+    def ev(score, ref):
+        return {"metric": "acc", "score": score, "stderr": 0.01, "reference": ref,
+                "delta": None if ref is None else score - ref}
+
+    return run(method, seed=seed, acc=acc, merge={
+        "supported": True, "lossy": lossy, "ok": ok, "unmerge_ok": True, "max_abs_logit_diff": 1e-4 * (seed + 1),
+        "greedy_agreement": 1.0, "eval": ev(acc, acc),
+        "precision": {"dtype": "bf16", "unmerged": ev(unmerged, None),
+                      "merge_fp32_then_cast": {"greedy_agreement": 0.97 - 0.01 * seed, "eval": ev(fp32_cast, unmerged)},
+                      "merge_in_bf16": {"greedy_agreement": 0.95, "eval": ev(in_bf16, unmerged)}}})
+
+
+def test_bf16_merge_claim_over_seeds_and_from_one_seed():
+    # three seeds whose bf16 merge loses 0.6 %, 0.7 %, 0.65 % (relative): the t CI over seeds lies in the range
+    runs = [_merged_run("lora", s, 0.800, 0.800 * (1 - d), 0.8) for s, d in enumerate((0.006, 0.007, 0.0065))]
+    out = {c["id"]: c for c in check(runs, {})}["lora_bf16_merge_drop"]
+    changes = [-0.006, -0.007, -0.0065]
+    ci = stats.mean_ci(changes)["ci95"]
+    assert out["value"] == pytest.approx(-0.0065) and out["ci95"] == pytest.approx(ci)
+    assert out["verdict"] == "holds" and "3 seeds" in out["how"]
+    # no loss at all, consistently: the claim does not hold
+    flat = [_merged_run("lora", s, 0.8, 0.8 + 0.0001 * s, 0.8) for s in range(3)]
+    assert {c["id"]: c for c in check(flat, {})}["lora_bf16_merge_drop"]["verdict"] == "does not hold"
+    # one seed: a normal CI from the two standard errors (0.01 each): half-width 1.96 * sqrt(2) * 0.01 / 0.8
+    one = {c["id"]: c for c in check([_merged_run("qlora", 0, 0.8, 0.796, 0.8, lossy=True)], {})}
+    q = one["qlora_bf16_merge_drop"]
+    half = stats.Z95 * (0.01 ** 2 / 0.8 ** 2 + (0.796 * 0.01 / 0.8 ** 2) ** 2) ** 0.5
+    assert q["value"] == pytest.approx(-0.005) and q["ci95"] == pytest.approx([-0.005 - half, -0.005 + half])
+    assert q["verdict"] == "inconclusive" and "one seed" in q["how"]
+    assert "lora_bf16_merge_drop" not in one   # no LoRA runs: not measured, not listed
+
+
+def test_bf16_merge_claim_is_paired_over_examples_when_they_are_logged():
+    n = 2000
+    ref = [1.0] * 1600 + [0.0] * 400                       # unmerged bf16: 0.8
+    flipped = [0.0] * 20 + [1.0] * 1580 + [0.0] * 400       # the bf16 merge turns 20 right answers wrong
+    run_ = _merged_run("lora", 0, 0.8, 0.79, 0.8)
+    prec = run_["merge"]["precision"]
+    prec["unmerged"]["samples"] = {"doc_id": list(range(n)), "acc": ref}
+    prec["merge_in_bf16"]["eval"]["samples"] = {"doc_id": list(reversed(range(n))), "acc": list(reversed(flipped))}
+    out = {c["id"]: c for c in check([run_], {})}["lora_bf16_merge_drop"]
+    assert out["value"] == pytest.approx(-0.0125) and "paired bootstrap over the examples" in out["how"]
+    lo, hi = out["ci95"]
+    # 20 discordant examples: the CI is about +-1.96 * sqrt(20) / 2000 / 0.8 = +-0.55 %, far narrower than the
+    # unpaired one from two standard errors of 0.01 (+-3.5 %)
+    assert lo < -0.0125 < hi and 0.008 < hi - lo < 0.015
+    # the bf16 merge changed no answer: the paired CI is exactly zero and the claimed loss does not hold
+    prec["merge_in_bf16"]["eval"].update(score=0.8, delta=0.0, samples={"doc_id": list(range(n)), "acc": ref})
+    same = {c["id"]: c for c in check([run_], {})}["lora_bf16_merge_drop"]
+    assert same["ci95"] == [0.0, 0.0] and same["verdict"] == "does not hold"
+
+
+def test_merge_fidelity_table(capsys):
+    from peftbench.report import merge_tables, render_markdown
+
+    runs = [_merged_run("lora", s, 0.80, 0.80 - 0.002 * s, 0.80 + 0.001 * s) for s in range(3)]
+    runs += [_merged_run("qlora", 0, 0.79, 0.78, 0.79, lossy=True, ok=False),
+             run("adapter", merge={"supported": False}), run("lora", seed=9, status="failed")]
+    md = render_markdown(merge_tables(runs))
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in md.splitlines() if line.startswith("| t |")}
+    assert set(rows) == {"lora", "qlora"}          # the adapter cannot merge; a failed cell adds nothing
+    lora = rows["lora"]
+    assert lora[2] == "0, 1, 2" and lora[3] == "0.0003"       # the largest logit difference over seeds
+    assert lora[5] == "+0.00 (+0.00..+0.00)"
+    assert lora[6] == "+0.10 (+0.00..+0.20)" and lora[7] == "0.950"   # fp32 merge: mean and range; lowest greedy
+    assert lora[8] == "-0.20 (-0.40..+0.00)" and lora[9] == "0.950"  # merged in bf16
+    assert "lossy" in rows["qlora"][-1] and "merge mismatch" in rows["qlora"][-1]
+    assert rows["qlora"][8] == "-1.00"
+    assert merge_tables([run("full", merge={"supported": False})]) == []
 
 
 # ---- exports --------------------------------------------------------------------------------------------------
