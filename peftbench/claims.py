@@ -152,10 +152,18 @@ def _field(runs: list[dict[str, Any]], field: str) -> list[float]:
 
 
 def ratio_to(ev: Evidence, task: str, method: str, reference: str, field: str) -> tuple[Any, Any, str]:
-    a, b = _field(ev.runs(task, method), field), _field(ev.runs(task, reference), field)
+    """``field``'s mean over the method's runs / over the reference's. A training time measured while other
+    processes shared the GPU or kept the host busy (either side) decides nothing: it is marked suspect, as a
+    latency figure would be. Peak memory is the process's own allocator peak and stands."""
+    from .memory import neighbour_flags
+
+    runs_a, runs_b = ev.runs(task, method), ev.runs(task, reference)
+    a, b = _field(runs_a, field), _field(runs_b, field)
     if not a or not b:
         return None, None, ""
-    return statistics.fmean(a) / statistics.fmean(b), None, f"one measurement each ({len(a)} and {len(b)} runs)"
+    how = f"one measurement each ({len(a)} and {len(b)} runs)"
+    flags = sorted({f for r in runs_a + runs_b for f in neighbour_flags(r)}) if field == "train_time" else []
+    return statistics.fmean(a) / statistics.fmean(b), None, how + (f"; {SUSPECT}: {', '.join(flags)}" if flags else "")
 
 
 def artifact_ratio(ev: Evidence, task: str, method: str, reference: str) -> tuple[Any, Any, str]:

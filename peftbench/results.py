@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import UsageError
+from .errors import PeftbenchError, UsageError
 from .records import SCHEMA_VERSION, STATUSES
 
 RUN_KEYS = ("schema_version", "status", "method", "task", "seed", "config", "params", "train", "eval",
@@ -50,7 +50,12 @@ def schema(kind: str) -> dict[str, Any]:
 
 def schema_errors(data: Any, kind: str) -> list[str]:
     """Where ``data`` breaks its JSON Schema: 'path: message' lines (empty: valid)."""
-    import jsonschema
+    try:
+        import jsonschema
+    except ImportError:
+        raise PeftbenchError("peftbench validates result files with the 'jsonschema' package, which is not "
+                             "installed here (it is one of peftbench's dependencies): pip install "
+                             "'jsonschema>=4.18'") from None
 
     validator = jsonschema.Draft202012Validator(schema(kind))
     return [f"{e.json_path}: {e.message[:200]}" for e in sorted(validator.iter_errors(data), key=lambda e: e.json_path)]
@@ -74,15 +79,16 @@ def validate_run(data: Any, where: str) -> None:
 
 def write_run(output: Path, key: str, data: dict[str, Any]) -> Path:
     """Write a run file atomically, then check it against the schema: a mismatch (a bug in peftbench or a
-    plugin) is reported on stderr, never at the cost of the cell's results."""
+    plugin) or a check that cannot run (no jsonschema) is reported on stderr, never at the cost of the cell's
+    results or of the session's remaining cells."""
     path = output / "runs" / f"{key}.json"
     write_json(path, data)
     try:
         validate_run(data, str(path))
-    except UsageError as e:
+    except PeftbenchError as e:
         import sys
 
-        print(f"warning: {e}", file=sys.stderr)
+        print(f"warning: {path} was written, but: {e}", file=sys.stderr)
     return path
 
 

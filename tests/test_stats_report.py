@@ -139,6 +139,13 @@ def test_claims_on_synthetic_results_with_known_values():
     assert out[("lora_trainable_share", "t")]["verdict"] == "holds (no CI)"
     assert out[("lora_less_memory", "t")]["value"] == pytest.approx(0.4)
     assert out[("lora_trains_faster", "t")]["verdict"] == "does not hold (no CI)"      # 12 s vs 10 s
+    # trained beside other processes: the time ratio decides nothing (memory, the process's own peak, still does)
+    runs[2]["gpu_others_bytes"] = 8 * 2**30
+    shared = {(c["id"], c["task"]): c for c in check(runs, latency)}
+    assert shared[("lora_trains_faster", "t")]["verdict"] == "inconclusive (timing suspect)"
+    assert shared[("lora_trains_faster", "t")]["how"].endswith("timing suspect: GPU shared")
+    assert shared[("lora_less_memory", "t")]["verdict"] == out[("lora_less_memory", "t")]["verdict"]
+    del runs[2]["gpu_others_bytes"]
     assert ("series_adapter_latency", "latency") not in out  # no adapter latency: not measured, not listed
     # a timing the harness doubts decides nothing: its own sanity check failed, or a shared GPU / busy host
     for doubt, why in (({"sanity": [{"regime": "static", "ok": False}]}, "its sanity check failed"),
@@ -374,6 +381,32 @@ def test_write_run_keeps_an_invalid_file_and_warns(tmp_path, capsys):
     path = write_run(tmp_path, "lora--t--seed0", {**run("lora"), "seed": "zero"})
     assert json.loads(path.read_text())["seed"] == "zero"  # the results are kept
     assert "does not match the run-file schema" in capsys.readouterr().err
+
+
+def test_without_jsonschema_a_run_file_is_still_written_and_reading_says_what_to_install(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """On 2026-11-30 a GPU machine lacked jsonschema: the session died at its first cell with an ImportError."""
+    import builtins
+
+    from peftbench.cli import main
+    from peftbench.results import write_run
+
+    real_import = builtins.__import__
+
+    def no_jsonschema(name, *args, **kwargs):
+        if name == "jsonschema":
+            raise ModuleNotFoundError("No module named 'jsonschema'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_jsonschema)
+    path = write_run(tmp_path / "s", "lora--t--seed0", run("lora"))
+    assert json.loads(path.read_text())["method"] == "lora"  # the cell's results are kept
+    err = capsys.readouterr().err
+    assert "was written, but" in err and "pip install 'jsonschema>=4.18'" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(_session(tmp_path, "other"))])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "pip install 'jsonschema>=4.18'" in err and "Traceback" not in err
 
 
 def test_report_metric_and_columns_options(tmp_path, capsys):
