@@ -17,7 +17,17 @@ def load(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((folder / "latency").glob("*.json"))}
 
 
-def compare(a: dict[str, dict], b: dict[str, dict], tol: float) -> tuple[list[tuple], list[tuple]]:
+def ratio(cell: dict, mode: str, statistic: str) -> float:
+    """The mode's overhead vs base in a shape: as recorded (``median``: the harness's median decode time per
+    token), or recomputed from the rounds' samples with the fastest round of each (``min``, timeit's advice for
+    timings disturbed by other work)."""
+    if statistic == "median":
+        return cell["overhead"][mode]["ratio"]
+    return min(cell["modes"][mode]["samples"]["decode"]) / min(cell["modes"]["base"]["samples"]["decode"]) - 1
+
+
+def compare(a: dict[str, dict], b: dict[str, dict], tol: float, statistic: str = "median"
+            ) -> tuple[list[tuple], list[tuple]]:
     rows, bad = [], []
     for method in sorted(set(a) & set(b)):
         la, lb = a[method].get("latency") or {}, b[method].get("latency") or {}
@@ -28,7 +38,7 @@ def compare(a: dict[str, dict], b: dict[str, dict], tol: float) -> tuple[list[tu
                 if cb is None:
                     continue
                 for mode in sorted(set(ca["overhead"]) & set(cb["overhead"])):
-                    ra, rb = ca["overhead"][mode]["ratio"], cb["overhead"][mode]["ratio"]
+                    ra, rb = ratio(ca, mode, statistic), ratio(cb, mode, statistic)
                     dev = (1 + ra) / (1 + rb) - 1
                     row = (method, regime, ca["batch_size"], ca["prompt_tokens"], mode, ra, rb, dev)
                     rows.append(row)
@@ -43,6 +53,8 @@ def main() -> None:
     ap.add_argument("run_b", type=Path)
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--methods", help="comma-separated subset of methods")
+    ap.add_argument("--statistic", choices=("median", "min"), default="median",
+                    help="median: the overhead ratios as recorded; min: recomputed from each mode's fastest round")
     ap.add_argument("--modes", help="comma-separated subset of modes (e.g. unmerged,merged: leaves out the stacked "
                     "modes, whose LoRA/QLoRA form changed between runs made before and after 3195e47)")
     args = ap.parse_args()
@@ -50,7 +62,7 @@ def main() -> None:
     if args.methods:
         keep = set(args.methods.split(","))
         a = {k: v for k, v in a.items() if k in keep}
-    rows, bad = compare(a, b, args.tolerance)
+    rows, bad = compare(a, b, args.tolerance, args.statistic)
     if args.modes:
         modes = set(args.modes.split(","))
         rows, bad = [r for r in rows if r[4] in modes], [r for r in bad if r[4] in modes]

@@ -218,3 +218,23 @@ def test_gc_cost_times_collections_with_a_model_loaded():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny:llama" in done.stdout and done.stdout.count(" s") >= 2
+
+
+def test_latency_agreement_compares_recorded_or_fastest_round_ratios():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from latency_agreement import compare, ratio
+
+    def shape(base, unmerged, recorded):
+        return {"batch_size": 1, "prompt_tokens": 8, "overhead": {"unmerged": {"ratio": recorded}},
+                "modes": {"base": {"samples": {"decode": base}}, "unmerged": {"samples": {"decode": unmerged}}}}
+
+    a = shape([10.0, 20.0, 11.0], [15.0, 30.0, 16.0], 0.5)
+    assert ratio(a, "unmerged", "median") == 0.5
+    assert ratio(a, "unmerged", "min") == pytest.approx(15.0 / 10.0 - 1)
+    b = shape([20.0, 21.0, 22.0], [31.0, 33.0, 40.0], 0.6)      # recorded +60 %; fastest rounds +55 %
+    run = {"lora": {"latency": {"regimes": {"eager": [a]}}}}
+    other = {"lora": {"latency": {"regimes": {"eager": [b]}}}}
+    rows, bad = compare(run, other, 0.05)
+    assert rows[0][-1] == pytest.approx(1.5 / 1.6 - 1) and len(bad) == 1      # -6.25 %: beyond 5 %
+    rows, bad = compare(run, other, 0.05, "min")
+    assert rows[0][-1] == pytest.approx(1.5 / 1.55 - 1) and bad == []          # -3.2 %
