@@ -15,8 +15,8 @@
 # after something that loaded the model (its log says whether it converted).
 # The committed grid used ROUNDS=3 and NEW=32 new tokens (the command's defaults are 5 and 64): eager decoding
 # runs at ~25-45 ms per token on that machine, and the default grid twice would not fit the session's device time.
-# With REGIMES=eager, run B continues results/latency-gpu/latency-grid-eager-B (committed, QLoRA missing), so
-# `LATENCY_RUNS=B bash benchmarks/device/latency-gpu.sh 560 3 32 grid eager` times only QLoRA (~330 s).
+# With REGIMES=eager, run B continues results/latency-gpu/latency-grid-eager-B (committed; all four methods
+# since 2026-11-30, so it keeps them all): a new eager run takes another name in LATENCY_RUNS (e.g. C).
 #   PIN (environment): 1 (default) runs peftbench latency pinned (taskset) to the CPUs of the GPU's NUMA node
 #   (benchmarks/device/gpu-cpus.sh), so the host-bound eager rounds do not move across sockets; 0 leaves the
 #   scheduler free; "one" pins it to a single CPU of that node with one intra-op thread (OMP_NUM_THREADS=1):
@@ -45,7 +45,7 @@ if [ "$what" != grid ] && [ ! -f "$root/latency-one-shape/wall.txt" ]; then
   mkdir -p "$root/latency-one-shape"
   echo "peftbench latency, lora, 1 shape x 3 modes (base, unmerged, merged), eager, 5 rounds + 1 warm-up: exit $rc, wall $(python3 -c "print(round($t1 - $t0, 1))") s (process start and model load included)" | tee "$root/latency-one-shape/wall.txt"
 fi
-# the eager grid's run B was cut short on 2026-11-30 (QLoRA untimed): continue the committed one, not redo it
+# the eager grid's run B took two GPU sessions (QLoRA in the second): a repeat continues the committed one
 here=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "$regimes" = eager ] && [ ! -d "$root/latency-grid-B" ] && [ -d "$here/results/latency-gpu/latency-grid-eager-B" ]; then
   cp -r "$here/results/latency-gpu/latency-grid-eager-B" "$root/latency-grid-B"

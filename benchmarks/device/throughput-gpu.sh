@@ -70,9 +70,12 @@ for n in ${names//,/ }; do
               ckpt=(); [ "$n" = 8b-h100-ckpt ] && ckpt=(--gradient-checkpointing)
               tp "$n" --model shape:llama-3.1-8b --methods lora,qlora,adapter,full --batch-size 2 --seq-len 2048 \
                 "${ckpt[@]}" --variants fast --warmup 3 --steps 8 --memory-limit-gib 79 ;;
-    8b-latency) # continue the committed partial session (LoRA and QLoRA timed on 2026-11-30) rather than redo it
-              [ ! -d "$root/8b-latency" ] && [ -d "$here/results/throughput-gpu/8b-latency.partial/latency" ] && \
-                cp -r "$here/results/throughput-gpu/8b-latency.partial" "$root/8b-latency"
+    8b-latency) # continue the committed session (all four methods timed by 2026-11-30: kept) rather than redo it
+              if [ ! -d "$root/8b-latency" ] && [ -d "$here/results/reference/8b-shape/latency" ]; then
+                mkdir -p "$root/8b-latency"
+                cp -r "$here/results/reference/8b-shape/latency" "$here/results/reference/8b-shape/session.json" \
+                  "$root/8b-latency/"
+              fi
               grep -q '"status": "finished"' "$root/8b-latency/session.json" 2>/dev/null && { echo "8b-latency: kept"; continue; }
               [ $(( end - $(date +%s) )) -lt 40 ] && { echo "8b-latency: no time left"; continue; }
               timeout -s INT -k 15 $(( end - $(date +%s) )) python3 -m peftbench.cli latency --model shape:llama-3.1-8b \
