@@ -205,17 +205,22 @@ def shape_summary(shape: Path) -> str:
     return "\n".join(rows)
 
 
+def shared_flags(runs: list[dict[str, Any]]) -> list[str]:
+    """The neighbour flags ('GPU shared', 'host busy') any ok cell earned."""
+    from peftbench.memory import neighbour_flags
+
+    return sorted({f for r in runs if r["status"] == "ok" for f in neighbour_flags(r)})
+
+
 def headline_note(runs: list[dict[str, Any]]) -> str:
     """What the headline cannot show by itself: cells still pending, and cost columns measured on a shared
     GPU or busy host. Empty when every cell is ok and was measured alone."""
-    from peftbench.memory import neighbour_flags
-
     notes = []
     ok = sum(r["status"] == "ok" for r in runs)
     if ok < len(runs):
         notes.append(f"**Partial**: {ok} of {len(runs)} cells are done so far (the rest are pending GPU sessions; "
                      "[docs/results.md](docs/results.md) lists each); scores are over the seeds finished.")
-    flags = sorted({f for r in runs if r["status"] == "ok" for f in neighbour_flags(r)})
+    flags = shared_flags(runs)
     if flags:
         notes.append(f"The cost columns come from cells marked {' / '.join(repr(f) for f in flags)}: other "
                      "processes shared the machine, so time and tokens/s are not the method's alone "
@@ -273,6 +278,7 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
            "a test re-renders the document and compares.", ""]
     files: list[Path] = []
     head = None
+    limits = LIMITS
     if not sessions:
         out += ["## Quality and cost on SmolLM2-135M-Instruct", "", "Not run yet.", ""]
     else:
@@ -296,8 +302,15 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
         verdicts = check(runs, merged["latency"])
         out += ["## Claims", "", _md([claims_table(verdicts)]) if verdicts else "No claim can be measured.", ""]
         head = headline(export_rows(session, runs), tasks, runs)
+        if shared_flags(runs):
+            limits += ("- **Cost columns measured beside other work.** Cells marked "
+                       f"{' / '.join(repr(f) for f in shared_flags(runs))} ran while other sessions shared the GPU or "
+                       "the host (the sessions ran side by side to fit the device time): their training time, tokens/s "
+                       "and latency are not the method's alone, and the claims built on time or latency say "
+                       "'timing suspect'. Scores, trainable parameters, artifact sizes and each process's peak memory "
+                       "are unaffected. docs/performance.md and docs/latency.md hold the dedicated measurements.\n")
     out += ["## Cost at 8B scale", "", shape_section(shape), "",
-            "## What these numbers do and do not show", "", LIMITS]
+            "## What these numbers do and do not show", "", limits]
     return "\n".join(out).rstrip() + "\n", head, files
 
 
