@@ -61,6 +61,22 @@ def _seeds(value: str) -> list[int]:
     return seeds
 
 
+def _duration(value: str, flag: str) -> float:
+    """Seconds from '540', '540s', '9m', '1h30m' or '1.5h'."""
+    import re
+
+    text = value.strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+    if not text or parts is None or not any(parts.groups()):
+        raise UsageError(f"{flag} {value!r}: not a duration; give seconds (540) or hours, minutes and seconds "
+                         "(9m, 1h30m, 1.5h).")
+    h, m, s = (float(g) if g else 0.0 for g in parts.groups())
+    seconds = h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise UsageError(f"{flag} {value!r}: must be longer than 0 s.")
+    return seconds
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--plugin", "plugins", multiple=True, help="also load this plugin module (repeatable)")
 @click.option("--disable-plugin", "disabled", multiple=True, help="do not load this plugin (repeatable)")
@@ -98,8 +114,12 @@ def cli(plugins, disabled, strict_plugins):
 @click.option("--json", "as_json", is_flag=True, help="print the session and runs as JSON instead of tables")
 @click.option("--naive", is_flag=True, help="train with the plain loop (padded batches, full-logit loss, no "
               "compile) instead of the fast one; the same as --set loop=naive")
+@click.option("--time-budget", metavar="DURATION",
+              help="end within this time (540, 9m, 1h30m): a cell that would not finish in what is left, by how "
+                   "long the same method's cells took, is not started (a shorter one may be) and stays for "
+                   "--resume; for machines and jobs with a time limit")
 def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, data_dir, retention, limit,
-        num_fewshot, keep_artifacts, no_base, as_json, naive):
+        num_fewshot, keep_artifacts, no_base, as_json, naive, time_budget):
     """Train, score and time every method on every task and seed."""
     from .progress import RichProgress
     from .runner import Session, SessionConfig
@@ -116,7 +136,8 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
     config = SessionConfig(methods=_csv(methods, "--methods"), tasks=_csv(tasks, "--tasks"), seeds=_seeds(seeds),
                            model=model, device=device, output=output, sets=sets, resume=resume,
                            tasks_dirs=list(tasks_dirs), keep_artifacts=keep_artifacts, base_row=not no_base,
-                           data_dir=data_dir, retention=keep)
+                           data_dir=data_dir, retention=keep,
+                           time_budget_s=None if time_budget is None else _duration(time_budget, "--time-budget"))
     console = stderr_console()
     session = Session(config, host=host(), progress=RichProgress(console))
     session.plan()
@@ -124,9 +145,14 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
                   f"results in {session.output}")
     results = session.run()
     _show(session.output, as_json)
-    failed = [r for r in results if r["status"] in ("error", "oom", "cancelled")]
+    later = [r for r in results if r["status"] == "cancelled" and str(r.get("reason") or "").startswith("time budget")]
+    failed = [r for r in results if r["status"] in ("error", "oom", "cancelled") and r not in later]
+    if later:
+        console.print(f"[yellow]{len(later)} cell(s) left for later by --time-budget[/] (run the same command with "
+                      "--resume to continue): " + ", ".join(r["key"] for r in later))
     if failed:
         console.print(f"[red]{len(failed)} cell(s) failed:[/] " + ", ".join(r["key"] for r in failed))
+    if failed or later:
         sys.exit(1)
 
 

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import shutil
 import tempfile
+import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -52,6 +53,45 @@ class SessionConfig:
     base_row: bool = True
     data_dir: Path | None = None         # local data folder (else $PEFTBENCH_DATA_DIR, else the hub)
     retention: list[str] | None = None   # eval-only tasks scored after training (None: each task's default)
+    time_budget_s: float | None = None   # stop starting cells that would not finish within this many seconds
+
+
+class CellBudget:
+    """``--time-budget``: whether a cell can still finish before the budget (counted from the session's
+    creation, so model loading and data preparation count too) runs out, judged by how long
+    the cells of the same method took (the same task first, then any task; with no such cell, the longest
+    cell so far; with no cell at all, it runs). A 10 % margin and 5 s are added to the estimate."""
+
+    MARGIN, SLACK_S = 1.10, 5.0
+
+    def __init__(self, seconds: float | None, clock: Any, start: float) -> None:
+        self.seconds, self.clock = seconds, clock
+        self.end = None if seconds is None else start + seconds
+        self.took: dict[tuple[str, str], list[float]] = {}
+
+    def record(self, method: str, task: str, seconds: float) -> None:
+        if seconds > 0:
+            self.took.setdefault((method, task), []).append(seconds)
+
+    def estimate(self, spec: RunSpec) -> float | None:
+        same = self.took.get((spec.method, spec.task)) or \
+            [s for (m, _), v in self.took.items() if m == spec.method for s in v]
+        if same:
+            return sum(same) / len(same)
+        every = [s for v in self.took.values() for s in v]
+        return max(every) if every else None
+
+    def too_long(self, spec: RunSpec) -> str | None:
+        """Why ``spec`` should not start now (None: start it)."""
+        if self.end is None:
+            return None
+        est, left = self.estimate(spec), self.end - self.clock()
+        if left <= 0:
+            return f"time budget: the {self.seconds:g} s of --time-budget were used up; --resume runs it"
+        if est is not None and est * self.MARGIN + self.SLACK_S > left:
+            return (f"time budget: about {est:.0f} s needed, {left:.0f} s of --time-budget left; "
+                    "--resume runs it")
+        return None
 
 
 def resolve_device(device: str) -> str:
@@ -68,6 +108,7 @@ def resolve_device(device: str) -> str:
 
 class Session:
     def __init__(self, config: SessionConfig, host: PluginHost | None = None, progress=None) -> None:
+        self.created = self.clock()
         self.config = config
         self.host = host or make_plugin_manager()
         self.hook = self.host.hook
@@ -195,19 +236,39 @@ class Session:
         todo = ([RunSpec("base", t.name, 0) for t in self.tasks] if self.config.base_row else []) + self.cells
         self.progress.start(len(todo))
         status = "finished"
+        budget = CellBudget(self.config.time_budget_s, self.clock, self.created)
+        for r in done.values():
+            if r.get("status") == "ok":
+                budget.record(r["method"], r["task"], sum(v for v in (r.get("timings") or {}).values()
+                                                          if isinstance(v, (int, float))))
+        deferred: list[tuple[RunSpec, str]] = []
         try:
             for spec in todo:
                 if done.get(spec.key, {}).get("status") == "ok":
                     results.append(done[spec.key])
                     self.progress.cell_done(spec, done[spec.key], resumed=True)
                     continue
+                why = budget.too_long(spec)
+                if why:  # would not finish in time: left for a later --resume; a shorter cell may still fit
+                    deferred.append((spec, why))
+                    continue
+                started = self.clock()
                 result = self.run_cell(spec)
+                if result["status"] == "ok":
+                    budget.record(spec.method, spec.task, self.clock() - started)
                 write_run(self.output, spec.key, result)
                 results.append(result)
                 self.progress.cell_done(spec, result)
                 gc.collect()
                 if self.device == "cuda":
                     torch.cuda.empty_cache()
+            for spec, why in deferred:
+                left = {**self._blank(spec, "cancelled"), "reason": why}
+                write_run(self.output, spec.key, left)
+                results.append(left)
+                self.progress.cell_done(spec, left)
+            if deferred:
+                status = "interrupted"
         except KeyboardInterrupt:
             status = "interrupted"
             finished = {r["key"] for r in results}
@@ -221,6 +282,8 @@ class Session:
             write_json(self.output / "session.json", self.session_record(status, results))
         self.hook.session_finish(session=self, results=results)
         return results
+
+    clock = staticmethod(time.monotonic)  # seconds; tests replace it
 
     def _blank(self, spec: RunSpec, status: str) -> dict[str, Any]:
         method = self.registry.get(spec.method) if spec.method != "base" else None

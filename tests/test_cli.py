@@ -279,3 +279,53 @@ def test_a_resumed_session_reuses_the_latency_its_kept_cells_measured(capsys, tm
         assert second["status"] == "ok" and "latency" not in second["timings"]   # not timed again
         assert second["latency"]["measured_in"] == f"{m}--quickstart--seed0"
         assert second["latency"]["regimes"] == first["latency"]["regimes"]
+
+
+def test_time_budget_starts_only_cells_that_fit_and_resume_runs_the_rest(tmp_path, monkeypatch, capsys):
+    """--time-budget on a fake clock: each cell 'takes' its method's seconds. A cell whose estimate (the same
+    method's cells, else the longest so far) with its margin exceeds what is left is not started; a shorter one
+    after it still is; the left one is written as cancelled with the reason, and --resume runs it."""
+    from peftbench.runner import Session, SessionConfig
+
+    now = [1000.0]
+    took = {"base": 5.0, "lora": 40.0, "full": 20.0}
+    ran = []
+
+    def fake_cell(self, spec):
+        now[0] += took[spec.method]
+        ran.append(spec.key)
+        result = self._blank(spec, "ok")
+        result["timings"] = {"train": took[spec.method] - 1, "evaluate": 1.0}
+        return result
+
+    monkeypatch.setattr(Session, "clock", staticmethod(lambda: now[0]))
+    monkeypatch.setattr(Session, "run_cell", fake_cell)
+
+    def session(resume=False):
+        config = SessionConfig(methods=["lora", "full"], seeds=[0, 1], model="tiny:llama", device="cpu",
+                               output=tmp_path / "s", cache_dir=tmp_path / "c", resume=resume, time_budget_s=100)
+        return Session(config).run()
+
+    results = {r["key"]: r for r in session()}
+    # base 5 s (t=5); lora s0: no lora yet, the longest so far is 5 s -> runs (t=45); full s0: estimated at the
+    # longest, 40 s: 49 <= 55 left -> runs (t=65); lora s1: 40 * 1.1 + 5 = 49 > 35 left -> left; full s1: 27 -> runs
+    assert ran == ["base--quickstart--seed0", "lora--quickstart--seed0", "full--quickstart--seed0",
+                   "full--quickstart--seed1"]
+    left = results["lora--quickstart--seed1"]
+    assert left["status"] == "cancelled"
+    assert left["reason"] == "time budget: about 40 s needed, 35 s of --time-budget left; --resume runs it"
+    saved = json.loads((tmp_path / "s/runs/lora--quickstart--seed1.json").read_text())
+    assert saved["status"] == "cancelled" and saved["reason"] == left["reason"]
+    assert json.loads((tmp_path / "s/session.json").read_text())["status"] == "interrupted"
+
+    ran.clear()   # resumed: a new budget; the kept cells' timings estimate lora at 40 s, which fits
+    results = {r["key"]: r for r in session(resume=True)}
+    assert ran == ["lora--quickstart--seed1"] and all(r["status"] == "ok" for r in results.values())
+    assert json.loads((tmp_path / "s/session.json").read_text())["status"] == "finished"
+    capsys.readouterr()
+
+
+def test_time_budget_is_a_duration(capsys, tmp_path):
+    code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(tmp_path / "o"),
+                            "--time-budget", "ten minutes"], capsys)
+    assert code == 2 and "--time-budget 'ten minutes': not a duration" in err and "1h30m" in err
