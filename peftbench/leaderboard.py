@@ -126,7 +126,13 @@ def best_values(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _latency_headline(latency: dict[str, Any]) -> dict[str, Any]:
-    """Decode overhead per mode at the harness's headline shape (older run files: their single shape)."""
+    """Decode overhead per mode at the harness's headline shape and regime (``latency.headline``, worked out
+    from the grid, so files written before it preferred the static regime read the same way; older run files:
+    their stored summary or single shape)."""
+    if latency.get("regimes"):
+        from .latency import headline
+
+        return headline(latency).get("overhead") or {}
     summary = latency.get("summary")
     if summary is not None:
         return summary.get("overhead") or {}

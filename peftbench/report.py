@@ -182,7 +182,8 @@ def leaderboard_tables(session: dict[str, Any], runs: list[dict[str, Any]]) -> l
                      "bootstrap over examples, else from the standard errors); '≈ best' = the CI contains 0, a tie, "
                      "not a rank; "
                      "Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; "
-                     + ("latency: decode time per token vs the base model (+x% slower); " if show_lat else "")
+                     + ("latency: decode time per token vs the base model (+x% slower), at the latency grid's first "
+                        "shape, static regime when timed, else eager; " if show_lat else "")
                      + (f"{', '.join(kept)} Δ: retention, the change on a task not trained on vs the base model's "
                         "score (shown in the base row; negative = forgetting); " if kept else "")
                      + "best values in green.")
