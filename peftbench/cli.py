@@ -77,6 +77,18 @@ def _duration(value: str, flag: str) -> float:
     return seconds
 
 
+def _shard(value: str) -> tuple[int, int]:
+    """'K/N' (1-based, as people count: 1/2 and 2/2) -> (K - 1, N)."""
+    try:
+        k, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {value!r}: give K/N, this process's share of N (e.g. --shard 1/2 in one process "
+                         "and --shard 2/2 in another).") from None
+    if n < 1 or not 1 <= k <= n:
+        raise UsageError(f"--shard {value!r}: K must be 1 to N (N >= 1).")
+    return k - 1, n
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--plugin", "plugins", multiple=True, help="also load this plugin module (repeatable)")
 @click.option("--disable-plugin", "disabled", multiple=True, help="do not load this plugin (repeatable)")
@@ -118,8 +130,11 @@ def cli(plugins, disabled, strict_plugins):
               help="end within this time (540, 9m, 1h30m): a cell that would not finish in what is left, by how "
                    "long the same method's cells took, is not started (a shorter one may be) and stays for "
                    "--resume; for machines and jobs with a time limit")
+@click.option("--shard", metavar="K/N",
+              help="run only every N-th cell of the plan, starting at the K-th, in --output, which N processes "
+                   "(K = 1..N, e.g. one per GPU) fill together; cells already ok are kept, as with --resume")
 def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, data_dir, retention, limit,
-        num_fewshot, keep_artifacts, no_base, as_json, naive, time_budget):
+        num_fewshot, keep_artifacts, no_base, as_json, naive, time_budget, shard):
     """Train, score and time every method on every task and seed."""
     from .progress import RichProgress
     from .runner import Session, SessionConfig
@@ -137,7 +152,8 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
                            model=model, device=device, output=output, sets=sets, resume=resume,
                            tasks_dirs=list(tasks_dirs), keep_artifacts=keep_artifacts, base_row=not no_base,
                            data_dir=data_dir, retention=keep,
-                           time_budget_s=None if time_budget is None else _duration(time_budget, "--time-budget"))
+                           time_budget_s=None if time_budget is None else _duration(time_budget, "--time-budget"),
+                           shard=None if shard is None else _shard(shard))
     console = stderr_console()
     session = Session(config, host=host(), progress=RichProgress(console))
     session.plan()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import shutil
 import tempfile
 import time
@@ -54,6 +55,26 @@ class SessionConfig:
     data_dir: Path | None = None         # local data folder (else $PEFTBENCH_DATA_DIR, else the hub)
     retention: list[str] | None = None   # eval-only tasks scored after training (None: each task's default)
     time_budget_s: float | None = None   # stop starting cells that would not finish within this many seconds
+    shard: tuple[int, int] | None = None  # (k, n): run only the cells k, k+n, k+2n, ... of the plan (0-based)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """An exclusive lock on a results folder (``.peftbench-lock`` in it), held while writing what several
+    shards of one session share: ``session.json`` and the materialized task files. A no-op where ``fcntl``
+    does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: shards are not supported there, and a single process needs no lock
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".peftbench-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class CellBudget:
@@ -180,10 +201,12 @@ class Session:
         if out.exists() and not out.is_dir():
             raise UsageError(f"--output {out} exists and is not a folder.")
         existing = (out / "session.json").is_file() or any((out / "runs").glob("*.json"))
-        if existing and not self.config.resume:
+        if self.config.shard is not None and not self.config.output:
+            raise UsageError("--shard needs --output: the shards of a session work in one folder.")
+        if existing and not self.config.resume and self.config.shard is None:
             raise UsageError(f"--output {out} already holds another session's results. Pass --resume to continue "
                              "that session (finished cells are kept), or choose an empty --output folder.")
-        if existing and self.config.resume and (out / "session.json").is_file():
+        if existing and (self.config.resume or self.config.shard is not None) and (out / "session.json").is_file():
             old = load_session(out)
             if old.get("config", {}).get("model") not in (None, self.config.model):
                 raise UsageError(f"--resume: {out} was run with model {old['config']['model']!r}, not "
@@ -214,7 +237,8 @@ class Session:
         self.env = {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash(),
                     "source_sha256": meta.source_digest()}
         self.hook.configure.call_historic(kwargs={"config": self.config})
-        done = load_runs(self.output) if self.config.resume else {}
+        shard = self.config.shard
+        done = load_runs(self.output) if self.config.resume or shard is not None else {}
         self.base_retention: dict[str, Any] = {}
         self.latency_cache: dict[str, Any] = {}  # latency_key -> the first cell's latency (latency_once)
         for r in done.values():  # a resumed session reuses the base model's retention scores
@@ -228,12 +252,16 @@ class Session:
             key = latency_key_of_result(r) if r.get("status") == "ok" else None
             if key and latency.get("regimes") and not latency.get("errors") and "measured_in" not in latency:
                 self.latency_cache.setdefault(key, {"latency": latency, "cell": r.get("key")})
-        write_json(self.output / "session.json", self.session_record("running", []))
+        with folder_lock(self.output):
+            write_json(self.output / "session.json", self.session_record("running", []))
         self.hook.session_start(session=self)
         self.tokenizer = self.model.load_tokenizer()
-        self.include_path = materialize(self.eval_tasks, self.prepared, self.output)
+        with folder_lock(self.output):  # other shards may write the same task files at the same moment
+            self.include_path = materialize(self.eval_tasks, self.prepared, self.output)
         results: list[dict[str, Any]] = []
         todo = ([RunSpec("base", t.name, 0) for t in self.tasks] if self.config.base_row else []) + self.cells
+        if shard is not None:  # this process's share; the others run the rest in the same folder
+            todo = [spec for i, spec in enumerate(todo) if i % shard[1] == shard[0]]
         self.progress.start(len(todo))
         status = "finished"
         budget = CellBudget(self.config.time_budget_s, self.clock, self.created)
@@ -279,9 +307,26 @@ class Session:
                     results.append(cancelled)
         finally:
             self.progress.stop()
-            write_json(self.output / "session.json", self.session_record(status, results))
+            with folder_lock(self.output):  # the last shard to end writes last: its record hashes every file
+                write_json(self.output / "session.json", self.session_record(self._folder_status(status), results))
         self.hook.session_finish(session=self, results=results)
         return results
+
+    def _folder_status(self, own: str) -> str:
+        """This process's status, except that a shard that finished its share leaves the session
+        'interrupted' (for --resume) while any cell of the plan has no final result yet: another shard is
+        still at work or was stopped."""
+        if own != "finished" or self.config.shard is None:
+            return own
+        keys = [RunSpec("base", t.name, 0).key for t in self.tasks] if self.config.base_row else []
+        for key in keys + [c.key for c in self.cells]:
+            path = self.output / "runs" / f"{key}.json"
+            try:
+                if json.loads(path.read_text()).get("status") == "cancelled":
+                    return "interrupted"
+            except (OSError, ValueError):
+                return "interrupted"
+        return "finished"
 
     clock = staticmethod(time.monotonic)  # seconds; tests replace it
 

@@ -329,3 +329,81 @@ def test_time_budget_is_a_duration(capsys, tmp_path):
     code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(tmp_path / "o"),
                             "--time-budget", "ten minutes"], capsys)
     assert code == 2 and "--time-budget 'ten minutes': not a duration" in err and "1h30m" in err
+
+
+def _fake_cells(monkeypatch, seconds=0.0):
+    """Session.run_cell replaced by an instant (or ``seconds``-long) ok cell; returns the keys run, in order."""
+    import time
+
+    from peftbench.runner import Session
+
+    ran = []
+
+    def fake_cell(self, spec):
+        time.sleep(seconds)
+        ran.append(spec.key)
+        result = self._blank(spec, "ok")
+        result["timings"] = {"train": 1.0}
+        return result
+
+    monkeypatch.setattr(Session, "run_cell", fake_cell)
+    return ran
+
+
+def _shard_session(tmp_path, shard):
+    from peftbench.runner import Session, SessionConfig
+
+    return Session(SessionConfig(methods=["lora", "full"], seeds=[0, 1, 2], model="tiny:llama", device="cpu",
+                                 output=tmp_path / "s", cache_dir=tmp_path / "c", shard=shard))
+
+
+def test_shards_fill_one_session_folder_between_them(tmp_path, monkeypatch):
+    from peftbench.results import load_session, verify_run_files
+
+    ran = _fake_cells(monkeypatch)
+    plan = ["base--quickstart--seed0"] + [f"{m}--quickstart--seed{s}" for s in range(3) for m in ("lora", "full")]
+    first = [r["key"] for r in _shard_session(tmp_path, (0, 2)).run()]
+    assert first == plan[0::2] == ran                      # cells 1, 3, 5, 7 of the plan (K = 1 of 2)
+    session = load_session(tmp_path / "s")
+    assert session["status"] == "interrupted" and session["plan"] == plan[1:]   # the other half is not done yet
+    second = [r["key"] for r in _shard_session(tmp_path, (1, 2)).run()]
+    assert second == plan[1::2] and sorted(ran) == sorted(plan)   # each cell exactly once
+    session = load_session(tmp_path / "s")
+    assert session["status"] == "finished" and set(session["run_files"]) == {f"{k}.json" for k in plan}
+    verify_run_files(tmp_path / "s", session)              # every file's hash as the last shard recorded it
+    ran.clear()   # a shard again: nothing left to do, the ok cells are kept
+    assert {r["status"] for r in _shard_session(tmp_path, (0, 2)).run()} == {"ok"} and ran == []
+
+
+def test_shards_running_at_the_same_time_leave_a_consistent_folder(tmp_path, monkeypatch):
+    import threading
+
+    from peftbench.results import load_session, verify_run_files
+
+    ran = _fake_cells(monkeypatch, seconds=0.02)
+    sessions = [_shard_session(tmp_path, (k, 3)) for k in range(3)]
+    for s in sessions:
+        s.plan()
+    threads = [threading.Thread(target=s.run) for s in sessions]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(ran) == sorted(set(ran)) and len(ran) == 7
+    session = load_session(tmp_path / "s")
+    assert session["status"] == "finished" and len(session["run_files"]) == 7
+    verify_run_files(tmp_path / "s", session)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--shard", "3/2"], "--shard '3/2': K must be 1 to N"),
+    (["--shard", "half"], "--shard 'half': give K/N"),
+])
+def test_shard_is_k_of_n(argv, needle, capsys, tmp_path):
+    code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(tmp_path / "o"), *argv], capsys)
+    assert code == 2 and needle in err
+
+
+def test_shard_needs_an_output_folder(capsys):
+    code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--shard", "1/2"], capsys)
+    assert code == 2 and "--shard needs --output" in err

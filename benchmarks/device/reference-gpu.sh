@@ -9,7 +9,9 @@
 # place, so work done in earlier sessions is kept (commit each session's tarball there as it comes back).
 #   usage (on the GPU machine, after on-device-env.sh, data unpacked in /tmp/pb/data):
 #     bash benchmarks/device/reference-gpu.sh SECONDS [TASKS] [PARALLEL]
-#   TASKS default: sst2,boolq,arc_easy,openbookqa
+#   TASKS default: sst2,boolq,arc_easy,openbookqa; TASK:K/N runs only the K-th of N shards of that task's
+#     session (peftbench run --shard), so a long task can run as N processes, e.g. arc_easy:1/2 on one GPU
+#     and arc_easy:2/2 on the other, filling the same folder
 #   PARALLEL: 1 (default) runs the task sessions one after another, so every cell has the GPU to itself and
 #     its time, tokens/s and latency are its own; N > 1 runs them side by side (a 135M model leaves the GPU
 #     mostly idle, so quality comes N times sooner), and every cell is then marked "GPU shared" in the
@@ -25,22 +27,31 @@ common=(--methods lora,qlora,adapter,adapter@pfeiffer,full --set adapter@pfeiffe
 # a fresh machine continues the committed sessions (results/reference/<task>, copied back from earlier commands)
 # instead of starting them again
 repo=$(cd "$here/../.." && pwd)
-for t in ${tasks//,/ }; do
+for entry in ${tasks//,/ }; do
+  t=${entry%%:*}
   if [ ! -d "/tmp/pb/results/reference-$t" ] && [ -f "$repo/results/reference/$t/session.json" ]; then
-    mkdir -p /tmp/pb/results && cp -r "$repo/results/reference/$t" "/tmp/pb/results/reference-$t"
-    echo "reference-$t: continuing the committed session ($(ls "/tmp/pb/results/reference-$t/runs" 2>/dev/null | wc -l) run files)"
+    # copied aside, then moved into place in one step: the other GPU's shard of the same task may be here too
+    mkdir -p /tmp/pb/results && tmp=$(mktemp -d /tmp/pb/results/.seed-XXXXXX) && cp -r "$repo/results/reference/$t" "$tmp/s" \
+      && { mv -T "$tmp/s" "/tmp/pb/results/reference-$t" 2>/dev/null \
+           && echo "reference-$t: continuing the committed session ($(ls "/tmp/pb/results/reference-$t/runs" | wc -l) run files)"; }
+    rm -rf "$tmp"
   fi
 done
+one() {  # ENTRY SECONDS: one task's session, or one shard of it
+  local t=${1%%:*} shard=
+  [ "$t" != "$1" ] && shard=${1#*:}
+  SHARD=$shard bash "$here/session.sh" "reference-$t" "$2" --tasks "$t" "${common[@]}"
+}
 if [ "$parallel" -le 1 ]; then
-  for t in ${tasks//,/ }; do
+  for entry in ${tasks//,/ }; do
     left=$(( end - $(date +%s) ))
-    [ "$left" -lt 90 ] && { echo "reference-$t: no time left"; continue; }
-    bash "$here/session.sh" "reference-$t" "$left" --tasks "$t" "${common[@]}"
+    [ "$left" -lt 90 ] && { echo "reference-$entry: no time left"; continue; }
+    one "$entry" "$left"
   done
 else
   running=0
-  for t in ${tasks//,/ }; do
-    bash "$here/session.sh" "reference-$t" "$secs" --tasks "$t" "${common[@]}" &
+  for entry in ${tasks//,/ }; do
+    one "$entry" "$secs" &
     running=$((running + 1))
     if [ "$running" -ge "$parallel" ]; then wait -n; running=$((running - 1)); fi
   done
