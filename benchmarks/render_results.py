@@ -232,13 +232,23 @@ def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[st
     """The README's headline: each method's score on every task (mean over seeds, with the 95 % CI) and its
     cost, from the same leaderboard rows as the document, with ``headline_note`` below it."""
     methods = list(dict.fromkeys(r["method"] for r in records))
-    head = "| method | " + " | ".join(tasks) + " | trainable | peak memory | tokens/s |"
+    # peak memory and tokens/s depend on the task's sequence lengths: take them from one task for every method,
+    # the first where every method has a finished cell (else, per method, its first task, and say so)
+    trained = [m for m in methods if m != "base"]
+
+    def cost_of(m: str, t: str) -> dict[str, Any] | None:
+        return next((r for r in records if r["method"] == m and r["task"] == t and r.get("trainable")), None)
+
+    where = next((t for t in tasks if all(cost_of(m, t) for m in trained)), None)
+    on = f" ({where})" if where else " (each method's first task)"
+    head = "| method | " + " | ".join(tasks) + f" | trainable | peak memory{on} | tokens/s{on} |"
     rows = [head, "|---|" + "---|" * (len(tasks) + 3)]
     from peftbench.report import human_bytes
 
     for m in methods:
         cells = []
-        cost = {} if m == "base" else next((r for r in records if r["method"] == m and r.get("trainable")), {})
+        cost = {} if m == "base" else (cost_of(m, where) if where else
+                                       next((r for r in records if r["method"] == m and r.get("trainable")), {}))
         for t in tasks:
             r = next((x for x in records if x["method"] == m and x["task"] == t), None)
             if r is None or r.get("score") is None:

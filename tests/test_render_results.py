@@ -56,7 +56,7 @@ def test_reference_results_render_reproducibly_with_every_section(capsys, tmp_pa
     readme = (tmp_path / "README.md").read_text()
     assert "stale" not in readme and "| base (zero-shot) |" in readme and readme.endswith("end\n")
     head = readme.split("<!-- results:headline -->\n")[1].split("<!-- /results:headline -->")[0]
-    assert head.splitlines()[0] == "| method | quickstart | trainable | peak memory | tokens/s |"
+    assert head.splitlines()[0] == "| method | quickstart | trainable | peak memory (quickstart) | tokens/s (quickstart) |"
     assert {line.split("|")[1].strip() for line in head.splitlines()[2:] if line.startswith("|")} == \
         {"base (zero-shot)", "lora", "full"}
     assert "| quickstart | lora | 0, 1 |" in doc.split("## Merge fidelity")[1]   # both seeds' merges, one row
@@ -84,6 +84,24 @@ def test_cells_that_are_not_ok_are_listed_with_their_reason():
     assert cells_section(runs) == ("3 cells: 1 ok, 1 oom, 1 skipped.\n\n| cell | status | reason |\n|---|---|---|\n"
                                    "| full--t--seed0 | oom | CUDA out of memory at 79.1 GiB |\n"
                                    "| qlora--t--seed0 | skipped | needs a CUDA device |")
+
+
+def test_the_headline_takes_every_methods_cost_from_one_task():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_results import headline
+
+    def rec(method, task, mem):
+        return {"method": method, "task": task, "score": 0.5, "trainable": 1e6, "peak_memory_bytes": mem * 2**30,
+                "tokens_per_s": 100.0}
+
+    # 'a' lacks full; 'b' has both: the cost columns come from 'b' for both methods, not 'a' for lora
+    records = [rec("lora", "a", 9), rec("lora", "b", 1), rec("full", "b", 2)]
+    lines = headline(records, ["a", "b"]).splitlines()
+    assert lines[0].endswith("| peak memory (b) | tokens/s (b) |")
+    assert "| 1.0 GiB |" in lines[2] and "| 2.0 GiB |" in lines[3]
+    # no task where every method finished: each method's first task, and the header says so
+    lines = headline([rec("lora", "a", 9), rec("full", "b", 2)], ["a", "b"]).splitlines()
+    assert "peak memory (each method's first task)" in lines[0] and "| 9.0 GiB |" in lines[2]
 
 
 def test_the_headline_says_when_it_is_partial_or_its_cost_was_shared():
