@@ -219,6 +219,8 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
             result["reload"] = {**check, "ok": check["max_rel_logit_diff"] <= tol, "tolerance_rel": tol}
         if cfg.latency_rounds:
             key = latency_key(run)
+            if cfg.latency_once and key not in session.latency_cache:
+                session.latency_of_other_shards()
             earlier = session.latency_cache.get(key) if cfg.latency_once else None
             if earlier is not None:  # the same method, configuration and grid, timed in an earlier cell
                 result["latency"] = {**earlier["latency"], "measured_in": earlier["cell"]}

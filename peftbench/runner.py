@@ -245,13 +245,7 @@ class Session:
             if r.get("method") == "base" and r.get("status") == "ok":
                 for name, entry in (r.get("retention") or {}).items():
                     self.base_retention.setdefault(name, entry)
-        from .cell import latency_key_of_result
-
-        for r in done.values():  # ... and, with latency_once, the timings its kept cells measured themselves
-            latency = r.get("latency") or {}
-            key = latency_key_of_result(r) if r.get("status") == "ok" else None
-            if key and latency.get("regimes") and not latency.get("errors") and "measured_in" not in latency:
-                self.latency_cache.setdefault(key, {"latency": latency, "cell": r.get("key")})
+        self.remember_latency(done.values())  # ... and, with latency_once, the timings its kept cells measured
         with folder_lock(self.output):
             write_json(self.output / "session.json", self.session_record("running", []))
         self.hook.session_start(session=self)
@@ -329,6 +323,29 @@ class Session:
         return "finished"
 
     clock = staticmethod(time.monotonic)  # seconds; tests replace it
+
+    def remember_latency(self, runs: Any) -> None:
+        """Add to the latency_once cache the timings these run files measured themselves."""
+        from .cell import latency_key_of_result
+
+        for r in runs:
+            latency = r.get("latency") or {}
+            key = latency_key_of_result(r) if r.get("status") == "ok" else None
+            if key and latency.get("regimes") and not latency.get("errors") and "measured_in" not in latency:
+                self.latency_cache.setdefault(key, {"latency": latency, "cell": r.get("key")})
+
+    def latency_of_other_shards(self) -> None:
+        """With --shard, another process may have timed this method since this one started: read the folder's
+        run files again, so a session times each method once, not once per shard."""
+        if self.config.shard is None:
+            return
+        runs = []
+        for path in (self.output / "runs").glob("*.json"):
+            try:
+                runs.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        self.remember_latency(runs)
 
     def _blank(self, spec: RunSpec, status: str) -> dict[str, Any]:
         method = self.registry.get(spec.method) if spec.method != "base" else None

@@ -407,3 +407,31 @@ def test_shard_is_k_of_n(argv, needle, capsys, tmp_path):
 def test_shard_needs_an_output_folder(capsys):
     code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--shard", "1/2"], capsys)
     assert code == 2 and "--shard needs --output" in err
+
+
+def test_a_shard_reuses_the_latency_another_shard_measured(tmp_path):
+    """latency_once across shards: before timing a method, a shard looks for a cell of the same method and grid
+    that another shard timed meanwhile (run files in the folder), so the session times it once."""
+    from peftbench.cell import latency_key_of_result
+    from peftbench.records import RunSpec
+    from peftbench.results import write_run
+
+    session = _shard_session(tmp_path, (1, 2))
+    session.plan()
+    session.latency_cache = {}
+    other = session._blank(RunSpec("lora", "quickstart", 0), "ok")
+    other["latency"] = {"regimes": {"eager": [{"batch_size": 1}]}}
+    write_run(session.output, other["key"], other)   # as the other shard would
+    reused = {**session._blank(RunSpec("full", "quickstart", 1), "ok"),
+              "latency": {"regimes": {"eager": [{}]}, "measured_in": "full--quickstart--seed0"}}
+    write_run(session.output, reused["key"], reused)  # reused timings are not a measurement to reuse again
+    session.latency_of_other_shards()
+    assert list(session.latency_cache) == [latency_key_of_result(other)]
+    assert session.latency_cache[latency_key_of_result(other)]["cell"] == "lora--quickstart--seed0"
+    alone = _shard_session(tmp_path / "alone", None)   # without --shard nothing else writes the folder
+    alone.plan()
+    alone.latency_cache = {}
+    alone.output.mkdir(parents=True, exist_ok=True)
+    write_run(alone.output, other["key"], other)
+    alone.latency_of_other_shards()
+    assert alone.latency_cache == {}
