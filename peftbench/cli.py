@@ -160,7 +160,15 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
     console.print(f"peftbench session {session.id}: {len(session.cells)} cells on {session.device}; "
                   f"results in {session.output}")
     results = session.run()
-    _show(session.output, as_json)
+    try:
+        _show(session.output, as_json)
+    except UsageError as e:
+        if config.shard is None:
+            raise
+        # another shard may have written a cell since this one recorded the folder: its results are safe, and
+        # the last shard to end records every file
+        console.print(f"[yellow]The folder is still being written by another shard ({e}); run peftbench report "
+                      f"{session.output} when every shard has ended.[/]")
     later = [r for r in results if r["status"] == "cancelled" and str(r.get("reason") or "").startswith("time budget")]
     failed = [r for r in results if r["status"] in ("error", "oom", "cancelled") and r not in later]
     if later:

@@ -435,3 +435,20 @@ def test_a_shard_reuses_the_latency_another_shard_measured(tmp_path):
     write_run(alone.output, other["key"], other)
     alone.latency_of_other_shards()
     assert alone.latency_cache == {}
+
+
+def test_a_shard_ending_while_another_still_writes_says_so(tmp_path, monkeypatch, capsys):
+    from peftbench import cli
+    from peftbench.errors import UsageError
+
+    _fake_cells(monkeypatch)
+
+    def busy(*_args, **_kwargs):
+        raise UsageError("runs/full--quickstart--seed0.json: its sha256 differs from the one session.json recorded")
+
+    monkeypatch.setattr(cli, "_show", busy)
+    code, _, err = run_cli(["run", "--methods", "lora,full", *TINY, "--output", str(tmp_path / "s"), "--shard", "1/2"],
+                           capsys)
+    assert code == 0 and "still being written by another shard" in " ".join(err.split())
+    code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(tmp_path / "alone")], capsys)
+    assert code == 2 and "sha256 differs" in err   # a single process: a real mismatch, reported as such
