@@ -182,9 +182,10 @@ def latency_overhead(ev: Evidence, task: str, method: str, mode: str) -> tuple[A
     lat = ev.latency.get(method)
     if not lat:
         return None, None, ""
-    regimes = lat.get("regimes") or {}
-    regime = "static" if regimes.get("static") else "eager"
-    cells = [c for c in regimes.get(regime, []) if mode in c.get("overhead", {})]
+    from .leaderboard import headline_regime
+
+    regime = headline_regime(lat)
+    cells = [c for c in (lat.get("regimes") or {}).get(regime, []) if mode in c.get("overhead", {})]
     if not cells:
         return None, None, ""
     c = cells[0]

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from .leaderboard import latency_headline as headline  # the stored summary: the leaderboard's own rule
 from .memory import host_cpu_state
 
 REGIMES = ("eager", "static")
@@ -400,21 +401,6 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
                 entry.update(ok=None, note=f"fewer than {MIN_ROUNDS_TO_JUDGE} rounds: not judged")
             out["sanity"].append(entry)
     return cell
-
-
-def headline(latency: dict[str, Any]) -> dict[str, Any]:
-    """The leaderboard's figures: decode overhead per mode (and its 95 % CI) at the grid's first shape (by
-    default batch 1, the shortest prompt), in the static regime when it was timed -- it reproduces within
-    about 1 % between runs, eager ``generate`` does not (docs/latency.md) -- else in the first regime timed.
-    ``peftbench claims`` judges latency in the same regime."""
-    regimes = {r: cells for r, cells in (latency.get("regimes") or {}).items() if cells}
-    regime = "static" if "static" in regimes else next(iter(regimes), None)
-    if regime is None:
-        return {}
-    c = regimes[regime][0]
-    return {"regime": regime, "batch_size": c["batch_size"], "prompt_tokens": c["prompt_tokens"],
-            "overhead": {m: o["ratio"] for m, o in c["overhead"].items()},
-            "ci95": {m: o["ci95"] for m, o in c["overhead"].items()}}
 
 
 # ---- model helpers -------------------------------------------------------------------------------------------

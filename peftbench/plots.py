@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .leaderboard import rows_for_task
+from .leaderboard import headline_regime, rows_for_task
 from .stats import Z95
 
 COSTS = (  # (row field or latency, axis label, log scale, file suffix)
@@ -33,8 +33,7 @@ def _cost(row: dict[str, Any], field: str, latency: dict[str, dict[str, Any]]) -
         lat = latency.get(row["method"])
         if not lat:
             return None
-        regimes = lat.get("regimes") or {}
-        cells = regimes.get("static") or regimes.get("eager") or []
+        cells = (lat.get("regimes") or {}).get(headline_regime(lat), [])
         o = cells[0]["overhead"].get("unmerged") if cells else None
         return None if o is None else 100.0 * o["ratio"]
     value = row.get(field)
