@@ -218,15 +218,14 @@ def merge_score_change(ev: Evidence, task: str, method: str, path: str) -> tuple
     the merge changed an answer, so this is the test the claim needs. Otherwise Student t over the per-seed
     changes; with one seed, normal from the two scores' standard errors taken as independent (which
     overstates it)."""
+    from .leaderboard import merge_variant
+
     pairs, aligned = [], []
     for r in ev.runs(task, method):
-        merge = r.get("merge") or {}
-        precision = merge.get("precision") or {}
-        m = merge if path == "merged" else precision.get(path) or {}
-        e = m.get("eval") or {}
+        e = merge_variant(r, path).get("eval") or {}
         if e.get("score") is None or not e.get("reference"):
             continue
-        ref_eval = (r.get("eval") or {}) if path == "merged" else precision.get("unmerged") or {}
+        ref_eval = (r.get("eval") or {}) if path == "merged" else merge_variant(r, "unmerged")
         ref_se = ((ref_eval.get("stderr") or {}).get(e.get("metric")) if path == "merged" else ref_eval.get("stderr"))
         pairs.append((e["score"], e["reference"], e.get("stderr"), ref_se))
         aligned.append(_aligned(e.get("samples"), ref_eval.get("samples"), e.get("metric", "")))

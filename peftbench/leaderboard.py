@@ -125,6 +125,14 @@ def best_values(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def merge_variant(run: dict[str, Any], path: str) -> dict[str, Any]:
+    """A run's merge entry: ``merged`` (the merge in the run's dtype, against the unmerged model) or an entry of
+    the ``merge.precision`` study (``merge_fp32_then_cast``, ``merge_in_bf16``: against its ``unmerged`` model
+    in bf16)."""
+    merge = run.get("merge") or {}
+    return merge if path == "merged" else (merge.get("precision") or {}).get(path) or {}
+
+
 def headline_regime(latency: dict[str, Any]) -> str | None:
     """The regime a latency section's headline figures come from: static when it was timed -- it reproduces
     within about 1 % between runs, eager ``generate`` does not (docs/latency.md) -- else the first regime

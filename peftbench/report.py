@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .leaderboard import best_values, retention_tasks, rows_for_task
+from .leaderboard import best_values, merge_variant, retention_tasks, rows_for_task
 from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES, neighbour_flags
 
 
@@ -231,7 +231,7 @@ def merge_tables(runs: list[dict[str, Any]], title: str = "") -> list[Any]:
     def deltas(rs: list[dict[str, Any]], path: str) -> tuple[list[float], list[float]]:
         ds, agree = [], []
         for r in rs:
-            m = r["merge"] if path == "merged" else (r["merge"].get("precision") or {}).get(path) or {}
+            m = merge_variant(r, path)
             d = (m.get("eval") or {}).get("delta")
             ds += [d] if d is not None else []
             agree += [m["greedy_agreement"]] if m.get("greedy_agreement") is not None else []
