@@ -137,7 +137,7 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
         num_fewshot, keep_artifacts, no_base, as_json, naive, time_budget, shard):
     """Train, score and time every method on every task and seed."""
     from .progress import RichProgress
-    from .runner import Session, SessionConfig
+    from .runner import BUDGET_REASON, Session, SessionConfig
 
     sets = list(sets) + (["loop=naive"] if naive else [])
     for flag, key, value in (("--limit", "limit", limit), ("--num-fewshot", "num_fewshot", num_fewshot)):
@@ -169,7 +169,7 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
         # the last shard to end records every file
         console.print(f"[yellow]The folder is still being written by another shard ({e}); run peftbench report "
                       f"{session.output} when every shard has ended.[/]")
-    later = [r for r in results if r["status"] == "cancelled" and str(r.get("reason") or "").startswith("time budget")]
+    later = [r for r in results if r["status"] == "cancelled" and str(r.get("reason") or "").startswith(BUDGET_REASON)]
     failed = [r for r in results if r["status"] in ("error", "oom", "cancelled") and r not in later]
     if later:
         console.print(f"[yellow]{len(later)} cell(s) left for later by --time-budget[/] (run the same command with "

@@ -77,6 +77,9 @@ def folder_lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+BUDGET_REASON = "time budget"  # how a cell left for later by --time-budget starts its reason
+
+
 class CellBudget:
     """``--time-budget``: whether a cell can still finish before the budget (counted from the session's
     creation, so model loading and data preparation count too) runs out, judged by how long
@@ -108,9 +111,9 @@ class CellBudget:
             return None
         est, left = self.estimate(spec), self.end - self.clock()
         if left <= 0:
-            return f"time budget: the {self.seconds:g} s of --time-budget were used up; --resume runs it"
+            return f"{BUDGET_REASON}: the {self.seconds:g} s of --time-budget were used up; --resume runs it"
         if est is not None and est * self.MARGIN + self.SLACK_S > left:
-            return (f"time budget: about {est:.0f} s needed, {left:.0f} s of --time-budget left; "
+            return (f"{BUDGET_REASON}: about {est:.0f} s needed, {left:.0f} s of --time-budget left; "
                     "--resume runs it")
         return None
 
@@ -203,10 +206,10 @@ class Session:
         existing = (out / "session.json").is_file() or any((out / "runs").glob("*.json"))
         if self.config.shard is not None and not self.config.output:
             raise UsageError("--shard needs --output: the shards of a session work in one folder.")
-        if existing and not self.config.resume and self.config.shard is None:
+        if existing and not self.continues:
             raise UsageError(f"--output {out} already holds another session's results. Pass --resume to continue "
                              "that session (finished cells are kept), or choose an empty --output folder.")
-        if existing and (self.config.resume or self.config.shard is not None) and (out / "session.json").is_file():
+        if existing and self.continues and (out / "session.json").is_file():
             old = load_session(out)
             if old.get("config", {}).get("model") not in (None, self.config.model):
                 raise UsageError(f"--resume: {out} was run with model {old['config']['model']!r}, not "
@@ -238,7 +241,7 @@ class Session:
                     "source_sha256": meta.source_digest()}
         self.hook.configure.call_historic(kwargs={"config": self.config})
         shard = self.config.shard
-        done = load_runs(self.output) if self.config.resume or shard is not None else {}
+        done = load_runs(self.output) if self.continues else {}
         self.base_retention: dict[str, Any] = {}
         self.latency_cache: dict[str, Any] = {}  # latency_key -> the first cell's latency (latency_once)
         for r in done.values():  # a resumed session reuses the base model's retention scores
@@ -253,7 +256,7 @@ class Session:
         with folder_lock(self.output):  # other shards may write the same task files at the same moment
             self.include_path = materialize(self.eval_tasks, self.prepared, self.output)
         results: list[dict[str, Any]] = []
-        todo = ([RunSpec("base", t.name, 0) for t in self.tasks] if self.config.base_row else []) + self.cells
+        todo = self.all_cells()
         if shard is not None:  # this process's share; the others run the rest in the same folder
             todo = [spec for i, spec in enumerate(todo) if i % shard[1] == shard[0]]
         self.progress.start(len(todo))
@@ -312,9 +315,8 @@ class Session:
         still at work or was stopped."""
         if own != "finished" or self.config.shard is None:
             return own
-        keys = [RunSpec("base", t.name, 0).key for t in self.tasks] if self.config.base_row else []
-        for key in keys + [c.key for c in self.cells]:
-            path = self.output / "runs" / f"{key}.json"
+        for spec in self.all_cells():
+            path = self.output / "runs" / f"{spec.key}.json"
             try:
                 if json.loads(path.read_text()).get("status") == "cancelled":
                     return "interrupted"
@@ -323,6 +325,15 @@ class Session:
         return "finished"
 
     clock = staticmethod(time.monotonic)  # seconds; tests replace it
+
+    @property
+    def continues(self) -> bool:
+        """Whether this process continues what is in --output (--resume, or one shard among others)."""
+        return self.config.resume or self.config.shard is not None
+
+    def all_cells(self) -> list[RunSpec]:
+        """Every cell of the session in run order: the base rows first, then the plan."""
+        return ([RunSpec("base", t.name, 0) for t in self.tasks] if self.config.base_row else []) + self.cells
 
     def remember_latency(self, runs: Any) -> None:
         """Add to the latency_once cache the timings these run files measured themselves."""
