@@ -205,11 +205,11 @@ def shape_summary(shape: Path) -> str:
     return "\n".join(rows)
 
 
-def shared_flags(runs: list[dict[str, Any]]) -> list[str]:
-    """The neighbour flags ('GPU shared', 'host busy') any ok cell earned."""
+def shared_flags(runs: list[dict[str, Any]]) -> str:
+    """The neighbour flags ('GPU shared', 'host busy') any ok cell earned, quoted for the text ('' if none)."""
     from peftbench.memory import neighbour_flags
 
-    return sorted({f for r in runs if r["status"] == "ok" for f in neighbour_flags(r)})
+    return " / ".join(repr(f) for f in sorted({f for r in runs if r["status"] == "ok" for f in neighbour_flags(r)}))
 
 
 def headline_note(runs: list[dict[str, Any]]) -> str:
@@ -222,7 +222,7 @@ def headline_note(runs: list[dict[str, Any]]) -> str:
                      "[docs/results.md](docs/results.md) lists each); scores are over the seeds finished.")
     flags = shared_flags(runs)
     if flags:
-        notes.append(f"The cost columns come from cells marked {' / '.join(repr(f) for f in flags)}: other "
+        notes.append(f"The cost columns come from cells marked {flags}: other "
                      "processes shared the machine, so time and tokens/s are not the method's alone "
                      "([docs/performance.md](docs/performance.md) has the dedicated measurements).")
     return "\n\n".join(notes)
@@ -236,8 +236,8 @@ def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[st
     # the first where every method has a finished cell (else, per method, its first task, and say so)
     trained = [m for m in methods if m != "base"]
 
-    def cost_of(m: str, t: str) -> dict[str, Any] | None:
-        return next((r for r in records if r["method"] == m and r["task"] == t and r.get("trainable")), None)
+    def cost_of(m: str, t: str | None) -> dict[str, Any] | None:  # t None: the method's first task with a cost
+        return next((r for r in records if r["method"] == m and t in (None, r["task"]) and r.get("trainable")), None)
 
     where = next((t for t in tasks if all(cost_of(m, t) for m in trained)), None)
     on = f" ({where})" if where else " (each method's first task)"
@@ -247,8 +247,7 @@ def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[st
 
     for m in methods:
         cells = []
-        cost = {} if m == "base" else (cost_of(m, where) if where else
-                                       next((r for r in records if r["method"] == m and r.get("trainable")), {}))
+        cost = {} if m == "base" else cost_of(m, where) or {}
         for t in tasks:
             r = next((x for x in records if x["method"] == m and x["task"] == t), None)
             if r is None or r.get("score") is None:
@@ -312,9 +311,10 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
         verdicts = check(runs, merged["latency"])
         out += ["## Claims", "", _md([claims_table(verdicts)]) if verdicts else "No claim can be measured.", ""]
         head = headline(export_rows(session, runs), tasks, runs)
-        if shared_flags(runs):
+        flags = shared_flags(runs)
+        if flags:
             limits += ("- **Cost columns measured beside other work.** Cells marked "
-                       f"{' / '.join(repr(f) for f in shared_flags(runs))} ran while other sessions shared the GPU or "
+                       f"{flags} ran while other sessions shared the GPU or "
                        "the host (the sessions ran side by side to fit the device time): their training time, tokens/s "
                        "and latency are not the method's alone, and the claims built on time or latency say "
                        "'timing suspect'. Scores, trainable parameters, artifact sizes and each process's peak memory "
