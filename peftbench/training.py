@@ -274,8 +274,11 @@ COMPILE_MIN_STEPS = 500  # compile=auto compiles on CUDA only for runs of at lea
 # The fast loop moves every object alive after these optimizer steps (the model, compiled graphs, CUDA graph
 # trees: all made in the first steps) to the collector's permanent generation, so a full collection later walks
 # only what training makes since: on an H200 full collections took 0.7-0.9 s inside CUDA-graph steps of
-# 40-70 ms (docs/performance.md). Unfrozen when training ends. No collection is forced (that would cost the
-# same 0.7 s); the naive loop is left as a first benchmark would write it.
+# 40-70 ms (docs/performance.md). Unfrozen when training ends, with whatever was frozen before training: the
+# GPU machine's Python starts with 375 objects frozen, and skipping the freeze whenever anything was frozen
+# (as this loop did until 2026-11-30) skipped it on every GPU run; leaving objects frozen after training would
+# keep the trained model's reference cycles from ever being collected, cell after cell. No collection is forced
+# (that would cost the same 0.7 s); the naive loop is left as a first benchmark would write it.
 GC_FREEZE_AFTER = (1, 3)
 
 
@@ -418,7 +421,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     rounding: Any = contextlib.nullcontext()
     fused: Any = contextlib.nullcontext()
     graphs = False
-    frozen_elsewhere = gc.get_freeze_count() > 0  # the caller froze objects itself: its policy, left alone
+    frozen_before = gc.get_freeze_count()  # by the interpreter's start-up or the caller: unfrozen with ours
     if blocks is not None:
         dynamic = len({len(x) for x in data.input_ids}) > 1  # batches of varying shape
         mode = cfg.compile_mode
@@ -472,10 +475,12 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                if step in GC_FREEZE_AFTER and loop["loop"] != "naive" and not frozen_elsewhere:
+                if step in GC_FREEZE_AFTER and loop["loop"] != "naive":
                     gc.freeze()
                     loop["gc"] = f"frozen after step{'s' if step > 1 else ''} " + " and ".join(
-                        str(s) for s in GC_FREEZE_AFTER if s <= step)
+                        str(s) for s in GC_FREEZE_AFTER if s <= step) + (
+                        f" ({frozen_before} objects frozen before training, unfrozen with them at the end)"
+                        if frozen_before else "")
                 if step == 1:
                     if device == "cuda":
                         torch.cuda.synchronize()
