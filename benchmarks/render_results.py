@@ -40,6 +40,39 @@ LIMITS = """\
 """
 
 
+def lossy_merge_note(runs: list[dict[str, Any]]) -> str:
+    """A limits bullet for lossy merges (QLoRA into its dequantized base) flagged beyond the logit tolerance: how
+    many, by how much, and whether the unmerged model -- the same dequantized base with the adapter applied
+    separately -- is off by the same amount, in which case the difference is the dequantization, not the merge.
+    Empty when no lossy merge was flagged."""
+    lossy = [r for r in runs if r.get("status") == "ok" and (r.get("merge") or {}).get("lossy")
+             and (r["merge"]).get("ok") is not None]
+    flagged = [r for r in lossy if r["merge"]["ok"] is False]
+    if not flagged:
+        return ""
+    m0 = flagged[0]["merge"]
+    cells = ", ".join(f"{r['task']} seed {r['seed']} ({100 * r['merge']['max_rel_logit_diff']:.1f} %)"
+                      for r in sorted(flagged, key=lambda r: (r["task"], r["seed"])))
+    same = all(r["merge"].get("unmerge_max_rel_logit_diff") is not None and
+               abs(r["merge"]["unmerge_max_rel_logit_diff"] - r["merge"]["max_rel_logit_diff"])
+               <= 0.01 * r["merge"]["max_rel_logit_diff"] for r in lossy)
+    deltas = [100 * r["merge"]["eval"]["delta"] for r in flagged
+              if isinstance((r["merge"].get("eval") or {}).get("delta"), (int, float))]
+    methods = sorted({r["method"] for r in flagged})
+    text = (f"- **Lossy merges flagged.** {len(flagged)} of {len(lossy)} {', '.join(methods)} merges differ from the "
+            f"unmerged model by more than the {100 * m0['tolerance_rel']:g} % logit tolerance (largest logit "
+            f"difference relative to the largest logit): {cells}, so the merge fidelity table marks them 'merge "
+            "mismatch'.")
+    if same:
+        text += (f" In all {len(lossy)} cells the model after unmerging (the same dequantized base, the adapter "
+                 "applied separately again) differs from the 4-bit model by the same amount, within 1 %: the "
+                 "difference comes from replacing the 4-bit layers by dequantized ones (bitsandbytes' kernels "
+                 "compute differently), not from adding the delta; hence 'unmerge mismatch' beside it.")
+    if deltas:
+        text += (f" The flagged merges moved the lm-eval score by {min(deltas):+.2f} to {max(deltas):+.2f} points.")
+    return text + "\n"
+
+
 def reference_parts(ref: Path) -> tuple[list[Path], Path | None]:
     """(the task session folders, the 8B-shape folder or None)."""
     sessions = sorted(p for p in ref.iterdir() if (p / "session.json").is_file() and (p / "runs").is_dir()) \
@@ -319,6 +352,7 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
                        "and latency are not the method's alone, and the claims built on time or latency say "
                        "'timing suspect'. Scores, trainable parameters, artifact sizes and each process's peak memory "
                        "are unaffected. docs/performance.md and docs/latency.md hold the dedicated measurements.\n")
+        limits += lossy_merge_note(runs)
     out += ["## Cost at 8B scale", "", shape_section(shape), "",
             "## What these numbers do and do not show", "", limits]
     return "\n".join(out).rstrip() + "\n", head, files

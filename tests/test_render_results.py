@@ -129,3 +129,33 @@ def test_an_empty_reference_says_not_run_yet(tmp_path):
     assert done.returncode == 0, done.stderr
     doc = (tmp_path / "docs/results.md").read_text()
     assert doc.count("Not run yet.") == 2 and (tmp_path / "README.md").read_text() == "# x\n"
+
+
+def _module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lossy_merges_beyond_tolerance_are_explained_from_the_unmerge_check():
+    note = _module().lossy_merge_note
+
+    def run(task, seed, rel, unmerge, ok, delta=0.001):
+        return {"status": "ok", "method": "qlora", "task": task, "seed": seed,
+                "merge": {"lossy": True, "ok": ok, "tolerance_rel": 0.02, "max_rel_logit_diff": rel,
+                          "unmerge_max_rel_logit_diff": unmerge, "eval": {"delta": delta}}}
+
+    lora = {"status": "ok", "method": "lora", "task": "sst2", "seed": 0,
+            "merge": {"lossy": False, "ok": False, "tolerance_rel": 0.02, "max_rel_logit_diff": 0.5}}
+    assert note([run("sst2", 0, 0.01, 0.01, True), lora]) == ""   # nothing lossy flagged (lora is not lossy)
+    runs = [run("sst2", 1, 0.031, 0.0311, False, 0.0015), run("boolq", 2, 0.022, 0.022, False, -0.002),
+            run("sst2", 0, 0.010, 0.010, True)]
+    text = note(runs)
+    assert text.startswith("- **Lossy merges flagged.** 2 of 3 qlora merges differ") and text.endswith("\n")
+    assert "boolq seed 2 (2.2 %), sst2 seed 1 (3.1 %)" in text and "2 % logit tolerance" in text
+    assert "In all 3 cells the model after unmerging" in text and "-0.20 to +0.15 points" in text
+    runs[2]["merge"]["unmerge_max_rel_logit_diff"] = 0.002   # unmerging restores one cell: not the dequantization
+    assert "after unmerging" not in note(runs)
