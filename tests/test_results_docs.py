@@ -144,3 +144,35 @@ def test_collector_freeze_figures_cited_in_performance_doc():
         assert max(timed) <= 0.0007, (method, variant)
         assert abs(v["tokens_per_s"] / v["steady_tokens_per_s"] - 1) <= 0.02, (method, variant)
     assert "375 objects frozen before training" in frozen[("full", "fast")][0]["loop"]["gc"]
+
+
+def test_merge_fidelity_figures_cited_in_latency_doc():
+    """docs/latency.md quotes the 24 LoRA and QLoRA reference cells' merge fidelity; the files hold it."""
+    import json
+
+    doc = (ROOT / "docs/latency.md").read_text()
+    cells: dict[str, list[dict]] = {"lora": [], "qlora": []}
+    for f in (ROOT / "results/reference").glob("*/runs/*.json"):
+        r = json.loads(f.read_text())
+        if r["method"] in cells:
+            assert r["status"] == "ok", f.name
+            cells[r["method"]].append(r["merge"])
+    assert [len(v) for v in cells.values()] == [12, 12]
+    lora, qlora = cells["lora"], cells["qlora"]
+    assert max(m["max_abs_logit_diff"] for m in lora) < 1.6e-4 and "logits within 1.6e-4" in doc
+    assert all(m["greedy_agreement"] == 1.0 and m["eval"]["delta"] == 0 for m in lora)
+
+    def span(ms, way):
+        deltas = [100 * m["precision"][way]["eval"]["delta"] for m in ms]
+        return f"{min(deltas):+.2f} to {max(deltas):+.2f}".replace("-", "−")
+
+    assert f"LoRA {span(lora, 'merge_fp32_then_cast')} points merging in fp32" in doc.replace("\n  ", " ")
+    assert f"{span(lora, 'merge_in_bf16')} merging in bf16" in doc.replace("\n  ", " ")
+    assert min(m["precision"][w]["greedy_agreement"] for m in lora for w in ("merge_fp32_then_cast", "merge_in_bf16")) >= 0.94
+    assert f"logits differ by up to {max(m['max_abs_logit_diff'] for m in qlora):.2f}" in doc
+    assert min(m["greedy_agreement"] for m in qlora) >= 0.95
+    deltas = [100 * m["eval"]["delta"] for m in qlora]
+    assert f"{min(deltas):+.2f} to {max(deltas):+.2f} points".replace("-", "−") in doc
+    assert sum(m["ok"] is False for m in qlora) == 2 and "Two of the 12 merges" in doc
+    logged = {k: sum(bool(m["eval"].get("samples")) for m in v) for k, v in cells.items()}
+    assert logged == {"lora": 5, "qlora": 7}
