@@ -63,7 +63,11 @@ def lossy_merge_note(runs: list[dict[str, Any]]) -> str:
             f"unmerged model by more than the {100 * m0['tolerance_rel']:g} % logit tolerance (largest logit "
             f"difference relative to the largest logit): {cells}, so the merge fidelity table marks them 'merge "
             "mismatch'.")
-    if same:
+    if all((r["merge"].get("same_base") or {}).get("ok") for r in flagged):
+        worst = max(r["merge"]["same_base"]["max_rel_logit_diff"] for r in flagged)
+        text += (" Against the unmerged model on the same dequantized base (`merge.same_base`) every one is within "
+                 f"it (at most {100 * worst:.2g} %): the gap is the dequantization, not the merge.")
+    elif same:
         text += (f" In all {len(lossy)} cells the model after unmerging (the same dequantized base, the adapter "
                  "applied separately again) differs from the 4-bit model by the same amount, within 1 %: the "
                  "difference comes from replacing the 4-bit layers by dequantized ones (bitsandbytes' kernels "

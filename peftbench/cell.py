@@ -198,14 +198,24 @@ def run_method_cell(session: Session, run: RunContext, result: dict[str, Any], d
             with phase(result, "merge", session):
                 merged = hook.merge_adapter(run=run, prepared=model)
                 merged_infer = method.inference_model(merged)
-                merge.update(compare(reference, probe_logits(merged_infer, probes, device)))
+                merged_logits = probe_logits(merged_infer, probes, device)
+                merge.update(compare(reference, merged_logits))
                 merge["ok"] = merge["max_rel_logit_diff"] <= tol
                 if cfg.merge_eval and scored:
                     merge["eval"] = _score_pair(session, run, merged_infer, result.get("eval"))
                 model = hook.unmerge_adapter(run=run, merged=merged)
-                restored = compare(reference, probe_logits(method.inference_model(model), probes, device))
+                restored_logits = probe_logits(method.inference_model(model), probes, device)
+                restored = compare(reference, restored_logits)
                 merge["unmerge_max_rel_logit_diff"] = restored["max_rel_logit_diff"]
                 merge["unmerge_ok"] = restored["max_rel_logit_diff"] <= tol
+                # the merged model against the unmerged one on the same base weights: for a lossy merge (QLoRA:
+                # unmerging leaves the base dequantized) this is the merge's own error, apart from the base's
+                own = compare(restored_logits, merged_logits)
+                merge["same_base"] = {"max_abs_logit_diff": own["max_abs_logit_diff"],
+                                      "max_rel_logit_diff": own["max_rel_logit_diff"],
+                                      "greedy_agreement": own["greedy_agreement"],
+                                      "ok": own["max_rel_logit_diff"] <= tol}
+                merged_logits = restored_logits = None
             merged = merged_infer = None
             if cfg.merge_precisions:
                 model = infer = base = None

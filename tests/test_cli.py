@@ -128,6 +128,9 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
     for m in ("lora", "qlora"):  # merged logits match unmerged; unmerge restores them
         merge = runs[f"{m}--quickstart--seed0"]["merge"]
         assert merge["ok"] and merge["unmerge_ok"]
+        # merged vs the unmerged model after unmerging (the same base weights): within fp32 rounding
+        same = merge["same_base"]
+        assert same["ok"] and same["greedy_agreement"] == 1.0 and same["max_rel_logit_diff"] <= 1e-4
         assert merge["eval"]["reference"] == runs[f"{m}--quickstart--seed0"]["eval"]["metrics"]["acc"]
         assert merge["eval"]["delta"] == pytest.approx(merge["eval"]["score"] - merge["eval"]["reference"])
         prec = merge["precision"]

@@ -159,3 +159,6 @@ def test_lossy_merges_beyond_tolerance_are_explained_from_the_unmerge_check():
     assert "In all 3 cells the model after unmerging" in text and "-0.20 to +0.15 points" in text
     runs[2]["merge"]["unmerge_max_rel_logit_diff"] = 0.002   # unmerging restores one cell: not the dequantization
     assert "after unmerging" not in note(runs)
+    for r, rel in zip(runs[:2], (1e-5, 3e-6), strict=True):   # newer files compare on the same base directly
+        r["merge"]["same_base"] = {"max_rel_logit_diff": rel, "ok": True}
+    assert "(`merge.same_base`) every one is within it (at most 0.001 %)" in note(runs)

@@ -229,6 +229,18 @@ def test_merge_fidelity_table(capsys):
     assert "lossy" in rows["qlora"][-1] and "merge mismatch" in rows["qlora"][-1]
     assert rows["qlora"][8] == "-1.00"
     assert merge_tables([run("full", merge={"supported": False})]) == []
+    # the same QLoRA merge within the tolerance of the unmerged model on its dequantized base: the gap is the
+    # dequantization (unmerging keeps that base, so its check differs the same way and is not flagged apart)
+    q = runs[3]["merge"]
+    q.update(unmerge_ok=False, same_base={"max_abs_logit_diff": 1e-5, "max_rel_logit_diff": 1e-6,
+                                          "greedy_agreement": 1.0, "ok": True})
+    status = [line.split(" | ")[-1] for line in render_markdown(merge_tables(runs)).splitlines()
+              if line.startswith("| t | qlora")]
+    assert status == ["lossy dequantization > tol |"]
+    q["same_base"]["ok"] = False   # the merge itself off too: flagged as before
+    status = [line.split(" | ")[-1] for line in render_markdown(merge_tables(runs)).splitlines()
+              if line.startswith("| t | qlora")]
+    assert status == ["lossy merge mismatch unmerge mismatch |"]
 
 
 # ---- exports --------------------------------------------------------------------------------------------------
