@@ -42,6 +42,27 @@ def _cost(row: dict[str, Any], field: str, latency: dict[str, dict[str, Any]]) -
     return value / 2**30 if field == "peak_memory" else float(value)
 
 
+def _label(ax: Any, points: list[tuple[str, float, float]]) -> None:
+    """Name each point beside it, on the first side (upper right, lower right, upper left, lower left) where the
+    label's box does not overlap one placed before: methods with close cost and score (QLoRA and a small adapter
+    on memory) would otherwise print over each other."""
+    ax.autoscale_view()
+    fig = ax.figure
+    fig.canvas.draw()  # the axes' final limits, so the boxes measured are where the labels end up
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    sides = (((5, 4), "left", "bottom"), ((5, -4), "left", "top"), ((-5, 4), "right", "bottom"),
+             ((-5, -4), "right", "top"))
+    for name, x, y in sorted(points, key=lambda p: (-p[2], p[1])):
+        for i, (offset, ha, va) in enumerate(sides):
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize=8, ha=ha, va=va)
+            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(b) for b in placed) or i == len(sides) - 1:
+                placed.append(box)
+                break
+            text.remove()
+
+
 def pareto_plots(session: dict[str, Any], runs: list[dict[str, Any]], latency: dict[str, dict[str, Any]],
                  out_dir: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
     """Write one figure per task and cost; return the files written."""
@@ -75,7 +96,6 @@ def pareto_plots(session: dict[str, Any], runs: list[dict[str, Any]], latency: d
                     half = Z95 * (r["stderr"] or 0.0)
                     lo, hi = r["score"] - half, r["score"] + half
                 ax.errorbar([c], [r["score"]], yerr=[[r["score"] - lo], [hi - r["score"]]], fmt="o", capsize=3)
-                ax.annotate(r["method"], (c, r["score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
             front = frontier([(c, r["score"]) for r, c in pts])
             ax.step([c for c, _ in front], [s for _, s in front], where="post", color="grey", linestyle="--",
                     linewidth=1, label="Pareto frontier")
@@ -86,6 +106,8 @@ def pareto_plots(session: dict[str, Any], runs: list[dict[str, Any]], latency: d
             ax.set_xlabel(label)
             ax.set_ylabel(f"{metric} (95% CI)")
             ax.set_title(f"{task}: {metric} vs {label.split(' (')[0]}" + (f"\n{model}" if model else ""), fontsize=9)
+            fig.tight_layout()
+            _label(ax, [(r["method"], c, r["score"]) for r, c in pts])  # with every artist in: the final limits
             ax.legend(fontsize=7, loc="lower right")
             fig.tight_layout()
             for fmt in formats:
