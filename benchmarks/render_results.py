@@ -45,12 +45,14 @@ def lossy_merge_note(runs: list[dict[str, Any]]) -> str:
     many, by how much, and whether the unmerged model -- the same dequantized base with the adapter applied
     separately -- is off by the same amount, in which case the difference is the dequantization, not the merge.
     Empty when no lossy merge was flagged."""
+    from peftbench.leaderboard import dequantization_only
+
     lossy = [r for r in runs if r.get("status") == "ok" and (r.get("merge") or {}).get("lossy")
-             and (r["merge"]).get("ok") is not None]
+             and r["merge"].get("ok") is not None]
     flagged = [r for r in lossy if r["merge"]["ok"] is False]
     if not flagged:
         return ""
-    m0 = flagged[0]["merge"]
+    dequantization = dequantization_only(flagged)
     cells = ", ".join(f"{r['task']} seed {r['seed']} ({100 * r['merge']['max_rel_logit_diff']:.1f} %)"
                       for r in sorted(flagged, key=lambda r: (r["task"], r["seed"])))
     same = all(r["merge"].get("unmerge_max_rel_logit_diff") is not None and
@@ -60,10 +62,10 @@ def lossy_merge_note(runs: list[dict[str, Any]]) -> str:
               if isinstance((r["merge"].get("eval") or {}).get("delta"), (int, float))]
     methods = sorted({r["method"] for r in flagged})
     text = (f"- **Lossy merges flagged.** {len(flagged)} of {len(lossy)} {', '.join(methods)} merges differ from the "
-            f"unmerged model by more than the {100 * m0['tolerance_rel']:g} % logit tolerance (largest logit "
-            f"difference relative to the largest logit): {cells}, so the merge fidelity table marks them 'merge "
-            "mismatch'.")
-    if all((r["merge"].get("same_base") or {}).get("ok") for r in flagged):
+            f"unmerged model by more than the {100 * flagged[0]['merge']['tolerance_rel']:g} % logit tolerance "
+            f"(largest logit difference relative to the largest logit): {cells}, so the merge fidelity table marks "
+            f"them '{'dequantization > tol' if dequantization else 'merge mismatch'}'.")
+    if dequantization:
         worst = max(r["merge"]["same_base"]["max_rel_logit_diff"] for r in flagged)
         text += (" Against the unmerged model on the same dequantized base (`merge.same_base`) every one is within "
                  f"it (at most {100 * worst:.2g} %): the gap is the dequantization, not the merge.")

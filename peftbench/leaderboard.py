@@ -133,6 +133,15 @@ def merge_variant(run: dict[str, Any], path: str) -> dict[str, Any]:
     return merge if path == "merged" else (merge.get("precision") or {}).get(path) or {}
 
 
+def dequantization_only(runs: list[dict[str, Any]]) -> bool:
+    """Whether every one of ``runs`` whose merge is beyond the logit tolerance (at least one) is a lossy merge
+    within the tolerance of the unmerged model on the same dequantized base (``merge.same_base``): the gap is the
+    dequantization, not the merge. The merge fidelity table and the results document's note both judge so."""
+    beyond = [r for r in runs if (r.get("merge") or {}).get("ok") is False]
+    return bool(beyond) and all(r["merge"].get("lossy") and (r["merge"].get("same_base") or {}).get("ok")
+                                for r in beyond)
+
+
 def headline_regime(latency: dict[str, Any]) -> str | None:
     """The regime a latency section's headline figures come from: static when it was timed -- it reproduces
     within about 1 % between runs, eager ``generate`` does not (docs/latency.md) -- else the first regime

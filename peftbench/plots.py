@@ -46,9 +46,8 @@ def _label(ax: Any, points: list[tuple[str, float, float]]) -> None:
     """Name each point beside it, on the first side (upper right, lower right, upper left, lower left) where the
     label's box does not overlap one placed before: methods with close cost and score (QLoRA and a small adapter
     on memory) would otherwise print over each other."""
-    ax.autoscale_view()
     fig = ax.figure
-    fig.canvas.draw()  # the axes' final limits, so the boxes measured are where the labels end up
+    fig.canvas.draw()  # autoscales to the axes' final limits, so the boxes measured are where the labels end up
     renderer = fig.canvas.get_renderer()
     placed: list[Any] = []
     sides = (((5, 4), "left", "bottom"), ((5, -4), "left", "top"), ((-5, 4), "right", "bottom"),

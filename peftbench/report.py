@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .leaderboard import best_values, merge_variant, retention_tasks, rows_for_task
+from .leaderboard import best_values, dequantization_only, merge_variant, retention_tasks, rows_for_task
 from .memory import HOST_BUSY_CORES, SHARED_GPU_BYTES, neighbour_flags
 
 
@@ -248,13 +248,10 @@ def merge_tables(runs: list[dict[str, Any]], title: str = "") -> list[Any]:
                 d, a = deltas(rs, path)
                 row += [_pts_over_seeds(d), _min_text(a, ".3f")]
         status = ["lossy"] if any(r["merge"].get("lossy") for r in rs) else []
-        beyond = [r for r in rs if r["merge"].get("ok") is False]
-        if beyond and all(r["merge"].get("lossy") and (r["merge"].get("same_base") or {}).get("ok") for r in beyond):
-            # beyond the tolerance from the 4-bit model, within it from the unmerged model on the same
-            # dequantized base (where unmerging leaves it by design): the dequantization, not the merge
+        if dequantization_only(rs):  # unmerging leaves the dequantized base by design: not flagged apart
             status += ["[yellow]dequantization > tol[/]"]
         else:
-            status += ["[red]merge mismatch[/]"] if beyond else []
+            status += ["[red]merge mismatch[/]"] if any(r["merge"].get("ok") is False for r in rs) else []
             status += ["[red]unmerge mismatch[/]"] if any(r["merge"].get("unmerge_ok") is False for r in rs) else []
         t.add_row(*row, " ".join(status) or "ok")
     t.caption = ("max Δ logit: the largest absolute logit difference over the probe prompts and seeds; greedy: "

@@ -161,4 +161,6 @@ def test_lossy_merges_beyond_tolerance_are_explained_from_the_unmerge_check():
     assert "after unmerging" not in note(runs)
     for r, rel in zip(runs[:2], (1e-5, 3e-6), strict=True):   # newer files compare on the same base directly
         r["merge"]["same_base"] = {"max_rel_logit_diff": rel, "ok": True}
-    assert "(`merge.same_base`) every one is within it (at most 0.001 %)" in note(runs)
+    newer = note(runs)
+    assert "(`merge.same_base`) every one is within it (at most 0.001 %)" in newer
+    assert "marks them 'dequantization > tol'" in newer and "marks them 'merge mismatch'" in text
