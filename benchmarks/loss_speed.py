@@ -1,4 +1,4 @@
-"""The chunked linear cross-entropy (peftbench.loss) against the plain one, forward and backward, alone.
+"""The chunked linear cross-entropy (peftbench.train.loss) against the plain one, forward and backward, alone.
 
 Prints the median time of each over alternating repetitions, and the peak memory on CUDA. Defaults: SmolLM2's
 head (hidden 576, vocabulary 49,152), 8,192 tokens (batch 16 x 512), bf16 autocast on CUDA.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from peftbench.loss import fused_chunks, linear_cross_entropy  # noqa: E402
+from peftbench.train.loss import fused_chunks, linear_cross_entropy  # noqa: E402
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def lossy_merge_note(runs: list[dict[str, Any]]) -> str:
     many, by how much, and whether the unmerged model -- the same dequantized base with the adapter applied
     separately -- is off by the same amount, in which case the difference is the dequantization, not the merge.
     Empty when no lossy merge was flagged."""
-    from peftbench.leaderboard import dequantization_only
+    from peftbench.report.leaderboard import dequantization_only
 
     lossy = [r for r in runs if r.get("status") == "ok" and (r.get("merge") or {}).get("lossy")
              and r["merge"].get("ok") is not None]
@@ -88,7 +88,7 @@ def reference_parts(ref: Path) -> tuple[list[Path], Path | None]:
 
 
 def _md(tables: list[Any]) -> str:
-    from peftbench.report import render_markdown
+    from peftbench.report.tables import render_markdown
 
     return render_markdown(tables).strip()
 
@@ -166,7 +166,7 @@ def shape_section(shape: Path | None) -> str:
             parts.append(f"Training, {what} (`{f.relative_to(ROOT) if f.is_relative_to(ROOT) else f}`):\n\n"
                          + markdown(json.loads(f.read_text())))
     if (shape / "latency").is_dir():
-        from peftbench.report import folder_tables
+        from peftbench.report.tables import folder_tables
 
         tables, failed = folder_tables(shape)
         parts.append("Latency (static regime):\n\n" + _md(tables) + (
@@ -184,7 +184,7 @@ def shape_summary(shape: Path) -> str:
     checkpointing, whether each setting fits an 80 GB H100 (measured with allocations capped at 79 GiB, when
     those runs exist: an out-of-memory run shows the memory it reached), and the latency overhead at batch 1 x
     prompt 128 (static regime)."""
-    from peftbench.report import human_bytes
+    from peftbench.report.tables import human_bytes
 
     runs: dict[str, dict[str, Any]] = {}
     settings = None
@@ -197,7 +197,7 @@ def shape_summary(shape: Path) -> str:
                 runs.setdefault(r["method"], {})[kind] = next(iter(r["variants"].values()), {})
     lat: dict[str, Any] = {}
     if (shape / "latency").is_dir():
-        from peftbench.latency_session import load_latency
+        from peftbench.session.latency_only import load_latency
 
         lat = {m: r.get("latency") or {} for m, r in load_latency(shape)[1].items() if r.get("status") == "ok"}
     if not runs or settings is None:
@@ -246,7 +246,7 @@ def shape_summary(shape: Path) -> str:
 
 def shared_flags(runs: list[dict[str, Any]]) -> str:
     """The neighbour flags ('GPU shared', 'host busy') any ok cell earned, quoted for the text ('' if none)."""
-    from peftbench.memory import neighbour_flags
+    from peftbench.system.memory import neighbour_flags
 
     return " / ".join(repr(f) for f in sorted({f for r in runs if r["status"] == "ok" for f in neighbour_flags(r)}))
 
@@ -282,7 +282,7 @@ def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[st
     on = f" ({where})" if where else " (each method's first task)"
     head = "| method | " + " | ".join(tasks) + f" | trainable | peak memory{on} | tokens/s{on} |"
     rows = [head, "|---|" + "---|" * (len(tasks) + 3)]
-    from peftbench.report import human_bytes
+    from peftbench.report.tables import human_bytes
 
     for m in methods:
         cells = []
@@ -307,8 +307,8 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
     """(docs/results.md's text, the README headline block or None, the plot files written). The document links
     the plots in ``plots``; they are written to ``plot_out`` (default: ``plots``; --check writes them aside)."""
     plot_out = plot_out or plots
-    from peftbench.claims import check
-    from peftbench.report import (
+    from peftbench.report.claims import check
+    from peftbench.report.tables import (
         claims_table,
         export_rows,
         latency_tables,
@@ -340,7 +340,7 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
         out += ["## Merge fidelity", "", _md(fidelity) if fidelity else "No cell merged.", ""]
         lat = [t for task, lats in run_latencies(runs).items() for t in latency_tables(lats, title=f"{task} — ")]
         out += ["## Latency", "", _md(lat) if lat else "No cell timed latency.", ""]
-        from peftbench.plots import pareto_plots
+        from peftbench.report.plots import pareto_plots
 
         plot_out.mkdir(parents=True, exist_ok=True)
         for old in plot_out.glob("*.png"):

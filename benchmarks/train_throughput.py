@@ -1,6 +1,6 @@
 """Training throughput of every method: peftbench's fast loop against the naive loop, in the same process.
 
-Every variant is ``peftbench.training.train`` on the same data, batch, sequence length, seed and weights,
+Every variant is ``peftbench.train.loop.train`` on the same data, batch, sequence length, seed and weights,
 so the ratios are side by side, not absolute times from different runs:
 
   naive          loop=naive: padded batches, the model's own forward with full logits, no compilation
@@ -93,7 +93,7 @@ def flops_per_token(n: int, trainable: int, full: bool, layers: int, hidden: int
 
 def random_data(vocab: int, rows: int, seq: int, seed: int = 0, lengths: tuple[int, int] | None = None):
     """Random token rows of ``seq`` tokens, or of lengths drawn uniformly from ``lengths`` (inclusive)."""
-    from peftbench.training import TrainData
+    from peftbench.train.loop import TrainData
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, vocab - 1, (rows, seq), generator=g).tolist()
@@ -105,15 +105,15 @@ def random_data(vocab: int, rows: int, seq: int, seed: int = 0, lengths: tuple[i
 
 def task_data(task: str, model: str, data_dir: Path | None, max_length: int):
     """A task's real training examples, tokenized by the model's tokenizer exactly as ``peftbench run`` does."""
-    from peftbench.config import TrainConfig
-    from peftbench.plugins import make_plugin_manager
-    from peftbench.runner import Session, SessionConfig
+    from peftbench.api.options import TrainConfig
+    from peftbench.api.plugins import make_plugin_manager
+    from peftbench.session.runner import Session, SessionConfig
 
     out = Path(tempfile.mkdtemp(prefix="pb-throughput-"))
     session = Session(SessionConfig(methods=["full"], tasks=[task], model=model, device="cpu", output=out,
                                     data_dir=data_dir, retention=[], base_row=False),
                       host=make_plugin_manager())
-    from peftbench.tasks import materialize
+    from peftbench.tasks.task import materialize
 
     session.plan()
     session.tokenizer = session.model.load_tokenizer()  # what Session.run sets up before its first cell
@@ -122,8 +122,8 @@ def task_data(task: str, model: str, data_dir: Path | None, max_length: int):
 
 
 def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) -> dict[str, Any]:
-    from peftbench.config import TrainConfig
-    from peftbench.training import train
+    from peftbench.api.options import TrainConfig
+    from peftbench.train.loop import train
 
     torch.manual_seed(0)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
@@ -164,7 +164,7 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
         if check_at is not None and step == check_at - 1:
             torch.cuda.set_sync_debug_mode("warn")
 
-    from peftbench import memory
+    from peftbench.system import memory
 
     alloc0, graphs0, cpu0 = allocator_counts(args.device), compiled_graphs(), memory.cpu_sample()
     t0 = time.perf_counter()
@@ -329,8 +329,8 @@ def compiled_graphs() -> int | None:
 
 
 def measure(method_name: str, resolved: Any, data: Any, args: Any, write: Any) -> dict[str, Any]:
-    from peftbench.plugins import make_plugin_manager
-    from peftbench.registry import collect_methods
+    from peftbench.api.plugins import make_plugin_manager
+    from peftbench.api.registry import collect_methods
 
     method = collect_methods(make_plugin_manager()).get(method_name)
     out: dict[str, Any] = {"method": method_name, "variants": {}}
@@ -408,7 +408,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 def diagnostics(results: list[dict[str, Any]]) -> list[str]:
     """Lines under a table: variants timed on a busy host, with recompilations or allocator churn."""
-    from peftbench.memory import HOST_BUSY_CORES
+    from peftbench.system.memory import HOST_BUSY_CORES
 
     lines = []
     for r in results:

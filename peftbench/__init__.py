@@ -1,8 +1,8 @@
 """peftbench: measure what LoRA, QLoRA, bottleneck adapters and full fine-tuning buy and cost."""
 
-from .errors import ConfigError, NotSupported, PeftbenchError, PluginError, UsageError
-from .hookspecs import hookimpl
-from .method import Availability, Capabilities, Method
+from peftbench.api.hookspecs import hookimpl
+from peftbench.api.method import Availability, Capabilities, Method
+from peftbench.errors import ConfigError, NotSupported, PeftbenchError, PluginError, UsageError
 
 __version__ = "0.1.0"
 __all__ = [

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from .hookspecs import hookimpl
+from peftbench.api.hookspecs import hookimpl
 
 TOL = 1e-5          # fp32 on CPU: same function up to rounding
 TOL_QUANT = 5e-2    # 4-bit base: bitsandbytes' CPU inference kernel computes in bf16, so the 4-bit layer
@@ -35,7 +35,7 @@ TOL_QUANT = 5e-2    # 4-bit base: bitsandbytes' CPU inference kernel computes in
 
 def tiny_llama():
     """A fresh ``tiny:llama`` model (same weights every call) and its tokenizer."""
-    from .models import load_model
+    from peftbench.models import load_model
 
     model, tokenizer, _ = load_model("tiny:llama", device="cpu")
     return model, tokenizer
@@ -58,8 +58,8 @@ def probe_batch(tokenizer):
 
 
 def train_steps(method, model, tokenizer, steps: int = 3, lr: float = 1e-2, seed: int = 0):
-    from .config import TrainConfig
-    from .training import tokenize_pairs, train
+    from peftbench.api.options import TrainConfig
+    from peftbench.train.loop import tokenize_pairs, train
 
     pairs = [(f"Sentence: item {i}\nTag:", f" {'dax wug fep lum'.split()[i % 4]}") for i in range(16)]
     data = tokenize_pairs(pairs, tokenizer, 64)
@@ -76,7 +76,7 @@ class MethodContract:
 
     @pytest.fixture
     def method(self, peftbench_host):
-        from .registry import collect_methods
+        from peftbench.api.registry import collect_methods
 
         if not self.method_name:
             pytest.fail("set method_name on your MethodContract subclass")
@@ -108,12 +108,12 @@ class MethodContract:
         return model, tok, ids, base_logits, untrained
 
     def test_class_passes_registration_checks(self, method):
-        from .method import validate_method_class
+        from peftbench.api.method import validate_method_class
 
         validate_method_class(type(method), "contract")
 
     def test_config_round_trips_through_json(self, method, config):
-        from .config import to_jsonable
+        from peftbench.api.options import to_jsonable
 
         again = method.make_config(json.loads(json.dumps(to_jsonable(config))))
         assert again == config
@@ -141,7 +141,7 @@ class MethodContract:
 
     def test_disabled_computes_the_base_model(self, method, config):
         if not method.capabilities.can_disable:
-            from .errors import NotSupported
+            from peftbench.errors import NotSupported
 
             model, *_ = self._trained(method, config)
             with pytest.raises(NotSupported):
@@ -164,7 +164,7 @@ class MethodContract:
 
     def test_merge_matches_unmerged_and_unmerge_restores(self, method, config):
         if not method.capabilities.mergeable:
-            from .errors import NotSupported
+            from peftbench.errors import NotSupported
 
             model, *_ = self._trained(method, config)
             with pytest.raises(NotSupported):
@@ -195,7 +195,7 @@ class MethodContract:
 
     def test_stacked_modules_are_on_the_path_and_leave_no_trace(self, method, config):
         if not method.capabilities.can_stack:
-            from .errors import NotSupported
+            from peftbench.errors import NotSupported
 
             model, *_ = self._trained(method, config)
             with pytest.raises(NotSupported):
@@ -241,7 +241,7 @@ def torch_equal(a, b) -> bool:
 
 def run_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
     """Run ``peftbench ARGV`` in-process; return (exit code, stdout, stderr). ``capsys`` is pytest's."""
-    from .cli import main
+    from peftbench.cli.main import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -255,7 +255,7 @@ def run_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
 @pytest.fixture
 def peftbench_host():
     """A fresh plugin manager with the built-ins and installed plugins loaded."""
-    from .plugins import make_plugin_manager
+    from peftbench.api.plugins import make_plugin_manager
 
     return make_plugin_manager()
 
@@ -294,7 +294,7 @@ class FakeEvaluator:
 
     @hookimpl
     def evaluate_model(self, run, model, tokenizer):
-        from .records import EvalResult
+        from peftbench.api.records import EvalResult
 
         self.calls += 1
         return EvalResult(task=run.task.name, metrics={run.task.metric: self.score}, stderr={run.task.metric: 0.01},

@@ -13,8 +13,8 @@ from peftbench_plugins.adapter.layers import WRAPPERS, Bottleneck
 from peftbench_plugins.adapter.method import AdapterMethod
 from safetensors.torch import load_file, save_file
 
+from peftbench.api.method import validate_method_class
 from peftbench.errors import ConfigError, UsageError
-from peftbench.method import validate_method_class
 from peftbench.testing import MethodContract
 
 HIDDEN, LAYERS, VOCAB = 32, 2, 64
@@ -250,7 +250,7 @@ def test_prepare_twice_is_refused(method):
 # ---- registration and the shared method contract ------------------------------------------------------
 
 def test_registered_with_alias(peftbench_host):
-    from peftbench.registry import collect_methods
+    from peftbench.api.registry import collect_methods
 
     reg = collect_methods(peftbench_host)
     assert type(reg.get("bottleneck")) is AdapterMethod and type(reg.get("adapter")) is AdapterMethod

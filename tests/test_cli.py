@@ -230,8 +230,8 @@ def test_latency_is_timed_once_per_method_and_reused_marked(capsys, tmp_path, on
 def test_shape_models_are_not_scored_by_default():
     from types import SimpleNamespace
 
-    from peftbench.cell import scoring
-    from peftbench.config import TrainConfig
+    from peftbench.api.options import TrainConfig
+    from peftbench.session.cell import scoring
 
     def session(kind):
         return SimpleNamespace(model=SimpleNamespace(info=SimpleNamespace(kind=kind)))
@@ -288,7 +288,7 @@ def test_time_budget_starts_only_cells_that_fit_and_resume_runs_the_rest(tmp_pat
     """--time-budget on a fake clock: each cell 'takes' its method's seconds. A cell whose estimate (the same
     method's cells, else the longest so far) with its margin exceeds what is left is not started; a shorter one
     after it still is; the left one is written as cancelled with the reason, and --resume runs it."""
-    from peftbench.runner import Session, SessionConfig
+    from peftbench.session.runner import Session, SessionConfig
 
     now = [1000.0]
     took = {"base": 5.0, "lora": 40.0, "full": 20.0}
@@ -338,7 +338,7 @@ def _fake_cells(monkeypatch, seconds=0.0):
     """Session.run_cell replaced by an instant (or ``seconds``-long) ok cell; returns the keys run, in order."""
     import time
 
-    from peftbench.runner import Session
+    from peftbench.session.runner import Session
 
     ran = []
 
@@ -354,14 +354,14 @@ def _fake_cells(monkeypatch, seconds=0.0):
 
 
 def _shard_session(tmp_path, shard):
-    from peftbench.runner import Session, SessionConfig
+    from peftbench.session.runner import Session, SessionConfig
 
     return Session(SessionConfig(methods=["lora", "full"], seeds=[0, 1, 2], model="tiny:llama", device="cpu",
                                  output=tmp_path / "s", cache_dir=tmp_path / "c", shard=shard))
 
 
 def test_shards_fill_one_session_folder_between_them(tmp_path, monkeypatch):
-    from peftbench.results import load_session, verify_run_files
+    from peftbench.results.store import load_session, verify_run_files
 
     ran = _fake_cells(monkeypatch)
     plan = ["base--quickstart--seed0"] + [f"{m}--quickstart--seed{s}" for s in range(3) for m in ("lora", "full")]
@@ -381,7 +381,7 @@ def test_shards_fill_one_session_folder_between_them(tmp_path, monkeypatch):
 def test_shards_running_at_the_same_time_leave_a_consistent_folder(tmp_path, monkeypatch):
     import threading
 
-    from peftbench.results import load_session, verify_run_files
+    from peftbench.results.store import load_session, verify_run_files
 
     ran = _fake_cells(monkeypatch, seconds=0.02)
     sessions = [_shard_session(tmp_path, (k, 3)) for k in range(3)]
@@ -415,9 +415,9 @@ def test_shard_needs_an_output_folder(capsys):
 def test_a_shard_reuses_the_latency_another_shard_measured(tmp_path):
     """latency_once across shards: before timing a method, a shard looks for a cell of the same method and grid
     that another shard timed meanwhile (run files in the folder), so the session times it once."""
-    from peftbench.cell import latency_key_of_result
-    from peftbench.records import RunSpec
-    from peftbench.results import write_run
+    from peftbench.api.records import RunSpec
+    from peftbench.results.store import write_run
+    from peftbench.session.cell import latency_key_of_result
 
     session = _shard_session(tmp_path, (1, 2))
     session.plan()
@@ -441,7 +441,7 @@ def test_a_shard_reuses_the_latency_another_shard_measured(tmp_path):
 
 
 def test_a_shard_ending_while_another_still_writes_says_so(tmp_path, monkeypatch, capsys):
-    from peftbench import cli
+    from peftbench.cli import main as cli
     from peftbench.errors import UsageError
 
     _fake_cells(monkeypatch)

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from peftbench.config import TrainConfig, build_dataclass, coerce, parse_sets
+from peftbench.api.options import TrainConfig, build_dataclass, coerce, parse_sets
 from peftbench.errors import ConfigError
 
 

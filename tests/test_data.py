@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from test_cli import TINY, run_cli  # how the CLI tests run `peftbench` in-process
 
-from peftbench import data as D
-from peftbench.data import DataError, FileSpec, parse_data_spec, read_delimited, read_json, read_jsonl
 from peftbench.errors import UsageError
-from peftbench.runner import Session, SessionConfig
-from peftbench.tasks import (
+from peftbench.session.runner import Session, SessionConfig
+from peftbench.tasks import data as D
+from peftbench.tasks.data import DataError, FileSpec, parse_data_spec, read_delimited, read_json, read_jsonl
+from peftbench.tasks.task import (
     builtin_tasks_dir,
     discover_tasks,
     gold_request,
@@ -552,7 +552,7 @@ def tiny_tokenizer():
 
 @pytest.mark.parametrize("name", FILE_TASKS)
 def test_training_text_equals_what_lm_eval_scores_for_the_gold_choice(name, lm_tasks, tiny_tokenizer):
-    from peftbench.training import tokenize_pairs
+    from peftbench.train.loop import tokenize_pairs
 
     include, prepared = lm_tasks
     task = SHIPPED[name]
@@ -1306,7 +1306,7 @@ def test_a_failing_retention_task_is_recorded_and_loses_neither_the_cell_nor_the
     """One retention task that cannot be scored (found on CPU: lm-eval asserts when a piqa continuation is
     longer than a small model's context) is recorded with its error; the cell stays ok with its own score
     and the other retention task's; the leaderboard shows 'error' in that column."""
-    import peftbench.evaluation as evaluation
+    import peftbench.evaluate.scoring as evaluation
 
     real = evaluation.evaluate
 

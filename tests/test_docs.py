@@ -1,14 +1,14 @@
 import inspect
 from pathlib import Path
 
-from peftbench.plugins import hook_names
+from peftbench.api.plugins import hook_names
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = ROOT / "docs" / "plugins" / "hooks.md"
 
 
 def test_every_hook_has_a_docs_section_with_its_exact_signature():
-    from peftbench import hookspecs
+    from peftbench.api import hookspecs
 
     text = HOOKS.read_text()
     for name in hook_names():
@@ -17,16 +17,16 @@ def test_every_hook_has_a_docs_section_with_its_exact_signature():
 
 
 def test_every_hook_has_an_example():
-    from peftbench.plugin_docs import EXAMPLES
+    from peftbench.api.plugin_docs import EXAMPLES
 
     assert set(EXAMPLES) == set(hook_names())
 
 
 def test_the_hook_reference_is_current():
-    from peftbench.plugin_docs import hooks_markdown
+    from peftbench.api.plugin_docs import hooks_markdown
 
     assert HOOKS.read_text() == hooks_markdown(), (
-        "docs/plugins/hooks.md is stale: python -m peftbench.plugin_docs > docs/plugins/hooks.md")
+        "docs/plugins/hooks.md is stale: python -m peftbench.api.plugin_docs > docs/plugins/hooks.md")
 
 
 def test_docs_links_resolve():
@@ -40,14 +40,14 @@ def test_docs_links_resolve():
 
 
 def test_the_results_schema_doc_is_current():
-    from peftbench.schema_docs import schema_markdown
+    from peftbench.results.schema_docs import schema_markdown
 
     assert (ROOT / "docs/results-schema.md").read_text() == schema_markdown(), (
-        "docs/results-schema.md is stale: python -m peftbench.schema_docs > docs/results-schema.md")
+        "docs/results-schema.md is stale: python -m peftbench.results.schema_docs > docs/results-schema.md")
 
 
 def test_training_options_doc_is_current_and_lists_the_loop_options(capsys):
-    from peftbench.config import options_markdown
+    from peftbench.api.options import options_markdown
     from peftbench.testing import run_cli
 
     text = (ROOT / "docs" / "training-options.md").read_text()

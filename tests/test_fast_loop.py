@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftbench import training
-from peftbench.config import TrainConfig
+from peftbench.api.options import TrainConfig
 from peftbench.errors import ConfigError
-from peftbench.loss import linear_cross_entropy
-from peftbench.training import TrainData, answer_loss, collate, collate_packed, pack_rows, train
+from peftbench.train import loop as training
+from peftbench.train.loop import TrainData, answer_loss, collate, collate_packed, pack_rows, train
+from peftbench.train.loss import linear_cross_entropy
 
 
 def _tiny():
@@ -437,7 +437,7 @@ def test_a_compile_failure_at_a_later_step_redoes_that_step_uncompiled(monkeypat
 def test_fused_chunk_kernel_equals_the_eager_one_and_falls_back(monkeypatch):
     """With compiled blocks the chunks' softmax and gradient run as one compiled kernel: the same loss and
     gradients; a kernel that fails to compile leaves the eager one in place and says why."""
-    from peftbench import loss as loss_mod
+    from peftbench.train import loss as loss_mod
 
     torch.manual_seed(3)
     h = torch.randn(40, 16, requires_grad=True)

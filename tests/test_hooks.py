@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from peftbench import hookimpl
-from peftbench.plugins import hook_names, make_plugin_manager
-from peftbench.runner import Session, SessionConfig
+from peftbench.api.plugins import hook_names, make_plugin_manager
+from peftbench.session.runner import Session, SessionConfig
 from peftbench.testing import FakeEvaluator
 
 FAST = ["steps=2", "batch_size=4", "limit=8", "latency_rounds=1", "latency_new_tokens=2", "latency_prompt_lengths=4",
@@ -76,7 +76,7 @@ def test_every_hook_has_a_test_here():
 
 
 def test_hook_register_methods():
-    from peftbench.registry import collect_methods
+    from peftbench.api.registry import collect_methods
 
     class Toy:
         @hookimpl
@@ -92,7 +92,7 @@ def test_hook_register_methods():
 
 
 def test_hook_register_tasks(tmp_path):
-    from peftbench.tasks import builtin_tasks_dir
+    from peftbench.tasks.task import builtin_tasks_dir
 
     folder = tmp_path / "mytasks" / "copy"
     shutil.copytree(builtin_tasks_dir() / "quickstart", folder)
@@ -114,7 +114,7 @@ def test_hook_register_commands():
     import click
     from click.testing import CliRunner
 
-    from peftbench.cli import cli
+    from peftbench.cli.main import cli
 
     class Cmd:
         @hookimpl
@@ -215,7 +215,7 @@ def test_a_phase_hook_can_replace_the_default():
     class Override:
         @hookimpl
         def train_model(self, run, prepared, train_data):
-            from peftbench.records import TrainResult
+            from peftbench.api.records import TrainResult
 
             return TrainResult(steps=0, tokens=0, examples=0, epochs=0, wall_time_s=0, tokens_per_s=0,
                                peak_memory_bytes=0, peak_memory_kind="none", lr=0, losses=[], final_loss=0.0)

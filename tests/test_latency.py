@@ -1,4 +1,4 @@
-"""The latency harness (peftbench.latency), stacked modules (Method.stacked), merge fidelity (cell.compare),
+"""The latency harness (peftbench.latency.timer), stacked modules (Method.stacked), merge fidelity (cell.compare),
 and the ``peftbench latency`` command, on ``tiny:llama`` (CPU, few rounds, tiny shapes)."""
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import pytest
 import torch
 
 from peftbench import Capabilities, Method, hookimpl
-from peftbench import latency as lat
-from peftbench.cell import compare
-from peftbench.config import TrainConfig
+from peftbench.api.method import validate_method_class
+from peftbench.api.options import TrainConfig
+from peftbench.api.plugins import make_plugin_manager
+from peftbench.api.registry import collect_methods
 from peftbench.errors import ConfigError, NotSupported, PluginError
-from peftbench.latency import (
+from peftbench.latency import timer as lat
+from peftbench.latency.timer import (
     Clock,
     LatencyPlan,
     _eager_round,
@@ -34,12 +36,10 @@ from peftbench.latency import (
     overhead,
     summarize,
 )
-from peftbench.leaderboard import rows_for_task
-from peftbench.method import validate_method_class
 from peftbench.models import load_model
-from peftbench.plugins import make_plugin_manager
-from peftbench.registry import collect_methods
-from peftbench.report import latency_tables, leaderboard_tables, render_markdown
+from peftbench.report.leaderboard import rows_for_task
+from peftbench.report.tables import latency_tables, leaderboard_tables, render_markdown
+from peftbench.session.cell import compare
 
 VOCAB = 259  # tiny:llama's vocabulary
 
@@ -151,7 +151,7 @@ def test_headline_skips_empty_regimes_and_handles_nothing():
     static = {**cell, "overhead": {"unmerged": {"ratio": 0.4, "ci95": [0.39, 0.41]}}}
     grid = {"regimes": {"eager": [cell], "static": [static]}}
     assert headline(grid)["regime"] == "static" and headline(grid)["overhead"] == {"unmerged": 0.4}
-    from peftbench.leaderboard import _latency_headline
+    from peftbench.report.leaderboard import _latency_headline
 
     assert _latency_headline({**grid, "summary": {"regime": "eager", "overhead": {"unmerged": 0.25}}}) == {"unmerged": 0.4}
     assert _latency_headline({"summary": {"overhead": {"merged": 0.01}}}) == {"merged": 0.01}   # no grid: as stored
@@ -450,7 +450,7 @@ def test_the_merged_mode_times_the_model_without_its_lora_wrappers(registry, nam
     that, with the base model's module count and the merged model's outputs. (Timed with the wrappers left
     in place, merged LoRA decoded ~5 % slower than base in the eager regime on an H200, and the sanity check
     flagged it.)"""
-    from peftbench.cell import time_inference
+    from peftbench.session.cell import time_inference
 
     method, model = _prepared(registry, name)
     with torch.no_grad():
@@ -668,7 +668,7 @@ def test_compare_on_tiny_llama_merge(registry):
             if "lora_B" in n:
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
     probes = [ids_of(1, 7, s)[0].tolist() for s in range(3)]
-    from peftbench.cell import probe_logits
+    from peftbench.session.cell import probe_logits
 
     infer = lora.inference_model(model)
     ref = probe_logits(infer, probes, "cpu")
@@ -845,7 +845,7 @@ class _BrokenMethod(Method):
 
 
 def test_a_failing_method_is_recorded_and_the_others_go_on(capsys, tmp_path, monkeypatch):
-    import peftbench.cli as cli_module
+    import peftbench.cli.main as cli_module
 
     @hookimpl
     def register_methods(register):
@@ -1020,7 +1020,7 @@ def test_a_model_from_disk_is_read_once_per_method_and_every_use_is_its_own_copy
     copies: the lora merged model merges into its own weights, not into the timed base."""
     from transformers import AutoModelForCausalLM
 
-    import peftbench.cell as cell_module
+    import peftbench.session.cell as cell_module
     from peftbench.models import load_model
 
     model, tok, _ = load_model("tiny:llama")
@@ -1165,7 +1165,7 @@ def test_latency_resume_continues_an_interrupted_method_shape_by_shape(capsys, t
 def test_each_timed_round_records_the_core_and_clock_it_ran_on(monkeypatch):
     """Per mode, one (core, MHz) per timed round, in round order, read after the round; warm-up rounds are
     not recorded. On this Linux machine the real reading gives a core number."""
-    from peftbench.memory import host_cpu_state
+    from peftbench.system.memory import host_cpu_state
 
     core, _ = host_cpu_state()
     assert isinstance(core, int) and core >= 0

@@ -4,9 +4,9 @@ import types
 import pytest
 
 from peftbench import Capabilities, Method, hookimpl
+from peftbench.api.plugins import BUILTIN_PLUGINS, describe_plugins, hook_names, make_plugin_manager
+from peftbench.api.registry import collect_methods
 from peftbench.errors import PluginError, UsageError
-from peftbench.plugins import BUILTIN_PLUGINS, describe_plugins, hook_names, make_plugin_manager
-from peftbench.registry import collect_methods
 
 
 def _module(name, **attrs):
@@ -89,7 +89,7 @@ def test_disabled_plugin_is_not_loaded():
 def test_bad_method_classes_are_rejected():
     from dataclasses import dataclass
 
-    from peftbench.method import validate_method_class
+    from peftbench.api.method import validate_method_class
 
     class NoConfig(Method):
         name = "x"
@@ -140,7 +140,7 @@ def test_hook_names_are_the_documented_set():
         "register_methods", "register_tasks", "register_commands", "configure", "session_start", "session_finish",
         "prepare_model", "train_model", "evaluate_model", "merge_adapter", "unmerge_adapter", "save_artifact",
         "load_artifact", "measure_latency", "run_start", "train_step_end", "run_finish"}
-    assert BUILTIN_PLUGINS[0] == "peftbench.defaults"
+    assert BUILTIN_PLUGINS[0] == "peftbench.session.defaults"
 
 
 PLUGIN_NEEDING_WHAT_IS_MISSING = '''

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.report import folder_tables, render_markdown
-from peftbench.results import load_runs
+from peftbench.report.tables import folder_tables, render_markdown
+from peftbench.results.store import load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 

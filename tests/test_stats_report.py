@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from peftbench import stats
-from peftbench.claims import check, load_claims, verdict
 from peftbench.errors import UsageError
-from peftbench.report import export_rows, load_folders, to_csv, to_latex
+from peftbench.report import stats
+from peftbench.report.claims import check, load_claims, verdict
+from peftbench.report.tables import export_rows, load_folders, to_csv, to_latex
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_compare_runs_picks_the_right_interval():
 
 
 def test_leaderboard_marks_ties_instead_of_ranking():
-    from peftbench.leaderboard import rows_for_task
+    from peftbench.report.leaderboard import rows_for_task
 
     runs = [run("base", acc=0.5), run("full", acc=0.90, se=0.01), run("lora", acc=0.89, se=0.01),
             run("adapter", acc=0.80, se=0.01)]
@@ -213,7 +213,7 @@ def test_bf16_merge_claim_is_paired_over_examples_when_they_are_logged():
 
 
 def test_merge_fidelity_table(capsys):
-    from peftbench.report import merge_tables, render_markdown
+    from peftbench.report.tables import merge_tables, render_markdown
 
     runs = [_merged_run("lora", s, 0.80, 0.80 - 0.002 * s, 0.80 + 0.001 * s) for s in range(3)]
     runs += [_merged_run("qlora", 0, 0.79, 0.78, 0.79, lossy=True, ok=False),
@@ -321,7 +321,7 @@ def test_merging_sessions_and_refusing_incompatible_ones(tmp_path):
 
 @pytest.mark.parametrize("damage", ["edit", "truncate", "delete"])
 def test_a_tampered_or_truncated_run_file_is_named(tmp_path, capsys, damage):
-    from peftbench.results import sha256
+    from peftbench.results.store import sha256
     from peftbench.testing import run_cli
 
     folder = _session(tmp_path, "s")
@@ -343,7 +343,7 @@ def test_a_tampered_or_truncated_run_file_is_named(tmp_path, capsys, damage):
 
 
 def test_pareto_frontier():
-    from peftbench.plots import frontier
+    from peftbench.report.plots import frontier
 
     # (cost, score): b is dominated by a (cheaper and better); d ties c's score at a higher cost
     pts = [(10.0, 0.8), (20.0, 0.7), (30.0, 0.9), (40.0, 0.9), (1.0, 0.5)]
@@ -371,7 +371,7 @@ def test_report_writes_pareto_plots(tmp_path, capsys):
 
 
 def test_schemas_validate_and_name_the_field(tmp_path, capsys):
-    from peftbench.results import schema_errors
+    from peftbench.results.store import schema_errors
     from peftbench.testing import run_cli
 
     good = run("lora")
@@ -388,7 +388,7 @@ def test_schemas_validate_and_name_the_field(tmp_path, capsys):
 
 
 def test_write_run_keeps_an_invalid_file_and_warns(tmp_path, capsys):
-    from peftbench.results import write_run
+    from peftbench.results.store import write_run
 
     path = write_run(tmp_path, "lora--t--seed0", {**run("lora"), "seed": "zero"})
     assert json.loads(path.read_text())["seed"] == "zero"  # the results are kept
@@ -400,8 +400,8 @@ def test_without_jsonschema_a_run_file_is_still_written_and_reading_says_what_to
     """On 2026-11-30 a GPU machine lacked jsonschema: the session died at its first cell with an ImportError."""
     import builtins
 
-    from peftbench.cli import main
-    from peftbench.results import write_run
+    from peftbench.cli.main import main
+    from peftbench.results.store import write_run
 
     real_import = builtins.__import__
 
@@ -448,7 +448,7 @@ def test_seeds_aggregate_to_mean_sd_and_ci():
 
 
 def test_leaderboard_flags_methods_trained_in_different_loops():
-    from peftbench.report import leaderboard_tables, loop_signature, mixed_loops
+    from peftbench.report.tables import leaderboard_tables, loop_signature, mixed_loops
 
     fast = {"loop": "fast", "padding_free": True, "chunked_loss": True, "compile": "blocks x30, static shapes",
             "optimizer": "torch AdamW (fused)"}
@@ -469,7 +469,7 @@ def test_leaderboard_flags_methods_trained_in_different_loops():
 
 def _leaderboard_status(runs):
     """The rendered leaderboard, and each method's status column in it."""
-    from peftbench.report import leaderboard_tables, render_markdown
+    from peftbench.report.tables import leaderboard_tables, render_markdown
 
     board = render_markdown(leaderboard_tables({}, runs))
     return board, {line.split("|")[1].strip(): line.rsplit("|", 2)[-2].strip() for line in board.splitlines()
@@ -478,7 +478,7 @@ def _leaderboard_status(runs):
 
 def _latency_sanity(extra):
     """The sanity column of a one-cell latency table whose section also holds ``extra``."""
-    from peftbench.report import latency_tables, render_markdown
+    from peftbench.report.tables import latency_tables, render_markdown
 
     lat = {"regimes": {"eager": [{"batch_size": 1, "prompt_tokens": 4, "new_tokens": 2, "modes": {"base": {}},
                                   "overhead": {}}]}, **extra}
@@ -503,8 +503,9 @@ def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
     """Each phase samples the device memory in use outside this process's allocator; a cell that saw more
     than another process's worth is marked 'GPU shared' on the leaderboard (its times are not its own)."""
 
-    from peftbench import cell, memory
-    from peftbench.leaderboard import rows_for_task
+    from peftbench.report.leaderboard import rows_for_task
+    from peftbench.session import cell
+    from peftbench.system import memory
 
     seen = iter([1 * 1024**3, 5 * 1024**3])
     monkeypatch.setattr(memory, "gpu_others_bytes", lambda: next(seen))
@@ -540,7 +541,7 @@ def test_host_cpu_used_by_other_processes_is_measured():
     import sys
     import time
 
-    from peftbench import memory
+    from peftbench.system import memory
 
     if memory.cpu_sample() is None:
         pytest.skip("needs Linux /proc")
@@ -566,8 +567,9 @@ def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
     """A phase records the most CPU other processes used during it; above HOST_BUSY_CORES the leaderboard and
     the latency table mark the cell 'host busy'."""
 
-    from peftbench import cell, memory
-    from peftbench.leaderboard import rows_for_task
+    from peftbench.report.leaderboard import rows_for_task
+    from peftbench.session import cell
+    from peftbench.system import memory
 
     # (wall s, host busy CPU s, own tree CPU s): 10 s in which the host spent 25 CPU s, this process 5
     samples = iter([(0.0, 100.0, 10.0), (10.0, 125.0, 15.0), (20.0, 125.0, 15.0), (30.0, 131.0, 20.0)])

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from peftbench import quickstart
 from peftbench.errors import UsageError
-from peftbench.tasks import (
+from peftbench.tasks import quickstart
+from peftbench.tasks.task import (
     builtin_tasks_dir,
     discover_tasks,
     gold_request,
@@ -80,7 +80,7 @@ def test_task_yaml_bad_generator_and_missing_lm_eval_file(tmp_path):
 
 
 def test_a_plugin_generator_that_cannot_be_imported_is_a_clear_error(tmp_path):
-    from peftbench.tasks import prepare_data
+    from peftbench.tasks.task import prepare_data
 
     folder = tmp_path / "t"
     folder.mkdir()
@@ -113,8 +113,8 @@ def test_scoring_keeps_lm_evals_version_fields_without_its_environment_dump(tmp_
     import torch.utils.collect_env
     import transformers
 
-    from peftbench.config import TrainConfig
-    from peftbench.evaluation import evaluate
+    from peftbench.api.options import TrainConfig
+    from peftbench.evaluate.scoring import evaluate
     from peftbench.models import load_model
 
     ran = []

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftbench.config import TrainConfig
+from peftbench.api.options import TrainConfig
 from peftbench.errors import ConfigError
-from peftbench.training import TrainData, answer_loss, batches, collate, lr_at, tokenize_pairs, train
+from peftbench.train.loop import TrainData, answer_loss, batches, collate, lr_at, tokenize_pairs, train
 
 
 class CharTok:

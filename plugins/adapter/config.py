@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from peftbench.config import _help
+from peftbench.api.options import _help
 from peftbench.errors import ConfigError
 
 PLACEMENTS = ("houlsby", "pfeiffer", "parallel")

@@ -1,0 +1,97 @@
+"""Records that flow between the hooks and into the result files (JSON through ``to_jsonable``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from peftbench.api.method import Method
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "error", "skipped", "oom", "cancelled")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid: a method (or ``base``) on a task with a seed."""
+
+    method: str
+    task: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}--{self.task}--seed{self.seed}"
+
+
+@dataclass
+class RunContext:
+    """What the per-run hooks receive as ``run``."""
+
+    spec: RunSpec
+    method: Method | None
+    method_config: Any
+    task: Any  # peftbench.tasks.task.Task: the task trained on (or scored, for retention)
+    train_config: Any  # TrainConfig
+    device: str
+    include_path: Any = None  # the folder of materialized lm-eval task YAMLs
+    hook: Any = None
+    progress: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    # `peftbench latency` continuing an interrupted method: the shapes already timed (a partial ``latency``
+    # section), and a callback that saves the section after each shape (see ``peftbench.latency.timer.measure``)
+    latency_done: dict[str, Any] | None = None
+    latency_checkpoint: Any = None
+
+    def record(self, key: str, value: Any) -> None:
+        """Store a JSON-able value under ``extras[key]`` in this run's result file."""
+        self.extras[key] = value
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    examples: int
+    epochs: float
+    wall_time_s: float
+    tokens_per_s: float
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    lr: float
+    losses: list[tuple[int, float]]
+    final_loss: float
+    diverged: bool = False
+    first_step_s: float | None = None  # the first optimizer step (compilation, warm-up) alone
+    loop: dict[str, Any] | None = None  # the loop's optimisations as they ran (see training.plan_loop)
+
+
+@dataclass
+class EvalResult:
+    task: str
+    metrics: dict[str, float]        # e.g. {"acc": 0.81, "acc_norm": 0.80}
+    stderr: dict[str, float]         # e.g. {"acc": 0.014}
+    n_samples: int
+    wall_time_s: float
+    lm_eval: dict[str, Any]          # lm-eval's own result block, unchanged
+    samples: dict[str, list[Any]] | None = None  # per-example metric values by doc_id (paired bootstraps)
+
+    @property
+    def primary(self) -> float:
+        return next(iter(self.metrics.values()))
+
+
+@dataclass
+class LatencyResult:
+    mode: str
+    prompt_tokens: int
+    new_tokens: int
+    batch_size: int
+    rounds: int
+    prefill_ms: float                # median
+    decode_ms_per_token: float       # median
+    decode_ms_per_token_p10: float
+    decode_ms_per_token_p90: float
+    tokens_per_s: float
+    timer: str

@@ -1,0 +1,26 @@
+"""What a latency section's headline is: the regime and shape its figures come from. Torch-free, so the
+reports read it without loading the timing harness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def headline_regime(latency: dict[str, Any]) -> str | None:
+    """The regime a latency section's headline figures come from: static when it was timed -- it reproduces
+    within about 1 % between runs, eager ``generate`` does not (docs/latency.md) -- else the first regime
+    timed. The leaderboard, ``peftbench claims`` and the Pareto plots all read this one."""
+    regimes = [r for r, cells in (latency.get("regimes") or {}).items() if cells]
+    return "static" if "static" in regimes else next(iter(regimes), None)
+
+
+def latency_headline(latency: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard's figures: decode overhead per mode (and its 95 % CI) at the grid's first shape (by
+    default batch 1, the shortest prompt) in ``headline_regime``; stored as the section's ``summary``."""
+    regime = headline_regime(latency)
+    if regime is None:
+        return {}
+    c = latency["regimes"][regime][0]
+    return {"regime": regime, "batch_size": c["batch_size"], "prompt_tokens": c["prompt_tokens"],
+            "overhead": {m: o["ratio"] for m, o in c["overhead"].items()},
+            "ci95": {m: o["ci95"] for m, o in c["overhead"].items()}}

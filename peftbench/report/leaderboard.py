@@ -1,0 +1,155 @@
+"""Leaderboard rows computed from run files (pure data; ``report.py`` renders them)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from peftbench.latency.summary import latency_headline
+from peftbench.report.stats import mean_ci
+from peftbench.system.memory import neighbour_flags
+
+
+def _score(run: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
+    ev = run.get("eval") or {}
+    metrics, stderr = ev.get("metrics") or {}, ev.get("stderr") or {}
+    if metric not in metrics and metrics:
+        metric = next(iter(metrics))
+    return metrics.get(metric), stderr.get(metric)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") -> list[dict[str, Any]]:
+    """One row per method (seeds averaged), the base row first, then by score."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        if r["task"] == task:
+            by_method.setdefault(r["method"], []).append(r)
+    base_runs = [r for r in by_method.get("base", []) if r["status"] == "ok"]
+    base_score = _mean([_score(r, metric)[0] for r in base_runs])
+    rows = []
+    for method, cells in by_method.items():
+        ok = [r for r in cells if r["status"] == "ok"]
+        statuses = sorted({r["status"] for r in cells})
+        scores = [_score(r, metric) for r in ok]
+        score = _mean([s for s, _ in scores])
+        se = _mean([e for _, e in scores])
+        train = [r.get("train") or {} for r in ok]
+        lat = [_latency_headline(r.get("latency") or {}) for r in ok]
+        reason = next((r.get("reason") or (r.get("error") or {}).get("message") for r in cells
+                       if r["status"] != "ok"), None)
+        scored = [s for s, _ in scores if s is not None]  # none when the cells were not scored (evaluate=off)
+        seed_ci = mean_ci(scored) if len(scored) >= 2 else None
+        rows.append({
+            "method": method, "seeds": len(ok), "status": ",".join(statuses), "reason": reason,
+            "score": score, "stderr": se, "score_ci": seed_ci["ci95"] if seed_ci else None,
+            "score_sd": seed_ci["sd"] if seed_ci else None, "_runs": ok,
+            "delta": (score - base_score) if score is not None and base_score is not None and method != "base" else None,
+            "trainable": _mean([(r.get("params") or {}).get("trainable") for r in ok]),
+            "trainable_pct": _mean([(r.get("params") or {}).get("trainable_pct") for r in ok]),
+            "peak_memory": _mean([t.get("peak_memory_bytes") for t in train]),
+            "train_time": _mean([t.get("wall_time_s") for t in train]),
+            "tokens_per_s": _mean([t.get("tokens_per_s") for t in train]),
+            "artifact_bytes": _mean([(r.get("artifact") or {}).get("bytes") for r in ok]),
+            "latency_unmerged": _mean([x.get("unmerged") for x in lat]),
+            "latency_merged": _mean([x.get("merged") for x in lat]),
+            "retention": _retention(ok),
+            "merge_ok": all((r.get("merge") or {}).get("ok", True) for r in ok) if ok else None,
+            "reload_ok": all((r.get("reload") or {}).get("ok", True) for r in ok) if ok else None,
+            "latency_sane": all((r.get("latency") or {}).get("sanity_ok", True) for r in ok) if ok else None,
+            "gpu_shared": any("GPU shared" in neighbour_flags(r) for r in ok),
+            "host_busy": any("host busy" in neighbour_flags(r) for r in ok),
+        })
+    full = next((r for r in rows if r["method"] == "full"), None)
+    for row in rows:
+        gain_full = full["delta"] if full else None
+        row["pct_of_full_gain"] = (100.0 * row["delta"] / gain_full
+                                   if row["delta"] is not None and gain_full not in (None, 0) else None)
+    rows.sort(key=lambda r: (r["method"] != "base", -(r["score"] if r["score"] is not None else -1e9)))
+    _mark_ties(rows, metric)
+    return rows
+
+
+def _mark_ties(rows: list[dict[str, Any]], metric: str) -> None:
+    """Compare every method with the best-scoring one (paired over seeds, or a paired bootstrap over
+    examples, or a normal approximation: see ``stats.compare_runs``); a method whose difference has a 95 %
+    CI containing 0 is tied with the best, not ranked below it."""
+    from peftbench.report.stats import compare_runs, separable
+
+    ranked = [r for r in rows if r["method"] != "base" and r["score"] is not None]
+    for r in rows:
+        r["vs_best"], r["tied_with_best"] = None, None
+    if not ranked:
+        return
+    best = ranked[0]
+    best["vs_best"] = {"diff": 0.0, "ci95": None, "method": "best"}
+    for r in ranked[1:]:
+        cmp = compare_runs(r["_runs"], best["_runs"], metric)
+        r["vs_best"] = cmp
+        sep = separable(cmp)
+        r["tied_with_best"] = None if sep is None else not sep
+
+
+def _retention(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per retention task: mean score and mean change vs the base model over the seeds (forgetting < 0)."""
+    names = list(dict.fromkeys(n for r in runs for n in (r.get("retention") or {})))
+    out = {}
+    for name in names:
+        entries = [(r.get("retention") or {}).get(name) or {} for r in runs]
+        out[name] = {"score": _mean([e.get("score") for e in entries]),
+                     "delta": _mean([e.get("delta") for e in entries]),
+                     "stderr": _mean([e.get("stderr") for e in entries]),
+                     "errors": sum(1 for e in entries if e.get("error"))}  # seeds whose scoring failed
+    return out
+
+
+def retention_tasks(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(n for r in rows for n in r.get("retention") or {}))
+
+
+# which direction is better for each column (for highlighting)
+BEST = {"score": max, "delta": max, "pct_of_full_gain": max, "trainable": min, "peak_memory": min,
+        "train_time": min, "tokens_per_s": max, "artifact_bytes": min, "latency_unmerged": min,
+        "latency_merged": min}
+
+
+def best_values(rows: list[dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for col, pick in BEST.items():
+        vals = [r[col] for r in rows if r["method"] != "base" and r[col] is not None]
+        if vals:
+            out[col] = pick(vals)
+    return out
+
+
+def merge_variant(run: dict[str, Any], path: str) -> dict[str, Any]:
+    """A run's merge entry: ``merged`` (the merge in the run's dtype, against the unmerged model) or an entry of
+    the ``merge.precision`` study (``merge_fp32_then_cast``, ``merge_in_bf16``: against its ``unmerged`` model
+    in bf16)."""
+    merge = run.get("merge") or {}
+    return merge if path == "merged" else (merge.get("precision") or {}).get(path) or {}
+
+
+def dequantization_only(runs: list[dict[str, Any]]) -> bool:
+    """Whether every one of ``runs`` whose merge is beyond the logit tolerance (at least one) is a lossy merge
+    within the tolerance of the unmerged model on the same dequantized base (``merge.same_base``): the gap is the
+    dequantization, not the merge. The merge fidelity table and the results document's note both judge so."""
+    beyond = [r for r in runs if (r.get("merge") or {}).get("ok") is False]
+    return bool(beyond) and all(r["merge"].get("lossy") and (r["merge"].get("same_base") or {}).get("ok")
+                                for r in beyond)
+
+
+def _latency_headline(latency: dict[str, Any]) -> dict[str, Any]:
+    """Decode overhead per mode at the headline shape and regime (``latency_headline``, worked out from the
+    grid, so files written before it preferred the static regime read the same way; older run files: their
+    stored summary or single shape)."""
+    if latency.get("regimes"):
+        return latency_headline(latency).get("overhead") or {}
+    summary = latency.get("summary")
+    if summary is not None:
+        return summary.get("overhead") or {}
+    return latency.get("overhead") or {}

@@ -1,0 +1,103 @@
+"""Result files: one JSON per cell, written atomically the moment the cell ends, plus session.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from peftbench.api.records import SCHEMA_VERSION, STATUSES
+from peftbench.errors import PeftbenchError, UsageError
+from peftbench.system.files import atomic_write, sha256, write_json  # noqa: F401  (the store's writers)
+
+RUN_KEYS = ("schema_version", "status", "method", "task", "seed", "config", "params", "train", "eval",
+            "latency", "artifact", "merge", "env")
+
+
+def schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of a ``run`` file or a ``session`` record (``peftbench/results/schema/``)."""
+    return json.loads((Path(__file__).parent / "schema" / f"{kind}.schema.json").read_text())
+
+
+def schema_errors(data: Any, kind: str) -> list[str]:
+    """Where ``data`` breaks its JSON Schema: 'path: message' lines (empty: valid)."""
+    try:
+        import jsonschema
+    except ImportError:
+        raise PeftbenchError("peftbench validates result files with the 'jsonschema' package, which is not "
+                             "installed here (it is one of peftbench's dependencies): pip install "
+                             "'jsonschema>=4.18'") from None
+
+    validator = jsonschema.Draft202012Validator(schema(kind))
+    return [f"{e.json_path}: {e.message[:200]}" for e in sorted(validator.iter_errors(data), key=lambda e: e.json_path)]
+
+
+def validate_run(data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: not a peftbench run file (expected a JSON object).")
+    missing = [k for k in RUN_KEYS if k not in data]
+    if missing:
+        raise UsageError(f"{where}: not a valid peftbench run file; missing keys {', '.join(missing)}.")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise UsageError(f"{where}: schema_version {data['schema_version']!r}; this peftbench reads {SCHEMA_VERSION}.")
+    if data["status"] not in STATUSES:
+        raise UsageError(f"{where}: status {data['status']!r} is not one of {', '.join(STATUSES)}.")
+    errors = schema_errors(data, "run")
+    if errors:
+        raise UsageError(f"{where}: does not match the run-file schema (docs/results-schema.md): {errors[0]}"
+                         + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+
+
+def write_run(output: Path, key: str, data: dict[str, Any]) -> Path:
+    """Write a run file atomically, then check it against the schema: a mismatch (a bug in peftbench or a
+    plugin) or a check that cannot run (no jsonschema) is reported on stderr, never at the cost of the cell's
+    results or of the session's remaining cells."""
+    path = output / "runs" / f"{key}.json"
+    write_json(path, data)
+    try:
+        validate_run(data, str(path))
+    except PeftbenchError as e:
+        import sys
+
+        print(f"warning: {path} was written, but: {e}", file=sys.stderr)
+    return path
+
+
+def load_runs(output: Path) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for path in sorted((output / "runs").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is damaged.") from None
+        validate_run(data, str(path))
+        runs[path.stem] = data
+    return runs
+
+
+def load_session(output: Path) -> dict[str, Any]:
+    path = Path(output) / "session.json"
+    if not path.is_file():
+        raise UsageError(f"{output} holds no peftbench session (no session.json). Pass the --output folder of "
+                         "a `peftbench run`.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON ({e.msg}); the file is damaged.") from None
+    if data.get("kind") != "latency":
+        errors = schema_errors(data, "session")
+        if errors:
+            raise UsageError(f"{path}: does not match the session schema (docs/results-schema.md): {errors[0]}")
+    return data
+
+
+def verify_run_files(output: Path, session: dict[str, Any]) -> None:
+    """Every run file ``session.json`` lists must still have the sha256 it recorded: a run file edited or
+    truncated after the session wrote it is named, not silently reported."""
+    for name, digest in (session.get("run_files") or {}).items():
+        path = Path(output) / "runs" / name
+        if not path.is_file():
+            raise UsageError(f"{path}: listed in session.json but missing.")
+        if sha256(path) != digest:
+            raise UsageError(f"{path}: its sha256 differs from the one session.json recorded; the file was changed "
+                             "or truncated after the session wrote it. Re-run the cell (--resume) or restore it.")
