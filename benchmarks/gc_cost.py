@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     args = ap.parse_args(argv)
     import peft  # noqa: F401  (loaded as in a latency run: its modules are part of the heap)
 
-    from peftbench.models import load_model
+    from peftbench.models.sources import load_model
 
     model = load_model(args.model)[0]
     times = []

@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if bad:
         ap.error(f"--variants: unknown {', '.join(bad)}; valid: {', '.join(VARIANTS)}")
     args.weights_dtype = args.weights_dtype or ("bf16" if args.device == "cuda" else "fp32")
-    from peftbench.models import resolve_model
+    from peftbench.models.sources import resolve_model
 
     resolved = resolve_model(args.model)
     if args.task:

@@ -35,7 +35,7 @@ TOL_QUANT = 5e-2    # 4-bit base: bitsandbytes' CPU inference kernel computes in
 
 def tiny_llama():
     """A fresh ``tiny:llama`` model (same weights every call) and its tokenizer."""
-    from peftbench.models import load_model
+    from peftbench.models.sources import load_model
 
     model, tokenizer, _ = load_model("tiny:llama", device="cpu")
     return model, tokenizer

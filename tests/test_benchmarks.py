@@ -171,7 +171,7 @@ def test_matmul_params_count_the_head_once_and_not_the_input_table():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from train_throughput import matmul_params
 
-    from peftbench.models import load_model
+    from peftbench.models.sources import load_model
 
     model = load_model("tiny:llama", device="cpu")[0]
     total = sum(p.numel() for p in model.parameters())

@@ -545,9 +545,9 @@ def lm_tasks(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    from peftbench.models import _tiny_tokenizer
+    from peftbench.models import tiny
 
-    return _tiny_tokenizer()  # byte-level: any text round-trips through encode/decode
+    return tiny.tiny_tokenizer()  # byte-level: any text round-trips through encode/decode
 
 
 @pytest.mark.parametrize("name", FILE_TASKS)

@@ -15,7 +15,7 @@ from peftbench.train.loss import linear_cross_entropy
 
 
 def _tiny():
-    from peftbench.models import load_model
+    from peftbench.models.sources import load_model
 
     torch.manual_seed(0)
     return load_model("tiny:llama", device="cpu")[0]

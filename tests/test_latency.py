@@ -36,7 +36,7 @@ from peftbench.latency.timer import (
     overhead,
     summarize,
 )
-from peftbench.models import load_model
+from peftbench.models.sources import load_model
 from peftbench.report.leaderboard import rows_for_task
 from peftbench.report.tables import latency_tables, leaderboard_tables, render_markdown
 from peftbench.session.cell import compare
@@ -1021,7 +1021,7 @@ def test_a_model_from_disk_is_read_once_per_method_and_every_use_is_its_own_copy
     from transformers import AutoModelForCausalLM
 
     import peftbench.session.cell as cell_module
-    from peftbench.models import load_model
+    from peftbench.models.sources import load_model
 
     model, tok, _ = load_model("tiny:llama")
     model.save_pretrained(tmp_path / "m")

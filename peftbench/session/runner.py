@@ -156,7 +156,7 @@ class Session:
         return discover_tasks([*dirs, *self.config.tasks_dirs])
 
     def plan(self) -> None:
-        from peftbench.models import default_cache_dir, resolve_model
+        from peftbench.models.sources import default_cache_dir, resolve_model
 
         c = self.config
         self.methods = [self.registry.canonical(m, "--methods") for m in c.methods]
