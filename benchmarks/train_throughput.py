@@ -105,9 +105,9 @@ def random_data(vocab: int, rows: int, seq: int, seed: int = 0, lengths: tuple[i
 
 def task_data(task: str, model: str, data_dir: Path | None, max_length: int):
     """A task's real training examples, tokenized by the model's tokenizer exactly as ``peftbench run`` does."""
-    from peftbench.api.options import TrainConfig
     from peftbench.api.plugins import make_plugin_manager
     from peftbench.session.runner import Session, SessionConfig
+    from peftbench.train.config import TrainConfig
 
     out = Path(tempfile.mkdtemp(prefix="pb-throughput-"))
     session = Session(SessionConfig(methods=["full"], tasks=[task], model=model, device="cpu", output=out,
@@ -122,7 +122,7 @@ def task_data(task: str, model: str, data_dir: Path | None, max_length: int):
 
 
 def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) -> dict[str, Any]:
-    from peftbench.api.options import TrainConfig
+    from peftbench.train.config import TrainConfig
     from peftbench.train.loop import train
 
     torch.manual_seed(0)
@@ -135,7 +135,7 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     params = [p for _, p in method.trainable_parameters(model)]
     trainable = sum(p.numel() for p in params)
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.0,
-                      max_length=args.seq_len, latency_rounds=0, log_every=1, max_grad_norm=1.0,
+                      max_length=args.seq_len, log_every=1, max_grad_norm=1.0,
                       gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, dtype=args.autocast,
                       **({"compile": args.compile or ("on" if args.device == "cuda" else "off")}
                          if variant in ("fast", "fast-graphs") else {}),

@@ -58,12 +58,12 @@ def probe_batch(tokenizer):
 
 
 def train_steps(method, model, tokenizer, steps: int = 3, lr: float = 1e-2, seed: int = 0):
-    from peftbench.api.options import TrainConfig
+    from peftbench.train.config import TrainConfig
     from peftbench.train.loop import tokenize_pairs, train
 
     pairs = [(f"Sentence: item {i}\nTag:", f" {'dax wug fep lum'.split()[i % 4]}") for i in range(16)]
     data = tokenize_pairs(pairs, tokenizer, 64)
-    cfg = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_ratio=0.0, max_grad_norm=0.0, latency_rounds=0)
+    cfg = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_ratio=0.0, max_grad_norm=0.0)
     params = [p for _, p in method.trainable_parameters(model)]
     return train(model, params, data, cfg, seed, "cpu")
 

@@ -230,14 +230,14 @@ def test_latency_is_timed_once_per_method_and_reused_marked(capsys, tmp_path, on
 def test_shape_models_are_not_scored_by_default():
     from types import SimpleNamespace
 
-    from peftbench.api.options import TrainConfig
+    from peftbench.evaluate.config import EvalConfig
     from peftbench.session.cell import scoring
 
     def session(kind):
         return SimpleNamespace(model=SimpleNamespace(info=SimpleNamespace(kind=kind)))
 
     def run(**kw):
-        return SimpleNamespace(train_config=TrainConfig(**kw))
+        return SimpleNamespace(eval_config=EvalConfig(**kw))
 
     assert scoring(session("shape"), run()) is False and scoring(session("shape"), run(evaluate="on")) is True
     assert scoring(session("tiny"), run()) is True and scoring(session("hub"), run(evaluate="off")) is False

@@ -2,8 +2,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from peftbench.api.options import TrainConfig, build_dataclass, coerce, parse_sets
+from peftbench.api.options import build_dataclass, coerce, parse_sets
 from peftbench.errors import ConfigError
+from peftbench.session.options import OPTION_KEYS
+from peftbench.train.config import TrainConfig
 
 
 @dataclass
@@ -39,7 +41,7 @@ def test_unknown_key_suggests_and_lists_valid():
 
 
 def test_parse_sets_splits_train_and_method_options():
-    train, per = parse_sets(["steps=10", "lora.r=8", "lr=1e-3"], ["lora", "full"])
+    train, per = parse_sets(["steps=10", "lora.r=8", "lr=1e-3"], ["lora", "full"], OPTION_KEYS)
     assert train == {"steps": "10", "lr": "1e-3"} and per == {"lora": {"r": "8"}}
 
 
@@ -47,7 +49,7 @@ def test_parse_sets_splits_train_and_method_options():
                                          ("lorra.r=3", "Did you mean 'lora'")])
 def test_parse_sets_errors(item, needle):
     with pytest.raises(ConfigError) as e:
-        parse_sets([item], ["lora"])
+        parse_sets([item], ["lora"], OPTION_KEYS)
     assert needle in str(e.value)
 
 

@@ -47,7 +47,7 @@ def test_the_results_schema_doc_is_current():
 
 
 def test_training_options_doc_is_current_and_lists_the_loop_options(capsys):
-    from peftbench.api.options import options_markdown
+    from peftbench.session.options import options_markdown
     from peftbench.testing import run_cli
 
     text = (ROOT / "docs" / "training-options.md").read_text()

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftbench.api.options import TrainConfig
 from peftbench.errors import ConfigError
 from peftbench.train import loop as training
+from peftbench.train.config import TrainConfig
 from peftbench.train.loop import TrainData, answer_loss, collate, collate_packed, pack_rows, train
 from peftbench.train.loss import linear_cross_entropy
 

@@ -19,11 +19,11 @@ import torch
 
 from peftbench import Capabilities, Method, hookimpl
 from peftbench.api.method import validate_method_class
-from peftbench.api.options import TrainConfig
 from peftbench.api.plugins import make_plugin_manager
 from peftbench.api.registry import collect_methods
 from peftbench.errors import ConfigError, NotSupported, PluginError
 from peftbench.latency import timer as lat
+from peftbench.latency.config import LatencyConfig
 from peftbench.latency.timer import (
     Clock,
     LatencyPlan,
@@ -37,8 +37,10 @@ from peftbench.latency.timer import (
     summarize,
 )
 from peftbench.models.sources import load_model
+from peftbench.report.latency_table import latency_tables
 from peftbench.report.leaderboard import rows_for_task
-from peftbench.report.tables import latency_tables, leaderboard_tables, render_markdown
+from peftbench.report.leaderboard_table import leaderboard_tables
+from peftbench.report.markdown import render_markdown
 from peftbench.session.cell import compare
 
 VOCAB = 259  # tiny:llama's vocabulary
@@ -471,7 +473,7 @@ def test_the_merged_mode_times_the_model_without_its_lora_wrappers(registry, nam
         merge_adapter=lambda run, prepared: method.merge(prepared),
         load_artifact=lambda run, directory, base_model: method.load(directory, base_model, cfg),
         measure_latency=measure_latency)
-    run = types.SimpleNamespace(train_config=dataclasses.replace(TrainConfig(), latency_dtype="fp32"),
+    run = types.SimpleNamespace(latency_config=LatencyConfig(dtype="fp32"),
                                 method=method, hook=hook, device="cpu")
     trained = method.load(tmp_path, tiny(), cfg)
     time_inference(tiny, run, tmp_path, trained)

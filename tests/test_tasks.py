@@ -113,7 +113,7 @@ def test_scoring_keeps_lm_evals_version_fields_without_its_environment_dump(tmp_
     import torch.utils.collect_env
     import transformers
 
-    from peftbench.api.options import TrainConfig
+    from peftbench.evaluate.config import EvalConfig
     from peftbench.evaluate.scoring import evaluate
     from peftbench.models.sources import load_model
 
@@ -128,7 +128,7 @@ def test_scoring_keeps_lm_evals_version_fields_without_its_environment_dump(tmp_
     task = discover_tasks([builtin_tasks_dir()])["quickstart"]
     include = materialize([task], {task.name: prepare_data(task, tmp_path / "cache", None, True)}, tmp_path / "w")
     model, tok, _ = load_model("tiny:llama")
-    result = evaluate(model, tok, task, include, TrainConfig(limit=4), "cpu")
+    result = evaluate(model, tok, task, include, EvalConfig(limit=4), "cpu")
     assert result.n_samples == 4
     assert result.lm_eval["lm_eval_version"] == version("lm_eval")
     assert result.lm_eval["transformers_version"] == transformers.__version__

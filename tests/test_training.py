@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftbench.api.options import TrainConfig
 from peftbench.errors import ConfigError
+from peftbench.train.config import TrainConfig
 from peftbench.train.loop import TrainData, answer_loss, batches, collate, lr_at, tokenize_pairs, train
 
 

@@ -143,7 +143,7 @@ def measure_latency(run, model, modes):
     """Time generation with ``model`` (the trained model, unmerged) in each of ``modes``: a dict from mode
     name (``base``, ``unmerged``, ``merged``, ``stack2``, ...) to a zero-argument factory of a context
     manager that yields the model to time in that mode. All modes are timed together so they can be
-    interleaved round-robin over the grid of ``run.train_config.latency_plan()``. Return the run file's
+    interleaved round-robin over the grid of ``run.latency_config.grid()``. Return the run file's
     ``latency`` section (see ``peftbench.latency.timer.measure``). Default: peftbench's harness. When
     ``peftbench latency --resume`` continues an interrupted method, ``run.latency_done`` holds the shapes
     already timed and ``run.latency_checkpoint(section)`` saves progress; an implementation may ignore both

@@ -33,8 +33,10 @@ class RunContext:
     method: Method | None
     method_config: Any
     task: Any  # peftbench.tasks.task.Task: the task trained on (or scored, for retention)
-    train_config: Any  # TrainConfig
+    train_config: Any  # TrainConfig: the training loop's options
     device: str
+    eval_config: Any = None     # EvalConfig: how the run is scored
+    latency_config: Any = None  # LatencyConfig: how its inference is timed
     include_path: Any = None  # the folder of materialized lm-eval task YAMLs
     hook: Any = None
     progress: Any = None

@@ -183,7 +183,8 @@ def run(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, 
 def _show(output: Path, as_json: bool, markdown: bool = False) -> None:
     from rich.console import Console
 
-    from peftbench.report.tables import folder_data, folder_tables, render_markdown
+    from peftbench.report.folders import folder_data, folder_tables
+    from peftbench.report.markdown import render_markdown
 
     if as_json:
         click.echo(json.dumps(folder_data(Path(output)), indent=2, default=str))
@@ -222,16 +223,11 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
             len(directories) == 1 and fmt == "json" and as_json):
         _show(directories[0], fmt == "json", fmt == "markdown")
         return
-    from peftbench.report.tables import (
-        export_rows,
-        latency_tables,
-        leaderboard_tables,
-        load_folders,
-        merged_session,
-        render_markdown,
-        to_csv,
-        to_latex,
-    )
+    from peftbench.report.export import export_rows, to_csv, to_latex
+    from peftbench.report.folders import load_folders, merged_session
+    from peftbench.report.latency_table import latency_tables
+    from peftbench.report.leaderboard_table import leaderboard_tables
+    from peftbench.report.markdown import render_markdown
 
     merged = load_folders(list(directories), allow_mixed=allow_mixed)
     runs = merged["runs"]
@@ -294,7 +290,9 @@ def claims(directories, fmt, allow_mixed):
     """Check the folklore (LoRA reaches 97-99 % of full fine-tuning, merged LoRA adds no latency, ...)
     against results: each claim's measured value, its 95 % CI and a verdict, per task."""
     from peftbench.report.claims import check
-    from peftbench.report.tables import claims_table, load_folders, render_markdown
+    from peftbench.report.claims_table import claims_table
+    from peftbench.report.folders import load_folders
+    from peftbench.report.markdown import render_markdown
 
     merged = load_folders(list(directories), allow_mixed=allow_mixed)
     results = check(merged["runs"], merged["latency"])
@@ -333,18 +331,14 @@ def latency(methods, model, device, batch_sizes, prompt_lengths, new_tokens, reg
             output, resume):
     """Time inference of every method (untrained: latency depends on shapes, not values) over a grid of
     batch sizes x prompt lengths, modes base / unmerged / merged / stacked, eager and static regimes."""
-    from peftbench.session.latency_only import LatencyConfig, LatencySession
+    from peftbench.session.latency_only import LatencySession, LatencySessionConfig
 
-    stack_list = [] if stack.strip().lower() in ("none", "") else _ints(stack, "--stack")
-    lists = {"latency_batch_sizes": _ints(batch_sizes, "--batch-sizes"),
-             "latency_prompt_lengths": _ints(prompt_lengths, "--prompt-lengths")}
-    all_sets = [f"{k}={','.join(map(str, v))}" for k, v in lists.items()] + [
-        f"latency_new_tokens={new_tokens}", f"latency_regimes={regimes}", f"latency_rounds={rounds}",
-        f"latency_dtype={dtype}", f"latency_stack={','.join(map(str, stack_list))}" if stack_list else "latency_stack=[]",
-        *sets]
+    grid = {"batch_sizes": _ints(batch_sizes, "--batch-sizes"), "prompt_lengths": _ints(prompt_lengths, "--prompt-lengths"),
+            "new_tokens": new_tokens, "regimes": _csv(regimes, "--regimes"), "rounds": rounds, "dtype": dtype,
+            "stack": [] if stack.strip().lower() in ("none", "") else _ints(stack, "--stack")}
     console = stderr_console()
-    session = LatencySession(LatencyConfig(methods=_csv(methods, "--methods"), model=model, device=device,
-                                           output=output, sets=all_sets, resume=resume),
+    session = LatencySession(LatencySessionConfig(methods=_csv(methods, "--methods"), model=model, device=device,
+                                                  output=output, grid=grid, sets=list(sets), resume=resume),
                              host=host(), say=lambda m: console.print(m))
     session.plan()
     console.print(f"peftbench latency {session.id}: {', '.join(session.methods)} on {session.device}; results in "
@@ -396,9 +390,9 @@ def methods(as_json, device):
 @click.option("--markdown", is_flag=True, help="print a Markdown table (docs/training-options.md)")
 def options(as_json, markdown):
     """List the shared training options (--set KEY=VALUE): type, default and help."""
-    from peftbench.api.options import TrainConfig, describe_fields, options_markdown
+    from peftbench.session.options import describe_options, options_markdown
 
-    rows = describe_fields(TrainConfig)
+    rows = [{k: v for k, v in r.items() if k != "group"} for r in describe_options()]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return

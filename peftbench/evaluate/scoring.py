@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from peftbench.api.options import TrainConfig
 from peftbench.api.records import EvalResult
+from peftbench.evaluate.config import EvalConfig
 from peftbench.tasks.task import Task, task_manager
 
 # lm-eval's result block keys we keep (everything but per-sample logs and the environment dump)
@@ -53,7 +53,7 @@ def _without_env_dump() -> Iterator[None]:
         evaluator.add_env_info = real
 
 
-def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: TrainConfig, device: str,
+def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: EvalConfig, device: str,
              seed: int = 0) -> EvalResult:
     """Score ``model`` on ``task`` with lm-eval's ``simple_evaluate`` (zero- or few-shot per ``cfg``)."""
     _quiet()

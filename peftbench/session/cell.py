@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftbench.api.options import to_jsonable
+from peftbench.latency.config import SET_PREFIX
+from peftbench.session.options import GRID_KEYS
 from peftbench.system import memory
 
 if TYPE_CHECKING:
@@ -87,7 +89,7 @@ def _numel(p: Any) -> int:
 
 def scoring(session: Any, run: RunContext) -> bool:
     """Whether this run scores with lm-eval (``evaluate``: auto skips shape: models, whose weights are random)."""
-    mode = run.train_config.evaluate
+    mode = run.eval_config.evaluate
     return mode == "on" or (mode == "auto" and session.model.info.kind != "shape")
 
 
@@ -190,7 +192,7 @@ def run_method_cell(session: Any, run: RunContext, result: dict[str, Any], data:
             score_retention(session, run, result, infer)
         else:
             result["reason"] = NOT_SCORED
-        cfg = run.train_config
+        checks, timing = run.eval_config, run.latency_config
         merge: dict[str, Any] = {"supported": caps.mergeable, "lossy": caps.merge_lossy, "tolerance_rel": tol}
         result["merge"] = merge
         if caps.mergeable:
@@ -200,7 +202,7 @@ def run_method_cell(session: Any, run: RunContext, result: dict[str, Any], data:
                 merged_logits = probe_logits(merged_infer, probes, device)
                 merge.update(compare(reference, merged_logits))
                 merge["ok"] = merge["max_rel_logit_diff"] <= tol
-                if cfg.merge_eval and scored:
+                if checks.merge_eval and scored:
                     merge["eval"] = _score_pair(session, run, merged_infer, result.get("eval"))
                 model = hook.unmerge_adapter(run=run, merged=merged)
                 restored_logits = probe_logits(method.inference_model(model), probes, device)
@@ -216,7 +218,7 @@ def run_method_cell(session: Any, run: RunContext, result: dict[str, Any], data:
                                       "ok": own["max_rel_logit_diff"] <= tol}
                 merged_logits = restored_logits = None
             merged = merged_infer = None
-            if cfg.merge_precisions:
+            if checks.merge_precisions:
                 model = infer = base = None
                 with phase(result, "merge_precision", session):
                     merge["precision"] = merge_precision_study(session, run, art, probes, scored)
@@ -226,11 +228,11 @@ def run_method_cell(session: Any, run: RunContext, result: dict[str, Any], data:
             reloaded = hook.load_artifact(run=run, directory=art, base_model=fresh)
             check = compare(reference, probe_logits(method.inference_model(reloaded), probes, device))
             result["reload"] = {**check, "ok": check["max_rel_logit_diff"] <= tol, "tolerance_rel": tol}
-        if cfg.latency_rounds:
+        if timing.rounds:
             key = latency_key(run)
-            if cfg.latency_once and key not in session.latency_cache:
+            if timing.once and key not in session.latency_cache:
                 session.latency_of_other_shards()
-            earlier = session.latency_cache.get(key) if cfg.latency_once else None
+            earlier = session.latency_cache.get(key) if timing.once else None
             if earlier is not None:  # the same method, configuration and grid, timed in an earlier cell
                 result["latency"] = {**earlier["latency"], "measured_in": earlier["cell"]}
             else:
@@ -243,23 +245,20 @@ def run_method_cell(session: Any, run: RunContext, result: dict[str, Any], data:
 def latency_key(run: RunContext) -> str:
     """What a method's latency depends on: the method, its configuration (shapes and placement of its
     weights) and the timing grid, not the trained values or the task."""
-    from peftbench.api.options import LATENCY_KEYS
-
-    grid = {k: getattr(run.train_config, k) for k in LATENCY_KEYS}
+    latency = {SET_PREFIX + k: v for k, v in to_jsonable(run.latency_config).items()}
+    grid = {k: latency[k] for k in GRID_KEYS}
     return _latency_key(run.method.name, to_jsonable(run.method_config), grid)
 
 
 def latency_key_of_result(result: dict[str, Any]) -> str | None:
     """``latency_key`` of a finished run file (a resumed session reuses its timing), or None when the file
     does not record what the key needs."""
-    from peftbench.api.options import LATENCY_KEYS
-
     config = result.get("config") or {}
     train = config.get("train") or {}
     if not result.get("method") or result["method"] == "base" or "method" not in config or \
-            any(k not in train for k in LATENCY_KEYS):
+            any(k not in train for k in GRID_KEYS):
         return None
-    return _latency_key(result["method"].split("@", 1)[0], config["method"], {k: train[k] for k in LATENCY_KEYS})
+    return _latency_key(result["method"].split("@", 1)[0], config["method"], {k: train[k] for k in GRID_KEYS})
 
 
 def _latency_key(method: str, method_config: Any, grid: dict[str, Any]) -> str:
@@ -289,7 +288,7 @@ def merge_precision_study(session: Any, run: RunContext, art: Path, probes: list
     probe prompts and the lm-eval score of each."""
     import torch
 
-    from peftbench.latency.timer import cast_floating
+    from peftbench.latency.casting import cast_floating
 
     hook, method, device = run.hook, run.method, run.device
     bf16 = torch.bfloat16
@@ -317,10 +316,10 @@ def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> 
     """The latency section of a run: ``base`` (a fresh base model), ``unmerged`` (``trained``: the artifact
     loaded onto a fresh base, as a user would load it), ``merged`` (merged in fp32, the method's wrappers
     removed (``Method.unload``), then cast, for mergeable methods) and ``stackN`` (stackable methods, ``latency_stack``), all in the latency dtype."""
-    from peftbench.latency.timer import cast_floating, latency_dtype
+    from peftbench.latency.casting import cast_floating, latency_dtype
 
-    cfg, method, hook = run.train_config, run.method, run.hook
-    dtype = latency_dtype(cfg.latency_dtype, run.device)
+    cfg, method, hook = run.latency_config, run.method, run.hook
+    dtype = latency_dtype(cfg.dtype, run.device)
     base = cast_floating(load_base(), dtype)
     unmerged = method.inference_model(cast_floating(trained, dtype))
     modes: dict[str, Any] = {"base": lambda: contextlib.nullcontext(base),
@@ -330,7 +329,7 @@ def time_inference(load_base: Any, run: RunContext, art: Path, trained: Any) -> 
         merged_infer = method.inference_model(cast_floating(method.unload(merged), dtype))  # served as unloaded
         modes["merged"] = lambda: contextlib.nullcontext(merged_infer)
     if method.capabilities.can_stack:
-        for k in cfg.latency_stack:
+        for k in cfg.stack:
             modes[f"stack{k}"] = lambda k=k: _stacked(method, trained, unmerged, k)
     others: dict[str, Any] = {}
     with watch_neighbours(others):

@@ -32,7 +32,7 @@ def train_model(run, prepared, train_data):
 def evaluate_model(run, model, tokenizer):
     from peftbench.evaluate.scoring import evaluate
 
-    return evaluate(model, tokenizer, run.task, run.include_path, run.train_config, run.device, run.spec.seed)
+    return evaluate(model, tokenizer, run.task, run.include_path, run.eval_config, run.device, run.spec.seed)
 
 
 @hookimpl(trylast=True)
@@ -61,6 +61,6 @@ def measure_latency(run, model, modes):
 
     same = ("merged",) + (("unmerged",) if run.method is not None and run.method.capabilities.trains_all_parameters
                           else ())
-    return measure(modes, run.train_config.latency_plan(), run.device, model.config.vocab_size,
+    return measure(modes, run.latency_config.grid(), run.device, model.config.vocab_size,
                    same_as_base=same, progress=run.progress.phase if run.progress is not None else None,
                    done=run.latency_done, checkpoint=run.latency_checkpoint)

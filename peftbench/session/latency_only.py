@@ -20,20 +20,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from peftbench.api.options import LATENCY_KEYS, TrainConfig, build_dataclass, parse_sets, to_jsonable
+from peftbench.api.options import build_dataclass, parse_sets, to_jsonable
 from peftbench.api.records import SCHEMA_VERSION, RunContext, RunSpec
 from peftbench.errors import UsageError
+from peftbench.latency.config import SET_PREFIX, LatencyConfig
+from peftbench.session.options import LATENCY_KEYS, OPTION_KEYS
 from peftbench.system import memory, meta
 from peftbench.system.files import write_json
 
 
 @dataclass
-class LatencyConfig:
+class LatencySessionConfig:
     methods: list[str]
     model: str
     device: str = "auto"
     output: Path | None = None
-    sets: list[str] = field(default_factory=list)
+    grid: dict[str, Any] = field(default_factory=dict)  # LatencyConfig fields, typed (the command's flags)
+    sets: list[str] = field(default_factory=list)       # --set latency_KEY=VALUE and METHOD.KEY=VALUE
     resume: bool = False
 
 
@@ -42,7 +45,7 @@ def _now() -> str:
 
 
 class LatencySession:
-    def __init__(self, config: LatencyConfig, host: Any, say: Any = print) -> None:
+    def __init__(self, config: LatencySessionConfig, host: Any, say: Any = print) -> None:
         from peftbench.api.registry import collect_methods
 
         self.config, self.host, self.say = config, host, say
@@ -62,7 +65,7 @@ class LatencySession:
             ok = self.registry.get(m).availability(self.device)
             if not ok:
                 raise UsageError(f"method {m!r} cannot run on {self.device}: {ok.reason}.")
-        train_sets, method_sets = parse_sets(c.sets, [*self.registry.entries, *self.registry.aliases])
+        train_sets, method_sets = parse_sets(c.sets, [*self.registry.entries, *self.registry.aliases], OPTION_KEYS)
         other = sorted(set(train_sets) - set(LATENCY_KEYS))
         if other:
             raise UsageError(f"--set {', '.join(other)}: peftbench latency takes only the latency options "
@@ -71,10 +74,11 @@ class LatencySession:
         unused = set(method_sets) - set(self.methods)
         if unused:
             raise UsageError(f"--set gives options for {', '.join(sorted(unused))}, which --methods does not time.")
-        defaults = {"latency_batch_sizes": [1, 8, 32], "latency_prompt_lengths": [128, 1024], "latency_new_tokens": 64,
-                    "latency_regimes": ["eager", "static"], "latency_stack": [2, 4]}
-        self.train_config = build_dataclass(TrainConfig, {**defaults, **train_sets}, where="latency options")
-        if not self.train_config.latency_rounds:
+        defaults = {"batch_sizes": [1, 8, 32], "prompt_lengths": [128, 1024], "new_tokens": 64,
+                    "regimes": ["eager", "static"], "stack": [2, 4]}
+        sets = {k[len(SET_PREFIX):]: v for k, v in train_sets.items()}
+        self.latency = build_dataclass(LatencyConfig, {**defaults, **c.grid, **sets}, where="latency options")
+        if not self.latency.rounds:
             raise UsageError("--rounds 0 would time nothing; give at least 1 round.")
         self.method_configs = {m: self.registry.get(m).make_config(method_sets.get(m, {})) for m in self.methods}
         self.id = datetime.now(timezone.utc).strftime("latency-%Y%m%d-%H%M%S")
@@ -88,7 +92,7 @@ class LatencySession:
             import json
 
             before = json.loads(old.read_text())
-            plan = to_jsonable(self.train_config.latency_plan())
+            plan = to_jsonable(self.latency.grid())
             if before.get("plan") != plan or (before.get("model") or {}).get("source") not in (None, c.model):
                 diff = sorted(k for k in plan if (before.get("plan") or {}).get(k) != plan[k])
                 raise UsageError(f"--resume: {self.output} was timed with another "
@@ -108,9 +112,9 @@ class LatencySession:
                     meta.command_line()]
         return {"schema_version": SCHEMA_VERSION, "kind": "latency", "status": status, "session_id": self.id,
                 "command": meta.command_line(), "commands": commands, "updated": _now(),
-                "model": to_jsonable(self.model.info), "methods": methods, "train_config": to_jsonable(self.train_config),
+                "model": to_jsonable(self.model.info), "methods": methods, "train_config": {SET_PREFIX + k: v for k, v in to_jsonable(self.latency).items()},
                 "method_configs": configs,
-                "plan": to_jsonable(self.train_config.latency_plan()),
+                "plan": to_jsonable(self.latency.grid()),
                 "env": {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash(),
                     "source_sha256": meta.source_digest()}}
 
@@ -170,7 +174,8 @@ class LatencySession:
 
         method = self.registry.get(name)
         run = RunContext(spec=RunSpec(name, "latency", 0), method=method, method_config=self.method_configs[name],
-                         task=None, train_config=self.train_config, device=self.device, hook=self.hook)
+                         task=None, train_config=None, latency_config=self.latency, device=self.device,
+                         hook=self.hook)
         result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "latency", "method": name,
                                   "status": "ok", "capabilities": to_jsonable(method.capabilities),
                                   "method_config": to_jsonable(self.method_configs[name]), "started": _now()}
@@ -210,7 +215,7 @@ class LatencySession:
                 prepared = None
                 trained = self.hook.load_artifact(run=run, directory=art, base_model=load_base())
                 seconds["prepare_save_load"] = round(time.perf_counter() - t0, 2)
-                self.say(f"{name}: timing {', '.join(['base', *method.capabilities.latency_modes(tuple(self.train_config.latency_stack))])}")
+                self.say(f"{name}: timing {', '.join(['base', *method.capabilities.latency_modes(tuple(self.latency.stack))])}")
                 t1 = time.perf_counter()
                 result["latency"] = time_inference(load_base, run, art, trained)
                 seconds["timing"] = round(time.perf_counter() - t1, 2)

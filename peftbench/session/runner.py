@@ -24,12 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from peftbench.api.options import TrainConfig, build_dataclass, parse_sets, to_jsonable
+from peftbench.api.options import parse_sets, to_jsonable
 from peftbench.api.plugins import PluginHost, make_plugin_manager
 from peftbench.api.records import SCHEMA_VERSION, RunContext, RunSpec
 from peftbench.api.registry import collect_methods
 from peftbench.errors import UsageError
 from peftbench.results.store import load_runs, load_session, sha256, write_json, write_run
+from peftbench.session.options import OPTION_KEYS, CellOptions
 from peftbench.system import meta
 from peftbench.system.progress import NullProgress
 from peftbench.tasks.task import (
@@ -185,23 +186,23 @@ class Session:
         root = data_root(c.data_dir)
         self.prepared = {t.name: prepare_data(t, self.cache_dir, root, need_train=t in self.tasks and bool(self.methods))
                          for t in self.eval_tasks}
-        train_sets, method_sets = parse_sets(c.sets, [*self.registry.entries, *self.registry.aliases])
+        train_sets, method_sets = parse_sets(c.sets, [*self.registry.entries, *self.registry.aliases], OPTION_KEYS)
         method_sets = {self.registry.canonical(k): v for k, v in method_sets.items()}
         unused = set(method_sets) - set(self.methods)
         if unused:
             raise UsageError(f"--set gives options for {', '.join(sorted(unused))}, which --methods does not run.")
         self.method_configs = {m: self.registry.get(m).make_config(method_sets.get(m, {})) for m in self.methods}
-        self.train_configs: dict[tuple[str, str], TrainConfig] = {}
+        self.options: dict[tuple[str, str], CellOptions] = {}
         for task in self.tasks:
             for m in [*self.methods, "base"]:
                 task_values = task.train_overrides(self.device, self.registry.base(m) if m != "base" else None)
                 if BUDGET_KEYS & set(train_sets):  # the user's budget replaces the task's, not adds to it
                     task_values = {k: v for k, v in task_values.items() if k not in BUDGET_KEYS}
                 values = {**task_values, **train_sets}
-                cfg = build_dataclass(TrainConfig, values, where=f"training options for {m} on task {task.name}")
-                if m != "base" and cfg.lr == 0:
-                    cfg.lr = self.registry.get(m).default_lr
-                self.train_configs[(m, task.name)] = cfg
+                opts = CellOptions.build(values, where=f"training options for {m} on task {task.name}")
+                if m != "base" and opts.train.lr == 0:
+                    opts.train.lr = self.registry.get(m).default_lr
+                self.options[(m, task.name)] = opts
         self.output = Path(c.output) if c.output else Path("peftbench-results") / self.id
         self._check_output()
         self.model = resolve_model(c.model, cache_dir=self.cache_dir, progress=self.progress.message)
@@ -234,7 +235,7 @@ class Session:
                 "tasks": {t.name: {**t.describe(), "data_source": self.prepared[t.name].source,
                                    "sizes": self.prepared[t.name].sizes} for t in self.eval_tasks},
                 "retention": {k: [t.name for t in v] for k, v in self.retention.items()},
-                "train_configs": {f"{m}--{t}": to_jsonable(c) for (m, t), c in self.train_configs.items()},
+                "train_configs": {f"{m}--{t}": o.flat() for (m, t), o in self.options.items()},
                 "method_configs": to_jsonable(self.method_configs),
                 "config_sha256": _config_digest(self),
                 "env": self.env, "run_files": {p.name: sha256(p) for p in runs}}
@@ -371,9 +372,9 @@ class Session:
         return {"schema_version": SCHEMA_VERSION, "key": spec.key, "status": status, "method": spec.method,
                 "task": spec.task, "seed": spec.seed, "model": self.model.info.source,
                 "config": {"method": to_jsonable(self.method_configs.get(spec.method)),
-                           "train": to_jsonable(self.train_configs[(spec.method, spec.task)])},
+                           "train": self.options[(spec.method, spec.task)].flat()},
                 "capabilities": to_jsonable(method.capabilities) if method else None,
-                "data": self.prepared[spec.task].source, "limit": self.train_configs[(spec.method, spec.task)].limit,
+                "data": self.prepared[spec.task].source, "limit": self.options[(spec.method, spec.task)].eval.limit,
                 "params": None, "train": None, "eval": None, "retention": None, "latency": None, "artifact": None,
                 "merge": None,
                 "reload": None, "timings": {}, "extras": {}, "error": None, "reason": None,
@@ -386,7 +387,9 @@ class Session:
         result = self._blank(spec, "ok")
         method = self.registry.get(spec.method) if spec.method != "base" else None
         run = RunContext(spec=spec, method=method, method_config=self.method_configs.get(spec.method), task=task,
-                         train_config=self.train_configs[(spec.method, spec.task)], device=self.device,
+                         train_config=self.options[(spec.method, spec.task)].train,
+                         eval_config=self.options[(spec.method, spec.task)].eval,
+                         latency_config=self.options[(spec.method, spec.task)].latency, device=self.device,
                          include_path=self.include_path, hook=self.hook, progress=self.progress)
         self.progress.cell_start(spec)
         if method is not None:
@@ -409,7 +412,7 @@ class Session:
         self.hook.run_finish(run=run, result=result)
         return result
 
-    def _train_data(self, task: Task, cfg: TrainConfig):
+    def _train_data(self, task: Task, cfg: Any):
         from peftbench.train.loop import tokenize_pairs
 
         key = (task.name, cfg.max_length)
@@ -453,6 +456,6 @@ def _config_digest(session: Session) -> str:
     c = session.config
     what = {"model": c.model, "methods": session.methods, "tasks": [t.name for t in session.tasks], "seeds": c.seeds,
             "retention": {k: [t.name for t in v] for k, v in session.retention.items()},
-            "train_configs": {f"{m}--{t}": to_jsonable(v) for (m, t), v in session.train_configs.items()},
+            "train_configs": {f"{m}--{t}": o.flat() for (m, t), o in session.options.items()},
             "method_configs": to_jsonable(session.method_configs)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from peftbench.api.options import _help
+from peftbench import option
 from peftbench.errors import ConfigError
 
 PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
@@ -14,22 +14,22 @@ NON_LINEARITIES = ("relu", "gelu", "silu", "tanh")
 
 @dataclass
 class AdapterConfig:
-    placement: str = _help(
+    placement: str = option(
         "where adapters go: houlsby (in series after the attention output and after the MLP output), "
         "pfeiffer (in series after the MLP output only) or parallel (beside the MLP block: "
         "mlp(x) + scaling * adapter(x))", default="houlsby")
-    reduction_factor: int = _help(
+    reduction_factor: int = option(
         "bottleneck width = hidden_size // reduction_factor (at least 1)", default=16)
-    non_linearity: str = _help("activation inside the bottleneck: relu, gelu, silu or tanh", default="relu")
-    dropout: float = _help("dropout on the bottleneck activations during training, in [0, 1)", default=0.0)
-    scaling: float = _help("multiplies the adapter's output (series and parallel)", default=1.0)
-    attn_output_modules: list[str] = _help(
+    non_linearity: str = option("activation inside the bottleneck: relu, gelu, silu or tanh", default="relu")
+    dropout: float = option("dropout on the bottleneck activations during training, in [0, 1)", default=0.0)
+    scaling: float = option("multiplies the adapter's output (series and parallel)", default=1.0)
+    attn_output_modules: list[str] = option(
         "leaf names of the attention output Linear layers the houlsby adapters follow",
         default_factory=lambda: ["o_proj", "out_proj"])
-    mlp_output_modules: list[str] = _help(
+    mlp_output_modules: list[str] = option(
         "leaf names of the MLP output Linear layers the houlsby/pfeiffer adapters follow",
         default_factory=lambda: ["down_proj", "fc2"])
-    mlp_modules: list[str] = _help(
+    mlp_modules: list[str] = option(
         "leaf names of the MLP blocks the parallel adapters run beside", default_factory=lambda: ["mlp"])
 
     def __post_init__(self) -> None:

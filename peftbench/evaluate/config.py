@@ -1,0 +1,34 @@
+"""How each cell is scored: lm-eval's batch, limit and shots, and the checks run on merged models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftbench.api.options import check_choices, option
+from peftbench.errors import ConfigError
+
+EVALUATE_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class EvalConfig:
+    """Scoring options shared by every method (``--set KEY=VALUE``)."""
+
+    eval_batch_size: int = option("batch size for lm-eval scoring", default=32)
+    limit: int = option("score at most this many evaluation examples (0: all)", default=0)
+    num_fewshot: int = option("few-shot examples in the scoring prompt", default=0)
+    merge_eval: bool = option("score the merged model with lm-eval too (mergeable methods)", default=True)
+    merge_precisions: bool = option("also compare merging in fp32 then casting to bf16 with merging in bf16 "
+                                    "(mergeable methods; logits and lm-eval score vs the unmerged bf16 model)",
+                                    default=True)
+    evaluate: str = option("'auto' (score with lm-eval, except on shape: models, whose random weights carry no "
+                           "accuracy), 'on', or 'off' (cost only: training, artifact, merge and reload checks, "
+                           "latency)", default="auto")
+
+    def __post_init__(self) -> None:
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"eval option 'eval_batch_size' must be >= 1, got {self.eval_batch_size!r}.")
+        for name in ("limit", "num_fewshot"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval option {name!r} must be >= 0, got {getattr(self, name)!r}.")
+        check_choices("eval option", {"evaluate": (self.evaluate, EVALUATE_MODES)})
