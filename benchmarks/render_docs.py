@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from peftbench.report.tables import folder_tables, render_markdown  # noqa: E402
+from peftbench.report.folders import folder_tables  # noqa: E402
+from peftbench.report.markdown import render_markdown  # noqa: E402
 
 RENDERED = [  # (doc, result folder): tests/test_results_docs.py checks each of these
     ("README.md", "results/quickstart-cpu"),

@@ -88,7 +88,7 @@ def reference_parts(ref: Path) -> tuple[list[Path], Path | None]:
 
 
 def _md(tables: list[Any]) -> str:
-    from peftbench.report.tables import render_markdown
+    from peftbench.report.markdown import render_markdown
 
     return render_markdown(tables).strip()
 
@@ -166,7 +166,7 @@ def shape_section(shape: Path | None) -> str:
             parts.append(f"Training, {what} (`{f.relative_to(ROOT) if f.is_relative_to(ROOT) else f}`):\n\n"
                          + markdown(json.loads(f.read_text())))
     if (shape / "latency").is_dir():
-        from peftbench.report.tables import folder_tables
+        from peftbench.report.folders import folder_tables
 
         tables, failed = folder_tables(shape)
         parts.append("Latency (static regime):\n\n" + _md(tables) + (
@@ -184,7 +184,7 @@ def shape_summary(shape: Path) -> str:
     checkpointing, whether each setting fits an 80 GB H100 (measured with allocations capped at 79 GiB, when
     those runs exist: an out-of-memory run shows the memory it reached), and the latency overhead at batch 1 x
     prompt 128 (static regime)."""
-    from peftbench.report.tables import human_bytes
+    from peftbench.report.cell_text import human_bytes
 
     runs: dict[str, dict[str, Any]] = {}
     settings = None
@@ -282,7 +282,7 @@ def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[st
     on = f" ({where})" if where else " (each method's first task)"
     head = "| method | " + " | ".join(tasks) + f" | trainable | peak memory{on} | tokens/s{on} |"
     rows = [head, "|---|" + "---|" * (len(tasks) + 3)]
-    from peftbench.report.tables import human_bytes
+    from peftbench.report.cell_text import human_bytes
 
     for m in methods:
         cells = []
@@ -308,16 +308,12 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
     the plots in ``plots``; they are written to ``plot_out`` (default: ``plots``; --check writes them aside)."""
     plot_out = plot_out or plots
     from peftbench.report.claims import check
-    from peftbench.report.tables import (
-        claims_table,
-        export_rows,
-        latency_tables,
-        leaderboard_tables,
-        load_folders,
-        merge_tables,
-        merged_session,
-        run_latencies,
-    )
+    from peftbench.report.claims_table import claims_table
+    from peftbench.report.export import export_rows
+    from peftbench.report.folders import load_folders, merged_session
+    from peftbench.report.latency_table import latency_tables, run_latencies
+    from peftbench.report.leaderboard_table import leaderboard_tables
+    from peftbench.report.merge_table import merge_tables
 
     sessions, shape = reference_parts(ref)
     out = ["# Reference results", "",

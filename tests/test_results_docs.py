@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.report.tables import folder_tables, render_markdown
+from peftbench.report.folders import folder_tables
+from peftbench.report.markdown import render_markdown
 from peftbench.results.store import load_runs
 
 ROOT = Path(__file__).resolve().parent.parent

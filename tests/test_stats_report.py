@@ -12,7 +12,8 @@ import pytest
 from peftbench.errors import UsageError
 from peftbench.report import stats
 from peftbench.report.claims import check, load_claims, verdict
-from peftbench.report.tables import export_rows, load_folders, to_csv, to_latex
+from peftbench.report.export import export_rows, to_csv, to_latex
+from peftbench.report.folders import load_folders
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------
@@ -213,7 +214,8 @@ def test_bf16_merge_claim_is_paired_over_examples_when_they_are_logged():
 
 
 def test_merge_fidelity_table(capsys):
-    from peftbench.report.tables import merge_tables, render_markdown
+    from peftbench.report.markdown import render_markdown
+    from peftbench.report.merge_table import merge_tables
 
     runs = [_merged_run("lora", s, 0.80, 0.80 - 0.002 * s, 0.80 + 0.001 * s) for s in range(3)]
     runs += [_merged_run("qlora", 0, 0.79, 0.78, 0.79, lossy=True, ok=False),
@@ -448,7 +450,7 @@ def test_seeds_aggregate_to_mean_sd_and_ci():
 
 
 def test_leaderboard_flags_methods_trained_in_different_loops():
-    from peftbench.report.tables import leaderboard_tables, loop_signature, mixed_loops
+    from peftbench.report.leaderboard_table import leaderboard_tables, loop_signature, mixed_loops
 
     fast = {"loop": "fast", "padding_free": True, "chunked_loss": True, "compile": "blocks x30, static shapes",
             "optimizer": "torch AdamW (fused)"}
@@ -469,7 +471,8 @@ def test_leaderboard_flags_methods_trained_in_different_loops():
 
 def _leaderboard_status(runs):
     """The rendered leaderboard, and each method's status column in it."""
-    from peftbench.report.tables import leaderboard_tables, render_markdown
+    from peftbench.report.leaderboard_table import leaderboard_tables
+    from peftbench.report.markdown import render_markdown
 
     board = render_markdown(leaderboard_tables({}, runs))
     return board, {line.split("|")[1].strip(): line.rsplit("|", 2)[-2].strip() for line in board.splitlines()
@@ -478,7 +481,8 @@ def _leaderboard_status(runs):
 
 def _latency_sanity(extra):
     """The sanity column of a one-cell latency table whose section also holds ``extra``."""
-    from peftbench.report.tables import latency_tables, render_markdown
+    from peftbench.report.latency_table import latency_tables
+    from peftbench.report.markdown import render_markdown
 
     lat = {"regimes": {"eager": [{"batch_size": 1, "prompt_tokens": 4, "new_tokens": 2, "modes": {"base": {}},
                                   "overhead": {}}]}, **extra}

@@ -22,6 +22,11 @@ from typing import Any
 
 import yaml
 
+from peftbench.latency.summary import MIN_ROUNDS_TO_JUDGE, headline_regime
+from peftbench.report.leaderboard import merge_variant
+from peftbench.report.stats import Z95, mean_ci
+from peftbench.system.memory import neighbour_flags
+
 DRAWS = 4000
 
 
@@ -155,8 +160,6 @@ def ratio_to(ev: Evidence, task: str, method: str, reference: str, field: str) -
     """``field``'s mean over the method's runs / over the reference's. A training time measured while other
     processes shared the GPU or kept the host busy (either side) decides nothing: it is marked suspect, as a
     latency figure would be. Peak memory is the process's own allocator peak and stands."""
-    from peftbench.system.memory import neighbour_flags
-
     runs_a, runs_b = ev.runs(task, method), ev.runs(task, reference)
     a, b = _field(runs_a, field), _field(runs_b, field)
     if not a or not b:
@@ -182,8 +185,6 @@ def latency_overhead(ev: Evidence, task: str, method: str, mode: str) -> tuple[A
     lat = ev.latency.get(method)
     if not lat:
         return None, None, ""
-    from peftbench.latency.summary import headline_regime
-
     regime = headline_regime(lat)
     cells = [c for c in (lat.get("regimes") or {}).get(regime, []) if mode in c.get("overhead", {})]
     if not cells:
@@ -218,8 +219,6 @@ def merge_score_change(ev: Evidence, task: str, method: str, path: str) -> tuple
     the merge changed an answer, so this is the test the claim needs. Otherwise Student t over the per-seed
     changes; with one seed, normal from the two scores' standard errors taken as independent (which
     overstates it)."""
-    from peftbench.report.leaderboard import merge_variant
-
     pairs, aligned = [], []
     for r in ev.runs(task, method):
         e = merge_variant(r, path).get("eval") or {}
@@ -231,8 +230,6 @@ def merge_score_change(ev: Evidence, task: str, method: str, path: str) -> tuple
         aligned.append(_aligned(e.get("samples"), ref_eval.get("samples"), e.get("metric", "")))
     if not pairs:
         return None, None, ""
-    from peftbench.report.stats import Z95, mean_ci
-
     changes = [(s - ref) / ref for s, ref, _, _ in pairs]
     value = statistics.fmean(changes)
     if all(a is not None for a in aligned):
@@ -268,9 +265,6 @@ def timing_doubts(lat: dict[str, Any], regime: str) -> list[str]:
     """Why a latency section's figures in ``regime`` cannot back a verdict: too few rounds for a CI, its own
     sanity check failed (merged or full fine-tuning did not time like base), or it was timed on a shared GPU
     or a busy host."""
-    from peftbench.latency.timer import MIN_ROUNDS_TO_JUDGE
-    from peftbench.system.memory import neighbour_flags
-
     doubts = []
     rounds = (lat.get("plan") or {}).get("rounds")
     if rounds is not None and rounds < MIN_ROUNDS_TO_JUDGE:

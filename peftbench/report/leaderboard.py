@@ -1,4 +1,4 @@
-"""Leaderboard rows computed from run files (pure data; ``report.py`` renders them)."""
+"""Leaderboard rows computed from run files (pure data; ``leaderboard_table.py`` renders them)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import statistics
 from typing import Any
 
 from peftbench.latency.summary import latency_headline
-from peftbench.report.stats import mean_ci
+from peftbench.report.stats import compare_runs, mean_ci, separable
 from peftbench.system.memory import neighbour_flags
 
 
@@ -78,8 +78,6 @@ def _mark_ties(rows: list[dict[str, Any]], metric: str) -> None:
     """Compare every method with the best-scoring one (paired over seeds, or a paired bootstrap over
     examples, or a normal approximation: see ``stats.compare_runs``); a method whose difference has a 95 %
     CI containing 0 is tied with the best, not ranked below it."""
-    from peftbench.report.stats import compare_runs, separable
-
     ranked = [r for r in rows if r["method"] != "base" and r["score"] is not None]
     for r in rows:
         r["vs_best"], r["tied_with_best"] = None, None

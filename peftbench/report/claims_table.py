@@ -1,0 +1,47 @@
+"""The claims table: each claim's measured value and 95 % CI against its claimed range, with the verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftbench.report.cell_text import DASH
+
+VERDICT_COLORS = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
+
+CAPTION = ("verdict: holds = the 95% CI lies inside the claimed range; does not hold = entirely outside; "
+           "inconclusive = it straddles a bound; (no CI) = one measurement, judged by its value; (timing suspect) = "
+           "the latency harness flagged its own figure (sanity check, shared GPU, busy host). Definitions "
+           "and sources: docs/claims.md and peftbench/report/claims.yaml.")
+
+
+def claims_table(results: list[dict[str, Any]], title: str = "") -> Any:
+    """A row per result of ``peftbench.report.claims.check``."""
+    from rich.table import Table
+
+    from peftbench.report.claims import load_claims
+
+    quantity = {c["id"]: c["quantity"] for c in load_claims()}
+    t = Table(title=f"{title}claims checked against these results", title_justify="left", header_style="bold")
+    for col in ("claim", "on", "measured", "95% CI", "claimed", "verdict"):
+        t.add_column(col, justify="right" if col in ("measured", "95% CI", "claimed") else "left")
+    for r in results:
+        q = quantity.get(r["id"], "")
+        lo, hi = r["range"]
+        claimed = (f">= {_claim_value(q, lo)}" if hi is None else f"<= {_claim_value(q, hi)}" if lo is None
+                   else f"{_claim_value(q, lo)} to {_claim_value(q, hi)}")
+        ci = DASH if not r["ci95"] else f"[{_claim_value(q, r['ci95'][0])}, {_claim_value(q, r['ci95'][1])}]"
+        color = VERDICT_COLORS.get(r["verdict"].split(" (")[0], "white")
+        t.add_row(r["claim"], r["task"], _claim_value(q, r["value"]), ci, claimed, f"[{color}]{r['verdict']}[/]")
+    t.caption = CAPTION
+    return t
+
+
+def _claim_value(quantity: str, value: float) -> str:
+    """A value in the claim's own unit: a share or a change in percent, a ratio as a multiple."""
+    if quantity in ("share_of_full", "relative_gap", "latency_overhead"):
+        return f"{value * 100:.1f}%" if quantity == "share_of_full" else f"{value * 100:+.1f}%"
+    if quantity == "trainable_pct":
+        return f"{value:.2f}%"
+    if quantity == "merge_score_change":
+        return f"{value * 100:+.2f}%"
+    return f"{value:,.2f}x" if value < 10 else f"{value:,.0f}x"

@@ -1,0 +1,117 @@
+"""Results folders: one folder's data and the tables ``peftbench report`` prints for it, and several folders
+(e.g. sessions made in separate GPU calls) merged into one set of runs and latency results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from peftbench.errors import UsageError
+from peftbench.report.latency_table import latency_tables, run_latencies
+from peftbench.report.leaderboard_table import leaderboard_tables
+from peftbench.report.merge_table import merge_tables
+
+
+def folder_data(output: Path) -> dict[str, Any]:
+    """A results folder as one JSON-able dict: a run session's session and runs, or a latency session's."""
+    if not any((output / name).exists() for name in ("session.json", "runs", "latency")):
+        raise UsageError(f"{output}: not a peftbench results folder (no session.json, runs/ or latency/).")
+    if (output / "latency").is_dir():
+        from peftbench.session.latency_only import load_latency
+
+        session, results = load_latency(output)
+        return {"session": session, "latency": results}
+    from peftbench.results.store import load_runs, load_session, verify_run_files
+
+    session = load_session(output)
+    verify_run_files(output, session)
+    return {"session": session, "runs": list(load_runs(output).values())}
+
+
+def folder_tables(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """The tables ``peftbench report`` prints for a results folder, and the methods that failed there
+    (latency sessions; a run session shows failures in its leaderboard)."""
+    data = folder_data(output)
+    session = data["session"]
+    if "latency" in data:
+        results = data["latency"]
+        ok = {m: r["latency"] for m, r in results.items() if r.get("status") == "ok" and r.get("latency")}
+        model = (session.get("model") or {}).get("source", "?")
+        gpu = (session.get("env") or {}).get("gpu") or (session.get("env") or {}).get("device", "?")
+        failed = {m: r for m, r in results.items() if r.get("status") != "ok"}
+        return (latency_tables(ok, title=f"{model} ({gpu}) — ") if ok else []), failed
+    runs = data["runs"]
+    tables = leaderboard_tables(session, runs) + merge_tables(runs)
+    for task, lats in run_latencies(runs).items():
+        tables += latency_tables(lats, title=f"{task} — ")
+    return tables, {}
+
+
+# ---- several folders at once (report, claims) ---------------------------------------------------------------
+def load_folders(folders: list[Path], allow_mixed: bool = False) -> dict[str, Any]:
+    """Merge result folders (e.g. sessions made in several GPU calls): their runs and their latency results.
+    Folders of different base models, or of different versions of a task, are refused unless
+    ``allow_mixed``: their numbers do not compare."""
+    runs: list[dict[str, Any]] = []
+    latency: dict[str, dict[str, Any]] = {}  # method -> the first latency section found for it
+    sessions: list[tuple[Path, dict[str, Any]]] = []
+    for folder in folders:
+        data = folder_data(Path(folder))
+        sessions.append((Path(folder), data["session"]))
+        if "latency" in data:
+            for method, r in data["latency"].items():
+                if r.get("status") == "ok" and r.get("latency"):
+                    latency.setdefault(method, r["latency"])
+        else:
+            _add_runs(runs, latency, data["runs"], folder)
+    if not allow_mixed:
+        _refuse_mixed(folders, [session for _, session in sessions])
+    return {"sessions": sessions, "runs": runs, "latency": latency}
+
+
+def _add_runs(runs: list[dict[str, Any]], latency: dict[str, dict[str, Any]], new: list[dict[str, Any]],
+              folder: Path) -> None:
+    """Append one folder's runs, refusing a cell an earlier folder already holds; note each method's latency."""
+    seen = {(r["method"], r["task"], r["seed"]) for r in runs}
+    for r in new:
+        if (r["method"], r["task"], r["seed"]) in seen:
+            raise UsageError(f"{folder}: {r['key']} is also in an earlier folder; merge sessions of different "
+                             "cells only (or pass one of them).")
+        runs.append(r)
+        lat = r.get("latency") or {}
+        if r.get("status") == "ok" and lat.get("regimes") and r["method"] not in latency:
+            latency[r["method"]] = lat
+
+
+def _refuse_mixed(folders: list[Path], sessions: list[dict[str, Any]]) -> None:
+    """Raise when the folders measured different base models or different versions of a task."""
+    models: dict[str, list[str]] = {}
+    versions: dict[str, set[Any]] = {}
+    for folder, session in zip(folders, sessions, strict=True):
+        model = (session.get("model") or {}).get("source") or (session.get("config") or {}).get("model")
+        if model:
+            models.setdefault(model, []).append(str(folder))
+        for name, info in (session.get("tasks") or {}).items():
+            versions.setdefault(name, set()).add(info.get("version"))
+    if len(models) > 1:
+        raise UsageError("these folders measured different base models (" + "; ".join(
+            f"{m}: {', '.join(fs)}" for m, fs in models.items()) + "); pass --allow-mixed to merge anyway.")
+    mixed = {t: v for t, v in versions.items() if len(v) > 1}
+    if mixed:
+        raise UsageError("these folders used different versions of task(s) " + ", ".join(
+            f"{t} ({', '.join(map(str, sorted(v, key=str)))})" for t, v in mixed.items())
+            + "; pass --allow-mixed to merge anyway.")
+
+
+def merged_session(sessions: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """A session record standing for several run sessions: their tasks, the first one's model and env."""
+    run_sessions = [s for _, s in sessions if s.get("kind") != "latency"]
+    if not run_sessions:
+        return {}
+    first = dict(run_sessions[0])
+    tasks: dict[str, Any] = {}
+    for s in run_sessions:
+        for name, info in (s.get("tasks") or {}).items():
+            tasks.setdefault(name, info)
+    first["tasks"] = tasks
+    return first
