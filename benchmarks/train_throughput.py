@@ -93,7 +93,7 @@ def flops_per_token(n: int, trainable: int, full: bool, layers: int, hidden: int
 
 def random_data(vocab: int, rows: int, seq: int, seed: int = 0, lengths: tuple[int, int] | None = None):
     """Random token rows of ``seq`` tokens, or of lengths drawn uniformly from ``lengths`` (inclusive)."""
-    from peftbench.train.loop import TrainData
+    from peftbench.train.batching import TrainData
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, vocab - 1, (rows, seq), generator=g).tolist()

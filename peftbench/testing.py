@@ -58,8 +58,9 @@ def probe_batch(tokenizer):
 
 
 def train_steps(method, model, tokenizer, steps: int = 3, lr: float = 1e-2, seed: int = 0):
+    from peftbench.train.batching import tokenize_pairs
     from peftbench.train.config import TrainConfig
-    from peftbench.train.loop import tokenize_pairs, train
+    from peftbench.train.loop import train
 
     pairs = [(f"Sentence: item {i}\nTag:", f" {'dax wug fep lum'.split()[i % 4]}") for i in range(16)]
     data = tokenize_pairs(pairs, tokenizer, 64)

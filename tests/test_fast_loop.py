@@ -8,10 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from peftbench.errors import ConfigError
+from peftbench.train import batching, compiling, plan
 from peftbench.train import loop as training
+from peftbench.train.batching import TrainData, collate, collate_packed, pack_rows
 from peftbench.train.config import TrainConfig
-from peftbench.train.loop import TrainData, answer_loss, collate, collate_packed, pack_rows, train
-from peftbench.train.loss import linear_cross_entropy
+from peftbench.train.loop import train
+from peftbench.train.loss import answer_loss, decoder_and_head, linear_cross_entropy
 
 
 def _tiny():
@@ -117,7 +119,7 @@ def test_packed_and_chunked_loss_and_gradients_equal_the_padded_plain_ones(chunk
     for g, r in zip(grads, ref_grads, strict=True):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-4)
     # the labelled positions found on the host (what the loop passes: no sync on the device) select the same
-    located = answer_loss(model, {**packed, **training.label_positions(packed["labels"])}, chunked=chunked)
+    located = answer_loss(model, {**packed, **batching.label_positions(packed["labels"])}, chunked=chunked)
     assert located.item() == out.item()
     for g, r in zip(torch.autograd.grad(located, list(model.parameters())), grads, strict=True):
         assert torch.equal(g, r)
@@ -152,7 +154,7 @@ def _sync_sites_of_a_step(naive: bool, chunked: bool) -> list[str]:
     data = _data(8, seed=4, lo=20, hi=21)
     packed = collate_packed(data, list(range(8)))
     batch = {k: v.to("cuda", non_blocking=True) for k, v in
-             {**packed, **training.label_positions(packed["labels"])}.items() if k != "num_tokens"}
+             {**packed, **batching.label_positions(packed["labels"])}.items() if k != "num_tokens"}
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -180,12 +182,12 @@ def test_a_fast_step_does_not_sync_the_device_between_its_batch_and_its_loss(chu
     assert not [s for s in fast if "peftbench" in s or "autograd" in s], fast
     assert len(fast) <= 1 and all("masking_utils" in s for s in fast), fast
     naive = _sync_sites_of_a_step(naive=True, chunked=False)
-    assert any("peftbench" in s and "training.py" in s for s in naive), naive
+    assert any("peftbench" in s and "loss.py" in s for s in naive), naive
 
 
 def test_label_positions_index_the_hidden_states_that_predict_a_label():
     labels = torch.tensor([[-100, 7, 8, -100], [-100, -100, 5, 6]])
-    pos = training.label_positions(labels)
+    pos = batching.label_positions(labels)
     assert pos["label_index"].tolist() == [0, 1, 5, 6]  # row * 4 + t, where labels[row, t + 1] is set
     assert pos["label_targets"].tolist() == [7, 8, 5, 6]
 
@@ -232,7 +234,7 @@ def test_gradient_accumulation_and_checkpointing_keep_the_loss_curve():
 
 
 def test_compiled_blocks_train_like_eager_ones_and_are_uncompiled_after(monkeypatch):
-    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")  # dynamo + autograd capture, no C++ build
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", "aot_eager")  # dynamo + autograd capture, no C++ build
     ref, comp, model = _eager_and_compiled(4)
     assert comp.loop["compile"].startswith("blocks x")
     assert [b for _, b in comp.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-4)
@@ -247,7 +249,7 @@ def test_a_block_that_fails_to_compile_is_recorded_and_trained_uncompiled(monkey
     def _raise(*a, **k):
         raise RuntimeError("inductor: no kernel for this op")
 
-    monkeypatch.setattr(training, "compile_blocks", broken)
+    monkeypatch.setattr(compiling, "compile_blocks", broken)
     ref, res, _ = _eager_and_compiled(3)
     assert res.loop["compile"].startswith("failed at step 1, off: RuntimeError: inductor")
     assert [b for _, b in res.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-5)
@@ -275,11 +277,11 @@ def test_a_model_whose_attention_ignores_packing_trains_padded(monkeypatch):
     """An architecture that builds its own (plain causal) mask would let packed examples see each other: the
     loop checks the model itself and falls back to padded batches, saying why."""
     model = _tiny()
-    assert training.packing_leak(model, model.model) is None  # the llama mask honours packed position ids
+    assert plan.packing_leak(model, model.model) is None  # the llama mask honours packed position ids
     from transformers import masking_utils
 
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
-    assert "change by" in training.packing_leak(model, model.model)
+    assert "change by" in plan.packing_leak(model, model.model)
     res, _ = _run(TrainConfig(steps=2, batch_size=8, lr=3e-3), model)
     assert res.loop["padding_free"] is False
     assert any("does not honour packed position ids" in n for n in res.loop["notes"])
@@ -287,14 +289,14 @@ def test_a_model_whose_attention_ignores_packing_trains_padded(monkeypatch):
 
 def test_compile_auto_compiles_only_runs_long_enough_to_pay_it_back():
     model = _tiny()
-    short = training.plan_loop(model, TrainConfig(), "cuda", steps=training.COMPILE_MIN_STEPS - 1)
+    short = plan.plan_loop(model, TrainConfig(), "cuda", steps=plan.COMPILE_MIN_STEPS - 1)
     assert short["compile"] == "off" and short["_blocks"] is None
-    assert any(f"this one plans {training.COMPILE_MIN_STEPS - 1}" in n for n in short["notes"])
-    long = training.plan_loop(model, TrainConfig(), "cuda", steps=training.COMPILE_MIN_STEPS)
+    assert any(f"this one plans {plan.COMPILE_MIN_STEPS - 1}" in n for n in short["notes"])
+    long = plan.plan_loop(model, TrainConfig(), "cuda", steps=plan.COMPILE_MIN_STEPS)
     assert long["compile"] == "blocks x2" and not long["notes"]
-    forced = training.plan_loop(model, TrainConfig(compile="on"), "cuda", steps=10)
+    forced = plan.plan_loop(model, TrainConfig(compile="on"), "cuda", steps=10)
     assert forced["compile"] == "blocks x2"
-    assert training.plan_loop(model, TrainConfig(), "cpu", steps=10_000)["compile"] == "off"  # auto: CUDA only
+    assert plan.plan_loop(model, TrainConfig(), "cpu", steps=10_000)["compile"] == "off"  # auto: CUDA only
 
 
 def test_kernels_that_round_by_token_count_are_not_a_packing_leak():
@@ -308,7 +310,7 @@ def test_kernels_that_round_by_token_count_are_not_a_packing_leak():
 
     handle = model.model.layers[0].mlp.register_forward_hook(by_length)
     try:
-        assert training.packing_leak(model, model.model) is None
+        assert plan.packing_leak(model, model.model) is None
     finally:
         handle.remove()
 
@@ -325,7 +327,7 @@ def test_compiled_blocks_round_like_eager_kernels(monkeypatch):
         seen.append(inductor_config.emulate_precision_casts)
         return gm.forward
 
-    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", backend)
     assert inductor_config.emulate_precision_casts is False
     res, _ = _run(TrainConfig(steps=2, batch_size=8, lr=3e-3, compile="on"))
     assert seen and all(seen)
@@ -342,7 +344,7 @@ def test_varying_lengths_compile_for_dynamic_shapes_once(monkeypatch):
         graphs.append(gm)
         return gm.forward
 
-    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", backend)
     res, _ = _run(TrainConfig(steps=12, batch_size=8, lr=1e-3, compile="on", chunked_loss=False),  # blocks only
                   data=_data(96, seed=1, lo=4, hi=60))
     assert res.loop["compile"].endswith("dynamic shapes")
@@ -357,7 +359,7 @@ def test_cuda_graphs_are_asked_for_only_where_they_can_work(monkeypatch):
     """compile_mode=reduce-overhead compiles the blocks with CUDA graphs; with batches of varying shape (a graph
     per shape) or off CUDA it is not used, and the run's notes say why."""
     asked = []
-    monkeypatch.setattr(training, "compile_blocks", lambda blocks, dynamic=False, mode="default": asked.append(mode))
+    monkeypatch.setattr(compiling, "compile_blocks", lambda blocks, dynamic=False, mode="default": asked.append(mode))
     fixed = TrainData([[5 + (i + k) % 80 for k in range(16)] for i in range(32)], [1] * 32, pad_id=0)
     res, _ = _run(TrainConfig(steps=2, batch_size=8, compile="on", compile_mode="reduce-overhead"), data=fixed)
     assert asked == ["default"] and "CUDA graphs need a CUDA device" in " ".join(res.loop["notes"])
@@ -373,10 +375,10 @@ def test_cuda_graphs_are_asked_for_only_where_they_can_work(monkeypatch):
 
     asked.clear()
     monkeypatch.undo()
-    training.compile_blocks(torch.nn.ModuleList([Block(2, 2), Block(2, 2)]), mode="reduce-overhead")
+    compiling.compile_blocks(torch.nn.ModuleList([Block(2, 2), Block(2, 2)]), mode="reduce-overhead")
     assert [a.get("mode") for a in asked] == ["reduce-overhead"] * 2
     asked.clear()
-    training.compile_blocks(torch.nn.ModuleList([Block(2, 2)]))
+    compiling.compile_blocks(torch.nn.ModuleList([Block(2, 2)]))
     assert "mode" not in asked[0]  # torch's own default
 
 
@@ -392,7 +394,7 @@ def test_the_fused_loss_kernel_compiles_once_for_every_token_count(monkeypatch):
         graphs.append(gm)
         return aot_eager(gm, example_inputs)
 
-    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", backend)
     res, _ = _run(TrainConfig(steps=12, batch_size=8, lr=1e-3, compile="on"), data=_data(96, seed=1, lo=4, hi=60))
     assert res.loop["chunked_loss_kernel"] == "fused"
     loss_graphs = [g for g in graphs if "logsumexp" in g.code]
@@ -405,7 +407,7 @@ def test_models_that_transform_their_logits_use_their_own_forward(attr, value):
     loss, so such models train through their own forward (and say so)."""
     model = _tiny()
     setattr(model.config, attr, value)
-    assert training._decoder_and_head(model) is None
+    assert decoder_and_head(model) is None
     res, _ = _run(TrainConfig(steps=2, batch_size=8, lr=1e-3), model)
     assert res.loop["padding_free"] is False and res.loop["chunked_loss"] is False
     assert any("need the model's decoder and head apart" in n for n in res.loop["notes"])
@@ -427,7 +429,7 @@ def test_a_compile_failure_at_a_later_step_redoes_that_step_uncompiled(monkeypat
         for block in blocks:
             block._compiled_call_impl = impl(block)
 
-    monkeypatch.setattr(training, "compile_blocks", flaky)
+    monkeypatch.setattr(compiling, "compile_blocks", flaky)
     ref, res, model = _eager_and_compiled(4)
     assert res.loop["compile"].startswith("failed at step 3, off: RuntimeError: inductor: recompilation")
     assert [b for _, b in res.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-5)
@@ -465,7 +467,7 @@ def test_fused_chunk_kernel_equals_the_eager_one_and_falls_back(monkeypatch):
 
 
 def test_compiled_loop_records_the_fused_loss_kernel(monkeypatch):
-    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", "aot_eager")
     ref, comp, _ = _eager_and_compiled(3)
     assert ref.loop["chunked_loss_kernel"] == "eager" and comp.loop["chunked_loss_kernel"] == "fused"
     assert [b for _, b in comp.losses] == pytest.approx([a for _, a in ref.losses], rel=1e-4)

@@ -5,8 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from peftbench.errors import ConfigError
+from peftbench.train.batching import TrainData, batches, collate, tokenize_pairs
 from peftbench.train.config import TrainConfig
-from peftbench.train.loop import TrainData, answer_loss, batches, collate, lr_at, tokenize_pairs, train
+from peftbench.train.loop import train
+from peftbench.train.loss import answer_loss
+from peftbench.train.optim import lr_at
 
 
 class CharTok:

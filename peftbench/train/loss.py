@@ -1,4 +1,8 @@
-"""Cross-entropy through the language-model head without a (tokens x vocabulary) logits tensor.
+"""The training loss: mean cross-entropy over the answer tokens.
+
+``answer_loss`` runs the model on a micro-batch and scores the tokens that carry a label. The naive loop uses
+the model's own forward and its full logits; the fast one runs the transformer body alone and the LM head only
+on the labelled positions, and, with ``chunked``, through ``linear_cross_entropy``.
 
 ``linear_cross_entropy(hidden, weight, labels)`` equals ``F.cross_entropy(F.linear(hidden, weight).float(),
 labels)``, but runs the head a chunk of tokens at a time and computes both gradients (of the hidden states
@@ -15,6 +19,55 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunked: bool = False,
+                naive: bool = False) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (positions with a label). ``naive``: the model's own forward
+    and full logits; ``chunked``: the head and the loss a chunk of tokens at a time (``linear_cross_entropy``)."""
+    labels = batch["labels"][:, 1:]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    parts = None if naive else decoder_and_head(model)
+    if parts is None:  # generic path: full logits
+        logits = model(**inputs).logits
+        keep = labels != -100
+        return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep])
+    decoder, head = parts
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    if "label_index" in batch:  # the labelled positions, found on the host: no device-to-host sync here
+        hidden, targets = hidden.flatten(0, 1).index_select(0, batch["label_index"]), batch["label_targets"]
+    else:
+        keep = labels != -100
+        hidden, targets = hidden[:, :-1][keep], labels[keep]
+    if chunked and is_plain_linear(head):
+        return linear_cross_entropy(hidden, head.weight, targets)
+    return F.cross_entropy(head(hidden).float(), targets)
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The transformer body and the LM head, so the head runs only where the loss needs it. ``None``
+    when the model does not expose them (or a PEFT prompt-learning method needs its own forward)."""
+    cfg = getattr(model, "active_peft_config", None)
+    if cfg is not None and getattr(cfg, "is_prompt_learning", False):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return None  # the model transforms its logits after the head (Gemma 2 soft-capping, Cohere's scale)
+    get_dec, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    if not (callable(get_dec) and callable(get_head)):
+        return None
+    dec, head = get_dec(), get_head()
+    return (dec, head) if dec is not None and head is not None else None
+
+
+def is_plain_linear(head: torch.nn.Module) -> bool:
+    """Whether ``head`` is a bias-free ``nn.Linear`` (what ``linear_cross_entropy`` computes)."""
+    return type(head) is torch.nn.Linear and head.bias is None
+
+
+# ---- the chunked linear cross-entropy ---------------------------------------------------------------------
 
 LOGITS_PER_CHUNK = 2**26  # fp32 elements of one chunk's logits (256 MiB)
 
