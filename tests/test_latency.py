@@ -23,19 +23,14 @@ from peftbench.api.plugins import make_plugin_manager
 from peftbench.api.registry import collect_methods
 from peftbench.errors import ConfigError, NotSupported, PluginError
 from peftbench.latency import timer as lat
-from peftbench.latency.config import LatencyConfig
-from peftbench.latency.timer import (
-    Clock,
-    LatencyPlan,
-    _eager_round,
-    _static_round,
-    cast_floating,
-    headline,
-    latency_dtype,
-    measure,
-    overhead,
-    summarize,
-)
+from peftbench.latency.casting import cast_floating, latency_dtype
+from peftbench.latency.clock import Clock
+from peftbench.latency.config import LatencyConfig, LatencyPlan
+from peftbench.latency.eager import eager_round
+from peftbench.latency.static import static_round
+from peftbench.latency.stats import overhead, summarize
+from peftbench.latency.summary import latency_headline
+from peftbench.latency.timer import measure
 from peftbench.models.sources import load_model
 from peftbench.report.latency_table import latency_tables
 from peftbench.report.leaderboard import rows_for_task
@@ -133,7 +128,7 @@ def test_measure_grid_on_tiny_llama():
         (r, b, p, "merged") for r in ("eager", "static") for b in (1, 2) for p in (4, 6)]
     assert out["sanity_ok"] == all(s["ok"] for s in out["sanity"])
     first = out["regimes"]["static"][0]  # both regimes timed: the headline is the reproducible static one
-    assert out["summary"] == headline(out) == {
+    assert out["summary"] == latency_headline(out) == {
         "regime": "static", "batch_size": 1, "prompt_tokens": 4,
         "overhead": {"unmerged": first["overhead"]["unmerged"]["ratio"], "merged": first["overhead"]["merged"]["ratio"]},
         "ci95": {"unmerged": first["overhead"]["unmerged"]["ci95"], "merged": first["overhead"]["merged"]["ci95"]}}
@@ -144,15 +139,15 @@ def test_measure_grid_on_tiny_llama():
 
 def test_headline_skips_empty_regimes_and_handles_nothing():
     cell = {"batch_size": 8, "prompt_tokens": 128, "overhead": {"unmerged": {"ratio": 0.25, "ci95": [0.2, 0.3]}}}
-    got = headline({"regimes": {"static": [], "eager": [cell, {**cell, "batch_size": 1}]}})
+    got = latency_headline({"regimes": {"static": [], "eager": [cell, {**cell, "batch_size": 1}]}})
     assert got == {"regime": "eager", "batch_size": 8, "prompt_tokens": 128, "overhead": {"unmerged": 0.25},
                    "ci95": {"unmerged": [0.2, 0.3]}}
-    assert headline({}) == {} and headline({"regimes": {"eager": []}}) == {}
+    assert latency_headline({}) == {} and latency_headline({"regimes": {"eager": []}}) == {}
     # static preferred wherever it sits; the leaderboard reads a file whose stored summary (written before that
     # rule) names eager the same way
     static = {**cell, "overhead": {"unmerged": {"ratio": 0.4, "ci95": [0.39, 0.41]}}}
     grid = {"regimes": {"eager": [cell], "static": [static]}}
-    assert headline(grid)["regime"] == "static" and headline(grid)["overhead"] == {"unmerged": 0.4}
+    assert latency_headline(grid)["regime"] == "static" and latency_headline(grid)["overhead"] == {"unmerged": 0.4}
     from peftbench.report.leaderboard import _latency_headline
 
     assert _latency_headline({**grid, "summary": {"regime": "eager", "overhead": {"unmerged": 0.25}}}) == {"unmerged": 0.4}
@@ -386,7 +381,7 @@ def test_static_round_matches_greedy_generate(new_tokens):
     model = tiny()
     ids = ids_of(batch=2, length=9, seed=3)
     got: list[torch.Tensor] = []
-    prefill, decode, mean = _static_round(model, ids, new_tokens, Clock("cpu"), collect=got)
+    prefill, decode, mean = static_round(model, ids, new_tokens, Clock("cpu"), collect=got)
     assert prefill > 0 and decode > 0 and mean == decode
     assert len(got) == new_tokens and all(t.shape == (2, 1) for t in got)
     assert all((t != model.config.eos_token_id).all() for t in got)  # generate's min_new_tokens would ban EOS
@@ -407,7 +402,7 @@ def test_static_round_matches_generate_on_a_lora_model(registry):
     infer = lora.inference_model(model).eval()
     ids = ids_of(batch=2, length=9, seed=5)
     got: list[torch.Tensor] = []
-    _static_round(infer, ids, 5, Clock("cpu"), collect=got)
+    static_round(infer, ids, 5, Clock("cpu"), collect=got)
     got = torch.cat(got, dim=1)
     # the static loop is plain argmax; generate's min_new_tokens bans EOS: the two agree while EOS never wins
     assert (got != infer.config.eos_token_id).all(), got
@@ -909,12 +904,12 @@ def test_eager_decode_is_the_median_of_the_steps_exact():
     ids = ids_of(batch=1, length=5)
     # start, then one mark per new token (ms): steps 2, 2, 52 (a stall), 2, 2, 2, 2
     ms = [0, 10, 12, 14, 66, 68, 70, 72, 74]
-    prefill, decode, mean = _eager_round(model, ids, 8, ScriptedClock([t / 1000 for t in ms]))
+    prefill, decode, mean = eager_round(model, ids, 8, ScriptedClock([t / 1000 for t in ms]))
     assert prefill == pytest.approx(10.0)
     assert decode == pytest.approx(2.0)                   # the median step: the stall does not count
     assert mean == pytest.approx(64 / 7)                   # (last - first) / steps, what was reported before
     # an even number of steps: the median is the middle pair's mean
-    prefill, decode, mean = _eager_round(model, ids, 5, ScriptedClock([t / 1000 for t in (0, 3, 4, 6, 9, 13)]))
+    prefill, decode, mean = eager_round(model, ids, 5, ScriptedClock([t / 1000 for t in (0, 3, 4, 6, 9, 13)]))
     assert (prefill, decode, mean) == pytest.approx((3.0, 2.5, 2.5))   # steps 1, 2, 3, 4
 
 
@@ -924,12 +919,12 @@ def test_one_slow_step_moves_the_median_far_less_than_the_mean():
     model = tiny()
     ids = ids_of(batch=1, length=6)
     clock, stall_ms, steps = Clock("cpu"), 50.0, 7
-    _eager_round(model, ids, 8, clock)  # warm-up
+    eager_round(model, ids, 8, clock)  # warm-up
     clean, stalled, slept = [], [], []
     for _ in range(3):  # interleaved, the median of three rounds each
-        clean.append(_eager_round(model, ids, 8, clock))
+        clean.append(eager_round(model, ids, 8, clock))
         with stalled_once(model, call=4, seconds=stall_ms / 1000) as m:  # forward 4: the 3rd decode step
-            stalled.append(_eager_round(m, ids, 8, clock))
+            stalled.append(eager_round(m, ids, 8, clock))
             slept += m.forward.slept
     assert "forward" not in vars(model) and len(slept) == 3
     stall_ms = 1000 * statistics.median(slept)  # the stall as it happened (50 ms asked; more on a busy machine)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+MIN_ROUNDS_TO_JUDGE = 3  # a CI from 1-2 rounds says nothing: the sanity check and the claims do not judge it
+
 
 def headline_regime(latency: dict[str, Any]) -> str | None:
     """The regime a latency section's headline figures come from: static when it was timed -- it reproduces

@@ -50,7 +50,7 @@ from peftbench.latency.summary import latency_headline
 from peftbench.system.memory import host_cpu_state
 
 ModeFactory = Callable[[], contextlib.AbstractContextManager]
-Where = tuple[str, int, int]  # regime, batch size, prompt tokens: a cell's place in the grid
+GridKey = tuple[str, int, int]  # regime, batch size, prompt tokens: a cell's place in the grid
 ROUNDS: dict[str, Callable[..., RoundTimes]] = {"eager": eager_round, "static": static_round}  # per regime
 
 # eager warm-up decodes the full length: the dynamic cache grows every step, and a short warm-up left the
@@ -86,8 +86,9 @@ def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab
     for regime in plan.regimes:
         cells = out["regimes"][regime] = []
         for batch, length in itertools.product(plan.batch_sizes, plan.prompt_lengths):
-            if (regime, batch, length) in kept:  # timed by an earlier, interrupted process
-                cells.append(_keep_cell(kept[(regime, batch, length)], (regime, batch, length), done, out))
+            key = (regime, batch, length)
+            if key in kept:  # timed by an earlier, interrupted process
+                cells.append(_keep_cell(kept[key], key, done, out))
                 continue
             if progress:
                 progress(f"latency {regime} bs{batch} x {length}")
@@ -101,7 +102,7 @@ def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab
 
 
 # ---- continuing an interrupted grid ----------------------------------------------------------------------
-def _kept_cells(done: dict[str, Any] | None, out: dict[str, Any]) -> dict[Where, dict[str, Any]]:
+def _kept_cells(done: dict[str, Any] | None, out: dict[str, Any]) -> dict[GridKey, dict[str, Any]]:
     """The cells of an earlier section ``done`` that can be kept: only when it timed the same plan and modes
     (anything else would mix grids), and only complete cells (every mode timed or failed)."""
     if not done or done.get("plan") != out["plan"] or done.get("modes") != out["modes"]:
@@ -123,16 +124,16 @@ def _carry_wall_time(done: dict[str, Any], out: dict[str, Any]) -> None:
                 out["wall_s"][regime][mode] = seconds
 
 
-def _keep_cell(cell: dict[str, Any], where: Where, done: dict[str, Any],
+def _keep_cell(cell: dict[str, Any], key: GridKey, done: dict[str, Any],
                out: dict[str, Any]) -> dict[str, Any]:
     """A kept cell comes with its sanity entries and errors."""
-    out["sanity"] += [s for s in done.get("sanity", []) if _where(s) == where]
-    out["errors"] += [e for e in done.get("errors", []) if _where(e) == where]
+    out["sanity"] += [s for s in done.get("sanity", []) if _grid_key(s) == key]
+    out["errors"] += [e for e in done.get("errors", []) if _grid_key(e) == key]
     out["resumed_cells"] += 1
     return cell
 
 
-def _where(entry: dict[str, Any]) -> Where:
+def _grid_key(entry: dict[str, Any]) -> GridKey:
     return entry.get("regime"), entry.get("batch_size"), entry.get("prompt_tokens")
 
 
