@@ -1,7 +1,7 @@
-"""Re-render the result tables the docs show from the committed result folders, in place: each
-`**<title>**` block followed by a Markdown table is replaced by the current rendering of the folder whose
-table has that title. tests/test_results_docs.py fails when the docs and the files disagree; run this after
-changing either (and read the diff).
+"""Re-render the result tables the docs and the result folders' READMEs show from the committed result
+files, in place: each `**<title>**` block followed by a Markdown table is replaced by the current rendering
+of the source whose table has that title. tests/test_results_docs.py fails when a page and the files
+disagree; run this after changing either (and read the diff).
 
     python benchmarks/render_docs.py
 """
@@ -18,53 +18,65 @@ sys.path.insert(0, str(ROOT))
 from peftbench.report.folders import folder_tables  # noqa: E402
 from peftbench.report.markdown import render_markdown  # noqa: E402
 
-RENDERED = [  # (doc, result folder): tests/test_results_docs.py checks each of these
+THROUGHPUT = "results/throughput-gpu/"
+LATENCY = "results/latency-gpu/"
+RENDERED = [  # (page, source): tests/test_results_docs.py checks each of these. A source is a result folder
+    # (`peftbench report DIR --markdown`) or a benchmarks/train_throughput.py results file (.json: its
+    # --markdown); "SOURCE#TEXT" keeps only the tables whose title contains TEXT (the rest shown elsewhere).
+    # Within a page the entries are in the order of its tables.
     ("README.md", "results/quickstart-cpu"),
     ("docs/tasks.md", "results/tasks-gpu/sst2"),
     ("docs/tasks.md", "results/tasks-gpu/boolq"),
     ("docs/tasks.md", "results/tasks-gpu/arc_easy"),
-    ("docs/latency.md", "results/latency-gpu/latency-grid-A"),
-    ("docs/latency.md", "results/latency-gpu/latency-stack-fix-A"),
-    ("docs/latency.md", "results/latency-gpu/latency-qlora-stack-fix"),
-    ("docs/latency.md", "results/latency-gpu/latency-eager-lora-wrapped-merge"),
-    ("docs/latency.md", "results/latency-gpu/latency-one-shape-median"),
-    ("docs/latency.md", "results/latency-gpu/latency-one-shape-warm-cache"),
-    ("docs/latency.md", "results/latency-gpu/latency-grid-A-side-by-side"),
-    ("docs/latency.md", "results/latency-gpu/latency-one-shape-side-by-side"),
-    ("docs/latency.md", "results/latency-gpu/latency-grid-eager-B"),
-    ("docs/latency.md", "results/latency-gpu/latency-one-shape-slow-host"),
+    ("docs/latency.md", LATENCY + "latency-grid-A"),
+    ("docs/latency.md", LATENCY + "latency-stack-fix-A"),
+    ("docs/latency.md", LATENCY + "latency-qlora-stack-fix"),
+    ("docs/latency.md", LATENCY + "latency-eager-lora-wrapped-merge"),
+    ("docs/latency.md", LATENCY + "latency-one-shape-median"),
+    ("docs/latency.md", LATENCY + "latency-one-shape-warm-cache"),
+    ("docs/latency.md", LATENCY + "latency-grid-A-side-by-side"),
+    ("docs/latency.md", LATENCY + "latency-one-shape-side-by-side"),
+    ("docs/latency.md", LATENCY + "latency-grid-eager-B"),
+    ("docs/latency.md", LATENCY + "latency-one-shape-slow-host"),
     ("docs/latency.md", "results/reference/8b-shape"),
-    # benchmarks/train_throughput.py results files (a .json path: rendered by its --markdown)
-    ("docs/performance.md", "results/throughput-gpu/ablate.json"),
-    ("docs/performance.md", "results/throughput-gpu/ablate-first.json"),
-    ("docs/performance.md", "results/throughput-gpu/varlen-loss-kernel-recompiling.partial.json"),
-    ("docs/performance.md", "results/throughput-gpu/smol-qa.json"),
-    ("docs/performance.md", "results/throughput-gpu/smol.json"),
-    ("docs/performance.md", "results/throughput-gpu/sst2-loss-kernel-recompiling.json"),
-    ("docs/performance.md", "results/throughput-gpu/ablate-side-by-side.json"),
-    ("docs/performance.md", "results/throughput-gpu/smol-qa-side-by-side.json"),
-    ("docs/performance.md", "results/throughput-gpu/varlen-side-by-side.json"),
-    ("docs/performance.md", "results/throughput-gpu/sst2-side-by-side.json"),
-    ("docs/performance.md", "results/throughput-gpu/ablate-loss-sync-fix.json"),
-    ("docs/performance.md", "results/throughput-gpu/smol-qa-loss-sync-fix.json"),
-    ("docs/performance.md", "results/throughput-gpu/1b.json"),
-    ("docs/performance.md", "results/throughput-gpu/8b-all.json"),
-    ("docs/performance.md", "results/throughput-gpu/8b-all-ckpt.json"),
-    ("docs/performance.md", "results/throughput-gpu/8b.json"),
-    ("docs/performance.md", "results/throughput-gpu/8b-ckpt.json"),
+    ("docs/performance.md", THROUGHPUT + "ablate-loss-sync-fix.json"),
+    ("docs/performance.md", THROUGHPUT + "smol-qa-loss-sync-fix.json"),
+    ("docs/performance.md", THROUGHPUT + "sst2-side-by-side.json"),
+    ("docs/performance.md", THROUGHPUT + "1b.json"),
+    ("docs/results.md", THROUGHPUT + "8b-all.json"),  # the same file as results/reference/8b-shape/throughput.json
+    ("docs/results.md", THROUGHPUT + "8b-all-ckpt.json"),
+    *(("results/throughput-gpu/README.md", THROUGHPUT + name) for name in (
+        "smol.json", "ablate-first.json", "ablate.json", "smol-qa.json",
+        "varlen-loss-kernel-recompiling.partial.json", "sst2-loss-kernel-recompiling.json", "8b.json",
+        "8b-ckpt.json", "ablate-side-by-side.json", "smol-qa-side-by-side.json", "varlen-side-by-side.json",
+        "gc-freeze.json")),
 ]
 
 
+def split(source: str) -> tuple[str, str | None]:
+    """(the result folder or file, the text its kept tables' titles contain, or None for every table)."""
+    path, _, part = source.partition("#")
+    return path, part or None
+
+
 def render(source: str) -> str:
-    """The Markdown the docs show for one entry of RENDERED."""
-    if source.endswith(".json"):
+    """The Markdown a page shows for one entry of RENDERED."""
+    path, part = split(source)
+    if path.endswith(".json"):
         import json
 
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from train_throughput import markdown
 
-        return markdown(json.loads((ROOT / source).read_text()))
-    return render_markdown(folder_tables(ROOT / source)[0])
+        text = markdown(json.loads((ROOT / path).read_text()))
+    else:
+        text = render_markdown(folder_tables(ROOT / path)[0])
+    return text if part is None else select(text, part)
+
+
+def select(markdown: str, part: str) -> str:
+    """The `**title**` + table blocks of ``markdown`` whose title contains ``part``."""
+    return "\n\n".join(markdown[a:b] for title, a, b in blocks(markdown) if part in title) + "\n"
 
 
 def blocks(markdown: str, start: int = 0) -> list[tuple[str, int, int]]:
@@ -78,9 +90,9 @@ def main() -> None:
     changed = []
     cursor: dict[str, int] = {}  # per doc: tables are matched in order, so equal titles stay apart
     texts: dict[str, str] = {}
-    for doc, folder in RENDERED:
+    for doc, source in RENDERED:
         text = texts.setdefault(doc, (ROOT / doc).read_text())
-        fresh = render(folder) + "\n"
+        fresh = render(source) + "\n"
         for title, a, b in blocks(fresh):
             block = fresh[a:b]
             match = next(((s, e) for t, s, e in blocks(text, cursor.get(doc, 0)) if t == title), None)

@@ -1,5 +1,6 @@
-"""Numbers in the docs come from committed result files: every leaderboard the docs show is the verbatim
-``peftbench report DIR --markdown`` of a committed session, so a change to either is caught here."""
+"""Numbers in the docs come from committed result files: every leaderboard the docs and the result folders'
+READMEs show is the verbatim ``peftbench report DIR --markdown`` of a committed session, so a change to either
+is caught here."""
 
 from pathlib import Path
 
@@ -25,15 +26,28 @@ def _render_docs():
 RENDER = _render_docs()
 
 
-@pytest.mark.parametrize(("doc", "session"), [r for r in RENDER.RENDERED if not r[1].endswith(".json")])
-def test_docs_show_the_committed_sessions_leaderboard(doc, session):
+@pytest.mark.parametrize(("doc", "source"), [r for r in RENDER.RENDERED if not RENDER.split(r[1])[0].endswith(".json")])
+def test_docs_show_the_committed_sessions_leaderboard(doc, source):
+    session, part = RENDER.split(source)  # part: only the tables whose title holds it (the rest shown elsewhere)
     folder = ROOT / session
-    table = render_markdown(folder_tables(folder)[0]).strip()
+    table = render_markdown(folder_tables(folder)[0])
+    table = (table if part is None else RENDER.select(table, part)).strip()
     if "latency" in session:  # latency tables: one row per method x shape, no base row
         assert table.count("\n| ") >= 2, "a latency table with at least one row"
     else:
         assert table.count("\n| ") >= 3, "a leaderboard with a base row and at least one method"
     assert table in (ROOT / doc).read_text(), f"{doc} does not show `peftbench report {session} --markdown`"
+
+
+def test_a_source_split_between_pages_shows_each_of_its_tables_once():
+    parts: dict[str, list[str]] = {}
+    for _, source in RENDER.RENDERED:
+        path, part = RENDER.split(source)
+        if part is not None:
+            parts.setdefault(path, []).append(part)
+    for path, kept in parts.items():
+        titles = [title for title, _, _ in RENDER.blocks(RENDER.render(path))]
+        assert titles and all(sum(p in title for p in kept) == 1 for title in titles), (path, kept)
 
 
 @pytest.mark.parametrize(("doc", "source"), [r for r in RENDER.RENDERED if r[1].endswith(".json")])
@@ -193,3 +207,45 @@ def test_reference_verdicts_cited_in_claims_doc():
     assert gain["arc_easy"] < 97 < 99 < gain["boolq"]
     assert "gain share does not hold on arc_easy (below the band) nor on boolq (above it)" in \
         (ROOT / "docs/claims.md").read_text().replace("\n  ", " ")
+
+
+def test_loss_floor_figures_cited_in_the_docs():
+    """docs/performance.md quotes the bf16 noise floor as benchmarks/loss_floor.py prints it; the throughput-cpu
+    README quotes the fp32-weights comparison."""
+    import subprocess
+    import sys
+
+    cpu = "results/throughput-cpu/"
+
+    def floor(*specs):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks/loss_floor.py"), *specs], capture_output=True,
+                              text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()
+
+    doc = (ROOT / "docs/performance.md").read_text()
+    for line in floor(cpu + "sst2-floor-bf16.json:naive", cpu + "sst2-floor-bf16-1thread.json:naive",
+                      cpu + "sst2-floor-bf16.json:compile"):
+        assert f"    {line}\n" in doc, line
+    readme = (ROOT / cpu / "README.md").read_text().replace("\n  ", " ")
+    lines = floor(cpu + "sst2-floor-fp32w-bf16ac.json:naive", cpu + "sst2-floor-fp32w-bf16ac.json:compile")
+    for method, line in zip(("LoRA", "full fine-tuning"), lines[1:], strict=True):
+        step, window = (part.split()[-1].rstrip("%") for part in line.split(": ", 1)[1].split(", "))
+        assert f"{method} {step} % / {window} %" in readme, line
+
+
+def test_eight_b_ratios_cited_in_performance_doc():
+    """docs/performance.md quotes LoRA's tokens/s over full fine-tuning's on the 8B shape, without and with
+    activation checkpointing (the LoRA >= 1.3x target)."""
+    import json
+
+    doc = (ROOT / "docs/performance.md").read_text().replace("\n", " ")
+
+    def ratio(name):
+        rows = {r["method"]: r["variants"]["fast"] for r in json.loads((ROOT / "results/throughput-gpu" / name)
+                                                                        .read_text())["results"]}
+        return rows["lora"]["tokens_per_s"] / rows["full"]["tokens_per_s"]
+
+    plain, ckpt = ratio("8b-all.json"), ratio("8b-all-ckpt.json")
+    assert plain >= 1.3 > ckpt
+    assert f"{plain:.2f}× without activation checkpointing, {ckpt:.2f}× with it" in doc
