@@ -24,7 +24,6 @@ RENDERED = [  # (page, source): tests/test_results_docs.py checks each of these.
     # (`peftbench report DIR --markdown`) or a benchmarks/train_throughput.py results file (.json: its
     # --markdown); "SOURCE#TEXT" keeps only the tables whose title contains TEXT (the rest shown elsewhere).
     # Within a page the entries are in the order of its tables.
-    ("README.md", "results/quickstart-cpu"),
     ("docs/tasks.md", "results/tasks-gpu/sst2"),
     ("docs/tasks.md", "results/tasks-gpu/boolq"),
     ("docs/tasks.md", "results/tasks-gpu/arc_easy"),
@@ -38,6 +37,7 @@ RENDERED = [  # (page, source): tests/test_results_docs.py checks each of these.
     ("docs/results.md", THROUGHPUT + "8b-all.json"),  # the same file as results/reference/8b-shape/throughput.json
     ("docs/results.md", THROUGHPUT + "8b-all-ckpt.json"),
     ("docs/results.md", "results/reference/8b-shape"),
+    ("results/quickstart-cpu/README.md", "results/quickstart-cpu"),
     ("results/latency-gpu/README.md", LATENCY + "latency-grid-A#eager regime"),
     ("results/latency-gpu/README.md", LATENCY + "latency-eager-lora-wrapped-merge"),
     ("results/latency-gpu/README.md", LATENCY + "latency-one-shape-median"),

@@ -32,7 +32,8 @@ def test_the_hook_reference_is_current():
 def test_docs_links_resolve():
     import re
 
-    for doc in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), ROOT / "plugins/peftbench-ia3/README.md"]:
+    for doc in [ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").rglob("*.md"),
+                *(ROOT / "results").rglob("README.md"), ROOT / "plugins/peftbench-ia3/README.md"]:
         for target in re.findall(r"\]\(([^)#\s]+)", doc.read_text()):
             if "://" in target:
                 continue
