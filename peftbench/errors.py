@@ -27,10 +27,6 @@ class PluginError(PeftbenchError):
     """A plugin is broken (raises on import, registers a taken name, bad hook implementation)."""
 
 
-class MethodUnavailable(PeftbenchError):
-    """A method cannot run here (missing package, no CUDA); the runner records the cell as skipped."""
-
-
 class NotSupported(PeftbenchError):
     """A method was asked for something its capabilities say it cannot do (e.g. merge an adapter)."""
 

@@ -42,5 +42,5 @@ class FullMethod(Method):
     def load(self, directory: Path, base_model, config: FullConfig):
         from safetensors.torch import load_model
 
-        missing, unexpected = load_model(base_model, str(Path(directory) / "model.safetensors"), strict=True)
+        load_model(base_model, str(Path(directory) / "model.safetensors"), strict=True)  # raises on a mismatch
         return base_model

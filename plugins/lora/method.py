@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 from peftbench import Capabilities, ConfigError, Method
@@ -93,7 +92,3 @@ class LoraMethod(Method):
         import peft
 
         return peft.PeftModel.from_pretrained(base_model, str(directory))
-
-    @staticmethod
-    def saved_config(directory: Path) -> dict:
-        return json.loads((Path(directory) / "adapter_config.json").read_text())
