@@ -16,8 +16,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -127,27 +129,51 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def describe_plugins(host: PluginHost) -> list[dict[str, Any]]:
-    """One dict per plugin: name, distribution, version, hooks implemented, methods/tasks registered."""
-    from peftbench.api.registry import collect_methods
+# ---- registration hooks -------------------------------------------------------------------------------
 
-    methods = collect_methods(host, strict=False)
-    by_plugin: dict[str, list[str]] = {}
-    for entry in methods.entries.values():
-        by_plugin.setdefault(entry.plugin, []).append(entry.name)
-    out = []
-    for name, plugin in host.pm.list_name_plugin():
-        if plugin is None:
-            continue
-        dist = host.distributions.get(name)
-        hooks = sorted(h.name for h in host.pm.get_hookcallers(plugin) or [])
-        out.append({"name": name, "distribution": dist[0] if dist else None,
-                    "version": dist[1] if dist else None, "hooks": hooks,
-                    "methods": sorted(by_plugin.get(name, [])), "status": "loaded", "error": None})
-    for f in host.failures:
-        out.append({"name": f.name, "distribution": f.distribution, "version": None, "hooks": [],
-                    "methods": [], "status": "failed", "error": f.error})
-    for name in host.blocked:
-        out.append({"name": name, "distribution": None, "version": None, "hooks": [], "methods": [],
-                    "status": "disabled", "error": None})
-    return out
+@dataclass(frozen=True)
+class Registration:
+    """One call a plugin made to the ``register`` callback of a registration hook."""
+
+    plugin: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def registrations(host: PluginHost, hook: str) -> list[Registration]:
+    """Call the registration hook ``hook`` (``register_methods`` or ``register_tasks``) through pluggy and
+    return every call its implementations made to ``register``, credited to their plugin, in load order
+    (built-ins first; within a plugin, in the order it registered). Load order decides who keeps a taken
+    name, but pluggy calls the last-loaded plugin first, so the calls are collected, then sorted."""
+    impls = getattr(host.hook, hook).get_hookimpls()  # load order
+    rank = {getattr(impl.function, "__code__", None): (i, impl.plugin_name) for i, impl in enumerate(impls)}
+    made: list[tuple[int, Registration]] = []
+
+    def register(*args: Any, **kwargs: Any) -> None:
+        order, plugin = _implementation_on_stack(rank, hook)
+        made.append((order, Registration(plugin, args, kwargs)))
+
+    getattr(host.hook, hook)(register=register)
+    return [r for _, r in sorted(made, key=lambda m: m[0])]
+
+
+def _implementation_on_stack(rank: dict[Any, tuple[int, str]], hook: str) -> tuple[int, str]:
+    """The (load order, plugin name) of the hook implementation that is calling ``register``: the innermost
+    frame running one of their functions (the implementation may call ``register`` through helpers)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code in rank:
+            return rank[frame.f_code]
+        frame = frame.f_back
+    raise PluginError(f"{hook}'s register() was called from outside a {hook} implementation; call it while "
+                      "the hook runs.")
+
+
+def task_dirs(host: PluginHost) -> list[Path]:
+    """The task folders the plugins register (``register_tasks``), in load order: a later folder's task of
+    the same name wins (``peftbench.tasks.task.discover_tasks``)."""
+
+    def folder(path: str | Path) -> Path:  # the hookspec's register(path)
+        return Path(path)
+
+    return [folder(*r.args, **r.kwargs) for r in registrations(host, "register_tasks")]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftbench.api.method import Method, validate_method_class
+from peftbench.api.plugins import PluginHost, registrations
 from peftbench.errors import PluginError, UsageError, unknown
 
 
@@ -71,6 +72,23 @@ class MethodRegistry:
         """The registered method a name, alias or variant runs: ``adapter@pfeiffer`` -> ``adapter``."""
         return self.canonical(name).split("@", 1)[0]
 
+    def add(self, name: str, method: Any, aliases: tuple[str, ...] | list[str] = (), *, plugin: str) -> None:
+        """``register(name, method, aliases=())`` of the ``register_methods`` hook, made by ``plugin``."""
+        if not isinstance(name, str) or not name.strip():
+            raise PluginError(f"plugin {plugin!r} registered a method with an invalid name {name!r}")
+        key = name.strip().lower()
+        taken = self.entries.get(key) or (self.entries.get(self.aliases[key]) if key in self.aliases else None)
+        if taken is not None:
+            raise PluginError(f"method name {key!r} registered by plugin {plugin!r} is already taken by "
+                              f"plugin {taken.plugin!r}; choose another name or disable one plugin "
+                              f"(--disable-plugin {plugin})")
+        self.entries[key] = MethodEntry(key, method, plugin, tuple(a.lower() for a in aliases))
+        for alias in aliases:
+            a = alias.strip().lower()
+            if a in self.entries or a in self.aliases:
+                raise PluginError(f"alias {a!r} of method {key!r} (plugin {plugin!r}) is already taken")
+            self.aliases[a] = key
+
     def get(self, name: str) -> Method:
         """The (stateless) Method instance for a name, alias or variant."""
         key = self.base(name)
@@ -79,33 +97,20 @@ class MethodRegistry:
         return self._instances[key]
 
 
-def collect_methods(host: Any, strict: bool = True) -> MethodRegistry:
+def collect_methods(host: PluginHost, strict: bool = True) -> MethodRegistry:
     """Call every plugin's ``register_methods`` and build the registry. A name taken twice is an error
-    naming both plugins (``strict``) or is recorded in ``registry.errors``."""
+    naming both plugins (``strict``) or is recorded in ``registry.errors``, and that plugin registers
+    nothing more."""
     reg = MethodRegistry()
-    for impl in host.pm.hook.register_methods.get_hookimpls():  # registration order: built-ins first
-        plugin = impl.plugin_name
-
-        def register(name: str, method: Any, aliases: tuple[str, ...] | list[str] = (), _p: str = plugin) -> None:
-            if not isinstance(name, str) or not name.strip():
-                raise PluginError(f"plugin {_p!r} registered a method with an invalid name {name!r}")
-            key = name.strip().lower()
-            taken = reg.entries.get(key) or (reg.entries.get(reg.aliases[key]) if key in reg.aliases else None)
-            if taken is not None:
-                raise PluginError(f"method name {key!r} registered by plugin {_p!r} is already taken by "
-                                  f"plugin {taken.plugin!r}; choose another name or disable one plugin "
-                                  f"(--disable-plugin {_p})")
-            reg.entries[key] = MethodEntry(key, method, _p, tuple(a.lower() for a in aliases))
-            for alias in aliases:
-                a = alias.strip().lower()
-                if a in reg.entries or a in reg.aliases:
-                    raise PluginError(f"alias {a!r} of method {key!r} (plugin {_p!r}) is already taken")
-                reg.aliases[a] = key
-
+    failed: set[str] = set()
+    for r in registrations(host, "register_methods"):
+        if r.plugin in failed:
+            continue
         try:
-            impl.function(**{k: v for k, v in {"register": register}.items() if k in impl.argnames})
+            reg.add(*r.args, **r.kwargs, plugin=r.plugin)
         except PluginError as e:
             if strict:
                 raise
             reg.errors.append(str(e))
+            failed.add(r.plugin)
     return reg
