@@ -4,8 +4,9 @@ import types
 import pytest
 
 from peftbench import Capabilities, Method, hookimpl
-from peftbench.api.plugins import BUILTIN_PLUGINS, describe_plugins, hook_names, make_plugin_manager
+from peftbench.api.plugins import BUILTIN_PLUGINS, hook_names, make_plugin_manager
 from peftbench.api.registry import collect_methods
+from peftbench.cli.catalog import describe_plugins
 from peftbench.errors import PluginError, UsageError
 
 
@@ -211,3 +212,65 @@ def test_qlora_on_cpu_reading_the_state_dict_leaves_the_model_unchanged():
         again = model(input_ids=ids).logits
         assert torch.equal(first, again)
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_plugin_options_decide_the_commands_listed_and_run(capsys):
+    """--plugin is a real option of the root group: the host it builds is there before a sub-command is looked
+    up, so --help lists the plugin's command (in either order) and it runs; without the option it does not exist."""
+    import click
+
+    from peftbench.testing import run_cli
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command("hello-from-plugin")
+        def hello():
+            """Greet from a --plugin module."""
+            click.echo("hello")
+
+    name = _module("peftbench_test_commands", register_commands=register_commands).__name__
+    for argv in (["--plugin", name, "--help"], ["--help", "--plugin", name]):
+        code, out, _ = run_cli(argv, capsys)
+        assert code == 0 and "hello-from-plugin  Greet from a --plugin module." in out
+    code, out, err = run_cli(["--plugin", name, "hello-from-plugin"], capsys)
+    assert code == 0 and out == "hello\n", err
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and "hello-from-plugin" not in out
+    code, _, err = run_cli(["hello-from-plugin"], capsys)
+    assert code == 2 and "No such command 'hello-from-plugin'" in err
+
+
+def test_registration_hooks_go_through_pluggy_in_load_order(tmp_path):
+    """Registrations are credited to their plugin and taken in load order (built-ins first), though pluggy
+    calls the last-loaded plugin first; a wrapper of the hook sees the call."""
+    from peftbench.api.plugins import registrations, task_dirs
+
+    seen = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def register_methods(self, register):
+            seen.append("before")
+            yield
+            seen.append("after")
+
+    class Late:
+        @hookimpl
+        def register_methods(self, register):
+            register("late-one", "x:Y")
+            register("late-two", "x:Z", aliases=("l2",))
+
+        @hookimpl
+        def register_tasks(self, register):
+            register(tmp_path)
+
+    host = make_plugin_manager(load_entrypoints=False)
+    host.pm.register(Late(), name="late")
+    host.pm.register(Wrapper(), name="wrapper")
+    made = [(r.plugin, r.args) for r in registrations(host, "register_methods")]
+    assert seen == ["before", "after"]
+    assert [p for p, _ in made] == [*(f"peftbench_plugins.{m}" for m in ("lora", "qlora", "adapter", "full")),
+                                    "late", "late"]
+    assert made[-2:] == [("late", ("late-one", "x:Y")), ("late", ("late-two", "x:Z"))]
+    assert collect_methods(host).entries["late-two"].plugin == "late"
+    assert task_dirs(host)[-1] == tmp_path  # a later folder's task of the same name wins

@@ -1,0 +1,105 @@
+"""The listing commands: ``peftbench methods``, ``options``, ``tasks`` and ``plugins``. Each prints a table,
+or with ``--json`` the rows it is made from (peftbench.cli.catalog builds them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from peftbench.cli import catalog
+from peftbench.cli.output import print_json
+
+
+def _table(title: str, columns: tuple[str, ...], overflow: str | None = None):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, **({"overflow": overflow} if overflow else {}))
+    return table
+
+
+def _print(table) -> None:
+    from rich.console import Console
+
+    Console().print(table)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="check availability for this device")
+@click.pass_obj
+def methods(host, as_json, device):
+    """List methods: plugin, capabilities, availability, options."""
+    rows = catalog.describe_methods(host, device)
+    if as_json:
+        print_json(rows)
+        return
+    t = _table("methods", ("name", "plugin", "capabilities", "available", "options"))
+    for r in rows:
+        caps = ", ".join(k for k, v in (r["capabilities"] or {}).items() if v is True)
+        opts = "\n".join(f"{o['name']}={o['default']}  {o['help']}" for o in r["options"])
+        avail = "yes" if r["available"] else f"no: {r['reason']}"
+        t.add_row(r["name"] + (f"\n({', '.join(r['aliases'])})" if r["aliases"] else ""), r["plugin"], caps, avail, opts)
+    _print(t)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--markdown", is_flag=True, help="print a Markdown table (docs/training-options.md)")
+def options(as_json, markdown):
+    """List the shared training options (--set KEY=VALUE): type, default and help."""
+    from peftbench.session.options import describe_options, options_markdown
+
+    rows = [{k: v for k, v in r.items() if k != "group"} for r in describe_options()]
+    if as_json:
+        print_json(rows)
+        return
+    if markdown:
+        click.echo(options_markdown(), nl=False)
+        return
+    t = _table("training options (--set KEY=VALUE; METHOD.KEY=VALUE for a method's own: peftbench methods)",
+               ("option", "type", "default", "help"))
+    for r in rows:
+        t.add_row(r["name"], r["type"], str(r["default"]), r["help"])
+    _print(t)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="extra folder of task definitions (repeatable)")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="local data folder [env: PEFTBENCH_DATA_DIR]")
+@click.pass_obj
+def tasks(host, as_json, tasks_dirs, data_dir):
+    """List tasks: what each trains and scores, where its data comes from, sizes, and whether it is here."""
+    root, rows = catalog.describe_tasks(host, list(tasks_dirs), data_dir)
+    if as_json:
+        print_json(rows)
+        return
+    t = _table("tasks" + (f" (data folder: {root})" if root else " (no --data-dir: hub sources)"),
+               ("name", "use", "metric", "data source", "rows", "here", "description"), overflow="fold")
+    for r in rows:
+        sizes = ", ".join(f"{k} {v:,}" for k, v in (r["sizes"] or {}).items()) or "—"
+        t.add_row(r["name"], "score only" if r["eval_only"] else "train + score", r["metric"], r["source"], sizes,
+                  "[green]yes[/]" if r["available"] else "[red]no[/]", r["description"].split(". ")[0])
+    _print(t)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def plugins(host, as_json):
+    """List plugins: distribution, version, hooks, methods, load failures."""
+    rows = catalog.describe_plugins(host)
+    if as_json:
+        print_json(rows)
+        return
+    t = _table("plugins", ("name", "distribution", "status", "hooks", "methods"))
+    for r in rows:
+        dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "—"
+        status = r["status"] + (f": {r['error']}" if r["error"] else "")
+        t.add_row(r["name"], dist, status, ", ".join(r["hooks"]), ", ".join(r["methods"]))
+    _print(t)

@@ -1,0 +1,129 @@
+"""``peftbench report`` and ``peftbench claims``: render saved sessions, and check the folklore against them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peftbench.cli import flags
+from peftbench.cli.output import print_json, print_tables, show_folder, stderr_console
+from peftbench.errors import UsageError
+
+ALLOW_MIXED = click.option("--allow-mixed", is_flag=True,
+                           help="merge folders of different base models or task versions")
+
+
+@click.command()
+@click.argument("directories", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "latex", "csv", "json"]), default="table",
+              show_default=True, help="table (terminal), markdown, latex (booktabs), csv or json")
+@click.option("--markdown", is_flag=True, help="same as --format markdown")
+@click.option("--json", "as_json", is_flag=True, help="same as --format json (with one folder: its raw files)")
+@click.option("--tasks", "only_tasks", help="only these tasks (comma-separated)")
+@click.option("--methods", "only_methods", help="only these methods (comma-separated; base is kept)")
+@ALLOW_MIXED
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path),
+              help="also write Pareto plots (score vs parameters, memory, time, latency; PNG and SVG) here")
+@click.option("--metric", help="rank and compare by this metric (e.g. acc_norm) instead of each task's own")
+@click.option("--columns", help="csv/json: only these columns (comma-separated; see docs/results-schema.md)")
+def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_mixed, plots_dir, metric, columns):
+    """Render saved sessions: leaderboards and latency tables. Several folders (e.g. sessions made in
+    separate GPU calls) are merged; folders of different base models or task versions are refused unless
+    --allow-mixed."""
+    fmt = "markdown" if markdown else "json" if as_json else fmt
+    one_folder_as_run_shows_it = len(directories) == 1 and (
+        fmt in ("table", "markdown") and not (only_tasks or only_methods or plots_dir or metric)
+        or fmt == "json" and as_json)
+    if one_folder_as_run_shows_it:
+        show_folder(directories[0], fmt == "json", fmt == "markdown")
+        return
+    from peftbench.report.folders import load_folders
+
+    merged = load_folders(list(directories), allow_mixed=allow_mixed)
+    session, runs = _selection(merged, only_tasks, only_methods, metric)
+    model = (session.get("model") or {}).get("source", "")
+    if plots_dir:
+        from peftbench.report.plots import pareto_plots
+
+        files = pareto_plots(session, runs, merged["latency"], Path(plots_dir))
+        stderr_console().print(f"{len(files)} plot files in {plots_dir}")
+    if fmt in ("csv", "json", "latex"):
+        _export(fmt, session, runs, columns, model, folders=[p for p, _ in merged["sessions"]])
+        return
+    from peftbench.report.latency_table import latency_tables
+    from peftbench.report.leaderboard_table import leaderboard_tables
+
+    tables = leaderboard_tables(session, runs) if runs else []
+    if merged["latency"]:
+        tables += latency_tables(merged["latency"], title=f"{model} — " if model else "")
+    print_tables(tables, markdown=fmt == "markdown")
+
+
+def _selection(merged: dict[str, Any], only_tasks: str | None, only_methods: str | None,
+               metric: str | None) -> tuple[dict[str, Any], list[dict]]:
+    """The merged session and its runs, narrowed to --tasks and --methods, ranked by --metric."""
+    from peftbench.report.folders import merged_session
+
+    runs = merged["runs"]
+    if only_tasks:
+        keep = set(flags.comma_list(only_tasks, "--tasks"))
+        runs = [r for r in runs if r["task"] in keep]
+    if only_methods:
+        keep = set(flags.comma_list(only_methods, "--methods")) | {"base"}
+        runs = [r for r in runs if r["method"] in keep]
+    session = merged_session(merged["sessions"])
+    if only_tasks:
+        keep = set(flags.comma_list(only_tasks, "--tasks"))
+        session["tasks"] = {k: v for k, v in (session.get("tasks") or {}).items() if k in keep}
+    if metric:
+        known = {m for r in runs for m in ((r.get("eval") or {}).get("metrics") or {})}
+        if metric not in known:
+            raise UsageError(f"--metric {metric!r}: these runs record {', '.join(sorted(known)) or 'no metrics'}.")
+        session["tasks"] = {k: {**v, "metric": metric} for k, v in (session.get("tasks") or {}).items()}
+    return session, runs
+
+
+def _export(fmt: str, session: dict[str, Any], runs: list[dict], columns: str | None, model: str,
+            folders: list[Path]) -> None:
+    """One row per run as csv, json or a LaTeX table; csv and json only the --columns asked for."""
+    from peftbench.report.export import export_rows, to_csv, to_latex
+
+    records = export_rows(session, runs)
+    if columns:
+        keep = flags.comma_list(columns, "--columns")
+        unknown = [c for c in keep if not any(c in r for r in records)]
+        if unknown:
+            raise UsageError(f"--columns: no column {', '.join(unknown)}; columns: {', '.join(records[0]) if records else '-'}.")
+        if fmt == "latex":
+            raise UsageError("--columns applies to csv and json; the LaTeX table has a fixed layout.")
+        records = [{c: r.get(c) for c in keep} for r in records]
+    if fmt == "csv":
+        click.echo(to_csv(records), nl=False)
+    elif fmt == "latex":
+        click.echo(to_latex(records, model))
+    else:
+        print_json({"folders": [str(p) for p in folders], "model": model, "rows": records})
+
+
+@click.command()
+@click.argument("directories", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@ALLOW_MIXED
+def claims(directories, fmt, allow_mixed):
+    """Check the folklore (LoRA reaches 97-99 % of full fine-tuning, merged LoRA adds no latency, ...)
+    against results: each claim's measured value, its 95 % CI and a verdict, per task."""
+    from peftbench.report.claims import check
+    from peftbench.report.claims_table import claims_table
+    from peftbench.report.folders import load_folders
+
+    merged = load_folders(list(directories), allow_mixed=allow_mixed)
+    results = check(merged["runs"], merged["latency"])
+    if not results:
+        raise UsageError("no claim can be measured from these folders: they need runs of lora/full/base (scores, "
+                         "memory, time, artifacts) and/or a `peftbench latency` session.")
+    if fmt == "json":
+        print_json(results)
+    else:
+        print_tables([claims_table(results)], markdown=fmt == "markdown")
