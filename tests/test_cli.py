@@ -441,7 +441,7 @@ def test_a_shard_reuses_the_latency_another_shard_measured(tmp_path):
 
 
 def test_a_shard_ending_while_another_still_writes_says_so(tmp_path, monkeypatch, capsys):
-    from peftbench.cli import main as cli
+    import peftbench.cli.run as run_command
     from peftbench.errors import UsageError
 
     _fake_cells(monkeypatch)
@@ -449,7 +449,7 @@ def test_a_shard_ending_while_another_still_writes_says_so(tmp_path, monkeypatch
     def busy(*_args, **_kwargs):
         raise UsageError("runs/full--quickstart--seed0.json: its sha256 differs from the one session.json recorded")
 
-    monkeypatch.setattr(cli, "_show", busy)
+    monkeypatch.setattr(run_command, "show_folder", busy)
     code, _, err = run_cli(["run", "--methods", "lora,full", *TINY, "--output", str(tmp_path / "s"), "--shard", "1/2"],
                            capsys)
     assert code == 0 and "still being written by another shard" in " ".join(err.split())

@@ -842,8 +842,6 @@ class _BrokenMethod(Method):
 
 
 def test_a_failing_method_is_recorded_and_the_others_go_on(capsys, tmp_path, monkeypatch):
-    import peftbench.cli.main as cli_module
-
     @hookimpl
     def register_methods(register):
         register("broken", _BrokenMethod)
@@ -851,7 +849,6 @@ def test_a_failing_method_is_recorded_and_the_others_go_on(capsys, tmp_path, mon
     plugin = types.ModuleType("peftbench_test_latency_broken")
     plugin.register_methods = register_methods
     monkeypatch.setitem(sys.modules, plugin.__name__, plugin)
-    monkeypatch.setattr(cli_module, "_HOST", None)  # a fresh host that loads --plugin
     out = tmp_path / "lat"
     code, stdout, err = run_cli(["--plugin", plugin.__name__, "latency", "--methods", "lora,broken,full", *GRID,
                                  "--stack", "none", "--output", str(out)], capsys)
