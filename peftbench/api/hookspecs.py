@@ -9,7 +9,9 @@ module through an entry point in group ``peftbench``::
 
 Three kinds of hook:
 
-* **Registration** (every implementation is called): add methods, tasks and CLI commands.
+* **Registration** (every implementation is called): add methods, tasks and CLI commands. Methods and
+  task folders are taken in the order the plugins loaded, built-ins first: a plugin cannot take a
+  built-in method's name, and its task of a built-in task's name replaces that task.
 * **Session** events: configuration and the start and end of a session.
 * **Per-run phases** (``firstresult``): the first non-``None`` result wins. peftbench's built-in
   defaults are registered ``trylast`` and simply call the :class:`peftbench.Method`, so a plugin that
