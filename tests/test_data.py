@@ -20,7 +20,9 @@ from test_cli import TINY, run_cli  # how the CLI tests run `peftbench` in-proce
 from peftbench.errors import UsageError
 from peftbench.session.runner import Session, SessionConfig
 from peftbench.tasks import data as D
-from peftbench.tasks.data import DataError, FileSpec, parse_data_spec, read_delimited, read_json, read_jsonl
+from peftbench.tasks.data_spec import DataError, FileSpec, parse_data_spec
+from peftbench.tasks.readers import READERS, read_delimited, read_json, read_jsonl
+from peftbench.tasks.rows import hub_row, normalize
 from peftbench.tasks.task import (
     builtin_tasks_dir,
     discover_tasks,
@@ -431,16 +433,16 @@ def test_normalize_labels_and_whitespace():
                             "local": {"folder": "x", "splits": {"test": "t.tsv"}}}, "t.yaml")
     assert spec.label_values == {"0": "negative", "1": "positive"}  # a list means indices 0, 1, ...
     row = {"sentence": "  a\tgood \n  film ", "label": " 1 "}
-    assert D.normalize(row, spec, "f:1") == rec(SST2, 1, sentence="a good film")
-    assert D.normalize({"sentence": "x", "label": 0}, spec, "f:1")["label"] == 0  # JSON ints match "0"
+    assert normalize(row, spec, "f:1") == rec(SST2, 1, sentence="a good film")
+    assert normalize({"sentence": "x", "label": 0}, spec, "f:1")["label"] == 0  # JSON ints match "0"
     mc = parse_data_spec({"fields": ["question"], "label": {"choices_field": "options"},
                           "local": {"folder": "x", "splits": {"test": "t.jsonl"}}}, "t.yaml")
-    out = D.normalize({"question": "q", "options": [" a  b", "c"], "label": "1"}, mc, "f:1")
+    out = normalize({"question": "q", "options": [" a  b", "c"], "label": "1"}, mc, "f:1")
     assert out == {"question": "q", "choices": ["a b", "c"], "label": 1}
     with pytest.raises(DataError, match=r"^f:7: label True is not an index into the row's 2 choices \(valid: 0\.\.1\)"):
-        D.normalize({"question": "q", "options": ["a", "c"], "label": True}, mc, "f:7")
+        normalize({"question": "q", "options": ["a", "c"], "label": True}, mc, "f:7")
     with pytest.raises(DataError, match="label 'x' is not an index"):
-        D.normalize({"question": "q", "options": ["a", "c"], "label": "x"}, mc, "f:7")
+        normalize({"question": "q", "options": ["a", "c"], "label": "x"}, mc, "f:7")
 
 
 def test_a_utf8_bom_before_the_header_is_not_part_of_the_first_column_name(tmp_path):
@@ -552,7 +554,7 @@ def tiny_tokenizer():
 
 @pytest.mark.parametrize("name", FILE_TASKS)
 def test_training_text_equals_what_lm_eval_scores_for_the_gold_choice(name, lm_tasks, tiny_tokenizer):
-    from peftbench.train.loop import tokenize_pairs
+    from peftbench.train.batching import tokenize_pairs
 
     include, prepared = lm_tasks
     task = SHIPPED[name]
@@ -828,8 +830,8 @@ def _forbid_reading(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the data files were read again")
 
-    for fmt in list(D.READERS):
-        monkeypatch.setitem(D.READERS, fmt, boom)
+    for fmt in list(READERS):
+        monkeypatch.setitem(READERS, fmt, boom)
 
 
 @pytest.mark.parametrize("name", FILE_TASKS)
@@ -1121,22 +1123,22 @@ def test_no_data_dir_and_no_hub_is_a_clear_error(tmp_path):
 def test_hub_row_mapping():
     row = {"id": "q1", "context": "Tracy stayed.", "question": "Why?", "answerA": "a", "answerB": "b",
            "choices": {"text": ["x", "y", "z"], "label": ["A", "B", "C"]}, "answerKey": "C", "n": "2"}
-    out = D.hub_row(row, {"columns": {"q": "{context} {question}", "opts": ["answerA", "answerB"],
+    out = hub_row(row, {"columns": {"q": "{context} {question}", "opts": ["answerA", "answerB"],
                                       "texts": "choices.text"},
                           "label_index": {"field": "answerKey", "among": "choices.label"}}, "w")
     assert (out["q"], out["opts"], out["texts"], out["label"]) == ("Tracy stayed. Why?", ["a", "b"], ["x", "y", "z"], 2)
     assert out["id"] == "q1"  # unmapped fields stay
-    assert D.hub_row(row, {"label_index": {"field": "n", "base": 1}}, "w")["label"] == 1
-    assert D.hub_row(row, {"columns": {}}, "w") == row
+    assert hub_row(row, {"label_index": {"field": "n", "base": 1}}, "w")["label"] == 1
+    assert hub_row(row, {"columns": {}}, "w") == row
     with pytest.raises(DataError, match=r"^hub x row 3: no field 'choices.score' \(the row has: id, context"):
-        D.hub_row(row, {"columns": {"s": "choices.score"}}, "hub x row 3")
+        hub_row(row, {"columns": {"s": "choices.score"}}, "hub x row 3")
     with pytest.raises(DataError, match=r"^w: label 'C' is not one of \['A', 'B'\]"):
-        D.hub_row({**row, "choices": {"text": [], "label": ["A", "B"]}},
+        hub_row({**row, "choices": {"text": [], "label": ["A", "B"]}},
                   {"label_index": {"field": "answerKey", "among": "choices.label"}}, "w")
     with pytest.raises(DataError, match=r"^w: label 'x' is not a number"):
-        D.hub_row({"answer": "x"}, {"label_index": {"field": "answer", "base": 1}}, "w")
+        hub_row({"answer": "x"}, {"label_index": {"field": "answer", "base": 1}}, "w")
     with pytest.raises(DataError, match=r"^w: column template '\{context\} \{missing\}' names a field the row lacks"):
-        D.hub_row(row, {"columns": {"q": "{context} {missing}"}}, "w")
+        hub_row(row, {"columns": {"q": "{context} {missing}"}}, "w")
 
 
 def test_data_root_explicit_beats_env_and_missing_folders_are_errors(tmp_path, monkeypatch):
@@ -1256,14 +1258,14 @@ def test_docs_worked_example_task_is_listed_and_prepared(capsys, tmp_path):
     session = Session(SessionConfig(methods=["lora"], tasks=["tickets"], tasks_dirs=[tasks_dir], data_dir=data,
                                     cache_dir=tmp_path / "cache", device="cpu", model="tiny:llama",
                                     output=tmp_path / "o", retention=[]))
-    session.plan()
-    prepared = session.prepared["tickets"]
+    plan = session.plan()
+    prepared = plan.prepared["tickets"]
     assert prepared.sizes == {"train": 2, "test": 2} and prepared.source["kind"] == "local"
     labels = ["billing", "bug", "account"]
     assert read_records(prepared.folder / "train.jsonl") == [rec(labels, 0, text="My invoice is wrong"),
                                                              rec(labels, 1, text="The app crashes on start")]
-    include = materialize(session.eval_tasks, session.prepared, tmp_path / "work")
-    assert training_pairs(lm_eval_task(session.tasks[0], include)) == [
+    include = materialize(plan.eval_tasks, plan.prepared, tmp_path / "work")
+    assert training_pairs(lm_eval_task(plan.tasks[0], include)) == [
         ("Ticket: My invoice is wrong\nTeam:", " billing"), ("Ticket: The app crashes on start\nTeam:", " bug")]
 
 

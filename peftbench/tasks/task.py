@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from peftbench.errors import UsageError, unknown
-from peftbench.tasks.data import DataSpec, PreparedData, parse_data_spec
+from peftbench.tasks.data import PreparedData
 from peftbench.tasks.data import prepare as prepare_files
+from peftbench.tasks.data_spec import DataSpec, parse_data_spec
 
 GENERATORS = {"quickstart": "peftbench.tasks.quickstart:generate"}
 REQUIRED_FIELDS = ("name", "version", "description", "data", "lm_eval")
