@@ -2,12 +2,15 @@
 
 The lm-eval YAML is the single source of the prompt: training examples are built by lm-eval's own
 ``fewshot_context`` and ``construct_requests`` on the task's training split, so the text a method is
-trained on is exactly the text lm-eval scores (the gold request's context + continuation).
+trained on is exactly the text lm-eval scores (the gold request's context + continuation). A task's YAML
+may share its body with others through lm-eval's ``include:`` (``lm_eval_yaml`` reads and writes them).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from peftbench.errors import UsageError, unknown
 from peftbench.tasks.data import PreparedData
 from peftbench.tasks.data import prepare as prepare_files
 from peftbench.tasks.data_spec import DataSpec, parse_data_spec
+from peftbench.tasks.lm_eval_yaml import read_config, write_config
 
 GENERATORS = {"quickstart": "peftbench.tasks.quickstart:generate"}
 REQUIRED_FIELDS = ("name", "version", "description", "data", "lm_eval")
@@ -94,10 +98,7 @@ def load_task_file(path: Path) -> Task:
     lm_file = path.parent / str(raw["lm_eval"])
     if not lm_file.is_file():
         raise _fail(path, f"lm_eval file {lm_file} does not exist.")
-    try:
-        lm_raw = yaml.safe_load(lm_file.read_text().replace("!function", "")) or {}
-    except yaml.YAMLError as e:
-        raise _fail(lm_file, f"is not valid YAML ({e}).") from None
+    lm_raw = read_config(lm_file)  # with its include: files merged in, as lm-eval reads it
     if "task" not in lm_raw:
         raise _fail(lm_file, "lm-eval task YAML needs a 'task' name.")
     budget = raw.get("budget") or {}
@@ -111,8 +112,6 @@ def load_task_file(path: Path) -> Task:
 
 def _generator(name: Any) -> str | None:
     """``module:function`` of a task's data generator: a built-in name, or a dotted path given as is."""
-    import re
-
     name = str(name)
     if name in GENERATORS:
         return GENERATORS[name]
@@ -169,12 +168,12 @@ def prepare_data(task: Task, cache_dir: Path, data_root: Path | None, need_train
 
 
 def materialize(tasks: list[Task], prepared: dict[str, PreparedData], workdir: Path) -> Path:
-    """Write each task's lm-eval YAML with its data folder filled in; return the include path."""
+    """Write each task's lm-eval YAML (and the files it includes) with its data folder filled in; return the
+    include path."""
     out = workdir / "lm_eval_tasks"
     out.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        text = task.lm_eval_file.read_text().replace("${data_dir}", str(prepared[task.name].folder.resolve()))
-        (out / f"{task.lm_eval_name}.yaml").write_text(text)
+        write_config(task.lm_eval_file, out / f"{task.lm_eval_name}.yaml", prepared[task.name].folder.resolve())
     return out
 
 
@@ -185,8 +184,6 @@ def cache_lm_eval_templates() -> None:
     """lm-eval compiles a task's Jinja template anew for every document (``env.from_string`` each call):
     ~1 ms, which made building 60k SST-2 training prompts take minutes. Memoize the compilation on lm-eval's
     own environment; rendering is unchanged. Idempotent."""
-    import functools
-
     from lm_eval import utils
 
     if getattr(utils.apply_template, "_peftbench_cached", False):
