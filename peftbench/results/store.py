@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from peftbench.api.records import SCHEMA_VERSION, STATUSES
 from peftbench.errors import PeftbenchError, UsageError
+from peftbench.results.record import RunRecord
 from peftbench.system.files import atomic_write, sha256, write_json  # noqa: F401  (the store's writers)
 
 RUN_KEYS = ("schema_version", "status", "method", "task", "seed", "config", "params", "train", "eval",
@@ -48,10 +50,28 @@ def validate_run(data: Any, where: str) -> None:
                          + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
 
 
-def write_run(output: Path, key: str, data: dict[str, Any]) -> Path:
+def run_json(record: RunRecord) -> dict[str, Any]:
+    """A record as its run file's JSON: sections in declared order, ``optional`` fields left out while None."""
+    return _json(record)
+
+
+def _json(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _json(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("optional") and getattr(obj, f.name) is None)}
+    if isinstance(obj, dict):
+        return {str(k): _json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json(v) for v in obj]
+    return obj
+
+
+def write_run(output: Path, key: str, data: RunRecord | dict[str, Any]) -> Path:
     """Write a run file atomically, then check it against the schema: a mismatch (a bug in peftbench or a
     plugin) or a check that cannot run (no jsonschema) is reported on stderr, never at the cost of the cell's
     results or of the session's remaining cells."""
+    if isinstance(data, RunRecord):
+        data = run_json(data)
     path = output / "runs" / f"{key}.json"
     write_json(path, data)
     try:
