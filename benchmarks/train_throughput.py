@@ -106,19 +106,15 @@ def random_data(vocab: int, rows: int, seq: int, seed: int = 0, lengths: tuple[i
 def task_data(task: str, model: str, data_dir: Path | None, max_length: int):
     """A task's real training examples, tokenized by the model's tokenizer exactly as ``peftbench run`` does."""
     from peftbench.api.plugins import make_plugin_manager
+    from peftbench.session.cell import train_split
     from peftbench.session.runner import Session, SessionConfig
-    from peftbench.train.config import TrainConfig
 
     out = Path(tempfile.mkdtemp(prefix="pb-throughput-"))
     session = Session(SessionConfig(methods=["full"], tasks=[task], model=model, device="cpu", output=out,
                                     data_dir=data_dir, retention=[], base_row=False),
                       host=make_plugin_manager())
-    from peftbench.tasks.task import materialize
-
-    session.plan()
-    session.tokenizer = session.model.load_tokenizer()  # what Session.run sets up before its first cell
-    session.include_path = materialize(session.eval_tasks, session.prepared, out)
-    return session._train_data(session.tasks[0], TrainConfig(max_length=max_length))
+    plan = session.plan()
+    return train_split(plan.tasks[0], session.cell_env(plan), max_length)  # what Session.run gives each cell
 
 
 def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) -> dict[str, Any]:
@@ -293,7 +289,7 @@ SYNC_WARNING = "synchronizing CUDA operation"  # torch's sync-debug mode warning
 
 def sync_sites(caught: list[Any]) -> list[dict[str, Any]]:
     """Where the sync-debug warnings came from: [{"where": "package/file.py:line", "count": n}], most first.
-    One is expected per step: the loop reads the step's loss back (peftbench/training.py) before the
+    One is expected per step: the loop reads the step's loss back (peftbench/train/loop.py) before the
     optimizer step."""
     counts: dict[str, int] = {}
     for w in caught:

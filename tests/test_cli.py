@@ -231,10 +231,10 @@ def test_shape_models_are_not_scored_by_default():
     from types import SimpleNamespace
 
     from peftbench.evaluate.config import EvalConfig
-    from peftbench.session.cell import scoring
+    from peftbench.session.scores import scoring
 
-    def session(kind):
-        return SimpleNamespace(model=SimpleNamespace(info=SimpleNamespace(kind=kind)))
+    def session(kind):  # scoring() takes the model's kind
+        return kind
 
     def run(**kw):
         return SimpleNamespace(eval_config=EvalConfig(**kw))
@@ -288,21 +288,22 @@ def test_time_budget_starts_only_cells_that_fit_and_resume_runs_the_rest(tmp_pat
     """--time-budget on a fake clock: each cell 'takes' its method's seconds. A cell whose estimate (the same
     method's cells, else the longest so far) with its margin exceeds what is left is not started; a shorter one
     after it still is; the left one is written as cancelled with the reason, and --resume runs it."""
+    from peftbench.session.cell import blank_record
     from peftbench.session.runner import Session, SessionConfig
 
     now = [1000.0]
     took = {"base": 5.0, "lora": 40.0, "full": 20.0}
     ran = []
 
-    def fake_cell(self, spec):
+    def fake_cell(plan, spec, cache, env):
         now[0] += took[spec.method]
         ran.append(spec.key)
-        result = self._blank(spec, "ok")
-        result["timings"] = {"train": took[spec.method] - 1, "evaluate": 1.0}
+        result = blank_record(plan, spec, "ok")
+        result.timings = {"train": took[spec.method] - 1, "evaluate": 1.0}
         return result
 
     monkeypatch.setattr(Session, "clock", staticmethod(lambda: now[0]))
-    monkeypatch.setattr(Session, "run_cell", fake_cell)
+    monkeypatch.setattr(Session, "run_cell", staticmethod(fake_cell))
 
     def session(resume=False):
         config = SessionConfig(methods=["lora", "full"], seeds=[0, 1], model="tiny:llama", device="cpu",
@@ -338,18 +339,19 @@ def _fake_cells(monkeypatch, seconds=0.0):
     """Session.run_cell replaced by an instant (or ``seconds``-long) ok cell; returns the keys run, in order."""
     import time
 
+    from peftbench.session.cell import blank_record
     from peftbench.session.runner import Session
 
     ran = []
 
-    def fake_cell(self, spec):
+    def fake_cell(plan, spec, cache, env):
         time.sleep(seconds)
         ran.append(spec.key)
-        result = self._blank(spec, "ok")
-        result["timings"] = {"train": 1.0}
+        result = blank_record(plan, spec, "ok")
+        result.timings = {"train": 1.0}
         return result
 
-    monkeypatch.setattr(Session, "run_cell", fake_cell)
+    monkeypatch.setattr(Session, "run_cell", staticmethod(fake_cell))
     return ran
 
 
@@ -416,28 +418,28 @@ def test_a_shard_reuses_the_latency_another_shard_measured(tmp_path):
     """latency_once across shards: before timing a method, a shard looks for a cell of the same method and grid
     that another shard timed meanwhile (run files in the folder), so the session times it once."""
     from peftbench.api.records import RunSpec
-    from peftbench.results.store import write_run
-    from peftbench.session.cell import latency_key_of_result
+    from peftbench.results.store import run_json, write_run
+    from peftbench.session.cache import CellCache
+    from peftbench.session.cell import blank_record
+    from peftbench.session.timing import latency_key_of_result
 
-    session = _shard_session(tmp_path, (1, 2))
-    session.plan()
-    session.latency_cache = {}
-    other = session._blank(RunSpec("lora", "quickstart", 0), "ok")
+    plan = _shard_session(tmp_path, (1, 2)).plan()
+    cache = CellCache(shared_folder=plan.output)   # what a shard's session gives its cells
+    other = run_json(blank_record(plan, RunSpec("lora", "quickstart", 0), "ok"))
     other["latency"] = {"regimes": {"eager": [{"batch_size": 1}]}}
-    write_run(session.output, other["key"], other)   # as the other shard would
-    reused = {**session._blank(RunSpec("full", "quickstart", 1), "ok"),
+    write_run(plan.output, other["key"], other)   # as the other shard would
+    reused = {**run_json(blank_record(plan, RunSpec("full", "quickstart", 1), "ok")),
               "latency": {"regimes": {"eager": [{}]}, "measured_in": "full--quickstart--seed0"}}
-    write_run(session.output, reused["key"], reused)  # reused timings are not a measurement to reuse again
-    session.latency_of_other_shards()
-    assert list(session.latency_cache) == [latency_key_of_result(other)]
-    assert session.latency_cache[latency_key_of_result(other)]["cell"] == "lora--quickstart--seed0"
-    alone = _shard_session(tmp_path / "alone", None)   # without --shard nothing else writes the folder
-    alone.plan()
-    alone.latency_cache = {}
-    alone.output.mkdir(parents=True, exist_ok=True)
-    write_run(alone.output, other["key"], other)
-    alone.latency_of_other_shards()
-    assert alone.latency_cache == {}
+    write_run(plan.output, reused["key"], reused)  # reused timings are not a measurement to reuse again
+    cache.timed_latency("not timed yet")
+    assert list(cache.latency) == [latency_key_of_result(other)]
+    assert cache.latency[latency_key_of_result(other)]["cell"] == "lora--quickstart--seed0"
+    alone_plan = _shard_session(tmp_path / "alone", None).plan()
+    alone = CellCache(shared_folder=None)   # without --shard nothing else writes the folder
+    alone_plan.output.mkdir(parents=True, exist_ok=True)
+    write_run(alone_plan.output, other["key"], other)
+    alone.timed_latency("not timed yet")
+    assert alone.latency == {}
 
 
 def test_a_shard_ending_while_another_still_writes_says_so(tmp_path, monkeypatch, capsys):

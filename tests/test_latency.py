@@ -1,4 +1,4 @@
-"""The latency harness (peftbench.latency.timer), stacked modules (Method.stacked), merge fidelity (cell.compare),
+"""The latency harness (peftbench.latency.timer), stacked modules (Method.stacked), merge fidelity (probes.compare),
 and the ``peftbench latency`` command, on ``tiny:llama`` (CPU, few rounds, tiny shapes)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from peftbench.report.latency_table import latency_tables
 from peftbench.report.leaderboard import rows_for_task
 from peftbench.report.leaderboard_table import leaderboard_tables
 from peftbench.report.markdown import render_markdown
-from peftbench.session.cell import compare
+from peftbench.session.probes import compare
 
 VOCAB = 259  # tiny:llama's vocabulary
 
@@ -447,7 +447,7 @@ def test_the_merged_mode_times_the_model_without_its_lora_wrappers(registry, nam
     that, with the base model's module count and the merged model's outputs. (Timed with the wrappers left
     in place, merged LoRA decoded ~5 % slower than base in the eager regime on an H200, and the sanity check
     flagged it.)"""
-    from peftbench.session.cell import time_inference
+    from peftbench.session.timing import time_inference
 
     method, model = _prepared(registry, name)
     with torch.no_grad():
@@ -665,7 +665,7 @@ def test_compare_on_tiny_llama_merge(registry):
             if "lora_B" in n:
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
     probes = [ids_of(1, 7, s)[0].tolist() for s in range(3)]
-    from peftbench.session.cell import probe_logits
+    from peftbench.session.probes import probe_logits
 
     infer = lora.inference_model(model)
     ref = probe_logits(infer, probes, "cpu")
@@ -1014,7 +1014,7 @@ def test_a_model_from_disk_is_read_once_per_method_and_every_use_is_its_own_copy
     copies: the lora merged model merges into its own weights, not into the timed base."""
     from transformers import AutoModelForCausalLM
 
-    import peftbench.session.cell as cell_module
+    import peftbench.session.timing as timing_module
     from peftbench.models.sources import load_model
 
     model, tok, _ = load_model("tiny:llama")
@@ -1029,14 +1029,14 @@ def test_a_model_from_disk_is_read_once_per_method_and_every_use_is_its_own_copy
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counting))
     bases = []
-    real_time = cell_module.time_inference
+    real_time = timing_module.time_inference
 
     def spy(load_base, *args):
         first, second = load_base(), load_base()
         bases.extend([first, second])
         return real_time(load_base, *args)
 
-    monkeypatch.setattr(cell_module, "time_inference", spy)
+    monkeypatch.setattr(timing_module, "time_inference", spy)
     out = tmp_path / "lat"
     grid = ["--model", str(tmp_path / "m"), *GRID[2:], "--stack", "none", "--regimes", "eager"]
     code, _, err = run_cli(["latency", "--methods", "lora,full", *grid, "--output", str(out)], capsys)

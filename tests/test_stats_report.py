@@ -491,10 +491,27 @@ def _latency_sanity(extra):
 
 
 def _phase_session():
-    """What ``cell.phase`` needs of a session: a progress display."""
+    """What ``phases.phase`` needs of a session: a progress display."""
     import types
 
     return types.SimpleNamespace(progress=types.SimpleNamespace(phase=lambda name: None))
+
+
+def _timed(record, name, session):
+    """Run an empty phase ``name`` into ``record``; return the record as its run file's JSON."""
+    from peftbench.results.store import run_json
+    from peftbench.session.phases import phase
+
+    with phase(record, name, session.progress):
+        pass
+    return run_json(record)
+
+
+def _record():
+    from peftbench.results.record import RunRecord
+
+    return RunRecord(key="k", status="ok", method="lora", task="t", seed=0, model=None, config={},
+                     capabilities=None, data=None, limit=None)
 
 
 def _neighbour_run(method, **neighbours):
@@ -508,20 +525,15 @@ def test_cells_timed_on_a_shared_gpu_are_flagged(monkeypatch):
     than another process's worth is marked 'GPU shared' on the leaderboard (its times are not its own)."""
 
     from peftbench.report.leaderboard import rows_for_task
-    from peftbench.session import cell
     from peftbench.system import memory
 
     seen = iter([1 * 1024**3, 5 * 1024**3])
     monkeypatch.setattr(memory, "gpu_others_bytes", lambda: next(seen))
     session = _phase_session()
-    result = {"timings": {}}
-    with cell.phase(result, "train", session):
-        pass
+    result = _timed(_record(), "train", session)
     assert result["gpu_others_bytes"] == 5 * 1024**3 and "train" in result["timings"]
     monkeypatch.setattr(memory, "gpu_others_bytes", lambda: None)  # CPU: nothing recorded
-    cpu = {"timings": {}}
-    with cell.phase(cpu, "train", session):
-        pass
+    cpu = _timed(_record(), "train", session)
     assert "gpu_others_bytes" not in cpu
 
     runs = [_neighbour_run("base", gpu_others_bytes=None),
@@ -572,7 +584,6 @@ def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
     the latency table mark the cell 'host busy'."""
 
     from peftbench.report.leaderboard import rows_for_task
-    from peftbench.session import cell
     from peftbench.system import memory
 
     # (wall s, host busy CPU s, own tree CPU s): 10 s in which the host spent 25 CPU s, this process 5
@@ -580,17 +591,13 @@ def test_cells_timed_on_a_busy_host_are_flagged(monkeypatch):
     monkeypatch.setattr(memory, "cpu_sample", lambda: next(samples))
     monkeypatch.setattr(memory, "gpu_others_bytes", lambda: None)
     session = _phase_session()
-    result = {"timings": {}}
-    with cell.phase(result, "train", session):
-        pass
+    record = _record()
+    result = _timed(record, "train", session)
     assert result["host_others_cores"] == pytest.approx(2.0)   # (25 - 5) / 10
-    with cell.phase(result, "evaluate", session):
-        pass
+    result = _timed(record, "evaluate", session)
     assert result["host_others_cores"] == pytest.approx(2.0)   # the later, quieter phase (0.1) keeps the max
     monkeypatch.setattr(memory, "cpu_sample", lambda: None)    # not Linux: nothing recorded
-    other = {"timings": {}}
-    with cell.phase(other, "train", session):
-        pass
+    other = _timed(_record(), "train", session)
     assert "host_others_cores" not in other
 
     runs = [_neighbour_run("base", host_others_cores=None), _neighbour_run("lora", host_others_cores=2.0),

@@ -81,20 +81,22 @@ def register_commands(cli):
 
 @hookspec(historic=True)
 def configure(config):
-    """Called once with the session's :class:`peftbench.api.records.SessionConfig` before any run starts
+    """Called once with the session's :class:`peftbench.session.plan.SessionConfig` before any run starts
     (historic: plugins registered later are called too). Return value ignored."""
 
 
 @hookspec
 def session_start(session):
-    """A session (the methods x tasks x seeds grid of one ``peftbench run``) starts. ``session`` is the
-    :class:`peftbench.session.runner.Session`. Return value ignored."""
+    """A session (the methods x tasks x seeds grid of one ``peftbench run``) starts. ``session`` is its
+    frozen :class:`peftbench.session.plan.Plan` (model, tasks, cells and each cell's options). Return value
+    ignored."""
 
 
 @hookspec
 def session_finish(session, results):
-    """The session ended (also when cells failed or it was interrupted). ``results`` is the list of run
-    result dicts as written to the run files. Return value ignored."""
+    """The session (its :class:`peftbench.session.plan.Plan`) ended, also when cells failed or it was
+    interrupted. ``results`` is the list of run result dicts as written to the run files. Return value
+    ignored."""
 
 
 # ---- per-run phases (firstresult; defaults call the Method) ------------------------------------------
@@ -107,7 +109,7 @@ def prepare_model(run, base_model):
 
 @hookspec(firstresult=True)
 def train_model(run, prepared, train_data):
-    """Train ``prepared`` on ``train_data`` (a :class:`peftbench.train.loop.TrainData`); return a
+    """Train ``prepared`` on ``train_data`` (a :class:`peftbench.train.batching.TrainData`); return a
     :class:`peftbench.api.records.TrainResult`. Default: peftbench's shared training loop."""
 
 

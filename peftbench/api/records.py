@@ -78,22 +78,3 @@ class EvalResult:
     wall_time_s: float
     lm_eval: dict[str, Any]          # lm-eval's own result block, unchanged
     samples: dict[str, list[Any]] | None = None  # per-example metric values by doc_id (paired bootstraps)
-
-    @property
-    def primary(self) -> float:
-        return next(iter(self.metrics.values()))
-
-
-@dataclass
-class LatencyResult:
-    mode: str
-    prompt_tokens: int
-    new_tokens: int
-    batch_size: int
-    rounds: int
-    prefill_ms: float                # median
-    decode_ms_per_token: float       # median
-    decode_ms_per_token_p10: float
-    decode_ms_per_token_p90: float
-    tokens_per_s: float
-    timer: str

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.api.options import describe_fields
-from peftbench.api.plugins import PluginHost, task_dirs
+from peftbench.api.plugins import PluginHost
 from peftbench.api.registry import collect_methods
 from peftbench.errors import PluginError
 
@@ -43,10 +43,10 @@ def describe_tasks(host: PluginHost, tasks_dirs: list[Path],
                    data_dir: Path | None) -> tuple[Path | None, list[dict[str, Any]]]:
     """The local data folder (None: hub sources), and one row per task the plugins and ``tasks_dirs`` define,
     the same set ``peftbench run --tasks`` chooses from."""
+    from peftbench.session.plan import all_tasks
     from peftbench.tasks.data import availability, count_rows, data_root
-    from peftbench.tasks.task import discover_tasks
 
-    found = discover_tasks([*task_dirs(host), *tasks_dirs])
+    found = all_tasks(host, tasks_dirs)
     root = data_root(data_dir)
     rows = []
     for t in found.values():

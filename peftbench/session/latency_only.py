@@ -2,7 +2,7 @@
 
 Latency does not depend on the values of the trained weights, only on their shapes and on where they sit,
 so each method is prepared on the base model (untrained), saved, loaded back onto a fresh base as a user
-would load it, and timed with the same harness ``run`` uses (``cell.time_inference``): ``base``,
+would load it, and timed with the same harness ``run`` uses (``timing.time_inference``): ``base``,
 ``unmerged``, ``merged`` (mergeable methods) and ``stackN`` (stackable methods). One JSON file per method
 is written atomically the moment it is done (``OUTPUT/latency/<method>.json``); ``--resume`` keeps the
 files already there; one failing method is recorded and the others go on.
@@ -54,7 +54,7 @@ class LatencySession:
 
     def plan(self) -> None:
         from peftbench.models.sources import default_cache_dir, resolve_model
-        from peftbench.session.runner import resolve_device
+        from peftbench.session.plan import resolve_device
 
         c = self.config
         self.methods = [self.registry.canonical(m, "--methods") for m in c.methods]
@@ -170,7 +170,7 @@ class LatencySession:
     def time_method(self, name: str) -> dict[str, Any]:
         import torch
 
-        from peftbench.session.cell import time_inference
+        from peftbench.session.timing import time_inference
 
         method = self.registry.get(name)
         run = RunContext(spec=RunSpec(name, "latency", 0), method=method, method_config=self.method_configs[name],
@@ -180,31 +180,11 @@ class LatencySession:
                                   "status": "ok", "capabilities": to_jsonable(method.capabilities),
                                   "method_config": to_jsonable(self.method_configs[name]), "started": _now()}
 
-        pristine: list[Any] = []
-
-        def load_base() -> Any:
-            """A fresh base model on the device. A model read from disk is read once per method (kept on the
-            CPU) and each use gets its own deep copy: the timed base, the artifact's base and the merged
-            model's base still share no weights, and three from_pretrained calls (1-2 s each) become copies
-            (a one-shape benchmark has a 60 s target). ``shape:`` and ``tiny:`` models are built directly."""
-            if self.model.info.kind in ("shape", "tiny"):
-                return self.model.load(self.device)[0]
-            if not pristine:
-                pristine.append(self.model.load("cpu")[0])
-            return copy.deepcopy(pristine[0]).to(self.device)
-
+        load_base = self._base_loader()
         # an interrupted method's finished shapes, kept under latency-partial/ until the method is done
         partial = self.output / "latency-partial" / f"{name}.json"
         run.latency_done = self._partial_section(name, partial, result)
-        cpu0 = memory.cpu_sample()
-
-        def checkpoint(section: dict[str, Any]) -> None:
-            section = dict(section)  # what other processes used: in the kept shapes and since this method began
-            memory.keep_most(section, run.latency_done or {})
-            memory.keep_most(section, memory.neighbours_since(cpu0))
-            write_json(partial, {**result, "status": "partial", "latency": section, "updated": _now()})
-
-        run.latency_checkpoint = checkpoint
+        run.latency_checkpoint = _checkpointer(partial, result, run.latency_done)
         seconds: dict[str, float] = {}   # where the method's wall time went (the timing phase includes
         t0 = time.perf_counter()          # loading the base and merged models it times)
         try:
@@ -230,6 +210,37 @@ class LatencySession:
         result["seconds"] = seconds
         result["finished"] = _now()
         return result
+
+
+    def _base_loader(self) -> Any:
+        """A function giving a fresh base model on the device. A model read from disk is read once per method
+        (kept on the CPU) and each use gets its own deep copy: the timed base, the artifact's base and the
+        merged model's base still share no weights, and three from_pretrained calls (1-2 s each) become
+        copies (a one-shape benchmark has a 60 s target). ``shape:`` and ``tiny:`` models are built directly."""
+        pristine: list[Any] = []
+
+        def load_base() -> Any:
+            if self.model.info.kind in ("shape", "tiny"):
+                return self.model.load(self.device)[0]
+            if not pristine:
+                pristine.append(self.model.load("cpu")[0])
+            return copy.deepcopy(pristine[0]).to(self.device)
+
+        return load_base
+
+
+def _checkpointer(partial: Path, result: dict[str, Any], done: dict[str, Any] | None) -> Any:
+    """Saves a method's latency section after each shape, with what other processes used in the kept shapes
+    and since this method began."""
+    cpu0 = memory.cpu_sample()
+
+    def checkpoint(section: dict[str, Any]) -> None:
+        section = dict(section)
+        memory.keep_most(section, done or {})
+        memory.keep_most(section, memory.neighbours_since(cpu0))
+        write_json(partial, {**result, "status": "partial", "latency": section, "updated": _now()})
+
+    return checkpoint
 
 
 def load_latency(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -3,6 +3,7 @@ processes used while a timing ran: GPU memory (``gpu_others_bytes``) and host CP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -193,3 +194,16 @@ def host_cpu_state() -> tuple[int | None, float | None]:
         except (OSError, ValueError):
             pass
     return core, mhz
+
+
+@contextlib.contextmanager
+def watch_neighbours(record: dict):
+    """Keep in ``record`` the most that other processes used while the block ran, over every block watched
+    with it: device memory outside this process's allocator (``gpu_others_bytes``, sampled at both ends) and
+    host CPU outside this process's tree (``host_others_cores``). The report flags times measured then."""
+    keep_most(record, {"gpu_others_bytes": gpu_others_bytes()})
+    cpu0 = cpu_sample()
+    try:
+        yield
+    finally:
+        keep_most(record, neighbours_since(cpu0))

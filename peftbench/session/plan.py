@@ -1,0 +1,208 @@
+"""Planning a session: every choice resolved and every user mistake caught before anything trains.
+
+``make_plan`` turns a ``SessionConfig`` (what the user asked for) into a frozen ``Plan``: the resolved model,
+methods, tasks with their retention tasks and prepared data, each cell's method and shared options, the
+output folder. Running a cell reads the plan; nothing writes back into it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from peftbench.api.options import parse_sets
+from peftbench.api.plugins import task_dirs
+from peftbench.api.records import RunSpec
+from peftbench.errors import UsageError
+from peftbench.results.store import load_session
+from peftbench.session.options import OPTION_KEYS, CellOptions
+from peftbench.tasks.task import Task, discover_tasks, prepare_data, select_tasks
+
+BUDGET_KEYS = {"steps", "epochs", "max_tokens"}
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass
+class SessionConfig:
+    """What the user asked for (``peftbench run``'s options)."""
+
+    methods: list[str]
+    tasks: list[str] = field(default_factory=lambda: ["quickstart"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    output: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    resume: bool = False
+    tasks_dirs: list[Path] = field(default_factory=list)
+    cache_dir: Path | None = None
+    keep_artifacts: bool = False
+    base_row: bool = True
+    data_dir: Path | None = None         # local data folder (else $PEFTBENCH_DATA_DIR, else the hub)
+    retention: list[str] | None = None   # eval-only tasks scored after training (None: each task's default)
+    time_budget_s: float | None = None   # stop starting cells that would not finish within this many seconds
+    shard: tuple[int, int] | None = None  # (k, n): run only the cells k, k+n, k+2n, ... of the plan (0-based)
+
+    @property
+    def continues(self) -> bool:
+        """Whether this process continues what is in --output (--resume, or one shard among others)."""
+        return self.resume or self.shard is not None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A session, resolved. ``cells`` are the trained cells; ``all_cells()`` adds the base rows."""
+
+    config: SessionConfig
+    session_id: str
+    output: Path
+    device: str
+    cache_dir: Path
+    model: Any                                    # peftbench.models ResolvedModel
+    registry: Any                                 # peftbench.api.registry.MethodRegistry
+    methods: tuple[str, ...]
+    tasks: tuple[Task, ...]
+    retention: Mapping[str, tuple[Task, ...]]     # task trained on -> tasks scored for forgetting
+    prepared: Mapping[str, Any]                   # task name -> PreparedData (its files and sizes)
+    method_configs: Mapping[str, Any]
+    options: Mapping[tuple[str, str], CellOptions]  # (method or "base", task) -> shared options
+    cells: tuple[RunSpec, ...]
+
+    @property
+    def eval_tasks(self) -> list[Task]:
+        """Every task scored: those trained on, then their retention tasks, each once."""
+        tasks = [*self.tasks, *(t for ts in self.retention.values() for t in ts)]
+        return list({t.name: t for t in tasks}.values())
+
+    def all_cells(self) -> list[RunSpec]:
+        """Every cell of the session in run order: the base rows first, then the plan."""
+        base = [RunSpec("base", t.name, 0) for t in self.tasks] if self.config.base_row else []
+        return [*base, *self.cells]
+
+    def task(self, name: str) -> Task:
+        return next(t for t in self.tasks if t.name == name)
+
+    def method(self, name: str) -> Any:
+        """The Method object of a cell's method (None for the base row)."""
+        return self.registry.get(name) if name != "base" else None
+
+    def options_of(self, spec: RunSpec) -> CellOptions:
+        return self.options[(spec.method, spec.task)]
+
+
+def all_tasks(host: Any, tasks_dirs: list[Path]) -> dict[str, Task]:
+    """Every task the plugins register (in load order) plus those in ``tasks_dirs``; a later folder's task
+    of the same name wins."""
+    return discover_tasks([*task_dirs(host), *tasks_dirs])
+
+
+def make_plan(config: SessionConfig, host: Any, registry: Any, say: Any = None) -> Plan:
+    """Resolve ``config`` into a Plan, or raise a UsageError/ConfigError naming what is wrong."""
+    from peftbench.models.sources import default_cache_dir, resolve_model
+    from peftbench.tasks.data import data_root
+
+    methods = _methods(config, registry)
+    every = all_tasks(host, config.tasks_dirs)
+    tasks = _trained_tasks(config, every, methods)
+    retention = _retention(config, every, tasks)
+    device = resolve_device(config.device)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    root = data_root(config.data_dir)
+    scored = list({t.name: t for t in [*tasks, *(r for rs in retention.values() for r in rs)]}.values())
+    prepared = {t.name: prepare_data(t, cache_dir, root, need_train=t in tasks and bool(methods)) for t in scored}
+    method_configs, options = _options(config, registry, methods, tasks, device)
+    session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    output = Path(config.output) if config.output else Path("peftbench-results") / session_id
+    session_id = _check_output(config, output) or session_id
+    model = resolve_model(config.model, cache_dir=cache_dir, progress=say)
+    cells = tuple(RunSpec(m, t.name, s) for t in tasks for s in config.seeds for m in methods)
+    return Plan(config=config, session_id=session_id, output=output, device=device, cache_dir=cache_dir,
+                model=model, registry=registry, methods=tuple(methods), tasks=tuple(tasks),
+                retention={k: tuple(v) for k, v in retention.items()}, prepared=prepared,
+                method_configs=method_configs, options=options, cells=cells)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA device. Use --device cpu or auto.")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r} is not valid; use auto, cpu or cuda.")
+    return device
+
+
+def _methods(config: SessionConfig, registry: Any) -> list[str]:
+    methods = [registry.canonical(m, "--methods") for m in config.methods]
+    if len(set(methods)) != len(methods):
+        raise UsageError(f"--methods names a method twice: {', '.join(config.methods)}.")
+    return methods
+
+
+def _trained_tasks(config: SessionConfig, every: dict[str, Task], methods: list[str]) -> list[Task]:
+    tasks = select_tasks(every, config.tasks)
+    for task in tasks:
+        if task.eval_only and methods:
+            raise UsageError(f"task {task.name!r} has no train split, so methods cannot be trained on it. Score "
+                             f"it as a retention task instead: --retention {task.name}.")
+    return tasks
+
+
+def _retention(config: SessionConfig, every: dict[str, Task], tasks: list[Task]) -> dict[str, list[Task]]:
+    retention: dict[str, list[Task]] = {}
+    for task in tasks:
+        names = config.retention if config.retention is not None else task.retention
+        chosen = select_tasks(every, names) if names else []
+        if any(r.name == task.name for r in chosen):
+            raise UsageError(f"--retention names {task.name!r}, the task being trained on; retention scores "
+                             "tasks the model was not trained on.")
+        retention[task.name] = chosen
+    return retention
+
+
+def _options(config: SessionConfig, registry: Any, methods: list[str], tasks: list[Task], device: str
+             ) -> tuple[dict[str, Any], dict[tuple[str, str], CellOptions]]:
+    """Each method's own config, and each (method, task)'s shared options: the task's defaults for the
+    device, then ``--set`` (whose budget replaces the task's, not adds to it)."""
+    shared, per_method = parse_sets(config.sets, [*registry.entries, *registry.aliases], OPTION_KEYS)
+    per_method = {registry.canonical(k): v for k, v in per_method.items()}
+    unused = set(per_method) - set(methods)
+    if unused:
+        raise UsageError(f"--set gives options for {', '.join(sorted(unused))}, which --methods does not run.")
+    method_configs = {m: registry.get(m).make_config(per_method.get(m, {})) for m in methods}
+    options: dict[tuple[str, str], CellOptions] = {}
+    for task in tasks:
+        for m in [*methods, "base"]:
+            values = task.train_overrides(device, registry.base(m) if m != "base" else None)
+            if BUDGET_KEYS & set(shared):
+                values = {k: v for k, v in values.items() if k not in BUDGET_KEYS}
+            opts = CellOptions.build({**values, **shared}, where=f"training options for {m} on task {task.name}")
+            if m != "base" and opts.train.lr == 0:
+                opts.train.lr = registry.get(m).default_lr
+            options[(m, task.name)] = opts
+    return method_configs, options
+
+
+def _check_output(config: SessionConfig, out: Path) -> str | None:
+    """Refuse an --output that would mix sessions; return the session id a continued folder already has."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out} exists and is not a folder.")
+    existing = (out / "session.json").is_file() or any((out / "runs").glob("*.json"))
+    if config.shard is not None and not config.output:
+        raise UsageError("--shard needs --output: the shards of a session work in one folder.")
+    if existing and not config.continues:
+        raise UsageError(f"--output {out} already holds another session's results. Pass --resume to continue "
+                         "that session (finished cells are kept), or choose an empty --output folder.")
+    if existing and (out / "session.json").is_file():
+        old = load_session(out)
+        if old.get("config", {}).get("model") not in (None, config.model):
+            raise UsageError(f"--resume: {out} was run with model {old['config']['model']!r}, not "
+                             f"{config.model!r}; results of different base models cannot be mixed.")
+        return old.get("session_id")
+    return None
