@@ -49,75 +49,93 @@ def _type_name(tp: Any) -> str:
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert ``value`` (a string from the command line, or a JSON value) to the annotated type ``tp``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: cannot use {value!r}")
+        return _coerce_union(value, args, where)
     if origin in (list, tuple):
-        item = args[0] if args else str
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                try:
-                    value = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{where}: {value!r} is not a JSON list ({e.msg}).") from None
-            else:
-                value = [v.strip() for v in text.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list (comma-separated or JSON), got {value!r}.")
-        items = [coerce(v, item, where) for v in value]
+        items = [coerce(v, args[0] if args else str, where) for v in _as_list(value, where)]
         return items if origin is list else tuple(items)
-    if typing.get_origin(tp) is typing.Literal:
+    if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}.")
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}.")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}.")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+    scalar = _SCALARS.get(tp)
+    return scalar(value, where) if scalar else value
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], where: str) -> Any:
+    """The first member type that takes ``value`` (None, 'none' or 'null' for an optional)."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if type(None) in args:
+            return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce(value, arg, where)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"{where}: cannot use {value!r}")
+
+
+def _as_list(value: Any, where: str) -> list[Any]:
+    """A list from a JSON list, a comma-separated string or a list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
             try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}.")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: {value!r} is not a JSON list ({e.msg}).") from None
+        else:
+            value = [v.strip() for v in text.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list (comma-separated or JSON), got {value!r}.")
+    return list(value)
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: expected true or false, got {value!r}.")
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""))
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected an integer, got {value!r}.")
+
+
+def _to_float(value: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
             return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}.")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}.")
-    return value
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected a number, got {value!r}.")
+
+
+def _to_str(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected a string, got {value!r}.")
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
