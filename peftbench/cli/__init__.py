@@ -1,0 +1,1 @@
+"""The command line, the top layer: thin click commands over the library."""

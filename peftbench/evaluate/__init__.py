@@ -1,0 +1,1 @@
+"""Scoring with lm-eval, in-process, and the evaluation options."""

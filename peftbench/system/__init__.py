@@ -1,0 +1,2 @@
+"""The machine: atomic file writes, peak memory and other processes' use, versions and provenance, progress
+display."""
