@@ -1,5 +1,5 @@
 """What one full garbage collection costs in a process that holds a model (the latency harness collects
-before timing; docs/latency.md cites this figure).
+before timing; results/latency-gpu/README.md cites this figure).
 
     python benchmarks/gc_cost.py --model PATH_OR_SOURCE [--repeat 3]
 """
