@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,32 +140,25 @@ class Registration:
 
 
 def registrations(host: PluginHost, hook: str) -> list[Registration]:
-    """Call the registration hook ``hook`` (``register_methods`` or ``register_tasks``) through pluggy and
-    return every call its implementations made to ``register``, credited to their plugin, in load order
-    (built-ins first; within a plugin, in the order it registered). Load order decides who keeps a taken
-    name, but pluggy calls the last-loaded plugin first, so the calls are collected, then sorted."""
+    """Call the registration hook ``hook`` (``register_methods`` or ``register_tasks``) through pluggy, one
+    plugin at a time in load order (built-ins first), and return every call each made to ``register``,
+    credited to its plugin. Load order decides who keeps a taken name; pluggy alone would call the
+    last-loaded plugin first and not say who registered what."""
     impls = getattr(host.hook, hook).get_hookimpls()  # load order
-    rank = {getattr(impl.function, "__code__", None): (i, impl.plugin_name) for i, impl in enumerate(impls)}
-    made: list[tuple[int, Registration]] = []
+    made: list[Registration] = []
+    for impl in impls:
+        others = [i.plugin for i in impls if i.plugin is not impl.plugin]
+        only_this = host.pm.subset_hook_caller(hook, remove_plugins=others)
 
+        only_this(register=_recorder(made, impl.plugin_name))
+    return made
+
+
+def _recorder(made: list[Registration], plugin: str) -> Any:
     def register(*args: Any, **kwargs: Any) -> None:
-        order, plugin = _implementation_on_stack(rank, hook)
-        made.append((order, Registration(plugin, args, kwargs)))
+        made.append(Registration(plugin, args, kwargs))
 
-    getattr(host.hook, hook)(register=register)
-    return [r for _, r in sorted(made, key=lambda m: m[0])]
-
-
-def _implementation_on_stack(rank: dict[Any, tuple[int, str]], hook: str) -> tuple[int, str]:
-    """The (load order, plugin name) of the hook implementation that is calling ``register``: the innermost
-    frame running one of their functions (the implementation may call ``register`` through helpers)."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code in rank:
-            return rank[frame.f_code]
-        frame = frame.f_back
-    raise PluginError(f"{hook}'s register() was called from outside a {hook} implementation; call it while "
-                      "the hook runs.")
+    return register
 
 
 def task_dirs(host: PluginHost) -> list[Path]:
