@@ -110,14 +110,20 @@ class MethodContract:
 
     def test_class_passes_registration_checks(self, method):
         from peftbench.api.method import validate_method_class
+        from peftbench.errors import PluginError
 
-        validate_method_class(type(method), "contract")
+        try:
+            validate_method_class(type(method), "contract")
+        except PluginError as e:
+            expect(False, "the class to pass peftbench's registration checks", str(e),
+                   "docs/plugins/README.md (The Method API) lists what a Method class must have")
 
     def test_config_round_trips_through_json(self, method, config):
         from peftbench.api.options import to_jsonable
 
         again = method.make_config(json.loads(json.dumps(to_jsonable(config))))
-        assert again == config
+        expect(again == config, "the config to come back equal from JSON (a run file stores it so)",
+               f"{config!r} became {again!r}", "give Config fields JSON types (numbers, strings, lists, dicts)")
 
     def test_only_trainable_parameters_change(self, method, config):
         import torch
@@ -126,28 +132,30 @@ class MethodContract:
         base, tok = tiny_llama()
         model = method.prepare(base, config)
         trainable = {n for n, _ in method.trainable_parameters(model)}
-        assert trainable, "the method left no trainable parameters"
+        expect(bool(trainable), "prepare() to leave parameters to train", "trainable_parameters() is empty",
+               "set requires_grad on the method's parameters in prepare(), or override trainable_parameters()")
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         result = train_steps(method, model, tok)
-        assert result.steps == 3
+        expect(result.steps == 3, "3 training steps", f"{result.steps}")
         changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
         frozen_changed = changed - trainable
-        assert not frozen_changed, f"frozen parameters changed: {sorted(frozen_changed)[:5]}"
-        assert changed, "no trainable parameter changed after 3 steps at lr 1e-2"
+        expect(not frozen_changed, "only trainable_parameters() to change in training",
+               f"frozen parameters changed: {sorted(frozen_changed)[:5]}",
+               "freeze the base (requires_grad=False) in prepare(), or list these in trainable_parameters()")
+        expect(bool(changed), "some trainable parameter to change after 3 steps at lr 1e-2", "none changed",
+               "are the trainable parameters on the forward path?")
 
     def test_training_changes_the_model(self, method, config):
         model, tok, ids, base_logits, untrained = self._trained(method, config)
         trained = logits(method.inference_model(model), ids)
-        assert (trained - untrained).abs().max() > 1e-3
+        diff = float((trained - untrained).abs().max())
+        expect(diff > 1e-3, "training to change the logits by more than 1e-3", f"max |change| {diff:.3g}",
+               "inference_model() must return the model whose trained weights compute the output")
 
     def test_disabled_computes_the_base_model(self, method, config):
         if not method.capabilities.can_disable:
-            from peftbench.errors import NotSupported
-
             model, *_ = self._trained(method, config)
-            with pytest.raises(NotSupported):
-                with method.disabled(model):
-                    pass
+            _expect_not_supported(lambda: _enter(method.disabled(model)), "can_disable", "disabled()")
             return
         model, tok, ids, base_logits, untrained = self._trained(method, config)
         infer = method.inference_model(model)
@@ -157,29 +165,35 @@ class MethodContract:
         reference = base_logits
         if method.capabilities.quantized_base:  # the base a quantized method keeps is the quantized one
             reference = off
-            assert (off - base_logits).abs().max() < 0.5 * base_logits.abs().max()
-        assert (off - reference).abs().max() <= TOL * max(1.0, float(reference.abs().max()))
-        assert (trained - off).abs().max() > 1e-3, "training did not move the model away from its base"
-        again = logits(infer, ids)
-        assert torch_equal(again, trained), "disabled() did not restore the adapter afterwards"
+            far = float((off - base_logits).abs().max())
+            expect(far < 0.5 * float(base_logits.abs().max()), "the quantized base to stay near the fp32 base",
+                   f"max |difference| {far:.3g}")
+        diff, bound = float((off - reference).abs().max()), TOL * max(1.0, float(reference.abs().max()))
+        expect(diff <= bound, f"disabled() to compute the base model (max |logit difference| <= {bound:.3g})",
+               f"{diff:.3g}", "switch every module of the method off in disabled(), or claim can_disable=False")
+        moved = float((trained - off).abs().max())
+        expect(moved > 1e-3, "the trained model to differ from its base by more than 1e-3", f"{moved:.3g}",
+               "does disabled() leave the method switched off after it exits?")
+        expect(torch_equal(logits(infer, ids), trained), "the trained model back, unchanged, after disabled()",
+               "different logits", "restore the method's modules when the context exits (try/finally)")
 
     def test_merge_matches_unmerged_and_unmerge_restores(self, method, config):
         if not method.capabilities.mergeable:
-            from peftbench.errors import NotSupported
-
             model, *_ = self._trained(method, config)
-            with pytest.raises(NotSupported):
-                method.merge(model)
+            _expect_not_supported(lambda: method.merge(model), "mergeable", "merge()")
             return
         model, tok, ids, base_logits, untrained = self._trained(method, config)
         trained = logits(method.inference_model(model), ids)
         merged = method.merge(model)
         m = logits(method.inference_model(merged), ids)
-        scale = max(1.0, float(trained.abs().max()))
-        assert (m - trained).abs().max() <= self._tol(method) * scale
+        bound = self._tol(method) * max(1.0, float(trained.abs().max()))
+        diff = float((m - trained).abs().max())
+        expect(diff <= bound, f"the merged model to compute the unmerged one (max |logit difference| <= "
+               f"{bound:.3g})", f"{diff:.3g}", "merge() must fold exactly the trained update into the base")
         restored = method.unmerge(merged)
-        r = logits(method.inference_model(restored), ids)
-        assert (r - trained).abs().max() <= self._tol(method) * scale
+        diff = float((logits(method.inference_model(restored), ids) - trained).abs().max())
+        expect(diff <= bound, f"unmerge() to restore the unmerged model (max |logit difference| <= {bound:.3g})",
+               f"{diff:.3g}", "unmerge() must subtract what merge() added")
 
     def test_unload_serves_the_merged_weights(self, method, config):
         """``unload(merge(model))`` (what the latency harness times as ``merged``) computes what the merged
@@ -191,17 +205,16 @@ class MethodContract:
         m = logits(method.inference_model(merged), ids)
         n_merged = sum(p.numel() for p in method.inference_model(merged).parameters())
         served = method.inference_model(method.unload(merged))
-        assert torch_equal(logits(served, ids), m), "unload() changed the merged model's outputs"
-        assert sum(p.numel() for p in served.parameters()) <= n_merged
+        expect(torch_equal(logits(served, ids), m), "unload() to keep the merged model's outputs",
+               "different logits", "unload() removes pass-through wrappers only")
+        n_served = sum(p.numel() for p in served.parameters())
+        expect(n_served <= n_merged, f"unload() to keep at most the merged model's {n_merged} parameters",
+               f"{n_served}", "drop the method's modules in unload()")
 
     def test_stacked_modules_are_on_the_path_and_leave_no_trace(self, method, config):
         if not method.capabilities.can_stack:
-            from peftbench.errors import NotSupported
-
             model, *_ = self._trained(method, config)
-            with pytest.raises(NotSupported):
-                with method.stacked(model, 2):
-                    pass
+            _expect_not_supported(lambda: _enter(method.stacked(model, 2)), "can_stack", "stacked()")
             return
         import torch
 
@@ -212,26 +225,60 @@ class MethodContract:
         keys = set(model.state_dict())
         n_params = sum(p.numel() for p in model.parameters())
         with method.stacked(model, 3):
-            assert sum(p.numel() for p in model.parameters()) > n_params, "stacked() added no modules"
+            expect(sum(p.numel() for p in model.parameters()) > n_params, "stacked(model, 3) to add modules",
+                   "the same parameter count", "add n - 1 modules of the method's shape inside the context")
             with torch.no_grad():  # give the extra modules values, so they visibly change the output
                 extra = [p for k, p in model.named_parameters() if k not in keys]
                 for p in extra:
                     p.add_(0.05)
             first, second = logits(infer, ids), logits(infer, ids)
-            assert torch_equal(first, second), "stacked modules are not deterministic in eval mode"
-            assert (first - trained).abs().max() > 1e-4, "the stacked modules are not on the forward path"
-        assert set(model.state_dict()) == keys, "stacked() left modules behind"
-        assert torch_equal(logits(infer, ids), trained), "the model differs after stacked()"
+            expect(torch_equal(first, second), "stacked modules to be deterministic in eval mode",
+                   "two forwards differ", "no dropout or randomness outside training")
+            moved = float((first - trained).abs().max())
+            expect(moved > 1e-4, "the stacked modules to be on the forward path (logits change by > 1e-4)",
+                   f"{moved:.3g}", "activate the added modules, not only create them")
+        expect(set(model.state_dict()) == keys, "no modules left behind after stacked()",
+               f"new keys {sorted(set(model.state_dict()) - keys)[:3]}", "remove what stacked() added on exit")
+        expect(torch_equal(logits(infer, ids), trained), "the model unchanged after stacked()",
+               "different logits", "restore the model on exit (try/finally)")
 
     def test_save_load_round_trips_the_logits(self, method, config, tmp_path):
         model, tok, ids, base_logits, untrained = self._trained(method, config)
         trained = logits(method.inference_model(model), ids)
         files = method.save(model, tmp_path, config)
-        assert files and all(f.exists() for f in files)
+        expect(bool(files) and all(f.exists() for f in files), "save() to return the files it wrote",
+               f"{files!r}", "return the list of paths written under the directory")
         fresh, _ = tiny_llama()
         loaded = method.load(tmp_path, fresh, config)
         got = logits(method.inference_model(loaded), ids)
-        assert (got - trained).abs().max() <= TOL * max(1.0, float(trained.abs().max()))
+        bound = TOL * max(1.0, float(trained.abs().max()))
+        diff = float((got - trained).abs().max())
+        expect(diff <= bound, f"load(save(model)) onto a fresh base to reproduce the trained logits (max "
+               f"|difference| <= {bound:.3g})", f"{diff:.3g}", "save every trained parameter, and load them all")
+
+
+def expect(ok: bool, expects: str, seen: str, hint: str = "") -> None:
+    """A contract check: on failure, an AssertionError saying what the contract expects, what was seen and
+    (``hint``) where to look."""
+    if not ok:
+        raise AssertionError(f"the method contract expects {expects}; seen: {seen}." + (f" Hint: {hint}." if hint else ""))
+
+
+def _enter(context: Any) -> None:
+    with context:
+        pass
+
+
+def _expect_not_supported(call: Any, flag: str, member: str) -> None:
+    from peftbench.errors import NotSupported
+
+    try:
+        call()
+    except NotSupported:
+        return
+    expect(False, f"{member} to raise peftbench.NotSupported, since capabilities say {flag}=False",
+           f"{member} returned normally", f"set {flag}=True in the method's Capabilities if it works, or leave "
+           f"{member} to the Method base class")
 
 
 def torch_equal(a, b) -> bool:

@@ -52,7 +52,10 @@ def test_misspelled_hook_fails_loudly():
 
     _module("peftbench_test_misspelled", register_method=register_method)
     with pytest.raises(PluginError, match="does not exist"):
-        make_plugin_manager(extra_plugins=["peftbench_test_misspelled"], load_entrypoints=False)
+        make_plugin_manager(extra_plugins=["peftbench_test_misspelled"], load_entrypoints=False, strict=True)
+    host = make_plugin_manager(extra_plugins=["peftbench_test_misspelled"], load_entrypoints=False)  # issue 20:
+    (failure,) = host.failures  # not strict, the plugin is reported and disabled, and the rest works
+    assert "does not exist" in failure.error and "register_methods" in failure.error
 
 
 def test_wrong_argument_name_fails_loudly():
@@ -76,7 +79,7 @@ def test_name_collision_names_both_plugins():
     _module("peftbench_test_collide", register_methods=register_methods)
     host = make_plugin_manager(extra_plugins=["peftbench_test_collide"], load_entrypoints=False)
     with pytest.raises(PluginError) as e:
-        collect_methods(host)
+        collect_methods(host, strict=True)  # issue 20: not strict by default (the host's --strict-plugins)
     assert "peftbench_test_collide" in str(e.value) and "peftbench_plugins.lora" in str(e.value)
     assert collect_methods(host, strict=False).errors  # non-strict: recorded, rest usable
 

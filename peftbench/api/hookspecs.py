@@ -19,9 +19,11 @@ Three kinds of hook:
   Wrap a phase with ``@hookimpl(wrapper=True)``.
 * **Run events** (every implementation is called; keep them cheap): run start, each training step, run end.
 
-The ``run`` argument of the per-run hooks is a :class:`peftbench.api.records.RunContext`: it holds the
-method object, its config, the task, the seed, the training config, the device and ``run.record(key,
-value)`` for plugin extras, which land under ``extras`` in the run file.
+The ``run`` argument of the per-run hooks is a :class:`peftbench.api.records.RunContext`: ``spec`` (method
+name, task name, seed), ``method`` (the Method object; None for the base row) and ``method_config``,
+``task``, ``train_config``, ``eval_config``, ``latency_config``, ``device``, ``include_path``, ``hook``,
+``progress``, and ``run.record(key, value)`` for plugin extras, which land under ``extras`` in the run
+file. docs/plugins/README.md ("The run object") describes each field.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def register_methods(register):
 
     ``register(name, method, aliases=())``: ``method`` is a :class:`peftbench.Method` subclass or a lazy
     ``"module.path:ClassName"`` string (imported only when the method is used, so listing methods stays
-    fast). Registering a name another plugin already took is an error that names both plugins.
+    fast). A name (or alias) another plugin already took is not registered: the first registered keeps
+    it, ``peftbench plugins`` shows this plugin as ``conflict`` naming both, and ``--strict-plugins`` makes
+    it an error. A hook that raises is reported the same way; the other plugins keep working.
 
     Example::
 

@@ -27,14 +27,16 @@ if TYPE_CHECKING:  # keep `peftbench methods` free of a torch import
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a method can do; the runner plans a run from this and never asks for more."""
+    """What a method can do; the runner plans a run from this and never asks for more. Every flag defaults
+    to False: ``Capabilities()`` (also what a ``Method`` that sets no ``capabilities`` gets) claims nothing,
+    so a method with only ``prepare``/``save``/``load`` is complete."""
 
     mergeable: bool = False
     """``merge``/``unmerge`` fold the trained weights into the base and back."""
     merge_lossy: bool = False
     """Merging changes the model's outputs beyond float rounding (e.g. into a quantized base)."""
-    can_disable: bool = True
-    """``disabled()`` runs the base model path (False for full fine-tuning: nothing to switch off)."""
+    can_disable: bool = False
+    """``disabled()`` runs the base model path (an adapter that can be switched off; not full fine-tuning)."""
     quantized_base: bool = False
     """The frozen base weights are quantized (QLoRA)."""
     trains_all_parameters: bool = False
@@ -68,6 +70,7 @@ class Method:
     Config: ClassVar[type]
     """A dataclass; every field has ``metadata={"help": ...}``."""
     capabilities: ClassVar[Capabilities] = Capabilities()
+    """What the method can do beyond ``prepare``/``save``/``load``; default: nothing (every flag False)."""
     requires: ClassVar[tuple[str, ...]] = ()
     """Importable module names the method needs (e.g. ``("bitsandbytes",)``)."""
     default_lr: ClassVar[float] = 2e-4
@@ -153,8 +156,9 @@ REQUIRED = ("prepare", "save", "load")
 
 
 def validate_method_class(obj: Any, plugin: str = "?") -> None:
-    """Raise :class:`PluginError` when ``obj`` is not a usable Method class (names the plugin)."""
-    where = f"method {getattr(obj, 'name', obj)!r} from plugin {plugin!r}"
+    """Raise :class:`PluginError` when ``obj`` is not a usable Method class (names the class and plugin)."""
+    cls = f"{obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else repr(obj)
+    where = f"method {getattr(obj, 'name', obj)!r} (class {cls}) from plugin {plugin!r}"
     if not isinstance(obj, type) or not issubclass(obj, Method):
         raise PluginError(f"{where}: expected a subclass of peftbench.Method, got {obj!r}")
     name = getattr(obj, "name", None)
@@ -169,11 +173,14 @@ def validate_method_class(obj: Any, plugin: str = "?") -> None:
     for attr in REQUIRED:
         if getattr(obj, attr) is getattr(Method, attr):
             raise PluginError(f"{where}: does not implement required method {attr}()")
-    if not isinstance(obj.capabilities, Capabilities):
-        raise PluginError(f"{where}: 'capabilities' must be a peftbench.Capabilities")
-    if obj.capabilities.mergeable and (obj.merge is Method.merge or obj.unmerge is Method.unmerge):
-        raise PluginError(f"{where}: capabilities say mergeable but merge()/unmerge() are not implemented")
-    if obj.capabilities.can_stack and obj.stacked is Method.stacked:
-        raise PluginError(f"{where}: capabilities say can_stack but stacked() is not implemented")
-    if obj.capabilities.can_disable and obj.disabled is Method.disabled:
-        raise PluginError(f"{where}: capabilities say can_disable but disabled() is not implemented")
+    caps = obj.capabilities
+    if not isinstance(caps, Capabilities):
+        raise PluginError(f"{where}: 'capabilities' must be a peftbench.Capabilities (or left unset: it claims "
+                          f"nothing), got {caps!r}")
+    claims = [("mergeable", ("merge", "unmerge")), ("can_stack", ("stacked",)), ("can_disable", ("disabled",))]
+    for flag, members in claims:
+        absent = [m for m in members if getattr(obj, m) is getattr(Method, m)]
+        if getattr(caps, flag) and absent:
+            raise PluginError(f"{where}: capabilities say {flag} but {'/'.join(f'{m}()' for m in absent)} "
+                              f"{'is' if len(absent) == 1 else 'are'} not implemented: implement "
+                              f"{'them' if len(absent) > 1 else 'it'}, or leave {flag} False (its default)")

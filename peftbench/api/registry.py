@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftbench.api.method import Method, validate_method_class
-from peftbench.api.plugins import PluginHost, registrations
+from peftbench.api.plugins import (
+    LoadFailure,
+    PluginHost,
+    describe_call,
+    note_problem,
+    registrations,
+    sentence,
+)
 from peftbench.errors import PluginError, UsageError, unknown
 
 
@@ -46,6 +53,7 @@ class MethodRegistry:
     entries: dict[str, MethodEntry] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    failures: list[LoadFailure] = field(default_factory=list)  # plugins that did not load: they may own a name
     _instances: dict[str, Method] = field(default_factory=dict)
 
     def names(self) -> list[str]:
@@ -66,28 +74,54 @@ class MethodRegistry:
             return key
         if key in self.aliases:
             return self.aliases[key]
-        raise unknown("method", name, [*self.entries, *self.aliases], where)
+        raise self._unknown(name, where)
+
+    def _unknown(self, name: str, where: str) -> UsageError:
+        """'Unknown method', and when plugins failed to load, which (the one named like the method first):
+        the method may be theirs."""
+        error = unknown("method", name, [*self.entries, *self.aliases], where)
+        if not self.failures:
+            return error
+        key = name.strip().lower()
+        owner = next((f for f in self.failures if key in _name_parts(f)), None)
+        if owner is not None:
+            package = f" (package {owner.distribution})" if owner.distribution else ""
+            how = "failed to load" if owner.kind == "import" else "is disabled"
+            return UsageError(sentence(f"{where + ': ' if where else ''}method {name!r} comes from plugin "
+                                       f"{owner.name!r}{package}, which {how}: {owner.error}",
+                                       owner.hint, "peftbench plugins shows every plugin and its error"))
+        if "Did you mean" in str(error):
+            return error
+        failed = "; ".join(f"{f.name!r} ({f.error})" for f in self.failures)
+        return UsageError(sentence(str(error), f"These plugins failed to load and may register it: {failed}",
+                                   "peftbench plugins shows each with its fix"))
 
     def base(self, name: str) -> str:
         """The registered method a name, alias or variant runs: ``adapter@pfeiffer`` -> ``adapter``."""
         return self.canonical(name).split("@", 1)[0]
 
     def add(self, name: str, method: Any, aliases: tuple[str, ...] | list[str] = (), *, plugin: str) -> None:
-        """``register(name, method, aliases=())`` of the ``register_methods`` hook, made by ``plugin``."""
+        """``register(name, method, aliases=())`` of the ``register_methods`` hook, made by ``plugin``. A name
+        or alias already taken is an error naming both plugins, and nothing of this call is added."""
         if not isinstance(name, str) or not name.strip():
             raise PluginError(f"plugin {plugin!r} registered a method with an invalid name {name!r}")
+        if isinstance(aliases, str) or not all(isinstance(a, str) and a.strip() for a in aliases):
+            raise PluginError(f"plugin {plugin!r}: the aliases of method {name!r} must be a list of names, "
+                              f"got {aliases!r}")
         key = name.strip().lower()
-        taken = self.entries.get(key) or (self.entries.get(self.aliases[key]) if key in self.aliases else None)
-        if taken is not None:
-            raise PluginError(f"method name {key!r} registered by plugin {plugin!r} is already taken by "
-                              f"plugin {taken.plugin!r}; choose another name or disable one plugin "
-                              f"(--disable-plugin {plugin})")
-        self.entries[key] = MethodEntry(key, method, plugin, tuple(a.lower() for a in aliases))
+        for alias in ("", *(a.strip().lower() for a in aliases)):
+            wanted = alias or key
+            owner = self.entries.get(wanted) or self.entries.get(self.aliases.get(wanted, ""))
+            if owner is None and alias != key:
+                continue
+            what = f"alias {alias!r} of method {key!r}" if alias else f"method name {key!r}"
+            by = f"plugin {owner.plugin!r}" if owner is not None else "the method's own name"
+            raise PluginError(f"{what} registered by plugin {plugin!r} is already taken by {by}, which keeps "
+                              f"it (the first registered does); this registration of {key!r} is ignored. Rename "
+                              f"it in plugin {plugin!r}, or run with --disable-plugin {plugin}")
+        self.entries[key] = MethodEntry(key, method, plugin, tuple(a.strip().lower() for a in aliases))
         for alias in aliases:
-            a = alias.strip().lower()
-            if a in self.entries or a in self.aliases:
-                raise PluginError(f"alias {a!r} of method {key!r} (plugin {plugin!r}) is already taken")
-            self.aliases[a] = key
+            self.aliases[alias.strip().lower()] = key
 
     def get(self, name: str) -> Method:
         """The (stateless) Method instance for a name, alias or variant."""
@@ -97,20 +131,32 @@ class MethodRegistry:
         return self._instances[key]
 
 
-def collect_methods(host: PluginHost, strict: bool = True) -> MethodRegistry:
-    """Call every plugin's ``register_methods`` and build the registry. A name taken twice is an error
-    naming both plugins (``strict``) or is recorded in ``registry.errors``, and that plugin registers
-    nothing more."""
-    reg = MethodRegistry()
-    failed: set[str] = set()
+def collect_methods(host: PluginHost, strict: bool | None = None) -> MethodRegistry:
+    """Call every plugin's ``register_methods`` and build the registry. A registration that fails (a name
+    taken twice: the first registered keeps it; a bad call) is an error naming the plugins when ``strict``
+    (default: the host's ``--strict-plugins``); otherwise it is ignored, recorded in ``registry.errors`` and
+    in ``host.problems`` (``peftbench plugins`` shows it), and the plugin's other methods stay."""
+    strict = host.strict if strict is None else strict
+    reg = MethodRegistry(failures=list(host.failures))
     for r in registrations(host, "register_methods"):
-        if r.plugin in failed:
-            continue
         try:
             reg.add(*r.args, **r.kwargs, plugin=r.plugin)
-        except PluginError as e:
+        except (PluginError, TypeError) as e:
+            message = str(e) if isinstance(e, PluginError) else (
+                f"plugin {r.plugin!r} called register_methods' register{describe_call(r)}, which takes "
+                f"(name, method, aliases=()): {e}; the call is ignored")
             if strict:
-                raise
-            reg.errors.append(str(e))
-            failed.add(r.plugin)
+                raise PluginError(message) from None
+            reg.errors.append(message)
+            note_problem(host, r.plugin, message, strict=False)
     return reg
+
+
+def _name_parts(failure: LoadFailure) -> set[str]:
+    """The names a failed plugin goes by (entry point, module path, package), whole and split at . - _: a
+    method of the same name is likely theirs."""
+    parts: set[str] = set()
+    for whole in (failure.name, failure.distribution or ""):
+        whole = whole.lower()
+        parts |= {whole, *re.split(r"[._-]", whole)}
+    return parts - {"", "peftbench", "plugin", "plugins"}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.api.options import describe_fields
-from peftbench.api.plugins import PluginHost
+from peftbench.api.plugins import PluginHost, sentence, task_dirs
 from peftbench.api.registry import collect_methods
 from peftbench.errors import PluginError
 
@@ -22,7 +22,7 @@ def describe_methods(host: PluginHost, device: str = "auto") -> list[dict[str, A
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-    reg = collect_methods(host, strict=False)
+    reg = collect_methods(host)
     rows = []
     for name in reg.names():
         entry = reg.entries[name]
@@ -51,7 +51,9 @@ def describe_tasks(host: PluginHost, tasks_dirs: list[Path],
     rows = []
     for t in found.values():
         row = t.describe()
-        if t.spec is None:
+        if row.get("broken"):  # its task file did not load: listed with the error, the other tasks unaffected
+            row.update(available=False, source="broken task file", sizes=None)
+        elif t.spec is None:
             row.update(available=True, source=f"generated ({t.data['generate']})", sizes=None)
         else:
             ok, source = availability(t.spec, root)
@@ -61,9 +63,11 @@ def describe_tasks(host: PluginHost, tasks_dirs: list[Path],
 
 
 def describe_plugins(host: PluginHost) -> list[dict[str, Any]]:
-    """One dict per plugin: name, distribution, version, hooks implemented, methods registered; then the
-    plugins that failed to load and those disabled."""
-    methods = collect_methods(host, strict=False)
+    """One dict per plugin: name, distribution, version, hooks implemented, methods registered, status
+    (``loaded``; ``conflict`` or ``failed`` when its registrations went wrong, with the error and fix); then
+    the plugins that failed to load or were disabled for a hook that does not exist, and those disabled."""
+    methods = collect_methods(host)
+    task_dirs(host)  # notes a broken register_tasks in host.problems
     by_plugin: dict[str, list[str]] = {}
     for entry in methods.entries.values():
         by_plugin.setdefault(entry.plugin, []).append(entry.name)
@@ -73,12 +77,15 @@ def describe_plugins(host: PluginHost) -> list[dict[str, Any]]:
             continue
         dist = host.distributions.get(name)
         hooks = sorted(h.name for h in host.pm.get_hookcallers(plugin) or [])
+        problems = host.problems.get(name, [])
+        status = "loaded" if not problems else "conflict" if all("already taken" in p for p in problems) else "failed"
         out.append({"name": name, "distribution": dist[0] if dist else None,
                     "version": dist[1] if dist else None, "hooks": hooks,
-                    "methods": sorted(by_plugin.get(name, [])), "status": "loaded", "error": None})
+                    "methods": sorted(by_plugin.get(name, [])), "status": status,
+                    "error": " ".join(problems) or None})
     for f in host.failures:
         out.append({"name": f.name, "distribution": f.distribution, "version": None, "hooks": [],
-                    "methods": [], "status": "failed", "error": f.error})
+                    "methods": [], "status": "failed", "error": sentence(f.error, f.hint)})
     for name in host.blocked:
         out.append({"name": name, "distribution": None, "version": None, "hooks": [], "methods": [],
                     "status": "disabled", "error": None})
