@@ -10,12 +10,13 @@ import sys
 
 import click
 
-from peftbench.api.plugins import PluginHost, make_plugin_manager
+from peftbench.api.plugins import LoadFailure, PluginHost, make_plugin_manager
+from peftbench.cli.export import export
 from peftbench.cli.latency import latency
 from peftbench.cli.listing import methods, options, plugins, tasks
 from peftbench.cli.report import claims, report
 from peftbench.cli.run import run
-from peftbench.errors import PeftbenchError
+from peftbench.errors import PeftbenchError, UsageError
 
 PLUGIN_COMMANDS = "peftbench.plugin_commands"  # ctx.meta key: the commands the loaded plugins add
 
@@ -44,6 +45,9 @@ class PluginGroup(click.Group):
                bool(params.get("strict_plugins")))
         if key not in self._loaded:
             host = make_plugin_manager(extra_plugins=list(key[0]), disable=list(key[1]), strict=key[2] or None)
+            named = [f for f in host.failures if f.kind == "import" and f.name in key[0]]
+            if named:  # a module the user named and that cannot be used is bad input, not a broken install
+                raise UsageError(_plugin_option_error(named[0]))
             self._loaded[key] = host, self._commands_added_by(host)
         ctx.obj, ctx.meta[PLUGIN_COMMANDS] = self._loaded[key]
 
@@ -64,6 +68,21 @@ class PluginGroup(click.Group):
         return ctx.meta.get(PLUGIN_COMMANDS, {}).get(name) or self.commands.get(name)
 
 
+def _plugin_option_error(failure: LoadFailure) -> str:
+    """Why ``--plugin MODULE`` cannot be used: the module is not there, or importing it raised."""
+    module = failure.name
+    missing = failure.error.partition("No module named ")[2].strip("'\"")
+    if failure.error.startswith("ModuleNotFoundError") and (module == missing or module.startswith(missing + ".")):
+        return (f"--plugin {module}: no module {module!r} can be imported ({failure.error}). --plugin takes the "
+                "dotted name of an importable Python module (e.g. --plugin mypkg.plugin for mypkg/plugin.py), "
+                "not a file path or a distribution name: install its package, or put the folder that holds it "
+                "on PYTHONPATH (the peftbench command does not search the current folder).")
+    frames = [line.strip() for line in failure.traceback.splitlines() if line.strip().startswith("File ")]
+    at = f" (at {frames[-1][5:]})" if frames else ""
+    return (f"--plugin {module}: importing the module failed: {failure.error}{at}. Fix the module, or leave "
+            "out --plugin.")
+
+
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--plugin", "plugins", multiple=True, help="also load this plugin module (repeatable)")
 @click.option("--disable-plugin", "disabled", multiple=True, help="do not load this plugin (repeatable)")
@@ -73,7 +92,7 @@ def cli(plugins, disabled, strict_plugins):
     """Measure what LoRA, QLoRA, bottleneck adapters and full fine-tuning buy and cost."""
 
 
-for command in (run, report, claims, latency, methods, options, tasks, plugins):
+for command in (run, report, claims, latency, methods, options, tasks, plugins, export):
     cli.add_command(command)
 
 
