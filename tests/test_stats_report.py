@@ -287,6 +287,7 @@ def test_json_export_and_report_cli(tmp_path, capsys):
     (folder / "session.json").write_text(json.dumps(SESSION))
     for r in rows():
         (folder / "runs" / f"{r['key']}.json").write_text(json.dumps({**r, "schema_version": 1}))
+    _seal(folder)
     code, out, err = run_cli(["report", str(folder), "--format", "json"], capsys)
     assert code == 0, err
     data = json.loads(out)
@@ -302,6 +303,17 @@ def _session(tmp_path, name, model="m", version=1, method="lora", seed=0):
                                                      "model": {"source": model}}))
     r = run(method, seed=seed)
     (folder / "runs" / f"{r['key']}.json").write_text(json.dumps(r))
+    return _seal(folder)
+
+
+def _seal(folder):
+    """Record every run file's sha256 in session.json, as a session does when it ends (an unlisted file
+    is refused by report)."""
+    from peftbench.results.store import sha256
+
+    session = json.loads((folder / "session.json").read_text())
+    session["run_files"] = {p.name: sha256(p) for p in sorted((folder / "runs").glob("*.json"))}
+    (folder / "session.json").write_text(json.dumps(session))
     return folder
 
 
@@ -363,6 +375,7 @@ def test_report_writes_pareto_plots(tmp_path, capsys):
     for r in [run("base", acc=0.5), run("full", acc=0.9, params={"trainable": 1000}, train={"peak_memory_bytes": 2**31}),
               run("lora", acc=0.85, params={"trainable": 10}, train={"peak_memory_bytes": 2**30})]:
         (folder / "runs" / f"{r['key']}.json").write_text(json.dumps(r))
+    _seal(folder)
     code, _, err = run_cli(["report", str(folder), "--format", "csv", "--plots", str(tmp_path / "p")], capsys)
     assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "p").iterdir())
@@ -385,6 +398,7 @@ def test_schemas_validate_and_name_the_field(tmp_path, capsys):
     folder = _session(tmp_path, "s")
     path = folder / "runs" / "lora--t--seed0.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "seed": "zero"}))
+    _seal(folder)   # as the session wrote it (write_run keeps an invalid file): reading names the field
     code, _, err = run_cli(["report", str(folder), "--format", "csv"], capsys)
     assert code == 2 and str(path) in err and "$.seed" in err and "schema" in err
 
@@ -431,6 +445,7 @@ def test_report_metric_and_columns_options(tmp_path, capsys):
     r = json.loads(path.read_text())
     r["eval"]["metrics"]["acc_norm"] = 0.7
     path.write_text(json.dumps(r))
+    _seal(folder)
     code, out, err = run_cli(["report", str(folder), "--format", "csv", "--metric", "acc_norm", "--columns",
                               "method,metric,score"], capsys)
     assert code == 0, err

@@ -38,15 +38,31 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def show_folder(output: Path, as_json: bool, markdown: bool = False) -> None:
+def show_folder(output: Path, as_json: bool, markdown: bool = False, gaps: bool = False) -> list[Any]:
     """One results folder as ``peftbench run`` leaves it: its tables (or raw files as JSON), then a line per
-    failed cell."""
-    from peftbench.report.folders import folder_data, folder_tables
+    failed cell (latency sessions). With ``gaps``, a run session's gaps follow the tables (``print_gaps``; the
+    JSON gets a ``gaps`` key); they are returned either way (empty: none)."""
+    from peftbench.report.folders import folder_data, folder_report
 
     if as_json:
-        print_json(folder_data(Path(output)))
-        return
-    tables, failed = folder_tables(Path(output))
+        data = folder_data(Path(output))
+        found = [data.pop("gaps")] if data.get("gaps") else []
+        print_json({**data, "gaps": [g.as_json() for g in found]} if found and gaps else data)
+        return found
+    tables, failed, found = folder_report(Path(output))
     print_tables(tables, markdown)
     for m, r in failed.items():
         click.echo(f"{m}: {r.get('status')}: {(r.get('error') or {}).get('message', '')[:300]}")
+    found = [found] if found else []
+    if gaps:
+        print_gaps(found, markdown)
+    return found
+
+
+def print_gaps(gaps: list[Any], markdown: bool = False, err: bool = False) -> None:
+    """Each folder's gaps (``peftbench.report.gaps``) on stdout under the tables, or on stderr (``err``: the
+    csv, json and LaTeX exports, whose stdout is data)."""
+    from peftbench.report.gaps import gap_text
+
+    if gaps:
+        click.echo(("\n" if not err else "") + gap_text(gaps, markdown=markdown and not err), err=err)

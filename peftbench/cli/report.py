@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from peftbench.cli import flags
-from peftbench.cli.output import print_json, print_tables, show_folder, stderr_console
-from peftbench.errors import UsageError
+from peftbench.cli.output import print_gaps, print_json, print_tables, show_folder, stderr_console
+from peftbench.errors import UsageError, did_you_mean
 
 ALLOW_MIXED = click.option("--allow-mixed", is_flag=True,
                            help="merge folders of different base models or task versions")
@@ -31,13 +32,16 @@ ALLOW_MIXED = click.option("--allow-mixed", is_flag=True,
 def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_mixed, plots_dir, metric, columns):
     """Render saved sessions: leaderboards and latency tables. Several folders (e.g. sessions made in
     separate GPU calls) are merged; folders of different base models or task versions are refused unless
-    --allow-mixed."""
+    --allow-mixed. Cells without a finished result are listed under the tables. Exit 0: every file verifies
+    and every planned cell finished; 1: some cell has no finished result (missing, cancelled, failed) or the
+    session did not end; 2: a file does not verify (missing, changed, damaged, from another session)."""
     fmt = "markdown" if markdown else "json" if as_json else fmt
     one_folder_as_run_shows_it = len(directories) == 1 and (
         fmt in ("table", "markdown") and not (only_tasks or only_methods or plots_dir or metric)
         or fmt == "json" and as_json)
     if one_folder_as_run_shows_it:
-        show_folder(directories[0], fmt == "json", fmt == "markdown")
+        if show_folder(directories[0], fmt == "json", fmt == "markdown", gaps=True):
+            sys.exit(1)
         return
     from peftbench.report.folders import load_folders
 
@@ -50,7 +54,9 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
         files = pareto_plots(session, runs, merged["latency"], Path(plots_dir))
         stderr_console().print(f"{len(files)} plot files in {plots_dir}")
     if fmt in ("csv", "json", "latex"):
-        _export(fmt, session, runs, columns, model, folders=[p for p, _ in merged["sessions"]])
+        _export(fmt, session, runs, columns, model, folders=[p for p, _ in merged["sessions"]], gaps=merged["gaps"])
+        print_gaps(merged["gaps"], err=True)
+        _exit_on_gaps(merged["gaps"])
         return
     from peftbench.report.latency_table import latency_tables
     from peftbench.report.leaderboard_table import leaderboard_tables
@@ -59,6 +65,13 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
     if merged["latency"]:
         tables += latency_tables(merged["latency"], title=f"{model} — " if model else "")
     print_tables(tables, markdown=fmt == "markdown")
+    print_gaps(merged["gaps"], markdown=fmt == "markdown")
+    _exit_on_gaps(merged["gaps"])
+
+
+def _exit_on_gaps(gaps: list[Any]) -> None:
+    if gaps:
+        sys.exit(1)
 
 
 def _selection(merged: dict[str, Any], only_tasks: str | None, only_methods: str | None,
@@ -68,10 +81,10 @@ def _selection(merged: dict[str, Any], only_tasks: str | None, only_methods: str
 
     runs = merged["runs"]
     if only_tasks:
-        keep = set(flags.comma_list(only_tasks, "--tasks"))
+        keep = set(_known(flags.comma_list(only_tasks, "--tasks"), "task", "--tasks", merged))
         runs = [r for r in runs if r["task"] in keep]
     if only_methods:
-        keep = set(flags.comma_list(only_methods, "--methods")) | {"base"}
+        keep = set(_known(flags.comma_list(only_methods, "--methods"), "method", "--methods", merged)) | {"base"}
         runs = [r for r in runs if r["method"] in keep]
     session = merged_session(merged["sessions"])
     if only_tasks:
@@ -85,8 +98,23 @@ def _selection(merged: dict[str, Any], only_tasks: str | None, only_methods: str
     return session, runs
 
 
+def _known(names: list[str], kind: str, flag: str, merged: dict[str, Any]) -> list[str]:
+    """``names``, each a task (or method) the folders ran or planned; else a UsageError listing those."""
+    from peftbench.results.store import planned_cells
+
+    keys = [r["key"] for r in merged["runs"]] + [k for _, s in merged["sessions"] for k in planned_cells(s)]
+    have = sorted({(k.split("--", 1)[1].rsplit("--seed", 1)[0] if kind == "task" else k.split("--", 1)[0])
+                   for k in keys if "--" in k})
+    for name in names:
+        if name not in have:
+            where = "the folder has" if len(merged["sessions"]) == 1 else "the folders have"
+            raise UsageError(f"Unknown {kind} {name!r} ({flag}).{did_you_mean(name, have)} "
+                             f"{where[0].upper()}{where[1:]}: {', '.join(have) or 'none'}.")
+    return names
+
+
 def _export(fmt: str, session: dict[str, Any], runs: list[dict], columns: str | None, model: str,
-            folders: list[Path]) -> None:
+            folders: list[Path], gaps: list[Any]) -> None:
     """One row per run as csv, json or a LaTeX table; csv and json only the --columns asked for."""
     from peftbench.report.export import export_rows, to_csv, to_latex
 
@@ -104,7 +132,8 @@ def _export(fmt: str, session: dict[str, Any], runs: list[dict], columns: str | 
     elif fmt == "latex":
         click.echo(to_latex(records, model))
     else:
-        print_json({"folders": [str(p) for p in folders], "model": model, "rows": records})
+        extra = {"gaps": [g.as_json() for g in gaps]} if gaps else {}
+        print_json({"folders": [str(p) for p in folders], "model": model, "rows": records, **extra})
 
 
 @click.command()
@@ -121,9 +150,13 @@ def claims(directories, fmt, allow_mixed):
     merged = load_folders(list(directories), allow_mixed=allow_mixed)
     results = check(merged["runs"], merged["latency"])
     if not results:
+        print_gaps(merged["gaps"], err=True)
         raise UsageError("no claim can be measured from these folders: they need runs of lora/full/base (scores, "
                          "memory, time, artifacts) and/or a `peftbench latency` session.")
     if fmt == "json":
         print_json(results)
+        print_gaps(merged["gaps"], err=True)
     else:
         print_tables([claims_table(results)], markdown=fmt == "markdown")
+        print_gaps(merged["gaps"], markdown=fmt == "markdown")
+    _exit_on_gaps(merged["gaps"])

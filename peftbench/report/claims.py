@@ -107,7 +107,8 @@ def _ratio_ci(ev: Evidence, task: str, methods: list[str], fn: Callable[..., flo
     runs_list = [ev.runs(task, m) for m in methods]
     if any(not rs for rs in runs_list):
         return None, None, ""
-    means = [statistics.fmean((r["eval"]["metrics"].get(ev.metric) or 0.0) for r in rs) for rs in runs_list]
+    means = [statistics.fmean((((r.get("eval") or {}).get("metrics") or {}).get(ev.metric) or 0.0) for r in rs)
+             for rs in runs_list]
     point = fn(*means)
     rng = random.Random(0)
     per = _per_example(runs_list, ev.metric)

@@ -13,7 +13,8 @@ from peftbench.report.merge_table import merge_tables
 
 
 def folder_data(output: Path) -> dict[str, Any]:
-    """A results folder as one JSON-able dict: a run session's session and runs, or a latency session's."""
+    """A results folder as one JSON-able dict: a run session's session and runs (and, when it has any, its
+    ``gaps``: a ``Gaps``), or a latency session's. A run folder whose files do not verify is refused."""
     if not any((output / name).exists() for name in ("session.json", "runs", "latency")):
         raise UsageError(f"{output}: not a peftbench results folder (no session.json, runs/ or latency/).")
     if (output / "latency").is_dir():
@@ -21,16 +22,25 @@ def folder_data(output: Path) -> dict[str, Any]:
 
         session, results = load_latency(output)
         return {"session": session, "latency": results}
-    from peftbench.results.store import load_runs, load_session, verify_run_files
+    from peftbench.report.gaps import folder_gaps
+    from peftbench.results.store import load_session, verify_run_files
 
     session = load_session(output)
-    verify_run_files(output, session)
-    return {"session": session, "runs": list(load_runs(output).values())}
+    check = verify_run_files(output, session)
+    data = {"session": session, "runs": list(check.runs.values())}
+    gaps = folder_gaps(output, session, check.runs, check.unrecorded)
+    return {**data, "gaps": gaps} if gaps else data
 
 
 def folder_tables(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     """The tables ``peftbench report`` prints for a results folder, and the methods that failed there
     (latency sessions; a run session shows failures in its leaderboard)."""
+    tables, failed, _ = folder_report(output)
+    return tables, failed
+
+
+def folder_report(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]], Any]:
+    """``folder_tables`` and the folder's ``Gaps`` (None when it has none, and for a latency session)."""
     data = folder_data(output)
     session = data["session"]
     if "latency" in data:
@@ -39,25 +49,28 @@ def folder_tables(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]]]:
         model = (session.get("model") or {}).get("source", "?")
         gpu = (session.get("env") or {}).get("gpu") or (session.get("env") or {}).get("device", "?")
         failed = {m: r for m, r in results.items() if r.get("status") != "ok"}
-        return (latency_tables(ok, title=f"{model} ({gpu}) — ") if ok else []), failed
+        return (latency_tables(ok, title=f"{model} ({gpu}) — ") if ok else []), failed, None
     runs = data["runs"]
     tables = leaderboard_tables(session, runs) + merge_tables(runs)
     for task, lats in run_latencies(runs).items():
         tables += latency_tables(lats, title=f"{task} — ")
-    return tables, {}
+    return tables, {}, data.get("gaps")
 
 
 # ---- several folders at once (report, claims) ---------------------------------------------------------------
 def load_folders(folders: list[Path], allow_mixed: bool = False) -> dict[str, Any]:
-    """Merge result folders (e.g. sessions made in several GPU calls): their runs and their latency results.
-    Folders of different base models, or of different versions of a task, are refused unless
-    ``allow_mixed``: their numbers do not compare."""
+    """Merge result folders (e.g. sessions made in several GPU calls): their runs, their latency results and
+    the gaps of each (``Gaps``, only the folders that have any). Folders of different base models, or of
+    different versions of a task, are refused unless ``allow_mixed``: their numbers do not compare."""
     runs: list[dict[str, Any]] = []
     latency: dict[str, dict[str, Any]] = {}  # method -> the first latency section found for it
     sessions: list[tuple[Path, dict[str, Any]]] = []
+    gaps = []
     for folder in folders:
         data = folder_data(Path(folder))
         sessions.append((Path(folder), data["session"]))
+        if data.get("gaps"):
+            gaps.append(data["gaps"])
         if "latency" in data:
             for method, r in data["latency"].items():
                 if r.get("status") == "ok" and r.get("latency"):
@@ -66,7 +79,7 @@ def load_folders(folders: list[Path], allow_mixed: bool = False) -> dict[str, An
             _add_runs(runs, latency, data["runs"], folder)
     if not allow_mixed:
         _refuse_mixed(folders, [session for _, session in sessions])
-    return {"sessions": sessions, "runs": runs, "latency": latency}
+    return {"sessions": sessions, "runs": runs, "latency": latency, "gaps": gaps}
 
 
 def _add_runs(runs: list[dict[str, Any]], latency: dict[str, dict[str, Any]], new: list[dict[str, Any]],

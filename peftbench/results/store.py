@@ -84,15 +84,18 @@ def write_run(output: Path, key: str, data: RunRecord | dict[str, Any]) -> Path:
 
 
 def load_runs(output: Path) -> dict[str, dict[str, Any]]:
-    runs = {}
-    for path in sorted((output / "runs").glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is damaged.") from None
-        validate_run(data, str(path))
-        runs[path.stem] = data
-    return runs
+    """Every run file in ``output/runs``, by key; a damaged or invalid one raises, naming it."""
+    return {path.stem: read_run(path) for path in sorted((output / "runs").glob("*.json"))}
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """One run file, checked against the run-file schema (UsageError naming the file when it is not one)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is damaged.") from None
+    validate_run(data, str(path))
+    return data
 
 
 def load_session(output: Path) -> dict[str, Any]:
@@ -111,13 +114,75 @@ def load_session(output: Path) -> dict[str, Any]:
     return data
 
 
-def verify_run_files(output: Path, session: dict[str, Any]) -> None:
-    """Every run file ``session.json`` lists must still have the sha256 it recorded: a run file edited or
-    truncated after the session wrote it is named, not silently reported."""
-    for name, digest in (session.get("run_files") or {}).items():
-        path = Path(output) / "runs" / name
+RERUN = "`peftbench run --resume` re-runs it, or restore the file"  # what to do about a damaged run file
+
+
+@dataclasses.dataclass
+class FolderCheck:
+    """What a session folder's run files prove. ``runs``: the files that can be shown, by key (those
+    ``session.json`` hashed, unchanged, and this session's own files written after it last recorded them);
+    ``problems``: why the folder does not verify, one line per file naming it and what to do; ``unrecorded``:
+    the keys of this session's files that ``session.json`` holds no sha256 for yet."""
+
+    runs: dict[str, dict[str, Any]]
+    problems: list[str]
+    unrecorded: list[str]
+
+
+def check_run_files(output: Path, session: dict[str, Any]) -> FolderCheck:
+    """Check every run file against ``session.json``: a listed file must exist with the sha256 recorded for
+    it; every file must be a valid run file; a file it does not list must carry this session's id (one
+    written after the session last recorded its files: a stopped session), else it came from another one."""
+    runs_dir, listed = Path(output) / "runs", session.get("run_files") or {}
+    check = FolderCheck({}, [], [])
+    bad = set()
+    for name, digest in listed.items():
+        path = runs_dir / name
         if not path.is_file():
-            raise UsageError(f"{path}: listed in session.json but missing.")
-        if sha256(path) != digest:
-            raise UsageError(f"{path}: its sha256 differs from the one session.json recorded; the file was changed "
-                             "or truncated after the session wrote it. Re-run the cell (--resume) or restore it.")
+            check.problems.append(f"{path}: listed in session.json but missing; {RERUN}.")
+        elif sha256(path) != digest:
+            bad.add(path)
+            check.problems.append(f"{path}: its sha256 differs from the one session.json recorded; the file was "
+                                  f"changed or truncated after the session wrote it: {RERUN}.")
+    for path in sorted(set(runs_dir.glob("*.json")) - bad):
+        try:
+            data = read_run(path)
+        except UsageError as e:
+            check.problems.append(f"{e} {RERUN}.")
+            continue
+        owner = (data.get("env") or {}).get("session_id")
+        if owner != session.get("session_id") and (owner is not None or path.name not in listed):
+            whose = f"written by another session ({owner})" if owner else "naming no session (env.session_id)"
+            check.problems.append(
+                f"{path}: " + (whose if path.name in listed else f"not listed in session.json, and {whose}")
+                + ": a run file copied in is not this session's result. Remove it; to show that session's cells "
+                  "beside these, pass its own folder to `peftbench report` as well.")
+            continue
+        if path.name not in listed:
+            check.unrecorded.append(path.stem)
+        check.runs[path.stem] = data
+    return check
+
+
+def verify_run_files(output: Path, session: dict[str, Any]) -> FolderCheck:
+    """``check_run_files``, raising a UsageError that names every file that does not verify."""
+    check = check_run_files(output, session)
+    if check.problems:
+        raise UsageError(_does_not_verify(output, check.problems))
+    return check
+
+
+def _does_not_verify(output: Path, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{output} does not verify ({len(problems)} run files):\n" + "\n".join(f"  {p}" for p in problems)
+
+
+def planned_cells(session: dict[str, Any]) -> list[str]:
+    """The keys of every cell the session planned, in run order: each trained task's base row (unless
+    --no-base), then ``plan``."""
+    plan = list(session.get("plan") or [])
+    config = session.get("config") or {}
+    tasks = list(dict.fromkeys(key.split("--", 1)[1].rsplit("--seed", 1)[0] for key in plan if "--" in key))
+    base = [f"base--{t}--seed0" for t in tasks] if config.get("base_row", True) else []
+    return [*(k for k in base if k not in plan), *plan]
