@@ -756,9 +756,9 @@ SCHEMA_ERRORS = [
     (_spec_with(label={"values": {"0": "a", "1": "b"}, "choices_field": "choices"}),
      "data.label needs exactly one of 'values'"),
     (_spec_with(label={"field": "label"}), "data.label needs exactly one of 'values'"),
-    (_spec_with(local__format="csv"), "data.local format 'csv' (split train) is not one of tsv, delimited, json, jsonl."),
+    (_spec_with(local__format="csv"), "data.local format 'csv' (split train) is not one of tsv, delimited, json, jsonl, label_first."),
     (_spec_with(local__format=None, local__splits={"train": "train.txt", "test": "test.tsv"}),
-     "(split train) is not one of tsv, delimited, json, jsonl."),  # no format, unknown extension
+     "(split train) is not one of tsv, delimited, json, jsonl, label_first."),  # no format, unknown extension
     (_spec_with(local__format="delimited"), "split train: format 'delimited' needs a 'delimiter' (e.g. ';')."),
     (_spec_with(local__header=False), "split train: a tsv file without a header needs 'columns'."),
     (_spec_with(local__splits={"train": "train.tsv", "test": {"file": "test.tsv", "header": False}}),
@@ -817,9 +817,9 @@ def test_shipped_specs_parse_as_documented():
                                                             "\t")
     assert [vars(f) for f in s["rte"].local_splits["train"]] == [
         {"file": "data__RTE__train.tsv", "format": "tsv", "header": True,
-         "columns": ["index", "sentence1", "sentence2", "label"], "delimiter": "\t"},
+         "columns": ["index", "sentence1", "sentence2", "label"], "delimiter": "\t", "encoding": "utf-8-sig"},
         {"file": "val.tsv", "format": "tsv", "header": False,
-         "columns": ["index", "sentence1", "sentence2", "label"], "delimiter": "\t"}]
+         "columns": ["index", "sentence1", "sentence2", "label"], "delimiter": "\t", "encoding": "utf-8-sig"}]
     assert s["winogrande"].contains == {"sentence": "_"}
     assert {n for n in FILE_TASKS if SHIPPED[n].eval_only} == {"piqa", "social_i_qa", "winogrande"}
     assert s["emotion"].splits == ("train", "validation", "test")

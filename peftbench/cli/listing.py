@@ -82,9 +82,10 @@ def tasks(host, as_json, tasks_dirs, data_dir):
     t = _table("tasks" + (f" (data folder: {root})" if root else " (no --data-dir: hub sources)"),
                ("name", "use", "metric", "data source", "rows", "here", "description"), overflow="fold")
     for r in rows:
-        sizes = ", ".join(f"{k} {v:,}" for k, v in (r["sizes"] or {}).items()) or "—"
-        t.add_row(r["name"], "score only" if r["eval_only"] else "train + score", r["metric"], r["source"], sizes,
-                  "[green]yes[/]" if r["available"] else "[red]no[/]", r["description"].split(". ")[0])
+        sizes = ", ".join(f"{k} {v:,}" if v else f"{k} empty" for k, v in (r["sizes"] or {}).items()) or "—"
+        use = "broken" if r.get("broken") else "score only" if r["eval_only"] else "train + score"
+        t.add_row(r["name"], use, r["metric"], r["source"], sizes, "[green]yes[/]" if r["available"] else "[red]no[/]",
+                  r["error"] if r.get("broken") else r["description"].split(". ")[0])
     _print(t)
 
 

@@ -155,6 +155,7 @@ class RunRecord:
     capabilities: dict[str, Any] | None
     data: dict[str, Any] | None
     limit: int | None
+    example: dict[str, Any] | None = optional()  # one training example as trained on and as scored (tasks.example_prompt)
     params: ParamCount | None = None
     train: TrainResult | None = None
     eval: EvalResult | dict[str, Any] | None = None

@@ -28,6 +28,7 @@ from peftbench.session.plan import Plan
 from peftbench.session.probes import PROBES, probe_logits, tolerance
 from peftbench.session.scores import NOT_SCORED, evaluate, score_retention, scoring
 from peftbench.session.timing import latency_key, time_inference
+from peftbench.tasks.task import example_prompt
 
 
 def blank_record(plan: Plan, spec: RunSpec, status: str) -> RunRecord:
@@ -93,6 +94,7 @@ def _method_cell(plan: Plan, run: RunContext, record: RunRecord, cache: CellCach
 
     torch.manual_seed(run.spec.seed)
     data = _train_data(run, cache, env)
+    record.example = example_prompt(run.task, env.include_path)  # the training prompt beside the scored one
     model = _prepare(plan, run, record, env)
     env.progress.training(_steps_to_show(run, data))
     with phase(record, "train", env.progress):

@@ -97,7 +97,7 @@ class Plan:
 def all_tasks(host: Any, tasks_dirs: list[Path]) -> dict[str, Task]:
     """Every task the plugins register (in load order) plus those in ``tasks_dirs``; a later folder's task
     of the same name wins."""
-    return discover_tasks([*task_dirs(host), *tasks_dirs])
+    return discover_tasks([*task_dirs(host), *tasks_dirs], OPTION_KEYS)
 
 
 def make_plan(config: SessionConfig, host: Any, registry: Any, say: Any = None) -> Plan:
@@ -178,8 +178,9 @@ def _options(config: SessionConfig, registry: Any, methods: list[str], tasks: li
     method_configs = {m: registry.get(m).make_config(per_method.get(m, {})) for m in methods}
     options: dict[tuple[str, str], CellOptions] = {}
     for task in tasks:
+        task.check_methods(registry.canonical)  # its methods: sections name registered methods
         for m in [*methods, "base"]:
-            values = task.train_overrides(device, registry.base(m) if m != "base" else None)
+            values = task.train_overrides(device, m if m != "base" else None)
             if BUDGET_KEYS & set(shared):
                 values = {k: v for k, v in values.items() if k not in BUDGET_KEYS}
             opts = CellOptions.build({**values, **shared}, where=f"training options for {m} on task {task.name}")

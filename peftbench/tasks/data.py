@@ -25,7 +25,7 @@ from typing import Any
 from peftbench.system.files import atomic_write, write_json
 from peftbench.tasks.data_spec import DataError, DataSpec
 from peftbench.tasks.readers import READERS, count_file_rows
-from peftbench.tasks.rows import hub_row, normalize
+from peftbench.tasks.rows import hub_row, map_row, normalize
 
 DATA_DIR_ENV = "PEFTBENCH_DATA_DIR"
 Records = dict[str, list[dict[str, Any]]]  # split -> normalized records
@@ -62,12 +62,15 @@ def local_files(spec: DataSpec, root: Path | None) -> dict[str, list[Path]] | No
 
 
 def availability(spec: DataSpec, root: Path | None) -> tuple[bool, str]:
-    """(available here, where from) — for ``peftbench tasks``."""
+    """(available here, where from) — for ``peftbench tasks``. A split whose files hold no rows is not
+    available: nothing can be trained or scored on it."""
     files = local_files(spec, root)
     if files is not None:
         missing = [str(p) for ps in files.values() for p in ps if not p.is_file()]
-        return (not missing, f"local {root / spec.local_folder}" + (f" (missing {', '.join(missing)})"
-                                                                    if missing else ""))
+        empty = [s for s, n in (count_rows(spec, root) or {}).items() if n == 0] if not missing else []
+        note = (f" (missing {', '.join(missing)})" if missing else
+                f" (empty: {', '.join(empty)})" if empty else "")
+        return (not missing and not empty, f"local {root / spec.local_folder}{note}")
     if spec.hub:
         return True, f"hub {spec.hub['path']}" + (f"/{spec.hub['name']}" if spec.hub.get("name") else "") + \
             " (needs hub access)"
@@ -145,6 +148,8 @@ def _read_local_split(task_name: str, spec: DataSpec, split: str, paths: list[Pa
     for path, fspec in zip(paths, spec.local_splits[split], strict=True):
         n0 = len(rows)
         for lineno, row in READERS[fspec.format](path, fspec):
+            if spec.local_map or spec.local_label_index:
+                row = map_row(row, spec.local_map, spec.local_label_index, f"{path}:{lineno}")
             rows.append(normalize(row, spec, f"{path}:{lineno}"))
         if len(rows) == n0:
             raise DataError(f"task {task_name!r}: {path} has no rows (split {split!r}).")

@@ -3,13 +3,21 @@ files (a local data folder) or the hub dataset are. Checked completely when the 
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftbench.errors import UsageError
+from peftbench.errors import UsageError, did_you_mean
 
-FORMATS = ("tsv", "delimited", "json", "jsonl")
-SPLIT_ORDER = ("train", "validation", "test")  # then any other split, by name
+FORMATS = ("tsv", "delimited", "json", "jsonl", "label_first")
+SPLIT_ORDER = ("train", "validation", "test")  # the splits a task may have, in this order
+# the keys each mapping of ``data:`` may hold (anything else is a misspelling, reported with a did-you-mean)
+DATA_KEYS = ("fields", "label", "contains", "local", "hub")
+LABEL_KEYS = ("field", "values", "choices_field")
+FILE_KEYS = ("file", "format", "header", "columns", "delimiter", "encoding")
+LOCAL_KEYS = ("folder", "splits", "map", "label_index", *FILE_KEYS[1:])
+HUB_KEYS = ("path", "name", "splits", "columns", "label_values", "label_index")
+LABEL_INDEX_KEYS = ("field", "among", "base")
 
 
 class DataError(UsageError):
@@ -24,7 +32,8 @@ class FileSpec:
     format: str
     header: bool = True
     columns: list[str] | None = None
-    delimiter: str = "\t"
+    delimiter: str | list[str] | None = "\t"  # label_first: one per column boundary, or None (any whitespace)
+    encoding: str = "utf-8-sig"
 
 
 @dataclass
@@ -38,6 +47,8 @@ class DataSpec:
     contains: dict[str, str] = field(default_factory=dict)  # field -> text every row's value must contain
     local_folder: str | None = None
     local_splits: dict[str, list[FileSpec]] = field(default_factory=dict)
+    local_map: dict[str, Any] = field(default_factory=dict)  # as hub.columns, for local rows
+    local_label_index: dict[str, Any] | None = None          # as hub.label_index, for local rows
     hub: dict[str, Any] | None = None
     splits: tuple[str, ...] = ()
 
@@ -52,6 +63,8 @@ class DataSpec:
         if self.local_folder:
             out["local"] = {"folder": self.local_folder,
                             "files": {s: [f.file for f in fs] for s, fs in self.local_splits.items()}}
+            out["local"].update({k: v for k, v in (("map", self.local_map),
+                                                   ("label_index", self.local_label_index)) if v})
         if self.hub:
             out["hub"] = self.hub
         return out
@@ -61,8 +74,20 @@ def _bad(where: str, msg: str) -> UsageError:
     return UsageError(f"Task file {where}: {msg} See docs/tasks.md for the task schema.")
 
 
+def check_keys(raw: dict[Any, Any], valid: tuple[str, ...] | list[str], where: str, at: str = "") -> None:
+    """A key of the mapping at ``at`` (a dotted path; '' for the top level) that is not one of ``valid`` is an
+    error naming the file, the key's path, the closest valid key and every valid one."""
+    for key in raw:
+        if key not in valid:
+            there = f"under '{at}'" if at else "at the top level"
+            path = f"{at}.{key}" if at else str(key)
+            raise _bad(where, f"unknown key {path!r} ({there}).{did_you_mean(str(key), valid)} Valid keys {there}: "
+                       f"{', '.join(sorted(valid))}.")
+
+
 def parse_data_spec(raw: dict[str, Any], where: str) -> DataSpec:
     """Check the ``data:`` mapping of a task.yaml and build its spec."""
+    check_keys(raw, DATA_KEYS, where, "data")
     fields_ = raw.get("fields")
     if not isinstance(fields_, list) or not fields_ or not all(isinstance(f, str) for f in fields_):
         raise _bad(where, "data.fields must list the record fields the prompt uses (e.g. [sentence]).")
@@ -70,6 +95,7 @@ def parse_data_spec(raw: dict[str, Any], where: str) -> DataSpec:
     if not isinstance(label, dict):
         raise _bad(where, "data.label must be a mapping: {field: label, values: {raw: word, ...}} or "
                    "{field: label, choices_field: choices}.")
+    check_keys(label, LABEL_KEYS, where, "data.label")
     choices_field = label.get("choices_field")
     spec = DataSpec(fields=list(fields_), label_field=str(label.get("field", "label")),
                     label_values=_label_values(label, where),
@@ -86,10 +112,15 @@ def parse_data_spec(raw: dict[str, Any], where: str) -> DataSpec:
     splits: set[str] = set()
     if local is not None:
         spec.local_folder, spec.local_splits = _local_files(local, where)
+        spec.local_map = _column_map(local.get("map"), where, "data.local.map")
+        spec.local_label_index = _label_index(local.get("label_index"), where, "data.local.label_index")
         splits |= set(spec.local_splits)
     if hub is not None:
         spec.hub = _hub_dataset(hub, where)
         splits |= set(hub["splits"])
+    if (spec.local_label_index or (spec.hub or {}).get("label_index")) and spec.label_field != "label":
+        raise _bad(where, f"data.label.field is {spec.label_field!r}, but label_index computes the record's 'label' "
+                   "(the gold option's index): leave data.label.field out (it defaults to 'label').")
     if "test" not in splits:
         raise _bad(where, "the data has no 'test' split: every task is scored on its held-out 'test' split.")
     spec.splits = tuple(s for s in SPLIT_ORDER if s in splits) + tuple(sorted(splits - set(SPLIT_ORDER)))
@@ -118,27 +149,61 @@ def _local_files(local: Any, where: str) -> tuple[str, dict[str, list[FileSpec]]
     """``data.local``: the dataset folder and each split's files (folder-wide format options as defaults)."""
     if not isinstance(local, dict) or "folder" not in local or not isinstance(local.get("splits"), dict):
         raise _bad(where, "data.local needs 'folder' and 'splits: {train: FILE, test: FILE}'.")
-    defaults = {k: local[k] for k in ("format", "header", "columns", "delimiter") if k in local}
+    check_keys(local, LOCAL_KEYS, where, "data.local")
+    check_keys(local["splits"], SPLIT_ORDER, where, "data.local.splits")
+    defaults = {k: local[k] for k in FILE_KEYS[1:] if k in local}
     splits = {}
     for split, files in local["splits"].items():
         items = files if isinstance(files, list) else [files]
+        for i in items:
+            if isinstance(i, dict):
+                check_keys(i, FILE_KEYS, where, f"data.local.splits.{split}")
         splits[str(split)] = [_file_spec({**defaults, **(i if isinstance(i, dict) else {"file": i})}, where, str(split))
                               for i in items]
     return str(local["folder"]), splits
+
+
+def _column_map(raw: Any, where: str, at: str) -> dict[str, Any]:
+    """``columns`` of data.hub / ``map`` of data.local: a record field -> a field path (``a.b``), a list of
+    fields (answer options in separate columns) or a ``"{a} {b}"`` template."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) or (isinstance(v, list) and v and all(
+            isinstance(p, str) for p in v)) for v in raw.values()):
+        raise _bad(where, f"{at} must map record fields to a field (a.b for a nested one), a list of fields (e.g. "
+                   "choices: [sol1, sol2]) or a template ('{context} {question}').")
+    return {str(k): v for k, v in raw.items()}
+
+
+def _label_index(li: Any, where: str, at: str) -> dict[str, Any] | None:
+    """``label_index``: the label is the position of ``field``'s value among a list (``among``: a field path
+    holding the list, or the list itself, e.g. [A, B, C, D]), or ``field`` counts from ``base``."""
+    if li is None:
+        return None
+    if isinstance(li, dict):
+        check_keys(li, LABEL_INDEX_KEYS, where, at)
+    among = li.get("among") if isinstance(li, dict) else None
+    if not (isinstance(li, dict) and "field" in li and len({"among", "base"} & set(li)) == 1) or not (
+            among is None or isinstance(among, str) or (isinstance(among, list) and len(among) >= 2)) or not (
+            "base" not in li or (isinstance(li["base"], int) and not isinstance(li["base"], bool))):
+        raise _bad(where, f"{at} must be {{field: F, among: PATH}} (the label is the position of F's value in the "
+                   "list at PATH), {field: F, among: [A, B, C, D]} (letter answer keys) or {field: F, base: 1} "
+                   "(F counts from 1).")
+    return {**li, "among": [str(a) for a in among]} if isinstance(among, list) else dict(li)
 
 
 def _hub_dataset(hub: Any, where: str) -> dict[str, Any]:
     """``data.hub``: the dataset id, its splits and how its rows map onto the task's fields."""
     if not isinstance(hub, dict) or "path" not in hub or not isinstance(hub.get("splits"), dict):
         raise _bad(where, "data.hub needs 'path' (a hub dataset id) and 'splits: {train: ..., test: ...}'.")
-    out = {"path": str(hub["path"]), "name": hub.get("name"), "splits": dict(hub["splits"]),
-           "columns": dict(hub.get("columns") or {}), "label_values": hub.get("label_values"),
-           "label_index": hub.get("label_index")}
-    li = out["label_index"]
-    if li is not None and not (isinstance(li, dict) and "field" in li and ({"among", "base"} & set(li))):
-        raise _bad(where, "data.hub.label_index must be {field: F, among: PATH} (the label is the position of "
-                   "F's value in the list at PATH) or {field: F, base: 1} (F counts from 1).")
-    return out
+    check_keys(hub, HUB_KEYS, where, "data.hub")
+    check_keys(hub["splits"], SPLIT_ORDER, where, "data.hub.splits")
+    if hub.get("label_values") is not None and not isinstance(hub["label_values"], dict):
+        raise _bad(where, "data.hub.label_values must map the hub's raw labels to the label words.")
+    return {"path": str(hub["path"]), "name": hub.get("name"), "splits": dict(hub["splits"]),
+            "columns": _column_map(hub.get("columns"), where, "data.hub.columns"),
+            "label_values": hub.get("label_values"),
+            "label_index": _label_index(hub.get("label_index"), where, "data.hub.label_index")}
 
 
 def _file_spec(raw: dict[str, Any], where: str, split: str) -> FileSpec:
@@ -147,16 +212,38 @@ def _file_spec(raw: dict[str, Any], where: str, split: str) -> FileSpec:
     fmt = str(raw.get("format") or _guess_format(str(raw["file"])))
     if fmt not in FORMATS:
         raise _bad(where, f"data.local format {fmt!r} (split {split}) is not one of {', '.join(FORMATS)}.")
-    columns = raw.get("columns")
+    columns = raw.get("columns", ["label", "text"] if fmt == "label_first" else None)
     if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
         raise _bad(where, f"data.local.columns (split {split}) must be a list of column names.")
-    header = bool(raw.get("header", True))
+    header = bool(raw.get("header", fmt != "label_first"))
     if fmt in ("tsv", "delimited") and not header and not columns:
         raise _bad(where, f"split {split}: a {fmt} file without a header needs 'columns'.")
-    delimiter = str(raw.get("delimiter", "\t" if fmt == "tsv" else ","))
     if fmt == "delimited" and "delimiter" not in raw:
         raise _bad(where, f"split {split}: format 'delimited' needs a 'delimiter' (e.g. ';').")
-    return FileSpec(file=str(raw["file"]), format=fmt, header=header, columns=columns, delimiter=delimiter)
+    encoding = str(raw.get("encoding", "utf-8-sig"))
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise _bad(where, f"split {split}: encoding {encoding!r} is not a text encoding Python knows (e.g. utf-8, "
+                   "latin-1).") from None
+    return FileSpec(file=str(raw["file"]), format=fmt, header=header, columns=columns,
+                    delimiter=_delimiter(raw, fmt, columns, where, split), encoding=encoding)
+
+
+def _delimiter(raw: dict[str, Any], fmt: str, columns: list[str] | None, where: str, split: str
+               ) -> str | list[str] | None:
+    """The column delimiter; for ``label_first`` lines, one delimiter for every boundary, a list of one per
+    boundary (TREC's 'DESC:manner How ...': [':', ' ']), or none (any run of whitespace)."""
+    value = raw.get("delimiter", "\t" if fmt == "tsv" else None if fmt == "label_first" else ",")
+    if isinstance(value, list):
+        if fmt != "label_first" or len(value) != len(columns or []) - 1 or not all(
+                isinstance(d, str) and d for d in value):
+            raise _bad(where, f"split {split}: a list of delimiters is for format label_first: one non-empty "
+                       f"delimiter between each two of its {len(columns or [])} columns.")
+        return [str(d) for d in value]
+    if value is not None and not str(value):
+        raise _bad(where, f"split {split}: the delimiter is empty.")
+    return None if value is None else str(value)
 
 
 def _guess_format(name: str) -> str:

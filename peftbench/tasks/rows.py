@@ -1,6 +1,6 @@
 """One raw row -> the record the lm-eval YAML reads: the task's fields, ``choices`` (the label words, or
-the row's own answer options) and ``label`` (the index of the gold choice). ``hub_row`` first maps a hub
-dataset's row onto the task's field names."""
+the row's own answer options) and ``label`` (the index of the gold choice). ``map_row`` first derives the
+task's fields from a raw row (a hub dataset's, or a local file's with ``data.local.map``)."""
 
 from __future__ import annotations
 
@@ -55,20 +55,33 @@ def _own_choices(row: dict[str, Any], choices_field: str, raw: Any, where: str) 
 
 
 def _path(row: dict[str, Any], path: str, where: str) -> Any:
+    """The value at ``a.b`` (nested fields); through a list of objects it takes each one's field, so
+    ``question.choices.text`` of ``{"question": {"choices": [{"text": ..}, ..]}}`` is the list of texts."""
     value: Any = row
     for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if isinstance(value, list) and value and all(isinstance(v, dict) and part in v for v in value):
+            value = [v[part] for v in value]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
             raise DataError(f"{where}: no field {path!r} (the row has: {', '.join(map(str, row))}).")
-        value = value[part]
     return value
 
 
 def hub_row(row: dict[str, Any], hub: dict[str, Any], where: str) -> dict[str, Any]:
-    """Map a hub row onto the task's fields. ``columns`` values: ``a.b`` (a nested field), a list of fields
-    (their values as a list: answer options), or a format string (``"{context} {question}"``).
-    ``label_index``: the label is the position of a field's value in a list (``among``), or a 1-based number."""
+    """Map a hub row onto the task's fields (``data.hub``'s ``columns`` and ``label_index``: see ``map_row``)."""
+    return map_row(row, hub.get("columns"), hub.get("label_index"), where)
+
+
+def map_row(row: dict[str, Any], columns: dict[str, Any] | None, label_index: dict[str, Any] | None,
+            where: str) -> dict[str, Any]:
+    """A raw row (hub or local) with the task's fields derived. ``columns`` values: ``a.b`` (a nested field),
+    a list of fields (their values as a list: answer options in separate columns), or a format string
+    (``"{context} {question}"``). ``label_index``: the label is the position of a field's value in a list
+    (``among``: the list's field path, or the list itself, e.g. letter keys [A, B, C, D]), or a number
+    counting from ``base``."""
     out = dict(row)
-    for new, spec in (hub.get("columns") or {}).items():
+    for new, spec in (columns or {}).items():
         if isinstance(spec, list):
             out[new] = [_path(row, str(p), where) for p in spec]
         elif "{" in str(spec):
@@ -78,11 +91,14 @@ def hub_row(row: dict[str, Any], hub: dict[str, Any], where: str) -> dict[str, A
                 raise DataError(f"{where}: column template {spec!r} names a field the row lacks ({e}).") from None
         else:
             out[new] = _path(row, str(spec), where)
-    li = hub.get("label_index")
+    li = label_index
     if li:
         value = _path(row, str(li["field"]), where)
         if "among" in li:
-            options = _path(row, str(li["among"]), where)
+            if isinstance(li["among"], list):  # literal answer keys, compared as text
+                options, value = list(li["among"]), str(value).strip()
+            else:
+                options = _path(row, str(li["among"]), where)
             if value not in options:
                 raise DataError(f"{where}: label {value!r} is not one of {options!r}.")
             out["label"] = list(options).index(value)

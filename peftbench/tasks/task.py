@@ -10,112 +10,21 @@ from __future__ import annotations
 
 import functools
 import importlib
-import re
-from dataclasses import dataclass, field
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from peftbench.errors import UsageError, unknown
+from peftbench.tasks.checks import check_templates, check_test_labels, record_fields
 from peftbench.tasks.data import PreparedData
 from peftbench.tasks.data import prepare as prepare_files
-from peftbench.tasks.data_spec import DataSpec, parse_data_spec
-from peftbench.tasks.lm_eval_yaml import read_config, write_config
+from peftbench.tasks.lm_eval_yaml import write_config
+from peftbench.tasks.task_file import GENERATORS, BrokenTask, Task, generator, load_task_file
 
-GENERATORS = {"quickstart": "peftbench.tasks.quickstart:generate"}
-REQUIRED_FIELDS = ("name", "version", "description", "data", "lm_eval")
-
-
-@dataclass
-class Task:
-    name: str
-    version: int | str
-    description: str
-    folder: Path
-    data: dict[str, Any]
-    lm_eval_file: Path
-    metric: str = "acc"
-    budget: dict[str, dict[str, Any]] = field(default_factory=dict)
-    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lm_eval_name: str = ""
-    spec: DataSpec | None = None  # file/hub data (None for a generated task)
-    retention: list[str] = field(default_factory=list)  # eval-only tasks scored after training by default
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return self.spec.splits if self.spec else ("train", "test")
-
-    @property
-    def eval_only(self) -> bool:
-        """No train split: the task can only be scored (e.g. with --retention)."""
-        return "train" not in self.splits
-
-    def train_overrides(self, device: str, method: str | None) -> dict[str, Any]:
-        """Training options from the task: the device budget, then the method's overrides."""
-        out = dict(self.budget.get(device, {}))
-        if method:
-            out.update(self.method_overrides.get(method, {}))
-        return out
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "description": self.description,
-                "folder": str(self.folder), "lm_eval_task": self.lm_eval_name, "metric": self.metric,
-                "eval_only": self.eval_only, "data": self.spec.describe() if self.spec else self.data,
-                "retention": self.retention, "budget": self.budget, "methods": self.method_overrides}
-
-
-def _fail(path: Path, msg: str) -> UsageError:
-    return UsageError(f"Task file {path}: {msg}")
-
-
-def load_task_file(path: Path) -> Task:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise _fail(path, f"is not valid YAML ({e}).") from None
-    if not isinstance(raw, dict):
-        raise _fail(path, "must be a mapping of fields (name, version, description, data, lm_eval, ...).")
-    missing = [f for f in REQUIRED_FIELDS if f not in raw]
-    if missing:
-        raise _fail(path, f"missing required field(s) {', '.join(missing)}. Required: {', '.join(REQUIRED_FIELDS)}; "
-                    "see docs/tasks.md.")
-    data = raw["data"]
-    if not isinstance(data, dict) or not ({"generate", "local", "hub"} & set(data)):
-        raise _fail(path, "field 'data' must have 'generate: <generator>', or 'local' and/or 'hub' with 'fields' "
-                    "and 'label' (see docs/tasks.md).")
-    spec = None
-    if "generate" in data:
-        if _generator(data["generate"]) is None:
-            raise _fail(path, f"data.generate {data['generate']!r} is neither a built-in generator ("
-                        f"{', '.join(GENERATORS)}) nor 'package.module:function' (a function that writes "
-                        "train.jsonl and test.jsonl into the folder it is given).")
-    else:
-        spec = parse_data_spec(data, str(path))
-    retention = raw.get("retention") or []
-    if not isinstance(retention, list) or not all(isinstance(r, str) for r in retention):
-        raise _fail(path, "field 'retention' must be a list of task names.")
-    lm_file = path.parent / str(raw["lm_eval"])
-    if not lm_file.is_file():
-        raise _fail(path, f"lm_eval file {lm_file} does not exist.")
-    lm_raw = read_config(lm_file)  # with its include: files merged in, as lm-eval reads it
-    if "task" not in lm_raw:
-        raise _fail(lm_file, "lm-eval task YAML needs a 'task' name.")
-    budget = raw.get("budget") or {}
-    if not isinstance(budget, dict) or set(budget) - {"cpu", "cuda"}:
-        raise _fail(path, "field 'budget' must map 'cpu' and/or 'cuda' to training options.")
-    return Task(name=str(raw["name"]), version=raw["version"], description=str(raw["description"]).strip(),
-                folder=path.parent, data=data, lm_eval_file=lm_file, metric=str(raw.get("metric", "acc")),
-                budget=budget, method_overrides=raw.get("methods") or {}, lm_eval_name=str(lm_raw["task"]),
-                spec=spec, retention=list(retention))
-
-
-def _generator(name: Any) -> str | None:
-    """``module:function`` of a task's data generator: a built-in name, or a dotted path given as is."""
-    name = str(name)
-    if name in GENERATORS:
-        return GENERATORS[name]
-    return name if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", name) else None
+__all__ = ["GENERATORS", "BrokenTask", "Task", "discover_tasks", "example_prompt", "gold_request", "lm_eval_task",
+           "load_task_file", "materialize", "prepare_data", "select_tasks", "task_manager", "training_pairs"]
 
 
 def builtin_tasks_dir() -> Path:
@@ -124,47 +33,90 @@ def builtin_tasks_dir() -> Path:
     return Path(peftbench_tasks.__file__).resolve().parent
 
 
-def discover_tasks(dirs: list[Path]) -> dict[str, Task]:
-    """Every ``task.yaml`` directly in, or one level below, each of ``dirs``; later dirs win."""
-    tasks: dict[str, Task] = {}
+def discover_tasks(dirs: list[Path], option_keys: tuple[str, ...] | list[str] | None = None
+                   ) -> dict[str, Task | BrokenTask]:
+    """Every ``task.yaml`` directly in, or one level below, each of ``dirs``; later dirs win. A file that does
+    not load is kept as a ``BrokenTask`` under its declared name (else its folder's), so it affects only its
+    own task. ``option_keys``: see ``load_task_file``."""
+    tasks: dict[str, Task | BrokenTask] = {}
     for d in dirs:
         d = Path(d)
         if not d.is_dir():
             raise UsageError(f"Tasks folder {d} does not exist.")
         files = [d / "task.yaml"] if (d / "task.yaml").is_file() else sorted(d.glob("*/task.yaml"))
         for f in files:
-            t = load_task_file(f)
+            t = _load_or_broken(f, option_keys)
             tasks[t.name] = t
     return tasks
 
 
-def select_tasks(all_tasks: dict[str, Task], names: list[str]) -> list[Task]:
-    return [all_tasks[n] if n in all_tasks else _raise(unknown("task", n, all_tasks, "--tasks")) for n in names]
+def _load_or_broken(path: Path, option_keys: Any) -> Task | BrokenTask:
+    try:
+        return load_task_file(path, option_keys)
+    except UsageError as e:
+        return BrokenTask(_declared_name(path), path, e)
+    except Exception as e:  # an unreadable file, or a bug met on an odd file: still only this task's problem
+        return BrokenTask(_declared_name(path), path,
+                          UsageError(f"Task file {path}: could not be loaded ({type(e).__name__}: {e})."))
 
 
-def _raise(e: Exception) -> Any:
-    raise e
+def _declared_name(path: Path) -> str:
+    """The ``name:`` a task file declares, if it can be read; else its folder's name."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+        if isinstance(raw, dict) and isinstance(raw.get("name"), (str, int)) and str(raw["name"]).strip():
+            return str(raw["name"])
+    except Exception:  # noqa: S110 - the folder's name is the fallback
+        pass
+    return path.parent.name
+
+
+def select_tasks(all_tasks: dict[str, Task | BrokenTask], names: list[str]) -> list[Task]:
+    """The tasks named, in order; an unknown name or a broken task file is an error."""
+    out = []
+    for n in names:
+        t = all_tasks.get(n)
+        if t is None:
+            raise unknown("task", n, all_tasks, "--tasks")
+        if isinstance(t, BrokenTask):
+            raise t.error
+        out.append(t)
+    return out
 
 
 def prepare_data(task: Task, cache_dir: Path, data_root: Path | None, need_train: bool) -> PreparedData:
-    """The task's data, checked and normalized into the cache (generated tasks are generated there)."""
+    """The task's data, checked and normalized into the cache (generated tasks are generated there), then
+    checked against the lm-eval YAML: every template variable is a record field, and the test split is not
+    one label throughout (a dummy label of an unlabelled test set)."""
     if task.spec is None:
-        module, _, attr = str(_generator(task.data["generate"])).partition(":")
-        target = cache_dir / "data" / task.name / f"v{task.version}"
-        try:
-            generate = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise UsageError(f"task {task.name!r}: its data generator {module}:{attr} cannot be imported "
-                             f"({type(e).__name__}: {e}); is the package that provides it installed?") from None
-        generate(target)
-        missing = [s for s in ("train", "test") if not (target / f"{s}.jsonl").is_file()]
-        if missing:
-            raise UsageError(f"task {task.name!r}: its generator {module}:{attr} did not write "
-                             f"{', '.join(s + '.jsonl' for s in missing)} into {target}.")
-        sizes = {s: sum(1 for _ in open(target / f"{s}.jsonl")) for s in ("train", "test")}
-        return PreparedData(folder=target, source={"kind": "generated", "generator": task.data["generate"],
-                                                   "version": task.version}, sizes=sizes)
-    return prepare_files(task.name, task.spec, data_root, cache_dir, need_train)
+        prepared = _generate(task, cache_dir)
+    else:
+        prepared = prepare_files(task.name, task.spec, data_root, cache_dir, need_train)
+    check_templates(task.name, task.lm_eval_file, record_fields(prepared.folder))
+    check_test_labels(task.name, prepared)
+    return prepared
+
+
+def _generate(task: Task, cache_dir: Path) -> PreparedData:
+    module, _, attr = str(generator(task.data["generate"])).partition(":")
+    target = cache_dir / "data" / task.name / f"v{task.version}"
+    try:
+        generate = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"task {task.name!r}: its data generator {module}:{attr} cannot be imported "
+                         f"({type(e).__name__}: {e}); is the package that provides it installed?") from None
+    generate(target)
+    missing = [s for s in ("train", "test") if not (target / f"{s}.jsonl").is_file()]
+    if missing:
+        raise UsageError(f"task {task.name!r}: its generator {module}:{attr} did not write "
+                         f"{', '.join(s + '.jsonl' for s in missing)} into {target}.")
+    sizes = {s: sum(1 for line in open(target / f"{s}.jsonl") if line.strip()) for s in ("train", "test")}
+    empty = [s for s, n in sizes.items() if n == 0]
+    if empty:
+        raise UsageError(f"task {task.name!r}: its generator {module}:{attr} wrote no rows into "
+                         f"{', '.join(str(target / f'{s}.jsonl') for s in empty)}; a split must not be empty.")
+    return PreparedData(folder=target, source={"kind": "generated", "generator": task.data["generate"],
+                                               "version": task.version}, sizes=sizes)
 
 
 def materialize(tasks: list[Task], prepared: dict[str, PreparedData], workdir: Path) -> Path:
@@ -211,18 +163,25 @@ def lm_eval_task(task: Task, include_path: Path) -> Any:
     return task_manager(include_path).load([task.lm_eval_name])["tasks"][task.lm_eval_name]
 
 
+def _gold_requests(lm_task: Any, doc: dict, num_fewshot: int = 0) -> tuple[list[tuple[str, str]], int]:
+    """Every (context, continuation) lm-eval scores for a multiple-choice ``doc``, and the gold one's index."""
+    ctx = lm_task.fewshot_context(doc, num_fewshot)
+    target = lm_task.doc_to_target(doc)
+    choices = lm_task.doc_to_choice(doc)
+    if lm_task.multiple_input:  # one context per option (WinoGrande-style): doc_to_text is the gold index
+        index = lm_task.doc_to_text(doc)
+    else:
+        index = target if isinstance(target, int) else choices.index(target)
+    requests = lm_task.construct_requests(doc, ctx, metadata=(lm_task.config.task, 0, 1))
+    return [tuple(r.arguments) for r in requests], index
+
+
 def gold_request(lm_task: Any, doc: dict, num_fewshot: int = 0) -> tuple[str, str]:
     """The (context, continuation) lm-eval scores as the correct answer for ``doc``."""
-    ctx = lm_task.fewshot_context(doc, num_fewshot)
     if lm_task.OUTPUT_TYPE == "multiple_choice":
-        target = lm_task.doc_to_target(doc)
-        choices = lm_task.doc_to_choice(doc)
-        if lm_task.multiple_input:  # one context per option (WinoGrande-style): doc_to_text is the gold index
-            index = lm_task.doc_to_text(doc)
-        else:
-            index = target if isinstance(target, int) else choices.index(target)
-        requests = lm_task.construct_requests(doc, ctx, metadata=(lm_task.config.task, 0, 1))
-        return tuple(requests[index].arguments)
+        requests, index = _gold_requests(lm_task, doc, num_fewshot)
+        return requests[index]
+    ctx = lm_task.fewshot_context(doc, num_fewshot)
     target = lm_task.doc_to_target(doc)
     if isinstance(target, list):
         target = target[0]
@@ -234,3 +193,27 @@ def training_pairs(lm_task: Any) -> list[tuple[str, str]]:
     if not lm_task.has_training_docs():
         raise UsageError(f"lm-eval task {lm_task.config.task!r} has no training split (set training_split).")
     return [gold_request(lm_task, doc) for doc in lm_task.training_docs()]
+
+
+_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def example_prompt(task: Task, include_path: Path) -> dict[str, Any]:
+    """The task's first training example as a method is trained on it, beside the same example as lm-eval
+    scores it (zero-shot): a run file keeps it so that "the training prompt is the scored prompt" can be
+    checked from the file (``train_context == scored_context``, ``train_target == scored_choices[gold]``)."""
+    key = (str(include_path), task.lm_eval_name)
+    if key not in _EXAMPLES:
+        lm_task = lm_eval_task(task, include_path)
+        doc = next(iter(lm_task.training_docs()))
+        context, target = gold_request(lm_task, doc)
+        out: dict[str, Any] = {"split": "train", "index": 0, "train_context": context, "train_target": target}
+        if lm_task.OUTPUT_TYPE == "multiple_choice":
+            requests, gold = _gold_requests(lm_task, doc)
+            out.update(scored_context=requests[gold][0], scored_choices=[c for _, c in requests], gold=gold)
+            if lm_task.multiple_input:  # one context per option: the continuation is shared
+                out["scored_contexts"] = [c for c, _ in requests]
+        else:
+            out.update(scored_context=lm_task.fewshot_context(doc, 0), scored_choices=None, gold=None)
+        _EXAMPLES[key] = json.loads(json.dumps(out, default=str))
+    return dict(_EXAMPLES[key])
