@@ -153,9 +153,12 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
     assert "quickstart" in stdout and "lora" in stdout  # the leaderboard was printed
     assert "random weights: scores carry no accuracy" in stdout  # tiny:llama is labelled as such
 
-    # --resume skips finished cells; a second render reproduces the tables
+    # --resume (with the same plan: a changed one is refused) skips finished cells; a second render reproduces
+    # the tables
     code, _, err = run_cli(["run", "--methods", "lora,qlora,adapter,full", *TINY, "--output", str(out), "--resume",
-                            "--set", "steps=4", "--set", "limit=40"], capsys)
+                            "--set", "steps=4", "--set", "limit=40", "--set", "latency_rounds=2",
+                            "--set", "latency_new_tokens=4", "--set", "latency_prompt_lengths=8",
+                            "--set", "latency_stack=2"], capsys)
     assert code == 0 and err.count("kept from the earlier run") == 5
     code, md, _ = run_cli(["report", str(out), "--markdown"], capsys)
     assert code == 0 and "| method |" in md and "base (zero-shot)" in md

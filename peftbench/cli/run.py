@@ -20,11 +20,14 @@ from peftbench.errors import UsageError
 @click.option("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", show_default=True,
               help="hub id, local folder, .gguf file, or tiny:llama")
 @click.option("--seeds", default="0", show_default=True, help="comma-separated integer seeds")
-@click.option("--output", type=click.Path(path_type=Path), help="results folder [default: peftbench-results/<id>]")
+@click.option("--output", type=click.Path(), help="results folder [default: peftbench-results/<id>]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="training option (steps=200, lr=1e-4, ...) or METHOD.KEY=VALUE (lora.r=8); repeatable")
-@click.option("--resume", is_flag=True, help="continue the session in --output, skipping cells already ok")
+@click.option("--resume", is_flag=True, help="continue the session in --output with the same plan (cells may be "
+              "added), keeping the cells already ok whose run files verify against session.json")
+@click.option("--restart", is_flag=True, help="start over in an --output that holds a session: its files are moved "
+              "to OUTPUT/.restarted/ and no earlier cell is kept (for a changed plan)")
 @click.option("--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(path_type=Path),
               help="extra folder of task definitions (repeatable)")
 @click.option("--data-dir", type=click.Path(path_type=Path),
@@ -73,11 +76,14 @@ def run(host, as_json, **flag_values):
         sys.exit(1)
 
 
-def session_config(methods, tasks, model, seeds, output, device, sets, resume, tasks_dirs, data_dir, retention,
-                   limit, num_fewshot, keep_artifacts, no_base, naive, time_budget, shard):
+def session_config(methods, tasks, model, seeds, output, device, sets, resume, restart, tasks_dirs, data_dir,
+                   retention, limit, num_fewshot, keep_artifacts, no_base, naive, time_budget, shard):
     """The session the flags ask for."""
     from peftbench.session.runner import SessionConfig
 
+    if output is not None and not output.strip():
+        raise UsageError("--output is empty; give a folder for the results (or leave --output out for a new "
+                         "folder under peftbench-results/).")
     sets = list(sets) + (["loop=naive"] if naive else [])
     for flag, key, value in (("--limit", "limit", limit), ("--num-fewshot", "num_fewshot", num_fewshot)):
         if value is not None:
@@ -88,8 +94,9 @@ def session_config(methods, tasks, model, seeds, output, device, sets, resume, t
     if retention is not None:
         keep = [] if flags.says_none(retention) else flags.comma_list(retention, "--retention")
     return SessionConfig(methods=flags.comma_list(methods, "--methods"), tasks=flags.comma_list(tasks, "--tasks"),
-                         seeds=flags.seeds(seeds), model=model, device=device, output=output, sets=sets,
-                         resume=resume, tasks_dirs=list(tasks_dirs), keep_artifacts=keep_artifacts,
+                         seeds=flags.seeds(seeds), model=model, device=device,
+                         output=None if output is None else Path(output), sets=sets, resume=resume, restart=restart,
+                         tasks_dirs=list(tasks_dirs), keep_artifacts=keep_artifacts,
                          base_row=not no_base, data_dir=data_dir, retention=keep,
                          time_budget_s=None if time_budget is None else flags.duration(time_budget, "--time-budget"),
                          shard=None if shard is None else flags.shard(shard))

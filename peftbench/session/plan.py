@@ -7,6 +7,7 @@ output folder. Running a cell reads the plan; nothing writes back into it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,12 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from peftbench.api.options import parse_sets
+from peftbench.api.options import parse_sets, to_jsonable
 from peftbench.api.plugins import task_dirs
 from peftbench.api.records import RunSpec
 from peftbench.errors import UsageError
 from peftbench.results.store import load_session
 from peftbench.session.options import OPTION_KEYS, CellOptions
+from peftbench.session.policies import plan_changes
+from peftbench.system.files import unsafe_name
 from peftbench.tasks.task import Task, discover_tasks, prepare_data, select_tasks
 
 BUDGET_KEYS = {"steps", "epochs", "max_tokens"}
@@ -38,6 +41,7 @@ class SessionConfig:
     output: Path | None = None
     sets: list[str] = field(default_factory=list)
     resume: bool = False
+    restart: bool = False                # start over in --output: its earlier files are moved aside, none kept
     tasks_dirs: list[Path] = field(default_factory=list)
     cache_dir: Path | None = None
     keep_artifacts: bool = False
@@ -50,7 +54,7 @@ class SessionConfig:
     @property
     def continues(self) -> bool:
         """Whether this process continues what is in --output (--resume, or one shard among others)."""
-        return self.resume or self.shard is not None
+        return (self.resume or self.shard is not None) and not self.restart
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,20 @@ def make_plan(config: SessionConfig, host: Any, registry: Any, say: Any = None) 
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     root = data_root(config.data_dir)
     scored = list({t.name: t for t in [*tasks, *(r for rs in retention.values() for r in rs)]}.values())
-    prepared = {t.name: prepare_data(t, cache_dir, root, need_train=t in tasks and bool(methods)) for t in scored}
+    check_names(methods, scored)
     method_configs, options = _options(config, registry, methods, tasks, device)
     session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    output = Path(config.output) if config.output else Path("peftbench-results") / session_id
-    session_id = _check_output(config, output) or session_id
-    model = resolve_model(config.model, cache_dir=cache_dir, progress=say)
+    output = _output_folder(config, session_id)
     cells = tuple(RunSpec(m, t.name, s) for t in tasks for s in config.seeds for m in methods)
+    old = _check_output(config, output)
+    prepared = {t.name: prepare_data(t, cache_dir, root, need_train=t in tasks and bool(methods)) for t in scored}
+    if old is not None:  # continuing: the cells it keeps must be the cells this plan asks for
+        _check_same_plan(old, output, {**recorded_configs(method_configs, options), "plan": [c.key for c in cells],
+                                       "tasks": {t.name: {"version": t.version, "data_source": prepared[t.name].source}
+                                                 for t in scored},
+                                       "retention": {k: [t.name for t in v] for k, v in retention.items()}})
+        session_id = old.get("session_id") or session_id
+    model = resolve_model(config.model, cache_dir=cache_dir, progress=say)
     return Plan(config=config, session_id=session_id, output=output, device=device, cache_dir=cache_dir,
                 model=model, registry=registry, methods=tuple(methods), tasks=tuple(tasks),
                 retention={k: tuple(v) for k, v in retention.items()}, prepared=prepared,
@@ -190,20 +201,78 @@ def _options(config: SessionConfig, registry: Any, methods: list[str], tasks: li
     return method_configs, options
 
 
-def _check_output(config: SessionConfig, out: Path) -> str | None:
-    """Refuse an --output that would mix sessions; return the session id a continued folder already has."""
+def recorded_configs(method_configs: Mapping[str, Any], options: Mapping[tuple[str, str], CellOptions]
+                     ) -> dict[str, Any]:
+    """Each cell's training options and each method's options as ``session.json`` records them (JSON)."""
+    return json.loads(json.dumps({"train_configs": {f"{m}--{t}": o.flat() for (m, t), o in options.items()},
+                                  "method_configs": to_jsonable(dict(method_configs))}, default=str))
+
+
+def check_names(methods: list[str], tasks: list[Task]) -> None:
+    """Names that become file and folder names (run files, artifacts, the data cache, lm-eval task files) must
+    stay inside their folder: a task file's ``name: ../../x`` would write outside --output and the cache."""
+    for task in tasks:
+        where = task.folder / "task.yaml"
+        for key, value, file in (("name", task.name, where), ("version", task.version, where),
+                                 ("task", task.lm_eval_name, task.lm_eval_file)):
+            why = unsafe_name(str(value))
+            if why:
+                raise UsageError(f"Task file {file}: {key} {str(value)!r} cannot name a file or folder: {why} "
+                                 "(e.g. my_task-2).")
+    for method in methods:
+        why = unsafe_name(method)
+        if why:
+            raise UsageError(f"method {method!r} cannot name a run file: {why}; a plugin registered that name.")
+
+
+def _output_folder(config: SessionConfig, session_id: str) -> Path:
+    if config.output is not None and not str(config.output).strip():
+        raise UsageError("--output is empty; give a folder for the results (or leave --output out for "
+                         f"peftbench-results/{session_id}).")
+    if config.resume and config.output is None:
+        raise UsageError("--resume needs --output: the folder of the session to continue.")
+    if config.restart and (config.resume or config.shard is not None):
+        raise UsageError("--restart starts the session in --output over and keeps no earlier cell; it cannot be "
+                         "used with " + ("--resume (choose one)." if config.resume else
+                                         "--shard (restart once without --shard, or choose a new --output)."))
+    return Path(config.output) if config.output is not None else Path("peftbench-results") / session_id
+
+
+def _check_output(config: SessionConfig, out: Path) -> dict[str, Any] | None:
+    """Refuse an --output that would mix sessions; return the session.json of the folder a session continues."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output {out} exists and is not a folder.")
-    existing = (out / "session.json").is_file() or any((out / "runs").glob("*.json"))
+    has_session = (out / "session.json").is_file()
+    existing = has_session or any((out / "runs").glob("*.json"))
     if config.shard is not None and not config.output:
         raise UsageError("--shard needs --output: the shards of a session work in one folder.")
-    if existing and not config.continues:
+    if config.resume and not has_session:
+        raise UsageError(f"--resume: {out} " + (
+            "holds run files but no session.json, so none of them can be verified. Pass --restart instead to "
+            "start over there (its files are moved aside), or choose another --output." if existing else
+            "holds no peftbench session (no session.json), so there is nothing to resume. Leave out --resume to "
+            "start a session there." if out.is_dir() else
+            "does not exist, so there is no session to resume. Leave out --resume to start one there."))
+    if existing and not config.continues and not config.restart:
         raise UsageError(f"--output {out} already holds another session's results. Pass --resume to continue "
-                         "that session (finished cells are kept), or choose an empty --output folder.")
-    if existing and (out / "session.json").is_file():
-        old = load_session(out)
-        if old.get("config", {}).get("model") not in (None, config.model):
-            raise UsageError(f"--resume: {out} was run with model {old['config']['model']!r}, not "
-                             f"{config.model!r}; results of different base models cannot be mixed.")
-        return old.get("session_id")
-    return None
+                         "that session (finished cells are kept), --restart to start over there (its files are "
+                         "moved aside), or choose an empty --output folder.")
+    if not (has_session and config.continues):
+        return None
+    old = load_session(out)
+    if old.get("kind") == "latency":
+        raise UsageError(f"--output {out} holds a `peftbench latency` session; choose another --output.")
+    if old.get("config", {}).get("model") not in (None, config.model):
+        raise UsageError(f"--resume: {out} was run with model {old['config']['model']!r}, not "
+                         f"{config.model!r}; results of different base models cannot be mixed.")
+    return old
+
+
+def _check_same_plan(old: dict[str, Any], out: Path, new: dict[str, Any]) -> None:
+    changes = plan_changes(old, new)
+    if changes:
+        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise UsageError(f"--resume: {out} was run with another plan: {shown}. A continued session keeps the "
+                         "cells it finished, so their settings cannot change (cells may be added: more methods, "
+                         "tasks or seeds). Run it as before, pass --restart instead of --resume to start over "
+                         "there (its files are moved aside), or choose a new --output.")

@@ -1,31 +1,54 @@
 """A session: plan every method x task x seed cell, then run them one by one, each written the moment it ends.
 
-A failure inside a cell is recorded in that cell and the session goes on; Ctrl-C marks the remaining cells
-cancelled and keeps what finished. ``--resume``, ``--shard`` and ``--time-budget`` are small policies beside
-the loop (``peftbench.session.policies``).
+A failure inside a cell is recorded in that cell and the session goes on; Ctrl-C or SIGTERM marks the
+remaining cells cancelled and keeps what finished; a file that cannot be written (a full disk) stops the
+session cleanly, keeping every file written before. ``session.json`` records each run file's sha256 as it is
+written, so a continued session keeps only the files that prove themselves. ``--resume``, ``--shard`` and
+``--time-budget`` are small policies beside the loop (``peftbench.session.policies``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import json
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
 from peftbench.api.plugins import make_plugin_manager
 from peftbench.api.records import RunSpec
 from peftbench.api.registry import collect_methods
+from peftbench.errors import PeftbenchError, UsageError
 from peftbench.results.record import RunRecord
-from peftbench.results.store import load_runs, run_json, write_run
+from peftbench.results.store import load_session, run_json, write_run
 from peftbench.session.cache import CellCache
 from peftbench.session.cell import blank_record, run_cell
-from peftbench.session.folder import folder_lock, machine, now, write_session
+from peftbench.session.folder import (
+    WriteFailed,
+    clean_leftovers,
+    folder_lock,
+    machine,
+    now,
+    set_aside_earlier,
+    start_session,
+    write_session,
+    writer_lock,
+)
 from peftbench.session.phases import CellEnv
 from peftbench.session.plan import Plan, SessionConfig, make_plan
-from peftbench.session.policies import CellBudget, folder_status, kept, shard_share
+from peftbench.session.policies import CellBudget, Verified, folder_status, kept, shard_share, verify_kept
+from peftbench.system.files import sha256
 from peftbench.system.progress import NullProgress
 from peftbench.tasks.task import materialize
 
 __all__ = ["Session", "SessionConfig"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C: the remaining cells are written as cancelled."""
 
 
 class Session:
@@ -39,6 +62,9 @@ class Session:
         self.host = host or make_plugin_manager()
         self.progress = progress or NullProgress()
         self._plan: Plan | None = None
+        self.files: dict[str, str] = {}      # run file name -> sha256: what this process wrote or verified
+        self.unwritten: list[tuple[RunSpec, dict[str, Any]]] = []  # finished cells whose file failed to write
+        self._stamp: tuple[dict[str, Any], str] = ({}, "")  # the session's env and start time
 
     def plan(self) -> Plan:
         if self._plan is None:
@@ -46,32 +72,73 @@ class Session:
         return self._plan
 
     def run(self) -> list[dict[str, Any]]:
-        plan, hook = self.plan(), self.host.hook
-        started, env_info = now(), machine(plan.device)
+        plan = self.plan()
+        existed = plan.output.is_dir()
+        with writer_lock(plan.output, self.config.shard, warn) as alone, sigterm_as_interrupt():
+            return self._run(plan, alone and existed)
+
+    def _run(self, plan: Plan, clean: bool) -> list[dict[str, Any]]:
+        hook = self.host.hook
+        self._stamp = (machine(plan.device), now())
         hook.configure.call_historic(kwargs={"config": self.config})
-        done = load_runs(plan.output) if self.config.continues else {}
-        write_session(plan, env_info, started, "running")
-        hook.session_start(session=plan)
-        env = self.cell_env(plan)
-        cache = CellCache.from_runs(done.values(), plan.output if self.config.shard is not None else None)
-        records: list[dict[str, Any]] = []
-        status = "interrupted"
+        done = self.prepare_folder(plan, clean)
+        self.files = dict(done.files)
         try:
-            status = self.run_cells(plan, done, cache, env, records)
+            plan = self._plan = start_session(plan, *self._stamp, self.files)
+        except OSError as e:
+            raise WriteFailed(plan.output / "session.json", e) from None
+        hook.session_start(session=plan)
+        records: list[dict[str, Any]] = []
+        status, failure = "interrupted", None
+        try:
+            env = self.cell_env(plan)
+            cache = CellCache.from_runs(done.runs.values(), plan.output if self.config.shard is not None else None)
+            status = self.run_cells(plan, done.runs, cache, env, records)
         except KeyboardInterrupt:
-            self.cancel_rest(plan, done, records)
+            failure = self.cancel_rest(plan, done.runs, records)
+        except WriteFailed as e:
+            failure = e
+            self.write_unwritten(plan, records)
+            self.cancel_rest(plan, done.runs, records)
         finally:
             self.progress.stop()
-            write_session(plan, env_info, started, folder_status(status, self.config.shard, plan.all_cells(),
-                                                                  plan.output))
+            closing = self.record(plan, folder_status(status, self.config.shard, plan.all_cells(), plan.output))
         hook.session_finish(session=plan, results=records)
+        if failure or closing:
+            raise self.stopped(plan, failure, closing, done, records)
         return records
+
+    def prepare_folder(self, plan: Plan, clean: bool) -> Verified:
+        """Before any cell: --restart moves the earlier session aside; a new session finds the folder still
+        empty; a continued one removes the temp files interrupted writes left (when no other shard is at work)
+        and keeps the run files that prove themselves."""
+        out = plan.output
+        try:
+            if self.config.restart:
+                aside = set_aside_earlier(out)
+                if aside:
+                    warn(f"--restart: the earlier session's files in {out} were moved to {aside}.")
+            elif not self.config.continues and ((out / "session.json").is_file() or any((out / "runs").glob("*.json"))):
+                raise UsageError(f"--output {out}: another session started writing there while this one was being "
+                                 "planned; choose another --output.")
+            if clean:
+                clean_leftovers(out, warn)
+            if not self.config.continues:
+                return Verified()
+            recorded = load_session(out).get("run_files") if (out / "session.json").is_file() else None
+            return verify_kept(out, recorded if isinstance(recorded, dict) else {},
+                               shard_share(plan.all_cells(), self.config.shard), lambda s: _identity(plan, s), warn)
+        except OSError as e:
+            raise WriteFailed(e.filename or out, e) from None
 
     def cell_env(self, plan: Plan) -> CellEnv:
         """The tokenizer, the materialized task files (under the lock: other shards may write the same
         files at the same moment) and where artifacts go."""
-        with folder_lock(plan.output):
-            include_path = materialize(plan.eval_tasks, plan.prepared, plan.output)
+        try:
+            with folder_lock(plan.output):
+                include_path = materialize(plan.eval_tasks, plan.prepared, plan.output)
+        except OSError as e:
+            raise WriteFailed(plan.output / "lm_eval_tasks", e) from None
         return CellEnv(hook=self.host.hook, progress=self.progress, tokenizer=plan.model.load_tokenizer(),
                        include_path=include_path,
                        artifacts=plan.output / "artifacts" if self.config.keep_artifacts else None)
@@ -109,19 +176,100 @@ class Session:
     run_cell = staticmethod(run_cell)  # tests replace it
 
     def finish(self, plan: Plan, spec: RunSpec, record: RunRecord, records: list[dict[str, Any]]) -> None:
+        """Write the cell's run file and record its sha256 in session.json at once (a file session.json does
+        not list is not kept by --resume); a write that fails stops the session (WriteFailed)."""
         data = run_json(record)
-        write_run(plan.output, spec.key, data)
+        try:
+            self.write_file(plan, spec, data)
+        except OSError as e:
+            self.unwritten.append((spec, data))
+            raise WriteFailed(plan.output / "runs" / f"{spec.key}.json", e) from None
         records.append(data)
         self.progress.cell_done(spec, data)
+        failed = self.record(plan, "running")
+        if failed:
+            raise failed
 
-    def cancel_rest(self, plan: Plan, done: dict[str, Any], records: list[dict[str, Any]]) -> None:
-        """Ctrl-C: every cell of this process's share without a result is written as cancelled."""
-        finished = {r["key"] for r in records}
+    def write_file(self, plan: Plan, spec: RunSpec, data: dict[str, Any]) -> None:
+        path = write_run(plan.output, spec.key, data)
+        self.files[path.name] = sha256(path)
+
+    def record(self, plan: Plan, status: str) -> WriteFailed | None:
+        """Write session.json; the failure, if it could not be."""
+        try:
+            write_session(plan, *self._stamp, status, self.files)
+        except OSError as e:
+            return WriteFailed(plan.output / "session.json", e)
+        return None
+
+    def write_unwritten(self, plan: Plan, records: list[dict[str, Any]]) -> None:
+        """After a failed write, one more try for the finished cell whose file it was (space may be free now)."""
+        for spec, data in list(self.unwritten):
+            with contextlib.suppress(OSError):
+                self.write_file(plan, spec, data)
+                self.unwritten.remove((spec, data))
+                records.append(data)
+
+    def cancel_rest(self, plan: Plan, done: dict[str, Any], records: list[dict[str, Any]]) -> WriteFailed | None:
+        """Ctrl-C, SIGTERM or a failed write: every cell of this process's share without a result is written as
+        cancelled, as far as files can still be written; the first write failure, if any."""
+        finished, failed = {r["key"] for r in records}, None
         for spec in shard_share(plan.all_cells(), self.config.shard):
             if spec.key not in finished and not kept(done, spec):
                 cancelled = run_json(blank_record(plan, spec, "cancelled"))
-                write_run(plan.output, spec.key, cancelled)
+                try:
+                    self.write_file(plan, spec, cancelled)
+                except OSError as e:
+                    failed = failed or WriteFailed(plan.output / "runs" / f"{spec.key}.json", e)
+                    continue
                 records.append(cancelled)
+        return failed
+
+    def stopped(self, plan: Plan, failure: WriteFailed | None, closing: WriteFailed | None, done: Verified,
+                records: list[dict[str, Any]]) -> PeftbenchError:
+        """The one-line error of a session stopped by a write that failed: what failed, what is kept, what is
+        not, and what to do."""
+        ok = [r["key"] for r in records if r.get("status") == "ok"]
+        not_run = [s.key for s in shard_share(plan.all_cells(), self.config.shard) if s.key not in set(ok)]
+        parts = [str(failure or closing), f"the session stopped; the {len(ok)} finished cell(s) written are kept "
+                                          f"in {plan.output}"]
+        parts += [f"{spec.key} finished but its run file could not be written" for spec, _ in self.unwritten]
+        if not_run:
+            parts.append(f"{len(not_run)} cell(s) have no result: {', '.join(not_run[:5])}"
+                         + (" ..." if len(not_run) > 5 else ""))
+        if closing and failure is not None:
+            parts.append(f"{closing} (its status may still say 'running')")
+        parts.append("free some space and run the same command with --resume")
+        return PeftbenchError("; ".join(parts) + ".")
+
+
+def _identity(plan: Plan, spec: RunSpec) -> dict[str, Any]:
+    """What a kept run file of ``spec`` must hold: its cell and the configuration the plan gives it (as JSON)."""
+    blank = run_json(blank_record(plan, spec, "ok"))
+    return json.loads(json.dumps({k: blank[k] for k in ("method", "task", "seed", "config")}, default=str))
+
+
+def warn(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While cells run, SIGTERM (a job's time limit, ``kill``) is handled as Ctrl-C; a second one during the
+    clean-up is ignored. Only the main thread can handle signals: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _free_memory(device: str) -> None:
