@@ -144,12 +144,12 @@ def test_save_load_round_trip(method, ids, placement, tmp_path):
     want = logits(model, ids)
     cfg = AdapterConfig(placement=placement)
     files = method.save(model, tmp_path, cfg)
-    assert sorted(f.name for f in files) == ["adapter_config.json", "adapter_model.safetensors"]
-    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert sorted(f.name for f in files) == ["bottleneck_adapter.safetensors", "bottleneck_adapter_config.json"]
+    saved = load_file(str(tmp_path / "bottleneck_adapter.safetensors"))
     assert set(saved) == adapter_names(model)
     assert "model.layers.0.self_attn.o_proj.adapter.down.weight" in saved or placement != "houlsby"
     assert sum(t.numel() for t in saved.values()) == expected_trainable(placement)
-    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    meta = json.loads((tmp_path / "bottleneck_adapter_config.json").read_text())
     assert meta["method"] == "adapter" and meta["placement"] == placement
     # the saved config wins over the one passed in
     loaded = method.load(tmp_path, tiny_llama(), AdapterConfig(placement="houlsby", reduction_factor=4))
@@ -158,7 +158,7 @@ def test_save_load_round_trip(method, ids, placement, tmp_path):
 
 def test_load_missing_tensor_is_a_clear_error(method, ids, tmp_path):
     method.save(trained(method, ids), tmp_path, AdapterConfig())
-    path = tmp_path / "adapter_model.safetensors"
+    path = tmp_path / "bottleneck_adapter.safetensors"
     state = load_file(str(path))
     gone = "model.layers.1.mlp.down_proj.adapter.up.weight"
     del state[gone]
@@ -170,7 +170,7 @@ def test_load_missing_tensor_is_a_clear_error(method, ids, tmp_path):
 
 def test_load_unexpected_tensor_and_wrong_shape(method, ids, tmp_path):
     method.save(trained(method, ids), tmp_path, AdapterConfig())
-    path = tmp_path / "adapter_model.safetensors"
+    path = tmp_path / "bottleneck_adapter.safetensors"
     state = load_file(str(path))
     state["model.layers.9.extra.adapter.up.weight"] = torch.zeros(2)
     save_file(state, str(path))

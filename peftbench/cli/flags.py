@@ -7,6 +7,8 @@ import re
 
 from peftbench.errors import UsageError
 
+SEED_LIMIT = 2**32   # seeds are 0 <= s < 2**32: what numpy's seeding (through lm-eval's scoring) accepts
+
 
 def comma_list(value: str, flag: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
@@ -32,6 +34,11 @@ def seeds(value: str) -> list[int]:
         raise UsageError(f"--seeds {value!r}: seeds must be integers, comma-separated (e.g. --seeds 0,1,2).") from None
     if len(set(out)) != len(out):
         raise UsageError(f"--seeds {value!r} repeats a seed.")
+    bad = [s for s in out if not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise UsageError(f"--seeds {value!r}: seed {bad[0]} is out of range; a seed is a whole number from 0 to "
+                         f"{SEED_LIMIT - 1} (2**32 - 1: the range numpy, which scoring seeds, accepts), "
+                         "e.g. --seeds 0,1,2.")
     return out
 
 

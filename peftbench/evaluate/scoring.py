@@ -35,22 +35,26 @@ def _without_env_dump() -> Iterator[None]:
     (subprocesses: pip, nvidia-smi, ...; 0.6 s on the CPU machine, more on a GPU host) for the
     ``pretty_env_info`` text, once per evaluation: a cell that scores its task, two retention tasks, the
     merged model and the merge-precision variants calls it seven times. peftbench drops that text (the run file
-    records its own environment) and keeps only the two version fields, which this fills directly."""
+    records its own environment) and keeps only the two version fields, which this fills directly.
+
+    lm-eval also runs ``git describe`` in the current directory (``get_git_commit_hash``) for a ``git_hash``
+    peftbench does not keep (the cwd's checkout says nothing about the model): outside a git checkout git
+    printed ``fatal: not a git repository`` on every scoring pass. It is not asked."""
     from importlib.metadata import version
 
     import lm_eval.evaluator as evaluator
     import transformers
 
-    real = evaluator.add_env_info
+    real = evaluator.add_env_info, evaluator.get_git_commit_hash
 
     def versions_only(storage: dict[str, Any]) -> None:
         storage.update(lm_eval_version=version("lm_eval"), transformers_version=transformers.__version__)
 
-    evaluator.add_env_info = versions_only
+    evaluator.add_env_info, evaluator.get_git_commit_hash = versions_only, lambda: None
     try:
         yield
     finally:
-        evaluator.add_env_info = real
+        evaluator.add_env_info, evaluator.get_git_commit_hash = real
 
 
 def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: EvalConfig, device: str,

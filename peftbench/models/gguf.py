@@ -40,7 +40,16 @@ def resolve_gguf(path: Path, source: str, kind: str, note_suffix: str, cache: Pa
     if not (dest / CACHE_META).is_file():
         say(f"converting {path.name} to safetensors (dequantizing; ~30 s for 135M parameters, once; "
             f"cached in {dest})")
-        _write_atomically(dest, lambda tmp: _convert_gguf(path, tmp, digest))
+        try:
+            _write_atomically(dest, lambda tmp: _convert_gguf(path, tmp, digest))
+        except (PeftbenchError, OSError, MemoryError):
+            raise   # ours, a disk or permission problem, memory: not the file's fault
+        except Exception as e:  # a truncated or foreign file: struct.error, ValueError, KeyError, ... from the reader
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(f"GGUF file {source!r} cannot be read as a model ({type(e).__name__}: {first}). It "
+                             "starts like a GGUF file but may be truncated, damaged, or of an architecture "
+                             "transformers cannot load from GGUF; a model source is "
+                             f"{VALID_FORMS}.") from None
     meta = json.loads((dest / CACHE_META).read_text(encoding="utf-8"))
     info = ModelInfo(source, kind, str(path.resolve()), meta["architecture"], None, digest,
                      f"dequantized from {meta['quant_type']} GGUF to float32{note_suffix}")

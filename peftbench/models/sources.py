@@ -9,13 +9,13 @@ torch and transformers are imported inside functions, so ``peftbench methods`` s
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from peftbench.errors import UsageError
+from peftbench.models.folder import resolve_folder
 from peftbench.models.gguf import resolve_gguf
 from peftbench.models.hub import resolve_hub
 from peftbench.models.resolved import VALID_FORMS, ModelInfo, Progress, ResolvedModel
@@ -51,7 +51,7 @@ def resolve_model(source: str, cache_dir: Path | None = None, progress: Progress
     if text.lower().endswith(".gguf"):
         return resolve_gguf(path, text, "gguf", "", cache, say)
     if path.is_dir():
-        return _resolve_folder(path, text)
+        return resolve_folder(path, text)
     if path.exists():
         raise UsageError(f"Model source {text!r} is a file but not a .gguf file. A model source is {VALID_FORMS}.")
     if _HUB_ID.fullmatch(text):
@@ -80,17 +80,3 @@ def _resolve_tiny(text: str) -> ResolvedModel:
                      "random init (tests only: no accuracy)")
     return ResolvedModel(info, "")
 
-
-def _resolve_folder(path: Path, source: str) -> ResolvedModel:
-    config = path / "config.json"
-    if not config.is_file():
-        hint = (" It holds adapter_config.json: that is an adapter; pass its base model instead."
-                if (path / "adapter_config.json").is_file() else "")
-        raise UsageError(f"Model folder {source!r} has no config.json, so it is not a transformers model "
-                         f"folder.{hint} A model source is {VALID_FORMS}.")
-    try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or ["unknown"]
-    except (ValueError, AttributeError) as e:
-        raise UsageError(f"Model folder {source!r}: config.json is not a valid JSON object ({e}).") from e
-    info = ModelInfo(source, "local", str(path.resolve()), str(architectures[0]), None, None, "")
-    return ResolvedModel(info, str(path), local_only=True)

@@ -21,6 +21,7 @@ from peftbench.api.options import to_jsonable
 from peftbench.api.records import RunContext, RunSpec
 from peftbench.results.record import ArtifactInfo, ErrorInfo, MergeCheck, ParamCount, RunRecord
 from peftbench.results.store import run_json
+from peftbench.session.artifacts import write_manifest
 from peftbench.session.cache import CellCache
 from peftbench.session.checks import check_merge, check_reload, merge_precision_study
 from peftbench.session.phases import CellEnv, phase
@@ -130,6 +131,7 @@ def _prepare(plan: Plan, run: RunContext, record: RunRecord, env: CellEnv) -> An
 def _save(run: RunContext, record: RunRecord, env: CellEnv, model: Any, art: Path) -> None:
     with phase(record, "save", env.progress):
         files = [Path(f) for f in run.hook.save_artifact(run=run, prepared=model, directory=art)]
+        write_manifest(art, run.spec, run.method_config, record.model)  # not one of the method's files
     record.artifact = ArtifactInfo(bytes=sum(f.stat().st_size for f in files),
                                    files={str(f.relative_to(art)): f.stat().st_size for f in files},
                                    kept_at=str(art) if env.artifacts is not None else None)

@@ -47,6 +47,9 @@ class TrainConfig:
                             "(bitsandbytes)", default="adamw")
 
     def __post_init__(self) -> None:
+        for name, value in vars(self).items():  # nan passes every comparison below, inf every lower bound
+            if isinstance(value, float) and not -float("inf") < value < float("inf"):
+                raise ConfigError(f"train option {name!r} must be a finite number, got {value!r}.")
         for name in ("batch_size", "grad_accum", "max_length", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train option {name!r} must be >= 1, got {getattr(self, name)!r}.")

@@ -12,8 +12,17 @@ from peftbench import Capabilities, ConfigError, Method, UsageError
 
 from .config import AdapterConfig
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
+# Not PEFT's names (adapter_model.safetensors / adapter_config.json): PEFT would take the folder for one of its
+# own adapters and fail on it (KeyError 'peft_type'). Folders written before keep loading (OLD_FILES).
+WEIGHTS = "bottleneck_adapter.safetensors"
+CONFIG = "bottleneck_adapter_config.json"
+OLD_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FORMAT = "peftbench-bottleneck-adapter"
+META_KEYS = ("method", "peftbench_method", "format", "format_version", "note", "weights")
+NOTE = ("A peftbench bottleneck adapter (peftbench_plugins.adapter), not a PEFT adapter: PEFT and transformers "
+        "cannot load it. Load it onto its base model with peftbench.load_artifact(folder) (or "
+        "AdapterMethod().load(folder, base_model, None)); the placement and sizes are the fields below, the "
+        "tensors are named as in the adapted model's named_parameters().")
 
 
 def _leaf(name: str) -> str:
@@ -134,23 +143,24 @@ class AdapterMethod(Method):
         weights, cfg = directory / WEIGHTS, directory / CONFIG
         save_file({n: p.detach().cpu().contiguous() for n, p in state.items()}, str(weights),
                   metadata={"format": "pt"})
-        cfg.write_text(json.dumps({**dataclasses.asdict(config), "method": self.name}, indent=2) + "\n")
+        meta = {"peftbench_method": self.name, "format": FORMAT, "format_version": 1, "note": NOTE,
+                "weights": WEIGHTS, "method": self.name, **dataclasses.asdict(config)}
+        cfg.write_text(json.dumps(meta, indent=2) + "\n")
         return [weights, cfg]
 
     def load(self, directory: Path, base_model, config: AdapterConfig):
         import torch
         from safetensors.torch import load_file
 
-        directory = Path(directory)
-        weights, cfg_path = directory / WEIGHTS, directory / CONFIG
-        for path in (cfg_path, weights):
-            if not path.is_file():
-                raise UsageError(f"adapter load: {path} does not exist; expected {CONFIG} and {WEIGHTS} "
-                                 f"written by the adapter method's save().")
+        cfg_path, weights = artifact_files(Path(directory))
         values = json.loads(cfg_path.read_text())
-        method = values.pop("method", self.name)
+        if "peft_type" in values:
+            raise UsageError(f"adapter load: {cfg_path} is a PEFT adapter ({values['peft_type']}), not a bottleneck "
+                             "adapter; load it with its own method (e.g. lora) or peft.PeftModel.from_pretrained.")
+        method = values.get("peftbench_method", values.get("method", self.name))
         if method != self.name:
             raise UsageError(f"adapter load: {cfg_path} was written by method {method!r}, not {self.name!r}.")
+        values = {k: v for k, v in values.items() if k not in META_KEYS}
         model = self.prepare(base_model, self.make_config(values))  # the saved config wins
 
         saved = load_file(str(weights))
@@ -168,3 +178,13 @@ class AdapterMethod(Method):
             for n, p in params.items():
                 p.copy_(saved[n].to(device=p.device, dtype=p.dtype))
         return model
+
+
+def artifact_files(directory: Path) -> tuple[Path, Path]:
+    """The config and weights of an adapter artifact: this version's names, else those of earlier versions."""
+    for names in ((CONFIG, WEIGHTS), OLD_FILES):
+        cfg, weights = directory / names[0], directory / names[1]
+        if cfg.is_file() and weights.is_file():
+            return cfg, weights
+    raise UsageError(f"adapter load: {directory} holds no bottleneck adapter; expected {CONFIG} and {WEIGHTS} "
+                     f"written by the adapter method's save() (or {' and '.join(OLD_FILES)} from earlier versions).")

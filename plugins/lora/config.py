@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from peftbench.errors import ConfigError
@@ -22,8 +23,8 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ConfigError(f"option 'r' must be a positive integer, got {self.r!r}.")
-        if self.alpha <= 0:
-            raise ConfigError(f"option 'alpha' must be > 0, got {self.alpha!r}.")
+        if not self.alpha > 0 or not math.isfinite(self.alpha):
+            raise ConfigError(f"option 'alpha' must be a finite number > 0, got {self.alpha!r}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"option 'dropout' must be in [0, 1), got {self.dropout!r}.")
         if not self.target_modules:
