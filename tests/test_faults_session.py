@@ -413,3 +413,27 @@ def test_continuing_a_folder_removes_the_temp_files_interrupted_writes_left(ran,
     assert code == 0, err
     assert "removed 2 temp file(s) interrupted writes left" in " ".join(err.split())
     assert not any(p.exists() for p in left) and all(p.exists() for p in others)
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+])
+def test_a_host_allocation_failure_is_recorded_as_oom(tmp_path, error):
+    """An allocation failure on the CPU is an out-of-memory cell (status oom), not a generic error."""
+    from peftbench import hookimpl
+    from peftbench.api.plugins import make_plugin_manager
+    from peftbench.session.runner import Session, SessionConfig
+
+    class Starved:
+        @hookimpl(tryfirst=True)
+        def train_model(self, run, prepared, train_data):
+            raise error
+
+    host = make_plugin_manager(load_entrypoints=False)
+    host.pm.register(Starved(), name="starved")
+    (res,) = Session(SessionConfig(methods=["lora"], model="tiny:llama", device="cpu", output=tmp_path / "o",
+                                   cache_dir=tmp_path / "c", base_row=False,
+                                   sets=["steps=1", "batch_size=2", "limit=4", "latency_rounds=0"]), host=host).run()
+    assert res["status"] == "oom" and res["error"]["type"] == type(error).__name__

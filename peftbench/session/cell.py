@@ -244,6 +244,10 @@ def _count(parameters: Any) -> int:
 
 
 def _is_oom(e: BaseException) -> bool:
+    """Out of memory on the GPU, or on the host: Python's MemoryError, or torch's CPU allocator refusing
+    ("DefaultCPUAllocator: can't allocate memory")."""
     import torch
 
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+    text = str(e).lower()
+    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or \
+        "can't allocate memory" in text
