@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from fakes import fake_cells
 
 from peftbench.testing import run_cli
 
@@ -338,26 +339,6 @@ def test_time_budget_is_a_duration(capsys, tmp_path):
     assert code == 2 and "--time-budget 'ten minutes': not a duration" in err and "1h30m" in err
 
 
-def _fake_cells(monkeypatch, seconds=0.0):
-    """Session.run_cell replaced by an instant (or ``seconds``-long) ok cell; returns the keys run, in order."""
-    import time
-
-    from peftbench.session.cell import blank_record
-    from peftbench.session.runner import Session
-
-    ran = []
-
-    def fake_cell(plan, spec, cache, env):
-        time.sleep(seconds)
-        ran.append(spec.key)
-        result = blank_record(plan, spec, "ok")
-        result.timings = {"train": 1.0}
-        return result
-
-    monkeypatch.setattr(Session, "run_cell", staticmethod(fake_cell))
-    return ran
-
-
 def _shard_session(tmp_path, shard):
     from peftbench.session.runner import Session, SessionConfig
 
@@ -368,7 +349,7 @@ def _shard_session(tmp_path, shard):
 def test_shards_fill_one_session_folder_between_them(tmp_path, monkeypatch):
     from peftbench.results.store import load_session, verify_run_files
 
-    ran = _fake_cells(monkeypatch)
+    ran = fake_cells(monkeypatch)
     plan = ["base--quickstart--seed0"] + [f"{m}--quickstart--seed{s}" for s in range(3) for m in ("lora", "full")]
     first = [r["key"] for r in _shard_session(tmp_path, (0, 2)).run()]
     assert first == plan[0::2] == ran                      # cells 1, 3, 5, 7 of the plan (K = 1 of 2)
@@ -388,7 +369,7 @@ def test_shards_running_at_the_same_time_leave_a_consistent_folder(tmp_path, mon
 
     from peftbench.results.store import load_session, verify_run_files
 
-    ran = _fake_cells(monkeypatch, seconds=0.02)
+    ran = fake_cells(monkeypatch, seconds=0.02)
     sessions = [_shard_session(tmp_path, (k, 3)) for k in range(3)]
     for s in sessions:
         s.plan()
@@ -449,7 +430,7 @@ def test_a_shard_ending_while_another_still_writes_says_so(tmp_path, monkeypatch
     import peftbench.cli.run as run_command
     from peftbench.errors import UsageError
 
-    _fake_cells(monkeypatch)
+    fake_cells(monkeypatch)
 
     def busy(*_args, **_kwargs):
         raise UsageError("runs/full--quickstart--seed0.json: its sha256 differs from the one session.json recorded")

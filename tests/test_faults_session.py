@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fakes import fake_cells
 
 from peftbench.system.files import sha256
 from peftbench.testing import run_cli
@@ -30,19 +31,7 @@ def _cache(tmp_path, monkeypatch):
 @pytest.fixture
 def ran(monkeypatch):
     """Session.run_cell replaced by an instant ok cell (its training 'took' 1 s); the keys run, in order."""
-    from peftbench.session.cell import blank_record
-    from peftbench.session.runner import Session
-
-    keys: list[str] = []
-
-    def fake_cell(plan, spec, cache, env):
-        keys.append(spec.key)
-        result = blank_record(plan, spec, "ok")
-        result.timings = {"train": 1.0}
-        return result
-
-    monkeypatch.setattr(Session, "run_cell", staticmethod(fake_cell))
-    return keys
+    return fake_cells(monkeypatch)
 
 
 def args(out: Path, *more: str) -> list[str]:
