@@ -143,6 +143,17 @@ def test_a_misspelled_hook_of_an_installed_package_disables_it_and_every_command
     assert _rows(capsys, "--disable-plugin", "bitfit")["bitfit"]["status"] == "disabled"
 
 
+def test_a_run_beside_a_broken_plugin_says_so_and_runs(plugin_module, capsys, tmp_path):
+    """peftbench run does not stop for a disabled plugin, but warns on stderr which one and why."""
+    name = plugin_module("typo_run_mod", MISSPELLED)
+    code, _, err = run_cli(["--plugin", name, "run", "--methods", "lora", "--model", "tiny:llama", "--device", "cpu", "--no-base",
+                            "--output", str(tmp_path / "o"), "--set", "steps=1", "--set", "batch_size=2",
+                            "--set", "limit=4", "--set", "latency_rounds=0", "--set", "merge_precisions=false"],
+                           capsys)
+    assert code == 0, err
+    assert f"warning: plugin '{name}'" in err and f"--disable-plugin {name}" in err
+
+
 def test_a_misspelled_hook_is_fatal_with_strict_plugins(plugin_module, capsys):
     name = plugin_module("typo_strict_mod", MISSPELLED)
     code, _, err = run_cli(["--strict-plugins", "--plugin", name, "methods"], capsys)

@@ -53,12 +53,16 @@ from peftbench.errors import UsageError
 @click.pass_obj
 def run(host, as_json, **flag_values):
     """Train, score and time every method on every task and seed."""
+    from rich.markup import escape
+
     from peftbench.session.runner import Session
     from peftbench.system.progress import RichProgress
 
     config = session_config(**flag_values)
     console = stderr_console()
     session = Session(config, host=host, progress=RichProgress(console))
+    for failure in host.failures:  # a broken plugin does not stop the run, but the user should know
+        console.print(f"[yellow]warning: {escape(failure.message)}[/]", highlight=False)
     plan = session.plan()
     console.print(f"peftbench session {plan.session_id}: {len(plan.cells)} cells on {plan.device}; "
                   f"results in {plan.output}")
