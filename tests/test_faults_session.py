@@ -426,3 +426,29 @@ def test_a_host_allocation_failure_is_recorded_as_oom(tmp_path, error):
                                    cache_dir=tmp_path / "c", base_row=False,
                                    sets=["steps=1", "batch_size=2", "limit=4", "latency_rounds=0"]), host=host).run()
     assert res["status"] == "oom" and res["error"]["type"] == type(error).__name__
+
+
+def test_a_resumed_base_rows_retention_scores_serve_the_next_cells():
+    """A continued session reuses the kept base row's retention scores (read back from its run file) as the
+    baseline of the cells it still runs: the delta against base is computed, not an error."""
+    import dataclasses
+    import types
+
+    from peftbench.session.cache import CellCache
+    from peftbench.session.scores import score_retention
+
+    @dataclasses.dataclass
+    class Run:  # what score_retention reads of a RunContext
+        method: object
+        task: object
+        hook: object
+
+    base_run = {"method": "base", "status": "ok", "retention": {
+        "piqa": {"metric": "acc", "score": 0.6, "stderr": 0.01, "n_samples": 10, "eval": {}}}}
+    cache = CellCache.from_runs([base_run])
+    task = types.SimpleNamespace(name="piqa", metric="acc")
+    scored = {"metrics": {"acc": 0.65}, "stderr": {"acc": 0.02}, "n_samples": 10}
+    hook = types.SimpleNamespace(evaluate_model=lambda run, model, tokenizer: scored)
+    out = score_retention(Run(object(), task, hook), [task], None, None, cache.base_retention)
+    assert out["piqa"].base == 0.6 and out["piqa"].base_stderr == 0.01
+    assert out["piqa"].delta == pytest.approx(0.05)

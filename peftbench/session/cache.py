@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftbench.session.scores import as_retention_score
 from peftbench.session.timing import latency_key_of_result
 
 
@@ -27,7 +28,7 @@ class CellCache:
         for r in runs:
             if r.get("method") == "base" and r.get("status") == "ok":
                 for name, entry in (r.get("retention") or {}).items():
-                    cache.base_retention.setdefault(name, entry)
+                    cache.base_retention.setdefault(name, as_retention_score(entry))
         cache.remember_latency(runs)
         return cache
 
