@@ -24,6 +24,7 @@ from peftbench.api.options import build_dataclass, parse_sets, to_jsonable
 from peftbench.api.records import SCHEMA_VERSION, RunContext, RunSpec
 from peftbench.errors import UsageError
 from peftbench.latency.config import SET_PREFIX, LatencyConfig
+from peftbench.session.folder import now
 from peftbench.session.options import LATENCY_KEYS, OPTION_KEYS
 from peftbench.system import memory, meta
 from peftbench.system.files import write_json
@@ -39,9 +40,6 @@ class LatencySessionConfig:
     sets: list[str] = field(default_factory=list)       # --set latency_KEY=VALUE and METHOD.KEY=VALUE
     resume: bool = False
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class LatencySession:
@@ -111,7 +109,7 @@ class LatencySession:
         commands = [*(earlier.get("commands") or ([earlier["command"]] if earlier.get("command") else [])),
                     meta.command_line()]
         return {"schema_version": SCHEMA_VERSION, "kind": "latency", "status": status, "session_id": self.id,
-                "command": meta.command_line(), "commands": commands, "updated": _now(),
+                "command": meta.command_line(), "commands": commands, "updated": now(),
                 "model": to_jsonable(self.model.info), "methods": methods, "train_config": {SET_PREFIX + k: v for k, v in to_jsonable(self.latency).items()},
                 "method_configs": configs,
                 "plan": to_jsonable(self.latency.grid()),
@@ -178,7 +176,7 @@ class LatencySession:
                          hook=self.hook)
         result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "latency", "method": name,
                                   "status": "ok", "capabilities": to_jsonable(method.capabilities),
-                                  "method_config": to_jsonable(self.method_configs[name]), "started": _now()}
+                                  "method_config": to_jsonable(self.method_configs[name]), "started": now()}
 
         load_base = self._base_loader()
         # an interrupted method's finished shapes, kept under latency-partial/ until the method is done
@@ -208,7 +206,7 @@ class LatencySession:
                                                  "traceback": traceback.format_exc()[-4000:]})
         seconds["total"] = round(time.perf_counter() - t0, 2)
         result["seconds"] = seconds
-        result["finished"] = _now()
+        result["finished"] = now()
         return result
 
 
@@ -238,7 +236,7 @@ def _checkpointer(partial: Path, result: dict[str, Any], done: dict[str, Any] | 
         section = dict(section)
         memory.keep_most(section, done or {})
         memory.keep_most(section, memory.neighbours_since(cpu0))
-        write_json(partial, {**result, "status": "partial", "latency": section, "updated": _now()})
+        write_json(partial, {**result, "status": "partial", "latency": section, "updated": now()})
 
     return checkpoint
 
