@@ -75,6 +75,9 @@ class Method:
     """Importable module names the method needs (e.g. ``("bitsandbytes",)``)."""
     default_lr: ClassVar[float] = 2e-4
     """Learning rate used when neither the user nor the task sets one."""
+    default_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    """Values ``peftbench run --tune KEY`` tries for the method's own options (``{"r": (4, 8, 16, 32)}``) and,
+    under ``lr``, for its learning rate; without an ``lr`` entry: ``lr_grid(default_lr)``."""
     description: ClassVar[str] = ""
 
     # ---- environment -------------------------------------------------------------------------
@@ -153,6 +156,14 @@ class Method:
 
 
 REQUIRED = ("prepare", "save", "load")
+
+
+LR_GRID_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)  # two decades centred on the default: LoRA's best lr is often ~10x full's
+
+
+def lr_grid(default_lr: float) -> tuple[float, ...]:
+    """The learning rates tried by default around ``default_lr`` (rounded to two significant digits)."""
+    return tuple(float(f"{default_lr * f:.2g}") for f in LR_GRID_FACTORS)
 
 
 def validate_method_class(obj: Any, plugin: str = "?") -> None:

@@ -140,6 +140,25 @@ class RetentionScore:
     error: ErrorInfo | None = optional()
 
 
+@dataclass
+class TuningInfo:
+    """A cell's place in the fair-comparison protocol (``--tune``). A ``grid`` cell trains one point of the grid
+    and is scored on the task's validation split; a ``final`` cell trains a requested seed with the values
+    the grid chose and is scored on test. Only cells scored on test enter leaderboards and claims."""
+
+    role: str                          # "grid" | "final"
+    split: str                         # the split its ``eval`` scored: "validation" | "test"
+    values: dict[str, Any]             # the tuned keys' values this cell trained with
+    grid: dict[str, list[Any]]         # every tuned key's grid
+    chosen_by: str | None = optional()  # final cells: how the values were chosen ("acc on validation, seed 0")
+    on_edge: list[str] | None = optional()  # final cells: keys whose choice is the grid's end ("extend the grid")
+
+
+def scored_on_test(run: dict[str, Any]) -> bool:
+    """Whether a run file's scores are test scores (every cell but a tuning grid's)."""
+    return ((run.get("tuning") or {}).get("split") or "test") == "test"
+
+
 @dataclass(kw_only=True)
 class RunRecord:
     """One cell's run file."""
@@ -155,6 +174,7 @@ class RunRecord:
     capabilities: dict[str, Any] | None
     data: dict[str, Any] | None
     limit: int | None
+    tuning: TuningInfo | None = optional()  # set when the session tunes (--tune): the cell's role in it
     example: dict[str, Any] | None = optional()  # one training example as trained on and as scored (tasks.example_prompt)
     params: ParamCount | None = None
     train: TrainResult | None = None
