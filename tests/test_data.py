@@ -873,7 +873,9 @@ def test_swapping_train_and_test_contents_changes_the_fingerprint(tmp_path):
     b.write_bytes(ta)
     swapped = prep("sst2", root, tmp_path / "cache")
     assert swapped.folder != first.folder  # the same set of digests, assigned to other splits
-    assert read_records(swapped.folder / "train.jsonl") == EXPECTED["sst2"]["test"]
+    held = read_records(swapped.folder / "validation.jsonl")  # 10 train rows now: 1 held out for validation
+    assert len(held) == 1 and held[0] in EXPECTED["sst2"]["test"]
+    assert read_records(swapped.folder / "train.jsonl") == [r for r in EXPECTED["sst2"]["test"] if r not in held]
     assert read_records(swapped.folder / "test.jsonl") == EXPECTED["sst2"]["train"]
 
 

@@ -45,7 +45,7 @@ def test_quickstart_data_is_deterministic_balanced_and_disjoint(tmp_path):
     assert not {item(r["text"]) for r in train} & {item(r["text"]) for r in test}
 
 
-def test_training_text_is_exactly_what_lm_eval_scores(qs):
+def test_training_text_is_exactly_what_lm_eval_scores(qs, tmp_path):
     task, lm_task = qs
     lm_task.build_all_requests(limit=12, rank=0, world_size=1)
     by_doc = {}
@@ -59,7 +59,14 @@ def test_training_text_is_exactly_what_lm_eval_scores(qs):
     pairs = training_pairs(lm_task)
     first = json.loads((Path(lm_task.config.dataset_kwargs["data_files"]["train"])).read_text().splitlines()[0])
     assert pairs[0] == (f"Sentence: {first['text']}\nTag:", f" {first['choices'][first['label']]}")
-    assert len(pairs) == 2000
+    # every generated row but those held out for validation (and their copies): 2000 - 200 - 310 copies
+    held = {json.dumps(json.loads(x), sort_keys=True)
+            for x in Path(lm_task.config.dataset_kwargs["data_files"]["train"]).with_name("validation.jsonl")
+            .read_text().splitlines()}
+    generated = [json.loads(x) for x in quickstart.generate(tmp_path)["train"].read_text().splitlines()]
+    kept = [r for r in generated if json.dumps(r, sort_keys=True) not in held]
+    assert len(held) == 200 and len(pairs) == len(kept) == 1490
+    assert pairs == [(f"Sentence: {r['text']}\nTag:", f" {r['choices'][r['label']]}") for r in kept]
 
 
 def test_task_yaml_missing_field_is_named(tmp_path):

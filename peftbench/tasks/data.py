@@ -9,7 +9,8 @@ Where the data comes from, in this order:
 
 Every source is parsed (``readers``) into the same records (``rows``) and written as
 ``<cache>/data/<task>/<fingerprint>/<split>.jsonl``, which the task's lm-eval YAML reads through
-``${data_dir}``. All checks (missing file, malformed row, label outside the label set, empty split) run
+``${data_dir}``. A task with a train split but no validation split of its own gets one carved out of its
+train split (``carve_validation``): never out of test, and the rows held out are not trained on. All checks (missing file, malformed row, label outside the label set, empty split) run
 before any training starts; the files are written atomically, so nothing is ever half-written.
 """
 
@@ -23,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.system.files import atomic_write, write_json
-from peftbench.tasks.data_spec import DataError, DataSpec
+from peftbench.tasks.data_spec import SPLIT_ORDER, DataError, DataSpec, ValidationSpec
 from peftbench.tasks.readers import READERS, count_file_rows
 from peftbench.tasks.rows import hub_row, map_row, normalize
 
 DATA_DIR_ENV = "PEFTBENCH_DATA_DIR"
 Records = dict[str, list[dict[str, Any]]]  # split -> normalized records
+VALIDATION_MAX = 500  # the default validation split: 10 % of the train rows, at most this many
+CARVING = 1           # the carving rule's version: part of the fingerprint, so a new rule is a new cache entry
 
 
 @dataclass
@@ -126,7 +129,8 @@ def _prepare_local(task_name: str, spec: DataSpec, files: dict[str, list[Path]],
     digests = {str(p): file_sha256(p) for ps in files.values() for p in ps}
     # split -> file digests in the task's file order: swapping two files' contents changes the fingerprint
     fingerprint = _fingerprint(task_name, spec, [json.dumps({s: [digests[str(p)] for p in ps]
-                                                             for s, ps in files.items()}, sort_keys=True)])
+                                                             for s, ps in files.items()}, sort_keys=True),
+                                                 *_carving(list(files), spec.validation)])
     hit = _cached(cache_dir / "data" / task_name / fingerprint, list(files))
     if hit is not None:
         _check_splits(task_name, hit.sizes, need_train, origin)
@@ -139,7 +143,7 @@ def _prepare_local(task_name: str, spec: DataSpec, files: dict[str, list[Path]],
         source["splits"][split] = [{"file": f.file, "sha256": digests[str(p)]}
                                    for p, f in zip(paths, spec.local_splits[split], strict=True)]
     _check_splits(task_name, {s: len(r) for s, r in records.items()}, need_train, origin)
-    return _finish(task_name, cache_dir, fingerprint, source, records)
+    return _finish(task_name, cache_dir, fingerprint, source, records, spec.validation)
 
 
 def _read_local_split(task_name: str, spec: DataSpec, split: str, paths: list[Path]) -> list[dict[str, Any]]:
@@ -183,8 +187,9 @@ def _prepare_hub(task_name: str, spec: DataSpec, cache_dir: Path, need_train: bo
         source["splits"][split] = {"split": hub_split, "fingerprint": getattr(ds, "_fingerprint", None),
                                    "rows": len(records[split])}
     _check_splits(task_name, {s: len(r) for s, r in records.items()}, need_train, origin)
-    fingerprint = _fingerprint(task_name, spec, [json.dumps(source, sort_keys=True, default=str)])
-    return _finish(task_name, cache_dir, fingerprint, source, records)
+    fingerprint = _fingerprint(task_name, spec, [json.dumps(source, sort_keys=True, default=str),
+                                                 *_carving(list(records), spec.validation)])
+    return _finish(task_name, cache_dir, fingerprint, source, records, spec.validation)
 
 
 def _check_splits(task_name: str, sizes: dict[str, int], need_train: bool, origin: str) -> None:
@@ -196,32 +201,103 @@ def _check_splits(task_name: str, sizes: dict[str, int], need_train: bool, origi
             raise DataError(f"task {task_name!r}: split {split!r} is empty ({origin}).")
 
 
-def _fingerprint(task_name: str, spec: DataSpec, sources: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([task_name, spec.describe(), spec.label_field, spec.label_values, spec.choices_field,
-                                   spec.contains,
-                                   {s: [vars(f) for f in fs] for s, fs in spec.local_splits.items()}, sources],
-                                  sort_keys=True, default=str).encode())
+def prepare_generated(task_name: str, generated: Path, source: dict[str, Any], validation: ValidationSpec,
+                      cache_dir: Path) -> PreparedData:
+    """A generated task's data: the ``<split>.jsonl`` files its generator wrote into ``generated``, with the
+    validation split carved out of train, in the cache (once per content fingerprint)."""
+    paths = {s: generated / f"{s}.jsonl" for s in SPLIT_ORDER if (generated / f"{s}.jsonl").is_file()}
+    fingerprint = _fingerprint(task_name, None, [json.dumps(source, sort_keys=True, default=str),
+                                                 json.dumps({s: file_sha256(p) for s, p in paths.items()}),
+                                                 *_carving(list(paths), validation)])
+    hit = _cached(cache_dir / "data" / task_name / fingerprint, list(paths))
+    if hit is not None:
+        return hit
+    records = {s: [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+               for s, p in paths.items()}
+    return _finish(task_name, cache_dir, fingerprint, dict(source), records, validation)
+
+
+# ---- the validation split ----------------------------------------------------------------------------
+def validation_size(n_train: int, validation: ValidationSpec) -> int:
+    """Rows held out for validation: the task's ``data.validation.size``, else 10 % of the train rows (rounded
+    half up), at most 500; 0 (no validation split) for a train split under 5 rows."""
+    if validation.size is not None:
+        return validation.size
+    return min(VALIDATION_MAX, (n_train + 5) // 10)
+
+
+def carve_validation(task_name: str, records: Records, validation: ValidationSpec
+                     ) -> tuple[Records, dict[str, Any] | None]:
+    """``records`` with a validation split taken out of train, and its provenance (None: nothing carved —
+    no train split, a validation split of the data's own, or a train split too small for the default).
+
+    The distinct training rows are ordered by the sha256 of the seed and the row's content, and the first
+    ``size`` become the validation split, in that order (so any ``--limit`` prefix is a random sample). The
+    order depends on the rows alone, not the file's order. Every copy of a held-out row leaves train too, so
+    no validation row is trained on; train keeps its order otherwise."""
+    if "train" not in records or "validation" in records:
+        return records, None
+    train = records["train"]
+    size = validation_size(len(train), validation)
+    if size == 0:
+        return records, None
+    contents = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in train]
+    first = dict(zip(reversed(contents), reversed(train), strict=True))  # content -> its first row
+    if size >= len(first):
+        raise DataError(f"task {task_name!r}: data.validation.size is {size}, but the train split has "
+                        f"{len(first)} distinct rows: holding {size} out would leave nothing to train on.")
+    order = sorted(first, key=lambda c: hashlib.sha256(f"{validation.seed}\n{c}".encode()).hexdigest())
+    held = set(order[:size])
+    rest = [r for r, c in zip(train, contents, strict=True) if c not in held]
+    provenance = {"from": "train", "size": size, "seed": validation.seed, "train_rows_before": len(train),
+                  "rows_left_for_train": len(rest)}
+    return {**records, "train": rest, "validation": [first[c] for c in order[:size]]}, provenance
+
+
+def _carving(splits: list[str], validation: ValidationSpec) -> list[str]:
+    """The fingerprint's part for the carved validation split (nothing when none is carved: the data of an
+    eval-only task, or of one with its own validation split, keeps its fingerprint)."""
+    if "train" not in splits or "validation" in splits:
+        return []
+    return [json.dumps({"validation": {"size": validation.size, "seed": validation.seed, "carving": CARVING}})]
+
+
+def _fingerprint(task_name: str, spec: DataSpec | None, sources: list[str]) -> str:
+    parts = [] if spec is None else [spec.describe(), spec.label_field, spec.label_values, spec.choices_field,
+                                     spec.contains, {s: [vars(f) for f in fs] for s, fs in spec.local_splits.items()}]
+    h = hashlib.sha256(json.dumps([task_name, *parts, sources], sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
 def _cached(folder: Path, splits: list[str]) -> PreparedData | None:
+    """The folder's data, when ``.source.json`` and every split file (the source's and any carved) are there."""
     meta = folder / ".source.json"
-    if meta.is_file() and all((folder / f"{s}.jsonl").is_file() for s in splits):
-        info = json.loads(meta.read_text())
+    if not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    if all((folder / f"{s}.jsonl").is_file() for s in {*splits, *info["sizes"]}):
         return PreparedData(folder=folder, source=info["source"], sizes=info["sizes"])
     return None
 
 
 def _finish(task_name: str, cache_dir: Path, fingerprint: str, source: dict[str, Any],
-            records: Records) -> PreparedData:
-    """Write every split and, last, ``.source.json``, whose presence marks the folder complete."""
+            records: Records, validation: ValidationSpec) -> PreparedData:
+    """Carve the validation split, write every split and, last, ``.source.json``, whose presence marks the
+    folder complete."""
+    records, carved = carve_validation(task_name, records, validation)
+    if carved is not None:
+        source = {**source, "validation": carved}
     folder = cache_dir / "data" / task_name / fingerprint
     folder.mkdir(parents=True, exist_ok=True)
-    for split, rows in records.items():
-        _write_split(folder, split, rows)
-    sizes = {s: len(r) for s, r in records.items()}
+    for split in sorted(records, key=_split_rank):
+        _write_split(folder, split, records[split])
+    sizes = {s: len(records[s]) for s in sorted(records, key=_split_rank)}
     write_json(folder / ".source.json", {"source": source, "sizes": sizes})
     return PreparedData(folder=folder, source=source, sizes=sizes)
+
+
+def _split_rank(split: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
 
 
 def _write_split(folder: Path, split: str, records: list[dict[str, Any]]) -> None:

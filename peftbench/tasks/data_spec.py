@@ -12,12 +12,13 @@ from peftbench.errors import UsageError, did_you_mean
 FORMATS = ("tsv", "delimited", "json", "jsonl", "label_first")
 SPLIT_ORDER = ("train", "validation", "test")  # the splits a task may have, in this order
 # the keys each mapping of ``data:`` may hold (anything else is a misspelling, reported with a did-you-mean)
-DATA_KEYS = ("fields", "label", "contains", "local", "hub")
+DATA_KEYS = ("fields", "label", "contains", "local", "hub", "validation")
 LABEL_KEYS = ("field", "values", "choices_field")
 FILE_KEYS = ("file", "format", "header", "columns", "delimiter", "encoding")
 LOCAL_KEYS = ("folder", "splits", "map", "label_index", *FILE_KEYS[1:])
 HUB_KEYS = ("path", "name", "splits", "columns", "label_values", "label_index")
 LABEL_INDEX_KEYS = ("field", "among", "base")
+VALIDATION_KEYS = ("size", "seed")
 
 
 class DataError(UsageError):
@@ -36,6 +37,19 @@ class FileSpec:
     encoding: str = "utf-8-sig"
 
 
+@dataclass(frozen=True)
+class ValidationSpec:
+    """``data.validation``: how many training rows to hold out for validation, picked by ``seed``. The size
+    ``None`` is the default: 10 % of the training rows, at most 500 (none for a train split under 5 rows)."""
+
+    size: int | None = None
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"from": "train", "size": self.size if self.size is not None else "10% of train, at most 500",
+                "seed": self.seed}
+
+
 @dataclass
 class DataSpec:
     """``data:`` of a task.yaml (for file-based tasks)."""
@@ -51,6 +65,7 @@ class DataSpec:
     local_label_index: dict[str, Any] | None = None          # as hub.label_index, for local rows
     hub: dict[str, Any] | None = None
     splits: tuple[str, ...] = ()
+    validation: ValidationSpec = field(default_factory=ValidationSpec)  # when the data has no validation split
 
     @property
     def labels(self) -> list[str] | None:
@@ -124,7 +139,25 @@ def parse_data_spec(raw: dict[str, Any], where: str) -> DataSpec:
     if "test" not in splits:
         raise _bad(where, "the data has no 'test' split: every task is scored on its held-out 'test' split.")
     spec.splits = tuple(s for s in SPLIT_ORDER if s in splits) + tuple(sorted(splits - set(SPLIT_ORDER)))
+    if "validation" in raw:
+        if "validation" in splits or "train" not in splits:
+            raise _bad(where, "data.validation carves a validation split out of the train split; this data "
+                       + ("has its own validation split." if "validation" in splits else "has no train split."))
+        spec.validation = parse_validation(raw["validation"], where)
     return spec
+
+
+def parse_validation(raw: Any, where: str) -> ValidationSpec:
+    """``data.validation``: ``{size: N, seed: S}`` (either may be left out: 10 % of train at most 500; seed 0)."""
+    if not isinstance(raw, dict):
+        raise _bad(where, "data.validation must be a mapping {size: N, seed: S}: N training rows held out for "
+                   "validation (default: 10 % of them, at most 500), picked by seed S (default 0).")
+    check_keys(raw, VALIDATION_KEYS, where, "data.validation")
+    for key, least in (("size", 1), ("seed", 0)):
+        value = raw.get(key, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise _bad(where, f"data.validation.{key} must be a whole number of at least {least}, not {value!r}.")
+    return ValidationSpec(size=raw.get("size"), seed=int(raw.get("seed", 0)))
 
 
 def _label_values(label: dict[str, Any], where: str) -> dict[str, str] | None:

@@ -7,6 +7,10 @@ YAMLs are written into the folder lm-eval loads from with ``${data_dir}`` filled
 task alone under ``_included/<lm-eval name>/``. The copies are named ``..._yaml``, not ``.yaml``: lm-eval
 registers every ``*.yaml`` of the folder as a task, and an included task file (arc_challenge includes
 arc_easy's) would register a second copy of a task with another task's data.
+
+A task scored on its validation split gets a config of its own, ``<lm-eval name>_validation.yaml``, that
+includes the task's written config and changes only its name, ``test_split`` and the data file of that split:
+the prompt is the test config's, byte for byte.
 """
 
 from __future__ import annotations
@@ -34,6 +38,24 @@ def write_config(source: Path, dest: Path, data_dir: Path) -> None:
     """Write ``source`` to ``dest`` and each file it includes (recursively) beside it, ``${data_dir}`` filled
     in and every ``include:`` pointing at the copies."""
     _write(source, dest, data_dir, dest.parent / INCLUDED_DIR / dest.stem, {source.resolve()}, [])
+
+
+def write_split_config(base: Path, dest: Path, task_name: str, split: str, data_file: Path, source: Path) -> None:
+    """Write ``dest``: the config written at ``base`` (from the task's lm-eval YAML ``source``), scoring
+    ``split`` instead of test, as the task ``task_name``. It includes ``base`` and sets only its name,
+    ``test_split`` and the split's data file; templates, choices, metrics and the few-shot split are base's."""
+    config = read_config(base)
+    kwargs = config.get("dataset_kwargs")
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
+    if not isinstance(files, dict):
+        raise UsageError(f"Task file {source}: dataset_kwargs.data_files must map each split to its file "
+                         "(train: ${data_dir}/train.jsonl, test: ${data_dir}/test.jsonl) for the task to be scored "
+                         f"on its {split} split too.")
+    own: dict[str, Any] = {"include": base.name, "task": task_name, "test_split": split}
+    if files.get(split) != str(data_file):
+        own["dataset_kwargs"] = {**kwargs, "data_files": {**files, split: str(data_file)}}
+    dest.write_text(f"# {config['task']} (written from {source}) scored on its {split} split: the same prompt.\n"
+                    + yaml.safe_dump(own, sort_keys=False))
 
 
 def _read(path: Path, text: str | None = None) -> dict[str, Any]:

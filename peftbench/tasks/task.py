@@ -18,9 +18,9 @@ import yaml
 
 from peftbench.errors import UsageError, unknown
 from peftbench.tasks.checks import check_templates, check_test_labels, record_fields
-from peftbench.tasks.data import PreparedData
+from peftbench.tasks.data import PreparedData, prepare_generated
 from peftbench.tasks.data import prepare as prepare_files
-from peftbench.tasks.lm_eval_yaml import write_config
+from peftbench.tasks.lm_eval_yaml import write_config, write_split_config
 from peftbench.tasks.task_file import GENERATORS, BrokenTask, Task, generator, load_task_file
 
 __all__ = ["GENERATORS", "BrokenTask", "Task", "discover_tasks", "example_prompt", "gold_request", "lm_eval_task",
@@ -115,17 +115,24 @@ def _generate(task: Task, cache_dir: Path) -> PreparedData:
     if empty:
         raise UsageError(f"task {task.name!r}: its generator {module}:{attr} wrote no rows into "
                          f"{', '.join(str(target / f'{s}.jsonl') for s in empty)}; a split must not be empty.")
-    return PreparedData(folder=target, source={"kind": "generated", "generator": task.data["generate"],
-                                               "version": task.version}, sizes=sizes)
+    source = {"kind": "generated", "generator": task.data["generate"], "version": task.version}
+    return prepare_generated(task.name, target, source, task.validation, cache_dir)
 
 
 def materialize(tasks: list[Task], prepared: dict[str, PreparedData], workdir: Path) -> Path:
-    """Write each task's lm-eval YAML (and the files it includes) with its data folder filled in; return the
+    """Write each task's lm-eval YAML (and the files it includes) with its data folder filled in, and for a
+    task whose data has a validation split the same config scoring that split (``Task.on_split``); return the
     include path."""
     out = workdir / "lm_eval_tasks"
     out.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        write_config(task.lm_eval_file, out / f"{task.lm_eval_name}.yaml", prepared[task.name].folder.resolve())
+        task = task.on_split("test")
+        folder = prepared[task.name].folder.resolve()
+        write_config(task.lm_eval_file, out / f"{task.lm_eval_name}.yaml", folder)
+        if "validation" in prepared[task.name].sizes:
+            variant = task.on_split("validation").lm_eval_name
+            write_split_config(out / f"{task.lm_eval_name}.yaml", out / f"{variant}.yaml", variant, "validation",
+                               folder / "validation.jsonl", task.lm_eval_file)
     return out
 
 

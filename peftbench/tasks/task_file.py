@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from peftbench.errors import UsageError, did_you_mean
-from peftbench.tasks.data_spec import DataSpec, check_keys, parse_data_spec
+from peftbench.tasks.data_spec import DataSpec, ValidationSpec, check_keys, parse_data_spec, parse_validation
 from peftbench.tasks.lm_eval_yaml import read_config
 
 GENERATORS = {"quickstart": "peftbench.tasks.quickstart:generate"}
@@ -26,6 +26,7 @@ TOP_KEYS = (*REQUIRED_FIELDS, "metric", "retention", "budget", "methods")
 DEVICES = ("cpu", "cuda")
 # a task's name becomes folder and file names (run files, the data cache): no separators, no '..'
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+SCORED_SPLITS = ("test", "validation")  # the splits a task can be scored on (Task.on_split)
 
 
 @dataclass
@@ -43,15 +44,41 @@ class Task:
     spec: DataSpec | None = None  # file/hub data (None for a generated task)
     retention: list[str] = field(default_factory=list)  # eval-only tasks scored after training by default
     file: Path | None = None      # the task.yaml it was read from
+    validation: ValidationSpec = field(default_factory=ValidationSpec)  # data.validation: carved from train
+    split: str = "test"           # the split it is scored on (on_split)
 
     @property
     def splits(self) -> tuple[str, ...]:
+        """The data's own splits (a carved validation split is not one: see ``validation_from``)."""
         return self.spec.splits if self.spec else ("train", "test")
 
     @property
     def eval_only(self) -> bool:
         """No train split: the task can only be scored (e.g. with --retention)."""
         return "train" not in self.splits
+
+    @property
+    def validation_from(self) -> str | None:
+        """Where its validation split comes from: ``"dataset"`` (a split of the data's own), ``"train"``
+        (carved out of train when the data is prepared; none for a train split under 5 rows) or None
+        (eval-only: no train split, no validation split)."""
+        return "dataset" if "validation" in self.splits else None if self.eval_only else "train"
+
+    def on_split(self, split: str) -> Task:
+        """The task scored on ``split``: itself for ``"test"``; for ``"validation"``, the same lm-eval config
+        (the same template, metrics and few-shot split) scoring the validation split instead of test, under
+        the lm-eval name ``<lm_eval_name>_validation``. ``materialize`` writes that config for every task whose
+        prepared data has a validation split (``"validation" in PreparedData.sizes``)."""
+        if split not in SCORED_SPLITS:
+            raise UsageError(f"task {self.name!r}: cannot be scored on split {split!r}; a task is scored on "
+                             f"{' or '.join(SCORED_SPLITS)}.")
+        if split == self.split:
+            return self
+        if split == "validation" and self.validation_from is None:
+            raise UsageError(f"task {self.name!r} has no validation split: it has no train split to carve one "
+                             "from (an evaluation-only task).")
+        base = self.lm_eval_name if self.split == "test" else self.lm_eval_name.removesuffix(f"_{self.split}")
+        return replace(self, split=split, lm_eval_name=base if split == "test" else f"{base}_{split}")
 
     def train_overrides(self, device: str, method: str | None) -> dict[str, Any]:
         """Training options from the task: the device budget, then the method's section (for a variant
@@ -79,6 +106,8 @@ class Task:
         return {"name": self.name, "version": self.version, "description": self.description,
                 "folder": str(self.folder), "lm_eval_task": self.lm_eval_name, "metric": self.metric,
                 "eval_only": self.eval_only, "data": self.spec.describe() if self.spec else self.data,
+                "validation": self.validation.describe() if self.validation_from == "train" else
+                {"from": "dataset"} if self.validation_from else None,
                 "retention": self.retention, "budget": self.budget, "methods": self.method_overrides}
 
 
@@ -93,7 +122,7 @@ class BrokenTask:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "folder": str(self.file.parent), "broken": True, "error": str(self.error),
-                "description": "", "metric": "—", "eval_only": False, "data": None, "retention": [],
+                "description": "", "metric": "—", "eval_only": False, "data": None, "validation": None, "retention": [],
                 "budget": {}, "methods": {}}
 
 
@@ -123,6 +152,7 @@ def load_task_file(path: Path, option_keys: tuple[str, ...] | list[str] | None =
     name = _safe_name(raw["name"], path, "name")
     data = raw["data"]
     spec = _data(data, path)
+    validation = spec.validation if spec else parse_validation(data.get("validation", {}), str(path))
     retention = raw.get("retention") or []
     if not isinstance(retention, list) or not all(isinstance(r, str) for r in retention):
         raise _fail(path, "field 'retention' must be a list of task names.")
@@ -138,7 +168,7 @@ def load_task_file(path: Path, option_keys: tuple[str, ...] | list[str] | None =
     return Task(name=name, version=raw["version"], description=str(raw["description"]).strip(),
                 folder=path.parent, data=data, lm_eval_file=lm_file, metric=metric, budget=budget,
                 method_overrides=methods, lm_eval_name=_safe_name(lm_raw["task"], lm_file, "task"), spec=spec,
-                retention=list(retention), file=path)
+                retention=list(retention), file=path, validation=validation)
 
 
 def _safe_name(value: Any, path: Path, key: str) -> str:
@@ -156,7 +186,7 @@ def _data(data: Any, path: Path) -> DataSpec | None:
                     "and 'label' (see docs/tasks.md).")
     if "generate" not in data:
         return parse_data_spec(data, str(path))
-    check_keys(data, ("generate",), str(path), "data")
+    check_keys(data, ("generate", "validation"), str(path), "data")
     if generator(data["generate"]) is None:
         raise _fail(path, f"data.generate {data['generate']!r} is neither a built-in generator ("
                     f"{', '.join(GENERATORS)}) nor 'package.module:function' (a function that writes "
