@@ -12,17 +12,36 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "skipped", "oom", "cancelled")
 
 
+@dataclass
+class TuningInfo:
+    """A cell's place in the fair-comparison protocol (``--tune``). A ``grid`` cell trains one point of the grid
+    and is scored on the task's validation split; a ``final`` cell trains a requested seed with the values
+    the grid chose and is scored on test. Only cells scored on test enter leaderboards and claims."""
+
+    role: str                          # "grid" | "final"
+    split: str                         # the split its ``eval`` scored: "validation" | "test"
+    values: dict[str, Any]             # the tuned keys' values this cell trained with
+    grid: dict[str, list[Any]]         # every tuned key's grid
+    chosen_by: str | None = None  # final cells: how the values were chosen ("acc on validation, seed 0")
+    on_edge: list[str] | None = None  # final cells: keys whose choice is the grid's end ("extend the grid")
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the grid: a method (or ``base``) on a task with a seed."""
+    """One cell of the grid: a method (or ``base``) on a task with a seed; in a tuned session (``--tune``) also
+    its place in the tuning protocol (``tuning``: a grid point, or a final cell with the chosen values)."""
 
     method: str
     task: str
     seed: int
+    tuning: TuningInfo | None = field(default=None, hash=False)
 
     @property
     def key(self) -> str:
-        return f"{self.method}--{self.task}--seed{self.seed}"
+        key = f"{self.method}--{self.task}--seed{self.seed}"
+        if self.tuning is not None and self.tuning.role == "grid":  # one file per grid point
+            key += "".join(f"--{k}={v}" for k, v in self.tuning.values.items())
+        return key
 
 
 @dataclass

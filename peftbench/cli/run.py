@@ -24,6 +24,13 @@ from peftbench.errors import UsageError
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="training option (steps=200, lr=1e-4, ...) or METHOD.KEY=VALUE (lora.r=8); repeatable")
+@click.option("--tune", metavar="KEYS",
+              help="tune these options on each task's validation split first (comma-separated: lr, lora.r): each "
+                   "grid point is a cell (first seed, scored on validation); the best per method and task trains "
+                   "the --seeds, scored on test")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2,...",
+              help="values --tune tries for KEY (repeatable) [default: the method's grid; lr: x0.1, 0.3, 1, 3, 10 "
+                   "the cell's learning rate]")
 @click.option("--resume", is_flag=True, help="continue the session in --output with the same plan (cells may be "
               "added), keeping the cells already ok whose run files verify against session.json")
 @click.option("--restart", is_flag=True, help="start over in an --output that holds a session: its files are moved "
@@ -64,7 +71,9 @@ def run(host, as_json, **flag_values):
     for failure in host.failures:  # a broken plugin does not stop the run, but the user should know
         console.print(f"[yellow]warning: {escape(failure.message)}[/]", highlight=False)
     plan = session.plan()
-    console.print(f"peftbench session {plan.session_id}: {len(plan.cells)} cells on {plan.device}; "
+    grid = sum(1 for c in plan.cells if c.tuning is not None and c.tuning.role == "grid")
+    tuned = f" ({grid} of them tuning grid points, scored on validation)" if grid else ""
+    console.print(f"peftbench session {plan.session_id}: {len(plan.cells)} cells{tuned} on {plan.device}; "
                   f"results in {plan.output}")
     results = session.run()
     try:
@@ -81,7 +90,8 @@ def run(host, as_json, **flag_values):
 
 
 def session_config(methods, tasks, model, seeds, output, device, sets, resume, restart, tasks_dirs, data_dir,
-                   retention, limit, num_fewshot, keep_artifacts, no_base, naive, time_budget, shard):
+                   retention, limit, num_fewshot, keep_artifacts, no_base, naive, time_budget, shard, tune=None,
+                   grid=()):
     """The session the flags ask for."""
     from peftbench.session.runner import SessionConfig
 
@@ -103,7 +113,8 @@ def session_config(methods, tasks, model, seeds, output, device, sets, resume, r
                          tasks_dirs=list(tasks_dirs), keep_artifacts=keep_artifacts,
                          base_row=not no_base, data_dir=data_dir, retention=keep,
                          time_budget_s=None if time_budget is None else flags.duration(time_budget, "--time-budget"),
-                         shard=None if shard is None else flags.shard(shard))
+                         shard=None if shard is None else flags.shard(shard),
+                         tune=[] if tune is None else flags.comma_list(tune, "--tune"), grid=list(grid))
 
 
 def _report_unfinished(results: list[dict], console) -> bool:

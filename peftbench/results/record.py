@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftbench.api.records import SCHEMA_VERSION, EvalResult, TrainResult
+from peftbench.api.records import SCHEMA_VERSION, EvalResult, TrainResult, TuningInfo
 
 
 def optional(**kw: Any) -> Any:
@@ -138,20 +138,6 @@ class RetentionScore:
     base_stderr: float | None = optional()
     delta: float | None = optional()
     error: ErrorInfo | None = optional()
-
-
-@dataclass
-class TuningInfo:
-    """A cell's place in the fair-comparison protocol (``--tune``). A ``grid`` cell trains one point of the grid
-    and is scored on the task's validation split; a ``final`` cell trains a requested seed with the values
-    the grid chose and is scored on test. Only cells scored on test enter leaderboards and claims."""
-
-    role: str                          # "grid" | "final"
-    split: str                         # the split its ``eval`` scored: "validation" | "test"
-    values: dict[str, Any]             # the tuned keys' values this cell trained with
-    grid: dict[str, list[Any]]         # every tuned key's grid
-    chosen_by: str | None = optional()  # final cells: how the values were chosen ("acc on validation, seed 0")
-    on_edge: list[str] | None = optional()  # final cells: keys whose choice is the grid's end ("extend the grid")
 
 
 def scored_on_test(run: dict[str, Any]) -> bool:

@@ -36,8 +36,8 @@ def blank_record(plan: Plan, spec: RunSpec, status: str) -> RunRecord:
     """The record of a cell before any phase ran (also what a cancelled or skipped cell keeps)."""
     method, options = plan.method(spec.method), plan.options_of(spec)
     return RunRecord(key=spec.key, status=status, method=spec.method, task=spec.task, seed=spec.seed,
-                     model=plan.model.info.source,
-                     config={"method": to_jsonable(plan.method_configs.get(spec.method)), "train": options.flat()},
+                     model=plan.model.info.source, tuning=spec.tuning,
+                     config={"method": to_jsonable(plan.method_config_of(spec)), "train": options.flat()},
                      capabilities=to_jsonable(method.capabilities) if method else None,
                      data=plan.prepared[spec.task].source, limit=options.eval.limit,
                      env={"device": plan.device, "session_id": plan.session_id})
@@ -70,8 +70,8 @@ def run_cell(plan: Plan, spec: RunSpec, cache: CellCache, env: CellEnv) -> RunRe
 
 def _run_context(plan: Plan, spec: RunSpec, env: CellEnv) -> RunContext:
     options = plan.options_of(spec)
-    return RunContext(spec=spec, method=plan.method(spec.method), method_config=plan.method_configs.get(spec.method),
-                      task=plan.task(spec.task), train_config=options.train, eval_config=options.eval,
+    return RunContext(spec=spec, method=plan.method(spec.method), method_config=plan.method_config_of(spec),
+                      task=plan.scored_task(spec), train_config=options.train, eval_config=options.eval,
                       latency_config=options.latency, device=plan.device, include_path=env.include_path,
                       hook=env.hook, progress=env.progress)
 
@@ -150,7 +150,7 @@ def _score(plan: Plan, run: RunContext, record: RunRecord, cache: CellCache, env
 
 
 def _retention(plan: Plan, run: RunContext, record: RunRecord, cache: CellCache, env: CellEnv, model: Any) -> None:
-    tasks = list(plan.retention.get(run.task.name) or [])
+    tasks = list(plan.retention_of(run.spec))
     if tasks:
         record.retention = {}
         with phase(record, "retention", env.progress):

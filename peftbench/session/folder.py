@@ -203,6 +203,7 @@ def session_record(plan: Plan, env: dict[str, Any], started: str, status: str, r
                                "sizes": plan.prepared[t.name].sizes} for t in plan.eval_tasks},
             "retention": {k: [t.name for t in v] for k, v in plan.retention.items()},
             **recorded_configs(plan.method_configs, plan.options),
+            **({"tuning": plan.tuning.describe()} if plan.tuning is not None else {}),
             "config_sha256": config_digest(plan),
             "env": env, "run_files": run_files}
 
@@ -214,5 +215,6 @@ def config_digest(plan: Plan) -> str:
     what = {"model": c.model, "methods": list(plan.methods), "tasks": [t.name for t in plan.tasks],
             "seeds": c.seeds, "retention": {k: [t.name for t in v] for k, v in plan.retention.items()},
             "train_configs": {f"{m}--{t}": o.flat() for (m, t), o in plan.options.items()},
-            "method_configs": to_jsonable(dict(plan.method_configs))}
+            "method_configs": to_jsonable(dict(plan.method_configs)),
+            **({"tuning": plan.tuning.describe()} if plan.tuning is not None else {})}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()

@@ -22,6 +22,14 @@ from peftbench.errors import UsageError
 from peftbench.results.store import load_session
 from peftbench.session.options import OPTION_KEYS, CellOptions
 from peftbench.session.policies import plan_changes
+from peftbench.session.tuning import (
+    TuningPlan,
+    cell_options,
+    final_cell,
+    grid_cells,
+    make_tuning,
+    method_config,
+)
 from peftbench.system.files import unsafe_name
 from peftbench.tasks.task import Task, discover_tasks, prepare_data, select_tasks
 
@@ -50,6 +58,8 @@ class SessionConfig:
     retention: list[str] | None = None   # eval-only tasks scored after training (None: each task's default)
     time_budget_s: float | None = None   # stop starting cells that would not finish within this many seconds
     shard: tuple[int, int] | None = None  # (k, n): run only the cells k, k+n, k+2n, ... of the plan (0-based)
+    tune: list[str] = field(default_factory=list)  # keys tuned on the validation split (lr, lora.r)
+    grid: list[str] = field(default_factory=list)  # KEY=V1,V2,...: the values tried (else each method's default)
 
     @property
     def continues(self) -> bool:
@@ -75,6 +85,7 @@ class Plan:
     method_configs: Mapping[str, Any]
     options: Mapping[tuple[str, str], CellOptions]  # (method or "base", task) -> shared options
     cells: tuple[RunSpec, ...]
+    tuning: TuningPlan | None = None              # --tune: each (method, task)'s grid
 
     @property
     def eval_tasks(self) -> list[Task]:
@@ -95,7 +106,23 @@ class Plan:
         return self.registry.get(name) if name != "base" else None
 
     def options_of(self, spec: RunSpec) -> CellOptions:
-        return self.options[(spec.method, spec.task)]
+        """A cell's shared options: its method's on its task, with its tuned values (``tuning.cell_options``)."""
+        return cell_options(self.options[(spec.method, spec.task)], spec)
+
+    def method_config_of(self, spec: RunSpec) -> Any:
+        """A cell's method config (None for the base row), with its tuned method options."""
+        config = self.method_configs.get(spec.method)
+        return method_config(config, spec) if config is not None else None
+
+    def scored_task(self, spec: RunSpec) -> Task:
+        """The task a cell is scored on: a grid cell scores the task's validation split, every other its test."""
+        task = self.task(spec.task)
+        return task.on_split(spec.tuning.split) if spec.tuning is not None else task
+
+    def retention_of(self, spec: RunSpec) -> tuple[Task, ...]:
+        """The tasks a cell scores for forgetting (none for a grid cell: it only ranks grid points)."""
+        grid = spec.tuning is not None and spec.tuning.role == "grid"
+        return () if grid else tuple(self.retention.get(spec.task) or ())
 
 
 def all_tasks(host: Any, tasks_dirs: list[Path]) -> dict[str, Task]:
@@ -119,9 +146,11 @@ def make_plan(config: SessionConfig, host: Any, registry: Any, say: Any = None) 
     scored = list({t.name: t for t in [*tasks, *(r for rs in retention.values() for r in rs)]}.values())
     check_names(methods, scored)
     method_configs, options = _options(config, registry, methods, tasks, device)
+    tuning = make_tuning(config.tune, config.grid, config.seeds, methods, tasks, registry, method_configs, options,
+                         _set_keys(config, registry))
     session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     output = _output_folder(config, session_id)
-    cells = tuple(RunSpec(m, t.name, s) for t in tasks for s in config.seeds for m in methods)
+    cells = tuple(_cells(tasks, methods, config.seeds, tuning))
     old = _check_output(config, output)
     prepared = {t.name: prepare_data(t, cache_dir, root, need_train=t in tasks and bool(methods)) for t in scored}
     if old is not None:  # continuing: the cells it keeps must be the cells this plan asks for
@@ -129,12 +158,39 @@ def make_plan(config: SessionConfig, host: Any, registry: Any, say: Any = None) 
                                        "tasks": {t.name: {"version": t.version, "data_source": prepared[t.name].source}
                                                  for t in scored},
                                        "retention": {k: [t.name for t in v] for k, v in retention.items()}})
+        if (old.get("tuning") or None) != (tuning.describe() if tuning else None):
+            raise UsageError(f"--resume: {output} was tuned otherwise (--tune/--grid: "
+                             f"{_tuned(old.get('tuning'))} then, {_tuned(tuning.describe() if tuning else None)} now); "
+                             "its grid cells were chosen from, so the tuning cannot change. Run it as before, pass "
+                             "--restart to start over there, or choose a new --output.")
         session_id = old.get("session_id") or session_id
     model = resolve_model(config.model, cache_dir=cache_dir, progress=say)
     return Plan(config=config, session_id=session_id, output=output, device=device, cache_dir=cache_dir,
                 model=model, registry=registry, methods=tuple(methods), tasks=tuple(tasks),
                 retention={k: tuple(v) for k, v in retention.items()}, prepared=prepared,
-                method_configs=method_configs, options=options, cells=cells)
+                method_configs=method_configs, options=options, cells=cells, tuning=tuning)
+
+
+def _cells(tasks: list[Task], methods: list[str], seeds: list[int], tuning: TuningPlan | None) -> list[RunSpec]:
+    """Per task: the tuning grids' cells (when tuned), then every method on every seed."""
+    cells = []
+    for task in tasks:
+        if tuning is not None:
+            cells += [c for m in methods for c in grid_cells(tuning, m, task.name)]
+        cells += [final_cell(tuning, m, task.name, s) for s in seeds for m in methods]
+    return cells
+
+
+def _set_keys(config: SessionConfig, registry: Any) -> set[str]:
+    """The keys ``--set`` fixes, as ``--tune`` names them (``lr``, ``lora.r``)."""
+    shared, per_method = parse_sets(config.sets, [*registry.entries, *registry.aliases], OPTION_KEYS)
+    return {*shared, *(f"{registry.canonical(m)}.{k}" for m, values in per_method.items() for k in values)}
+
+
+def _tuned(described: dict[str, Any] | None) -> str:
+    if not described:
+        return "none"
+    return f"{', '.join(described.get('keys') or [])} over {len(described.get('grids') or {})} grid(s)"
 
 
 def resolve_device(device: str) -> str:

@@ -21,11 +21,19 @@ BUDGET_REASON = "time budget"  # how a cell left for later by --time-budget star
 
 
 def shard_share(cells: list[RunSpec], shard: tuple[int, int] | None) -> list[RunSpec]:
-    """This process's cells: every n-th of the plan from the k-th; the other shards run the rest."""
+    """This process's cells: every n-th of the plan from the k-th; the other shards run the rest. A tuned
+    method's grid and seeds on a task go to one shard together, so no shard waits for another's grid."""
     if shard is None:
         return cells
     k, n = shard
-    return [spec for i, spec in enumerate(cells) if i % n == k]
+    groups: dict[Any, int] = {}
+    for spec in cells:
+        groups.setdefault(_shard_group(spec), len(groups))
+    return [spec for spec in cells if groups[_shard_group(spec)] % n == k]
+
+
+def _shard_group(spec: RunSpec) -> Any:
+    return (spec.method, spec.task) if spec.tuning is not None else spec.key
 
 
 def kept(done: dict[str, dict[str, Any]], spec: RunSpec) -> dict[str, Any] | None:

@@ -39,7 +39,16 @@ from peftbench.session.folder import (
 )
 from peftbench.session.phases import CellEnv
 from peftbench.session.plan import Plan, SessionConfig, make_plan
-from peftbench.session.policies import CellBudget, Verified, folder_status, kept, shard_share, verify_kept
+from peftbench.session.policies import (
+    BUDGET_REASON,
+    CellBudget,
+    Verified,
+    folder_status,
+    kept,
+    shard_share,
+    verify_kept,
+)
+from peftbench.session.tuning import awaits_choice, choose_for, resolved
 from peftbench.system.files import sha256
 from peftbench.system.progress import NullProgress
 from peftbench.tasks.task import materialize
@@ -126,8 +135,14 @@ class Session:
             if not self.config.continues:
                 return Verified()
             recorded = load_session(out).get("run_files") if (out / "session.json").is_file() else None
-            return verify_kept(out, recorded if isinstance(recorded, dict) else {},
-                               shard_share(plan.all_cells(), self.config.shard), lambda s: _identity(plan, s), warn)
+            recorded = recorded if isinstance(recorded, dict) else {}
+            cells = shard_share(plan.all_cells(), self.config.shard)
+            verified = verify_kept(out, recorded, [c for c in cells if not awaits_choice(c)],
+                                   lambda s: _identity(plan, s), warn)
+            # a tuned method's kept seeds must hold what its kept grid chooses again
+            finals = [_chosen(plan, c, verified.runs) for c in cells if awaits_choice(c)]
+            more = verify_kept(out, recorded, finals, lambda s: _identity(plan, s), warn)
+            return Verified({**verified.runs, **more.runs}, {**verified.files, **more.files})
         except OSError as e:
             raise WriteFailed(e.filename or out, e) from None
 
@@ -157,6 +172,16 @@ class Session:
                 records.append(done[spec.key])
                 self.progress.cell_done(spec, done[spec.key], resumed=True)
                 continue
+            if awaits_choice(spec):  # a tuned method's seed: trained with what its grid chose
+                choice = choose_for(plan, spec, {**done, **{r["key"]: r for r in records}})
+                if choice.values is None:
+                    if choice.waiting:  # its grid cells were left for later: so is it
+                        deferred.append((spec, f"{BUDGET_REASON}: its tuning grid is not finished "
+                                               f"({choice.why_not})"))
+                    else:
+                        self.finish(plan, spec, self.no_choice(plan, spec, choice.why_not), records)
+                    continue
+                spec = resolved(spec, choice)
             why = budget.too_long(spec)
             if why:  # would not finish in time: left for a later --resume; a shorter cell may still fit
                 deferred.append((spec, why))
@@ -174,6 +199,13 @@ class Session:
         return "interrupted" if deferred else "finished"
 
     run_cell = staticmethod(run_cell)  # tests replace it
+
+    @staticmethod
+    def no_choice(plan: Plan, spec: RunSpec, why: str) -> RunRecord:
+        """A final cell whose grid gave no value to train with (every grid point failed)."""
+        record = blank_record(plan, spec, "skipped")
+        record.reason = why
+        return record
 
     def finish(self, plan: Plan, spec: RunSpec, record: RunRecord, records: list[dict[str, Any]]) -> None:
         """Write the cell's run file and record its sha256 in session.json at once (a file session.json does
@@ -243,10 +275,17 @@ class Session:
         return PeftbenchError("; ".join(parts) + ".")
 
 
+def _chosen(plan: Plan, spec: RunSpec, runs: dict[str, Any]) -> RunSpec:
+    """A final cell with its grid's choice, or as it is while the grid cannot choose yet."""
+    choice = choose_for(plan, spec, runs)
+    return resolved(spec, choice) if choice.values is not None else spec
+
+
 def _identity(plan: Plan, spec: RunSpec) -> dict[str, Any]:
     """What a kept run file of ``spec`` must hold: its cell and the configuration the plan gives it (as JSON)."""
     blank = run_json(blank_record(plan, spec, "ok"))
-    return json.loads(json.dumps({k: blank[k] for k in ("method", "task", "seed", "config")}, default=str))
+    return json.loads(json.dumps({k: blank.get(k) for k in ("method", "task", "seed", "config", "tuning")},
+                                 default=str))
 
 
 def warn(text: str) -> None:
