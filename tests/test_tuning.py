@@ -232,3 +232,28 @@ def test_parse_grid():
     for bad in (["lr"], ["=1"], ["lr=1,1"], ["lr=1", "lr=2"]):
         with pytest.raises(UsageError):
             parse_grid(bad)
+
+
+def test_tuning_end_to_end_on_tiny_llama(capsys, tmp_path):
+    """The issue's command on real cells: grid cells scored by lm-eval on the validation split, the choice
+    per method, the seeds trained with it and scored on test, and a report that names the choice."""
+    out = tmp_path / "s"
+    code, err = run(out, capsys, "--tune", "lr", "--grid", "lr=1e-4,1e-3", "--seeds", "0,1", "--set", "steps=3",
+                    "--limit", "8", "--retention", "none", "--set", "latency_rounds=0",
+                    "--set", "merge_precisions=false")
+    assert code == 0, err
+    files = runs(out)
+    assert len(files) == 9 and all(r["status"] == "ok" for r in files.values())
+    for key, r in files.items():
+        scored_as = list(r["eval"]["lm_eval"]["results"])
+        if "--lr=" in key:
+            assert scored_as == ["peftbench_quickstart_validation"] and r["eval"]["n_samples"] == 8
+        else:
+            assert scored_as == ["peftbench_quickstart"]
+    for method in ("lora", "full"):
+        grid = {lr: files[f"{method}--quickstart--seed0--lr={lr}"]["eval"]["metrics"]["acc"] for lr in (0.0001, 0.001)}
+        best = max(grid, key=lambda lr: (grid[lr], -list(grid).index(lr)))
+        for seed in (0, 1):
+            final = files[f"{method}--quickstart--seed{seed}"]
+            assert final["config"]["train"]["lr"] == pytest.approx(best)
+            assert final["tuning"]["values"] == {"lr": pytest.approx(best)}
