@@ -257,3 +257,21 @@ def test_tuning_end_to_end_on_tiny_llama(capsys, tmp_path):
             final = files[f"{method}--quickstart--seed{seed}"]
             assert final["config"]["train"]["lr"] == pytest.approx(best)
             assert final["tuning"]["values"] == {"lr": pytest.approx(best)}
+
+
+def test_the_tuning_table_shows_every_grid_point_and_marks_the_choice(scored, capsys, tmp_path):
+    from peftbench.report.markdown import render_markdown
+    from peftbench.report.tuning_table import chosen_text, tuning_tables
+
+    out = tmp_path / "s"
+    assert run(out, capsys, "--tune", "lr", "--grid", "lr=1e-5,1e-4,1e-3")[0] == 0
+    files = list(runs(out).values())
+    text = render_markdown(tuning_tables(files))
+    lines = [line for line in text.splitlines() if line.startswith("| quickstart")]
+    assert len(lines) == 6  # 3 points x 2 methods
+    assert "| quickstart | full | lr=0.0001 | 0.900 acc | ✓ |" in text  # full's peak: inside the grid
+    assert "| quickstart | lora | lr=0.001 | 0.900 acc | ✓ (edge: lr) |" in text  # lora's: its end
+    assert "| quickstart | lora | lr=1e-05 | 0.700 acc | — |" in text
+    lora = next(r for r in files if r["key"] == "lora--quickstart--seed0")
+    assert chosen_text(lora["tuning"]) == "lr=0.001 (tuned on validation; edge: extend the grid)"
+    assert tuning_tables([r for r in files if "tuning" not in r]) == []

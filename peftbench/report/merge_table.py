@@ -6,6 +6,7 @@ from typing import Any
 
 from peftbench.report.cell_text import DASH, or_dash
 from peftbench.report.leaderboard import dequantization_only, merge_variant
+from peftbench.results.record import scored_on_test
 
 # the two ways to merge for bf16 serving (``merge.precision``), in the order of their columns
 BF16_MERGES = ("merge_fp32_then_cast", "merge_in_bf16")
@@ -47,10 +48,10 @@ def merge_tables(runs: list[dict[str, Any]], title: str = "") -> list[Any]:
 
 
 def _merged_runs(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(task, method) -> its ok runs that merged."""
+    """(task, method) -> its ok runs that merged (tuning grid points left out: they are not the method's result)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
-        if r.get("status") == "ok" and (r.get("merge") or {}).get("supported"):
+        if r.get("status") == "ok" and (r.get("merge") or {}).get("supported") and scored_on_test(r):
             groups.setdefault((r["task"], r["method"]), []).append(r)
     return groups
 
