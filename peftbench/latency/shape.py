@@ -10,7 +10,7 @@ from typing import Any
 from peftbench.latency.clock import RoundTimes
 from peftbench.latency.config import LatencyPlan
 from peftbench.latency.stats import overhead, summarize
-from peftbench.latency.summary import MIN_ROUNDS_TO_JUDGE
+from peftbench.latency.summary import MIN_ROUNDS_TO_JUDGE, sanity_holds
 
 PHASES = ("prefill", "decode", "decode_mean")  # the order of RoundTimes
 
@@ -77,11 +77,9 @@ def _mode_record(batch: int, times: dict[str, list[float]], host: dict[str, list
 def _sanity_entry(where: dict[str, Any], mode: str, decode_overhead: dict[str, Any],
                   plan: LatencyPlan) -> dict[str, Any]:
     """A mode that computes with base's weights and nothing more is suspect when its overhead exceeds the
-    tolerance and its CI excludes 0."""
-    lo, hi = decode_overhead["ci95"]
-    suspect = abs(decode_overhead["ratio"]) > plan.tolerance and not lo <= 0.0 <= hi
+    tolerance (``sanity_holds``: the point estimate decides, not whether the CI spans 0)."""
     entry = {**where, "mode": mode, "overhead": decode_overhead["ratio"], "ci95": decode_overhead["ci95"],
-             "tolerance": plan.tolerance, "ok": not suspect}
+             "tolerance": plan.tolerance}
     if plan.rounds < MIN_ROUNDS_TO_JUDGE:
-        entry.update(ok=None, note=f"fewer than {MIN_ROUNDS_TO_JUDGE} rounds: not judged")
-    return entry
+        return {**entry, "ok": None, "note": f"fewer than {MIN_ROUNDS_TO_JUDGE} rounds: not judged"}
+    return {**entry, "ok": sanity_holds(entry)}

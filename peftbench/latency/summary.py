@@ -1,11 +1,30 @@
-"""What a latency section's headline is: the regime and shape its figures come from. Torch-free, so the
-reports read it without loading the timing harness."""
+"""What a latency section's headline is (the regime and shape its figures come from) and whether its sanity
+check held. Torch-free, so the reports read it without loading the timing harness."""
 
 from __future__ import annotations
 
 from typing import Any
 
 MIN_ROUNDS_TO_JUDGE = 3  # a CI from 1-2 rounds says nothing: the sanity check and the claims do not judge it
+
+
+def sanity_holds(entry: dict[str, Any]) -> bool | None:
+    """Whether a mode that must time like base (``merged``, full fine-tuning's ``unmerged``) did: its decode
+    overhead's point estimate lies within the tolerance, whatever its CI -- a wide CI is no alibi (full
+    fine-tuning at -37.7 % with a CI spanning 0 did not time like base). ``None``: not judged (too few rounds).
+    Judged from the entry's stored figures, so files written under the earlier, lenient rule (flagged only when
+    the CI also excluded 0) read the same way."""
+    if entry.get("ok") is None and entry.get("note"):
+        return None
+    if entry.get("overhead") is None or entry.get("tolerance") is None:
+        return entry.get("ok")  # no figures to judge from: the stored verdict
+    return abs(entry["overhead"]) <= entry["tolerance"]
+
+
+def sanity_failures(latency: dict[str, Any], regime: str | None = None) -> list[dict[str, Any]]:
+    """The sanity entries of a latency section (of ``regime``, when given) that fail ``sanity_holds``."""
+    return [s for s in latency.get("sanity") or []
+            if (regime is None or s.get("regime") == regime) and sanity_holds(s) is False]
 
 
 def headline_regime(latency: dict[str, Any]) -> str | None:

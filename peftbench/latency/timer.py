@@ -21,8 +21,8 @@ of new tokens):
    of it, resampling rounds in pairs (a round's base and mode timings were taken side by side).
 
 The **sanity check**: modes that compute with the base architecture's weights and nothing more (``merged``,
-and full fine-tuning's ``unmerged``) must time like ``base``; when one does not (its overhead exceeds the
-tolerance and its CI excludes 0) the result is flagged in ``sanity``, never silently reported. Overheads and
+and full fine-tuning's ``unmerged``) must time like ``base``; when one does not (its overhead's point estimate
+exceeds the tolerance, whatever its CI) the result is flagged in ``sanity``, never silently reported. Overheads and
 the sanity check use ``decode`` (in the eager regime, the median of a round's steps).
 
 This module is the grid (regimes x shapes, each shape's modes interleaved round by round, checkpoints and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftbench.latency.summary import sanity_holds
 from peftbench.report.cell_text import DASH, or_dash
 from peftbench.system.memory import HOST_BUSY_CORES, neighbour_flags
 
@@ -11,7 +12,8 @@ MODE_ORDER = ("unmerged", "merged", "stack2", "stack4")
 
 CAPTION = ("overhead: the mode's median decode time per token / base's - 1, base timed in the same "
            "rotated rounds; CI: paired bootstrap over rounds. sanity: merged (and full fine-tuning) must "
-           "time like base; a flag means the timing is suspect, not a finding. GPU shared: other processes "
+           "time like base (|overhead| within the tolerance, whatever the CI); a flag means the timing is suspect, "
+           "not a finding. GPU shared: other processes "
            "used the GPU while it was timed. host busy: other processes kept over "
            f"{HOST_BUSY_CORES:g} CPU core busy on average while it was timed.")
 
@@ -67,15 +69,16 @@ def _overhead_text(cell: dict[str, Any], mode: str) -> str:
 
 
 def _sanity_text(lat: dict[str, Any], regime: str, cell: dict[str, Any]) -> str:
-    """The harness's own check at this shape (a mode that should time like base did not, or too few rounds to
-    judge), then the neighbours that shared the machine while it was timed."""
+    """The harness's own check at this shape (a mode that should time like base did not, judged again from the
+    stored overhead and tolerance, or too few rounds to judge), then the neighbours that shared the machine
+    while it was timed."""
     shape = (regime, cell["batch_size"], cell["prompt_tokens"])
     checks = [s for s in lat.get("sanity") or [] if (s["regime"], s["batch_size"], s["prompt_tokens"]) == shape]
-    failed = [s for s in checks if s["ok"] is False]
+    failed = [s for s in checks if sanity_holds(s) is False]
     if failed:
         flag = failed[-1]
         sanity = f"[red]{flag['mode']} {flag['overhead'] * 100:+.1f}% ≠ base[/]"
-    elif any(s.get("ok") is None for s in checks):
+    elif any(sanity_holds(s) is None for s in checks):
         sanity = "not judged (too few rounds)"
     else:
         sanity = "ok"
