@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from peftbench.report.baselines import NOT_RECORDED, informative
 from peftbench.report.cell_text import DASH, human_bytes, human_count, or_dash, percent
 from peftbench.report.leaderboard import best_values, retention_tasks, rows_for_task
 from peftbench.system.memory import HOST_BUSY_CORES, SHARED_GPU_BYTES
@@ -31,13 +32,42 @@ def _task_table(session: dict[str, Any], task_runs: list[dict[str, Any]], task: 
     best = _best_values(rows, kept)
     # latency columns only when the session measured latency (latency_rounds=0 skips it)
     show_latency = any(r["latency_unmerged"] is not None or r["latency_merged"] is not None for r in rows)
-    t = Table(title=_title(session, task_runs, task, metric, rows), title_justify="left", header_style="bold")
+    info = (session.get("tasks") or {}).get(task) or {}
+    baselines = info.get("baselines")
+    t = Table(title=_title(session, task_runs, task, metric, rows)
+              + _informative_warning(rows, baselines, info.get("baselines_note")),
+              title_justify="left", header_style="bold")
     for col, just in _columns(metric, rows, kept, show_latency):
-        t.add_column(col, justify=just, no_wrap=col != "status")
+        t.add_column(col, justify=just, no_wrap=col not in ("status", "method"))
     for r in rows:
         t.add_row(*_cells(r, best, kept, show_latency))
+        if r["method"] == "base":
+            for cells in _baseline_rows(baselines, len(t.columns)):
+                t.add_row(*cells, style="dim")
+    if not any(r["method"] == "base" for r in rows):
+        for cells in _baseline_rows(baselines, len(t.columns)):
+            t.add_row(*cells, style="dim")
     t.caption = _caption(kept, show_latency)
     return t
+
+
+def _informative_warning(rows: list[dict[str, Any]], baselines: dict[str, Any] | None, note: str | None) -> str:
+    """The title's mark of a task no method's CI lifts above its baselines (``report.baselines.informative``),
+    or that the baselines are not known."""
+    if not baselines:
+        return f" — {note or NOT_RECORDED}"
+    ok, why = informative(rows, baselines)
+    return "" if ok else f" — uninformative: {why}; it decides no claim"
+
+
+def _baseline_rows(baselines: dict[str, Any] | None, columns: int) -> list[list[str]]:
+    """The rows of guessing, under the base row: chance and the majority class, in the score column."""
+    if not baselines:
+        return []
+    n = f"n = {baselines['n']:,}" + (f", first {baselines['limit']}" if baselines.get("limit") else "")
+    rows = [("chance (uniform guess)", baselines["chance"]),
+            (f"majority class ('{baselines['majority_label']}')", baselines["majority"])]
+    return [[label, f"{score:.3f}", *[DASH] * (columns - 3), f"baseline, {n}"] for label, score in rows]
 
 
 def _best_values(rows: list[dict[str, Any]], kept: list[str]) -> dict[str, float]:
@@ -123,7 +153,9 @@ def _columns(metric: str, rows: list[dict[str, Any]], kept: list[str], show_late
 
 
 def _caption(kept: list[str], show_latency: bool) -> str:
-    return ("vs best: the difference to the best method with its 95% CI (paired over seeds, else a paired "
+    return ("chance / majority class: the score of a uniform guess / of always giving the test set's most "
+            "frequent answer; a task where no method's 95% CI clears both is marked uninformative; "
+            "vs best: the difference to the best method with its 95% CI (paired over seeds, else a paired "
             "bootstrap over examples, else from the standard errors); '≈ best' = the CI contains 0, a tie, "
             "not a rank; "
             "Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; "
@@ -142,7 +174,7 @@ def _cells(r: dict[str, Any], best: dict[str, float], kept: list[str], show_late
     latency = [marked("latency_unmerged", percent(r["latency_unmerged"])),
                marked("latency_merged", percent(r["latency_merged"]))] if show_latency else []
     return [
-        r["method"] if r["method"] != "base" else "base (zero-shot)",
+        _method_text(r),
         marked("score", _score_text(r)),
         _vs_best(r),
         marked("delta", DASH if r["delta"] is None else f"{r['delta'] * 100:+.1f} pts"),
@@ -156,6 +188,30 @@ def _cells(r: dict[str, Any], best: dict[str, float], kept: list[str], show_late
         *(_retention_cell(r, name, best) for name in kept),
         _status_text(r),
     ]
+
+
+def _method_text(r: dict[str, Any]) -> str:
+    """The method, and for a tuned session's final cells the values the tuning chose and how
+    (``lora (lr 3e-4; tuned: acc on validation, seed 0; lr on grid edge)``)."""
+    if r["method"] == "base":
+        return "base (zero-shot)"
+    tuning = r.get("tuning")
+    if not tuning or not tuning.get("values"):
+        return r["method"]
+    values = ", ".join(f"{k} {_short(v)}" for k, v in tuning["values"].items())
+    how = f"tuned: {tuning['chosen_by']}" if tuning.get("chosen_by") else "tuned"
+    edge = tuning.get("on_edge")
+    if edge:
+        how += "; " + (", ".join(edge) if isinstance(edge, list) else "value") + " on grid edge"
+    return f"{r['method']} ({values}; {how})"
+
+
+def _short(value: Any) -> str:
+    """An option value as a person writes it: 3e-4, 16, 0.05."""
+    if isinstance(value, float) and value and abs(value) < 1e-2:
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _mark_best(r: dict[str, Any], col: str, text: str, best: dict[str, float]) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 def label_baselines(records: list[dict[str, Any]], limit: int | None = None) -> dict[str, Any]:
     """Chance and majority-class accuracy of the normalized test ``records`` (``tasks.rows.normalize``: each
     has ``choices`` and the gold ``label`` index). ``limit``: lm-eval scores only the first ``limit`` documents
-    (0 or ``None``: all). A task whose rows share one label set counts the label's word (``yes``); one whose
-    rows carry their own options (ARC), the gold position (``choice 3``): always answering the most frequent
-    position is that task's majority class."""
+    (0 or ``None``: all). A task whose rows share one label set names the label's word (``yes``); one whose
+    rows carry their own options (ARC), the gold position (``option 3``, counting from 1): always answering
+    the most frequent position is that task's majority class."""
     scored = records[:limit] if limit else records
     if not scored:
         raise ValueError("no test records to compute baselines from")
@@ -28,7 +28,7 @@ def label_baselines(records: list[dict[str, Any]], limit: int | None = None) -> 
     index, hits = max(counts.items(), key=lambda kv: (kv[1], -kv[0]))  # ties: the first position
     return {"chance": sum(1.0 / len(r["choices"]) for r in scored) / len(scored),
             "majority": hits / len(scored),
-            "majority_label": scored[0]["choices"][index] if label_set else f"choice {index}",
+            "majority_label": scored[0]["choices"][index] if label_set else f"option {index + 1}",
             "majority_index": index, "n": len(scored), "limit": limit or None}
 
 
