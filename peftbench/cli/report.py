@@ -32,10 +32,11 @@ ALLOW_MIXED = click.option("--allow-mixed", is_flag=True,
 def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_mixed, plots_dir, metric, columns):
     """Render saved sessions: leaderboards and latency tables. Several folders (e.g. sessions made in
     separate GPU calls) are merged; folders of different base models or task versions are refused unless
-    --allow-mixed. Cells without a finished result are listed under the tables. Exit 0: every file verifies
+    --allow-mixed (latency tables then stay one per model). Plain files among DIRECTORIES are skipped. Cells without a finished result are listed under the tables. Exit 0: every file verifies
     and every planned cell finished; 1: some cell has no finished result (missing, cancelled, failed) or the
     session did not end; 2: a file does not verify (missing, changed, damaged, from another session)."""
     fmt = "markdown" if markdown else "json" if as_json else fmt
+    directories = _folders_only(directories)
     one_folder_as_run_shows_it = len(directories) == 1 and (
         fmt in ("table", "markdown") and not (only_tasks or only_methods or plots_dir or metric)
         or fmt == "json" and as_json)
@@ -51,7 +52,7 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
     if plots_dir:
         from peftbench.report.plots import pareto_plots
 
-        files = pareto_plots(session, runs, merged["latency"], Path(plots_dir))
+        files = pareto_plots(session, runs, merged["latency_by_model"].get(model) or merged["latency"], Path(plots_dir))
         stderr_console().print(f"{len(files)} plot files in {plots_dir}")
     if fmt in ("csv", "json", "latex"):
         _export(fmt, session, runs, columns, model, folders=[p for p, _ in merged["sessions"]], gaps=merged["gaps"])
@@ -62,8 +63,8 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
     from peftbench.report.leaderboard_table import leaderboard_tables
 
     tables = leaderboard_tables(session, runs) if runs else []
-    if merged["latency"]:
-        tables += latency_tables(merged["latency"], title=f"{model} — " if model else "")
+    for lat_model, latency in merged["latency_by_model"].items():  # --allow-mixed: each model's apart
+        tables += latency_tables(latency, title=f"{lat_model} — ")
     print_tables(tables, markdown=fmt == "markdown")
     print_gaps(merged["gaps"], markdown=fmt == "markdown")
     _exit_on_gaps(merged["gaps"])
@@ -139,16 +140,22 @@ def _export(fmt: str, session: dict[str, Any], runs: list[dict], columns: str | 
 @click.command()
 @click.argument("directories", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
-@ALLOW_MIXED
+@click.option("--allow-mixed", is_flag=True, help="check folders that ran different versions of a task on the same "
+                                                  "base model together (different models are always kept apart)")
 def claims(directories, fmt, allow_mixed):
     """Check the folklore (LoRA reaches 97-99 % of full fine-tuning, merged LoRA adds no latency, ...)
-    against results: each claim's measured value, its 95 % CI and a verdict, per task."""
-    from peftbench.report.claims import check
-    from peftbench.report.claims_table import claims_table
-    from peftbench.report.folders import load_folders
+    against results: each claim's measured value, its 95 % CI and a verdict, per task, in one table per base
+    model (folders of several models are grouped, never mixed). A score claim on a task where no method beats
+    the majority class is excluded; a timing measured beside other processes, or in a file that does not say,
+    decides nothing. Plain files among DIRECTORIES (a README.md a glob picked up) are skipped."""
+    from peftbench.report.claims import check_models
+    from peftbench.report.claims_table import claims_tables
+    from peftbench.report.folders import load_folders, merged_session, session_model
 
-    merged = load_folders(list(directories), allow_mixed=allow_mixed)
-    results = check(merged["runs"], merged["latency"])
+    merged = load_folders(_folders_only(directories), allow_mixed=allow_mixed, by_model=True)
+    tasks = {m: merged_session([(p, s) for p, s in merged["sessions"] if session_model(s) == m]).get("tasks") or {}
+             for m in {session_model(s) for _, s in merged["sessions"]}}
+    results = check_models(merged["runs"], merged["latency_by_model"], tasks_by_model=tasks)
     if not results:
         print_gaps(merged["gaps"], err=True)
         raise UsageError("no claim can be measured from these folders: they need runs of lora/full/base (scores, "
@@ -157,6 +164,18 @@ def claims(directories, fmt, allow_mixed):
         print_json(results)
         print_gaps(merged["gaps"], err=True)
     else:
-        print_tables([claims_table(results)], markdown=fmt == "markdown")
+        print_tables(claims_tables(results), markdown=fmt == "markdown")
         print_gaps(merged["gaps"], markdown=fmt == "markdown")
     _exit_on_gaps(merged["gaps"])
+
+
+def _folders_only(paths: tuple[Path, ...]) -> list[Path]:
+    """The folders among ``paths``: a plain file (the README.md of ``results/reference/*``) is skipped with a
+    note on stderr; nothing left is a usage error."""
+    folders = [p for p in paths if not p.is_file()]
+    for p in paths:
+        if p.is_file():
+            stderr_console().print(f"{p}: a file, not a results folder: skipped")
+    if not folders:
+        raise UsageError(f"{', '.join(map(str, paths))}: no results folder among these (each is a file).")
+    return folders

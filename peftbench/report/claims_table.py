@@ -6,16 +6,18 @@ from typing import Any
 
 from peftbench.report.cell_text import DASH
 
-VERDICT_COLORS = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
+VERDICT_COLORS = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "excluded": "dim"}
 
 CAPTION = ("verdict: holds = the 95% CI lies inside the claimed range; does not hold = entirely outside; "
            "inconclusive = it straddles a bound; (no CI) = one measurement, judged by its value; (timing suspect) = "
-           "the latency harness flagged its own figure (sanity check, shared GPU, busy host). Definitions "
+           "the timing cannot decide (a failed sanity check, too few rounds, a shared GPU, a busy host, or a file "
+           "that does not record its neighbours); excluded (uninformative) = a score claim on a task where no "
+           "method's 95% CI clears chance and the majority class: no verdict. Definitions "
            "and sources: docs/claims.md and peftbench/report/claims.yaml.")
 
 
 def claims_table(results: list[dict[str, Any]], title: str = "") -> Any:
-    """A row per result of ``peftbench.report.claims.check``."""
+    """A row per result of ``peftbench.report.claims.check`` (of one model: ``claims_tables`` splits them)."""
     from rich.table import Table
 
     from peftbench.report.claims import load_claims
@@ -34,6 +36,25 @@ def claims_table(results: list[dict[str, Any]], title: str = "") -> Any:
         t.add_row(r["claim"], r["task"], _claim_value(q, r["value"]), ci, claimed, f"[{color}]{r['verdict']}[/]")
     t.caption = CAPTION
     return t
+
+
+def claims_tables(results: list[dict[str, Any]]) -> list[Any]:
+    """One claims table per base model of ``results`` (``check_models``), each titled with its model and a
+    count of its verdicts."""
+    models = list(dict.fromkeys(r.get("model") or "?" for r in results))
+    tables = []
+    for model in models:
+        mine = [r for r in results if (r.get("model") or "?") == model]
+        tables.append(claims_table(mine, title=f"{model} ({verdict_counts(mine)}) — "))
+    return tables
+
+
+def verdict_counts(results: list[dict[str, Any]]) -> str:
+    """``3 hold, 2 do not, 5 inconclusive, 4 excluded``: only verdicts that hold or do not count as decided."""
+    kinds = [r["verdict"].split(" (")[0] for r in results]
+    parts = [(kinds.count("holds"), "hold"), (kinds.count("does not hold"), "do not hold"),
+             (kinds.count("inconclusive"), "inconclusive"), (kinds.count("excluded"), "excluded")]
+    return ", ".join(f"{n} {word}" for n, word in parts if n) or "no claim measured"
 
 
 def _claim_value(quantity: str, value: float) -> str:

@@ -1,29 +1,46 @@
-"""Why a timing cannot back a verdict: too few rounds, a failed sanity check, or neighbours on the machine.
+"""Why a timing cannot back a verdict: too few rounds, a failed sanity check, or neighbours on the machine
+(or no record of them).
 
 The claims (``claims.py``) and their quantities (``quantities.py``) ask here; a figure this module doubts is
-reported with its doubts and decides nothing.
+reported with its doubts and decides nothing. The tables show ``neighbour_flags`` (what was measured); a
+verdict needs more: a timing whose file does not say who shared the machine counts as contended.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from peftbench.latency.summary import MIN_ROUNDS_TO_JUDGE
-from peftbench.system.memory import neighbour_flags
+from peftbench.latency.summary import MIN_ROUNDS_TO_JUDGE, sanity_failures
+from peftbench.system.memory import NEIGHBOUR_KEYS, neighbour_flags
 
 SUSPECT = "timing suspect"
+NOT_RECORDED = "neighbours not recorded"
+
+
+def contention(record: dict[str, Any]) -> list[str]:
+    """Why ``record``'s timings (a run file, or a latency section) may not be the method's alone: the
+    neighbour flags it earned, or that it lacks a neighbour field (``gpu_others_bytes``,
+    ``host_others_cores``: written before they were measured), which for a verdict counts as contended. A
+    field present but ``None`` was looked at and could not be measured there (no GPU): not a doubt."""
+    missing = [k for k in NEIGHBOUR_KEYS if k not in record]
+    return neighbour_flags(record) + ([f"{NOT_RECORDED} ({', '.join(missing)} absent)"] if missing else [])
+
+
+def runs_timing_doubts(runs: list[dict[str, Any]]) -> list[str]:
+    """Why training times of ``runs`` cannot back a verdict (``ratio_to`` of ``train_time``): each doubt of
+    ``contention`` any of them has, once."""
+    return sorted({d for r in runs for d in contention(r)})
 
 
 def timing_doubts(lat: dict[str, Any], regime: str) -> list[str]:
     """Why a latency section's figures in ``regime`` cannot back a verdict: too few rounds for a CI, its own
-    sanity check failed (merged or full fine-tuning did not time like base), or it was timed on a shared GPU
-    or a busy host."""
+    sanity check failed (merged or full fine-tuning did not time like base: judged again here from each
+    entry's overhead and tolerance, so files that stored the earlier, lenient verdict read the same way), or it
+    was timed on a shared GPU or a busy host, or without a record of either."""
     doubts = []
     rounds = (lat.get("plan") or {}).get("rounds")
     if rounds is not None and rounds < MIN_ROUNDS_TO_JUDGE:
         doubts.append(f"{rounds} timed round{'s' if rounds != 1 else ''}: too few for a CI")
-    if any(s.get("ok") is False for s in lat.get("sanity") or [] if s.get("regime") == regime):
+    if sanity_failures(lat, regime):
         doubts.append("its sanity check failed")
-    return doubts + neighbour_flags(lat)
-
-
+    return doubts + contention(lat)

@@ -22,10 +22,11 @@ def folder_data(output: Path) -> dict[str, Any]:
 
         session, results = load_latency(output)
         return {"session": session, "latency": results}
+    from peftbench.report.baselines import with_baselines
     from peftbench.report.gaps import folder_gaps
     from peftbench.results.store import load_session, verify_run_files
 
-    session = load_session(output)
+    session = with_baselines(output, load_session(output))
     check = verify_run_files(output, session)
     data = {"session": session, "runs": list(check.runs.values())}
     gaps = folder_gaps(output, session, check.runs, check.unrecorded)
@@ -58,61 +59,77 @@ def folder_report(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]], A
 
 
 # ---- several folders at once (report, claims) ---------------------------------------------------------------
-def load_folders(folders: list[Path], allow_mixed: bool = False) -> dict[str, Any]:
-    """Merge result folders (e.g. sessions made in several GPU calls): their runs, their latency results and
-    the gaps of each (``Gaps``, only the folders that have any). Folders of different base models, or of
-    different versions of a task, are refused unless ``allow_mixed``: their numbers do not compare."""
+def session_model(session: dict[str, Any]) -> str:
+    """The base model a session (run or latency) measured, by its source; ``?`` when it does not say."""
+    return (session.get("model") or {}).get("source") or (session.get("config") or {}).get("model") or "?"
+
+
+def load_folders(folders: list[Path], allow_mixed: bool = False, by_model: bool = False) -> dict[str, Any]:
+    """Merge result folders (e.g. sessions made in several GPU calls): their runs (each with its ``model``),
+    their latency results per model (``latency_by_model``: model -> method -> the first latency section found
+    for it; ``latency``: the first model's) and the gaps of each (``Gaps``, only the folders that have any).
+
+    Different versions of a task are refused unless ``allow_mixed``: their numbers do not compare. Different
+    base models are refused too (one leaderboard cannot mix them) unless ``allow_mixed``, or ``by_model``:
+    the caller keeps the models apart (``peftbench claims``: one table per model), and only versions within one
+    model must agree."""
     runs: list[dict[str, Any]] = []
-    latency: dict[str, dict[str, Any]] = {}  # method -> the first latency section found for it
+    latency: dict[str, dict[str, dict[str, Any]]] = {}
     sessions: list[tuple[Path, dict[str, Any]]] = []
     gaps = []
     for folder in folders:
         data = folder_data(Path(folder))
         sessions.append((Path(folder), data["session"]))
+        model = session_model(data["session"])
         if data.get("gaps"):
             gaps.append(data["gaps"])
         if "latency" in data:
             for method, r in data["latency"].items():
                 if r.get("status") == "ok" and r.get("latency"):
-                    latency.setdefault(method, r["latency"])
+                    latency.setdefault(model, {}).setdefault(method, r["latency"])
         else:
-            _add_runs(runs, latency, data["runs"], folder)
+            _add_runs(runs, latency, [{**r, "model": r.get("model") or model} for r in data["runs"]], folder)
     if not allow_mixed:
-        _refuse_mixed(folders, [session for _, session in sessions])
-    return {"sessions": sessions, "runs": runs, "latency": latency, "gaps": gaps}
+        _refuse_mixed(folders, [session for _, session in sessions], by_model)
+    first = next((session_model(s) for _, s in sessions if s.get("kind") != "latency"), None) \
+        or next(iter(latency), None)
+    return {"sessions": sessions, "runs": runs, "latency": latency.get(first, {}) if first else {},
+            "latency_by_model": latency, "gaps": gaps}
 
 
-def _add_runs(runs: list[dict[str, Any]], latency: dict[str, dict[str, Any]], new: list[dict[str, Any]],
+def _add_runs(runs: list[dict[str, Any]], latency: dict[str, dict[str, dict[str, Any]]], new: list[dict[str, Any]],
               folder: Path) -> None:
-    """Append one folder's runs, refusing a cell an earlier folder already holds; note each method's latency."""
-    seen = {(r["method"], r["task"], r["seed"]) for r in runs}
+    """Append one folder's runs, refusing a cell an earlier folder already holds (of the same model); note each
+    method's latency under its model."""
+    seen = {(r["model"], r["method"], r["task"], r["seed"]) for r in runs}
     for r in new:
-        if (r["method"], r["task"], r["seed"]) in seen:
+        if (r["model"], r["method"], r["task"], r["seed"]) in seen:
             raise UsageError(f"{folder}: {r['key']} is also in an earlier folder; merge sessions of different "
                              "cells only (or pass one of them).")
         runs.append(r)
         lat = r.get("latency") or {}
-        if r.get("status") == "ok" and lat.get("regimes") and r["method"] not in latency:
-            latency[r["method"]] = lat
+        if r.get("status") == "ok" and lat.get("regimes"):
+            latency.setdefault(r["model"], {}).setdefault(r["method"], lat)
 
 
-def _refuse_mixed(folders: list[Path], sessions: list[dict[str, Any]]) -> None:
-    """Raise when the folders measured different base models or different versions of a task."""
+def _refuse_mixed(folders: list[Path], sessions: list[dict[str, Any]], by_model: bool) -> None:
+    """Raise when the folders measured different base models (unless ``by_model``) or different versions of a
+    task (with ``by_model``: of one model)."""
     models: dict[str, list[str]] = {}
-    versions: dict[str, set[Any]] = {}
+    versions: dict[tuple[str, str], set[Any]] = {}
     for folder, session in zip(folders, sessions, strict=True):
-        model = (session.get("model") or {}).get("source") or (session.get("config") or {}).get("model")
-        if model:
-            models.setdefault(model, []).append(str(folder))
+        model = session_model(session)
+        models.setdefault(model, []).append(str(folder))
         for name, info in (session.get("tasks") or {}).items():
-            versions.setdefault(name, set()).add(info.get("version"))
-    if len(models) > 1:
+            versions.setdefault((model if by_model else "", name), set()).add(info.get("version"))
+    known = {m: fs for m, fs in models.items() if m != "?"}
+    if len(known) > 1 and not by_model:
         raise UsageError("these folders measured different base models (" + "; ".join(
-            f"{m}: {', '.join(fs)}" for m, fs in models.items()) + "); pass --allow-mixed to merge anyway.")
-    mixed = {t: v for t, v in versions.items() if len(v) > 1}
+            f"{m}: {', '.join(fs)}" for m, fs in known.items()) + "); pass --allow-mixed to merge anyway.")
+    mixed = {(m, t): v for (m, t), v in versions.items() if len(v) > 1}
     if mixed:
         raise UsageError("these folders used different versions of task(s) " + ", ".join(
-            f"{t} ({', '.join(map(str, sorted(v, key=str)))})" for t, v in mixed.items())
+            f"{t} ({', '.join(map(str, sorted(v, key=str)))}{f' on {m}' if m else ''})" for (m, t), v in mixed.items())
             + "; pass --allow-mixed to merge anyway.")
 
 
@@ -125,6 +142,7 @@ def merged_session(sessions: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any
     tasks: dict[str, Any] = {}
     for s in run_sessions:
         for name, info in (s.get("tasks") or {}).items():
-            tasks.setdefault(name, info)
+            if name not in tasks or info.get("baselines") and not tasks[name].get("baselines"):
+                tasks[name] = info
     first["tasks"] = tasks
     return first
