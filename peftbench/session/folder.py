@@ -200,7 +200,9 @@ def session_record(plan: Plan, env: dict[str, Any], started: str, status: str, r
             "config": {**to_jsonable(plan.config), "output": str(plan.output), "device_resolved": plan.device},
             "plan": [c.key for c in plan.cells], "model": to_jsonable(plan.model.info),
             "tasks": {t.name: {**t.describe(), "data_source": plan.prepared[t.name].source,
-                               "sizes": plan.prepared[t.name].sizes} for t in plan.eval_tasks},
+                               "sizes": plan.prepared[t.name].sizes,
+                               **({"baselines": plan.baselines[t.name]} if t.name in plan.baselines else {})}
+                      for t in plan.eval_tasks},
             "retention": {k: [t.name for t in v] for k, v in plan.retention.items()},
             **recorded_configs(plan.method_configs, plan.options),
             **({"tuning": plan.tuning.describe()} if plan.tuning is not None else {}),

@@ -86,6 +86,7 @@ class Plan:
     options: Mapping[tuple[str, str], CellOptions]  # (method or "base", task) -> shared options
     cells: tuple[RunSpec, ...]
     tuning: TuningPlan | None = None              # --tune: each (method, task)'s grid
+    baselines: Mapping[str, Any] = field(default_factory=dict)  # task -> chance and majority class of its scored test
 
     @property
     def eval_tasks(self) -> list[Task]:
@@ -168,7 +169,26 @@ def make_plan(config: SessionConfig, host: Any, registry: Any, say: Any = None) 
     return Plan(config=config, session_id=session_id, output=output, device=device, cache_dir=cache_dir,
                 model=model, registry=registry, methods=tuple(methods), tasks=tuple(tasks),
                 retention={k: tuple(v) for k, v in retention.items()}, prepared=prepared,
-                method_configs=method_configs, options=options, cells=cells, tuning=tuning)
+                method_configs=method_configs, options=options, cells=cells, tuning=tuning,
+                baselines=_baselines(scored, prepared, options))
+
+
+def _baselines(tasks: list[Task], prepared: Mapping[str, Any], options: Mapping[tuple[str, str], CellOptions]
+               ) -> dict[str, Any]:
+    """Each scored task's chance and majority-class accuracy over the test examples lm-eval scores (the
+    first ``limit``), so that every report can say whether a method learnt anything the test shows. Tasks
+    whose records have no fixed choices (free-form answers) have none."""
+    from peftbench.tasks.baselines import prepared_baselines
+
+    out = {}
+    for task in tasks:
+        # a trained task's own limit; a retention task is scored with the cells' (--limit: one for all)
+        opts = options.get(("base", task.name)) or next(iter(options.values()), None)
+        try:
+            out[task.name] = prepared_baselines(prepared[task.name].folder, opts.eval.limit if opts else None)
+        except (KeyError, TypeError, ValueError, OSError):  # no choices or labels to count
+            continue
+    return out
 
 
 def _cells(tasks: list[Task], methods: list[str], seeds: list[int], tuning: TuningPlan | None) -> list[RunSpec]:
