@@ -76,6 +76,7 @@ def options(as_json, markdown):
 def tasks(host, as_json, tasks_dirs, data_dir):
     """List tasks: what each trains and scores, where its data comes from, sizes, and whether it is here."""
     root, rows = catalog.describe_tasks(host, list(tasks_dirs), data_dir)
+    rows = [{**r, "validation": _validation(r)} for r in rows]
     if as_json:
         print_json(rows)
         return
@@ -83,10 +84,30 @@ def tasks(host, as_json, tasks_dirs, data_dir):
                ("name", "use", "metric", "data source", "rows", "here", "description"), overflow="fold")
     for r in rows:
         sizes = ", ".join(f"{k} {v:,}" if v else f"{k} empty" for k, v in (r["sizes"] or {}).items()) or "—"
+        held = (r["validation"] or {}).get("size") if (r["validation"] or {}).get("from") == "train" else None
+        if isinstance(held, int) and held and (r["sizes"] or {}).get("train"):
+            sizes = sizes.replace(f"train {r['sizes']['train']:,}",
+                                  f"train {r['sizes']['train']:,} ({held:,} held out for validation)", 1)
         use = "broken" if r.get("broken") else "score only" if r["eval_only"] else "train + score"
         t.add_row(r["name"], use, r["metric"], r["source"], sizes, "[green]yes[/]" if r["available"] else "[red]no[/]",
                   r["error"] if r.get("broken") else r["description"].split(". ")[0])
     _print(t)
+
+
+def _validation(row: dict) -> dict | None:
+    """The task's validation split ({from, size, seed}) with its size in rows where the data's are counted:
+    a split of the data's own, or the rows ``prepare`` will carve out of train (0: too few to carve any)."""
+    from peftbench.tasks.data import validation_size
+    from peftbench.tasks.data_spec import ValidationSpec
+
+    found, sizes = row.get("validation"), row.get("sizes") or {}
+    if not found:
+        return found
+    if found["from"] == "dataset":
+        return {**found, "size": sizes.get("validation")}
+    if sizes.get("train"):
+        return {**found, "size": validation_size(sizes["train"], ValidationSpec(found["size"], found["seed"]))}
+    return found
 
 
 @click.command()

@@ -46,8 +46,7 @@ class ValidationSpec:
     seed: int = 0
 
     def describe(self) -> dict[str, Any]:
-        return {"from": "train", "size": self.size if self.size is not None else "10% of train, at most 500",
-                "seed": self.seed}
+        return {"from": "train", "size": self.size, "seed": self.seed}  # size None: the default
 
 
 @dataclass
