@@ -154,6 +154,8 @@ def make_plan(config: SessionConfig, host: Any, registry: Any, say: Any = None) 
     cells = tuple(_cells(tasks, methods, config.seeds, tuning))
     old = _check_output(config, output)
     prepared = {t.name: prepare_data(t, cache_dir, root, need_train=t in tasks and bool(methods)) for t in scored}
+    if tuning is not None:
+        _check_validation(tasks, prepared)
     if old is not None:  # continuing: the cells it keeps must be the cells this plan asks for
         _check_same_plan(old, output, {**recorded_configs(method_configs, options), "plan": [c.key for c in cells],
                                        "tasks": {t.name: {"version": t.version, "data_source": prepared[t.name].source}
@@ -189,6 +191,15 @@ def _baselines(tasks: list[Task], prepared: Mapping[str, Any], options: Mapping[
         except (KeyError, TypeError, ValueError, OSError):  # no choices or labels to count
             continue
     return out
+
+
+def _check_validation(tasks: list[Task], prepared: Mapping[str, Any]) -> None:
+    """--tune scores grid points on each trained task's validation split: every one must have one."""
+    for task in tasks:
+        if "validation" not in prepared[task.name].sizes:
+            raise UsageError(f"--tune: task {task.name!r} has no validation split (its train split has "
+                             f"{prepared[task.name].sizes.get('train', 0)} rows; one is carved from 5 or more, or "
+                             "set data.validation in its task.yaml), so its grid points cannot be scored.")
 
 
 def _cells(tasks: list[Task], methods: list[str], seeds: list[int], tuning: TuningPlan | None) -> list[RunSpec]:
