@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "peftbench_plugins.qlora",
     "peftbench_plugins.adapter",
     "peftbench_plugins.full",
+    "peftbench_plugins.peft_tuners",
     "peftbench.tasks.builtin",
 )
 
