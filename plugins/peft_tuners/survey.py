@@ -41,7 +41,7 @@ CONTRACT_TESTS = ("test_class_passes_registration_checks", "test_config_round_tr
 
 
 def peft_tuners() -> dict[str, type]:
-    """Every tuner key (``vera``) of the installed peft, with its config class."""
+    """Every tuner key (``vera``) of the installed peft, with its config class (``dora`` is ``lora``'s)."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     return {str(t.value).lower(): cls for t, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
@@ -55,7 +55,7 @@ def survey(contract: bool = True, only: list[str] | None = None) -> dict[str, An
     if unknown:
         raise SystemExit(f"peft {peft.__version__} has tuners tuners.py does not know: {', '.join(unknown)}; "
                          "add each to TUNERS (learning rate and its source)")
-    tuners = {key: survey_tuner(key, found[key], contract) for key in sorted(only or found)}
+    tuners = {key: survey_tuner(key, found[TUNERS[key].base or key], contract) for key in sorted(only or TUNERS)}
     for facts in tuners.values():
         del facts["peft_version"]  # said once, for the whole catalog
     return {"peft_version": peft.__version__, "model": "tiny:llama", "tuners": tuners}
@@ -69,7 +69,7 @@ def survey_tuner(key: str, config_class: type, contract: bool = True) -> dict[st
 
     options, skipped = describe_config(config_class)
     facts: dict[str, Any] = {
-        "peft_type": key.upper(), "peft_version": peft.__version__, "config_class": f"{config_class.__module__}:{config_class.__name__}",
+        "peft_type": (TUNERS[key].base or key).upper(), "peft_version": peft.__version__, "config_class": f"{config_class.__module__}:{config_class.__name__}",
         "prompt_style": issubclass(config_class, peft.PromptLearningConfig),
         "offered": False, "reason": TUNERS[key].not_offered,
         "capabilities": {"mergeable": False, "can_disable": False}, "trainable_parameters": None,
@@ -102,6 +102,10 @@ def _own_options(key: str, options: list[dict[str, Any]]) -> list[dict[str, Any]
         if where in OWN_DEFAULTS:
             value, why = OWN_DEFAULTS[where]
             option.update(default=value, help=f"{option['help']} {why}.")
+        if option["name"] in TUNERS[key].defaults:
+            value = TUNERS[key].defaults[option["name"]]
+            option.update(default=value, help=f"{option['help']} (peft:{key}: {value}, PEFT's default for "
+                                              f"{TUNERS[key].base} is {option['default']})")
         out.append(option)
     return out
 

@@ -24,6 +24,8 @@ class Tuner:
     lr_source: str
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # a method option's values for --tune
     not_offered: str = ""  # why peftbench cannot run it faithfully, whatever a measurement shows
+    base: str = ""  # a tuner of its own name that is another's config with other defaults (dora: lora's)
+    defaults: dict[str, Any] = field(default_factory=dict)  # those defaults
 
 
 def _exp(name: str, accuracy: float) -> str:
@@ -42,6 +44,8 @@ VIRTUAL_TOKENS = ("a virtual-token (prompt-style) tuner: peftbench's evaluation 
 
 TUNERS: dict[str, Tuner] = {
     "lora": Tuner(1e-4, _exp("lora/llama-3.2-3B-rank64-rslora", 0.513), RANK),
+    "dora": Tuner(1e-4, _exp("lora/llama-3.2-3B-rank32-dora", 0.469), RANK, base="lora",
+                  defaults={"use_dora": True}),  # PEFT has DoRA as a LoRA switch; users ask for it by name
     "adalora": Tuner(1e-4, _exp("adalora/llama-3.2-3B-rank32", 0.373), RANK, not_offered=NEEDS_STEP_HOOK),
     "adamss": Tuner(1e-4, _exp("adamss/llama-3.2-3B-rank32", 0.345), RANK),
     "adaption_prompt": Tuner(5e-3, _exp("adaptionprompt/llama-3.2-3B-lr_5e-3", 0.384),
