@@ -37,7 +37,8 @@ from peftbench.tasks.task import (
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"  # the real data (only for the optional fidelity check)
 SHIPPED = discover_tasks([builtin_tasks_dir()])
-FILE_TASKS = sorted(n for n, t in SHIPPED.items() if t.spec is not None)  # quickstart is generated in code
+# quickstart is generated in code; generative tasks (gsm8k, ...) have their fixtures in tests/test_generative.py
+FILE_TASKS = sorted(n for n, t in SHIPPED.items() if t.spec is not None and t.generation is None)
 HUB_TASKS = sorted(n for n in FILE_TASKS if SHIPPED[n].spec.hub)
 
 

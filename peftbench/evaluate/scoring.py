@@ -7,11 +7,13 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peftbench.api.records import EvalResult
 from peftbench.evaluate.config import EvalConfig
+from peftbench.evaluate.generation import count_generation, examples
 from peftbench.tasks.task import Task, task_manager
 
 # lm-eval's result block keys we keep (everything but per-sample logs and the environment dump)
@@ -64,8 +66,8 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Ev
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    class QuietHFLM(HFLM):  # lm-eval passes disable=False to its bars explicitly; peftbench shows its own
-        def loglikelihood(self, requests, disable_tqdm=False):
+    class QuietHFLM(count_generation(HFLM)):  # lm-eval passes disable=False to its bars explicitly; peftbench
+        def loglikelihood(self, requests, disable_tqdm=False):  # shows its own
             return super().loglikelihood(requests, disable_tqdm=True)
 
         def loglikelihood_rolling(self, requests, disable_tqdm=False):
@@ -84,9 +86,21 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Ev
                               torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
     wall = time.perf_counter() - t0
     block = json.loads(json.dumps({k: out[k] for k in KEEP if k in out}, default=str))
+    samples = (out.get("samples") or {}).get(task.lm_eval_name) or []
     result = parse_block(task, block, wall)
-    result.samples = per_example((out.get("samples") or {}).get(task.lm_eval_name) or [], list(result.metrics))
-    return result
+    result.samples = per_example(samples, list(result.metrics))
+    if task.generation is None:
+        return result
+    cost = {**lm.generation.describe(), "batch_size": cfg.eval_batch_size, **task.generation.describe(),
+            "examples": json.loads(json.dumps(examples(samples, task.metric), default=str))}
+    return GenerativeEvalResult(**vars(result), generation=cost)
+
+
+@dataclass
+class GenerativeEvalResult(EvalResult):
+    """A generative task's scores, with what generating the answers cost (``evaluate.generation``)."""
+
+    generation: dict[str, Any] | None = None
 
 
 def per_example(samples: list[dict[str, Any]], metrics: list[str]) -> dict[str, list[Any]] | None:

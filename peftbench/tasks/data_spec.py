@@ -12,7 +12,7 @@ from peftbench.errors import UsageError, did_you_mean
 FORMATS = ("tsv", "delimited", "json", "jsonl", "label_first")
 SPLIT_ORDER = ("train", "validation", "test")  # the splits a task may have, in this order
 # the keys each mapping of ``data:`` may hold (anything else is a misspelling, reported with a did-you-mean)
-DATA_KEYS = ("fields", "label", "contains", "local", "hub", "validation")
+DATA_KEYS = ("fields", "label", "answer", "contains", "local", "hub", "validation")
 LABEL_KEYS = ("field", "values", "choices_field")
 FILE_KEYS = ("file", "format", "header", "columns", "delimiter", "encoding")
 LOCAL_KEYS = ("folder", "splits", "map", "label_index", *FILE_KEYS[1:])
@@ -57,6 +57,7 @@ class DataSpec:
     label_field: str = "label"
     label_values: dict[str, str] | None = None  # raw value -> label word (its order is the choice order)
     choices_field: str | None = None           # or: each row carries its own answer options
+    answer_field: str | None = None            # or (a generative task): the field holding the answer text
     contains: dict[str, str] = field(default_factory=dict)  # field -> text every row's value must contain
     local_folder: str | None = None
     local_splits: dict[str, list[FileSpec]] = field(default_factory=dict)
@@ -67,6 +68,11 @@ class DataSpec:
     validation: ValidationSpec = field(default_factory=ValidationSpec)  # when the data has no validation split
 
     @property
+    def generative(self) -> bool:
+        """The records hold an answer text to write (``answer``), not choices and a gold index."""
+        return self.answer_field is not None
+
+    @property
     def labels(self) -> list[str] | None:
         return list(self.label_values.values()) if self.label_values else None
 
@@ -74,6 +80,8 @@ class DataSpec:
         out: dict[str, Any] = {"splits": list(self.splits), "fields": self.fields}
         if self.label_values:
             out["labels"] = self.labels
+        if self.answer_field:
+            out["answer"] = self.answer_field
         if self.local_folder:
             out["local"] = {"folder": self.local_folder,
                             "files": {s: [f.file for f in fs] for s, fs in self.local_splits.items()}}
@@ -105,20 +113,13 @@ def parse_data_spec(raw: dict[str, Any], where: str) -> DataSpec:
     fields_ = raw.get("fields")
     if not isinstance(fields_, list) or not fields_ or not all(isinstance(f, str) for f in fields_):
         raise _bad(where, "data.fields must list the record fields the prompt uses (e.g. [sentence]).")
-    label = raw.get("label") or {}
-    if not isinstance(label, dict):
-        raise _bad(where, "data.label must be a mapping: {field: label, values: {raw: word, ...}} or "
-                   "{field: label, choices_field: choices}.")
-    check_keys(label, LABEL_KEYS, where, "data.label")
-    choices_field = label.get("choices_field")
-    spec = DataSpec(fields=list(fields_), label_field=str(label.get("field", "label")),
-                    label_values=_label_values(label, where),
-                    choices_field=str(choices_field) if choices_field else None)
+    spec = _answer_spec(raw, fields_, where) if "answer" in raw else _label_spec(raw, fields_, where)
     contains = raw.get("contains") or {}
-    if not isinstance(contains, dict) or not all(k in spec.fields and isinstance(v, str) and v
+    checked = [*spec.fields, *([spec.answer_field] if spec.answer_field else [])]
+    if not isinstance(contains, dict) or not all(k in checked and isinstance(v, str) and v
                                                  for k, v in contains.items()):
-        raise _bad(where, "data.contains must map fields of data.fields to a text every row's value must "
-                   "contain (e.g. {sentence: '_'}).")
+        raise _bad(where, "data.contains must map fields of data.fields (or data.answer) to a text every row's "
+                   "value must contain (e.g. {sentence: '_'}).")
     spec.contains = {str(k): str(v) for k, v in contains.items()}
     local, hub = raw.get("local"), raw.get("hub")
     if local is None and hub is None:
@@ -132,6 +133,8 @@ def parse_data_spec(raw: dict[str, Any], where: str) -> DataSpec:
     if hub is not None:
         spec.hub = _hub_dataset(hub, where)
         splits |= set(hub["splits"])
+    if (spec.local_label_index or (spec.hub or {}).get("label_index")) and spec.generative:
+        raise _bad(where, "label_index computes a multiple-choice label; a generative task (data.answer) has none.")
     if (spec.local_label_index or (spec.hub or {}).get("label_index")) and spec.label_field != "label":
         raise _bad(where, f"data.label.field is {spec.label_field!r}, but label_index computes the record's 'label' "
                    "(the gold option's index): leave data.label.field out (it defaults to 'label').")
@@ -144,6 +147,30 @@ def parse_data_spec(raw: dict[str, Any], where: str) -> DataSpec:
                        + ("has its own validation split." if "validation" in splits else "has no train split."))
         spec.validation = parse_validation(raw["validation"], where)
     return spec
+
+
+def _label_spec(raw: dict[str, Any], fields_: list[str], where: str) -> DataSpec:
+    """A multiple-choice task's ``data.label``: label words shared by every row, or each row's own options."""
+    label = raw.get("label") or {}
+    if not isinstance(label, dict):
+        raise _bad(where, "data.label must be a mapping: {field: label, values: {raw: word, ...}} or "
+                   "{field: label, choices_field: choices} (or, for a generative task, data.answer: FIELD).")
+    check_keys(label, LABEL_KEYS, where, "data.label")
+    choices_field = label.get("choices_field")
+    return DataSpec(fields=list(fields_), label_field=str(label.get("field", "label")),
+                    label_values=_label_values(label, where),
+                    choices_field=str(choices_field) if choices_field else None)
+
+
+def _answer_spec(raw: dict[str, Any], fields_: list[str], where: str) -> DataSpec:
+    """A generative task's ``data.answer``: the raw row's field holding the text the model is to write."""
+    answer = raw["answer"]
+    if "label" in raw:
+        raise _bad(where, "data has both 'label' (multiple choice: the model picks one of the choices) and "
+                   "'answer' (generative: the model writes the answer); give one.")
+    if not isinstance(answer, str) or not answer.strip():
+        raise _bad(where, f"data.answer must name the row field holding the answer text (e.g. answer), not {answer!r}.")
+    return DataSpec(fields=list(fields_), answer_field=answer)
 
 
 def parse_validation(raw: Any, where: str) -> ValidationSpec:

@@ -1,5 +1,6 @@
-"""One raw row -> the record the lm-eval YAML reads: the task's fields, ``choices`` (the label words, or
-the row's own answer options) and ``label`` (the index of the gold choice). ``map_row`` first derives the
+"""One raw row -> the record the lm-eval YAML reads: the task's fields, then for a multiple-choice task
+``choices`` (the label words, or the row's own answer options) and ``label`` (the index of the gold choice),
+for a generative one ``answer`` (the text the model is to write). ``map_row`` first derives the
 task's fields from a raw row (a hub dataset's, or a local file's with ``data.local.map``)."""
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from peftbench.tasks.data_spec import DataError, DataSpec
 
 def normalize(row: dict[str, Any], spec: DataSpec, where: str, label_values: dict[str, str] | None = None
               ) -> dict[str, Any]:
-    """The record the lm-eval YAML reads: the task's fields, ``choices`` and the gold ``label`` index."""
+    """The record the lm-eval YAML reads: the task's fields, and ``choices`` and the gold ``label`` index (or,
+    for a generative task, ``answer``)."""
     out: dict[str, Any] = {}
     for f in spec.fields:
         value = row.get(f)
@@ -21,6 +23,9 @@ def normalize(row: dict[str, Any], spec: DataSpec, where: str, label_values: dic
         if f in spec.contains and spec.contains[f] not in out[f]:
             raise DataError(f"{where}: field {f!r} must contain {spec.contains[f]!r} (the prompt template needs "
                             f"it): {out[f][:80]!r}")
+    if spec.answer_field is not None:
+        out["answer"] = _answer_text(row, spec, where)
+        return out
     if spec.label_field not in row:
         raise DataError(f"{where}: no label field {spec.label_field!r} (the row has: {', '.join(map(str, row))}).")
     raw = row[spec.label_field]
@@ -35,6 +40,21 @@ def normalize(row: dict[str, Any], spec: DataSpec, where: str, label_values: dic
     out["choices"] = list(values.values())
     out["label"] = list(values).index(key)
     return out
+
+
+def _answer_text(row: dict[str, Any], spec: DataSpec, where: str) -> str:
+    """A generative record's ``answer``: the row's answer text with its line breaks kept (GSM8K's worked
+    solution is one step a line) and its ends stripped; only ``\r\n`` becomes ``\n``."""
+    field = str(spec.answer_field)
+    value = row.get(field)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: answer field {field!r} is missing or empty (the row has: {', '.join(map(str, row))}).")
+    text = value.replace("\r\n", "\n").strip()
+    if field in spec.contains and spec.contains[field] not in text:
+        raise DataError(f"{where}: answer field {field!r} must contain {spec.contains[field]!r}: {text[-80:]!r}")
+    return text
 
 
 def _own_choices(row: dict[str, Any], choices_field: str, raw: Any, where: str) -> tuple[list[str], int]:

@@ -20,11 +20,13 @@ from peftbench.errors import UsageError, unknown
 from peftbench.tasks.checks import check_templates, check_test_labels, record_fields
 from peftbench.tasks.data import PreparedData, prepare_generated
 from peftbench.tasks.data import prepare as prepare_files
+from peftbench.tasks.generation import GENERATE, answer_end
 from peftbench.tasks.lm_eval_yaml import write_config, write_split_config
 from peftbench.tasks.task_file import GENERATORS, BrokenTask, Task, generator, load_task_file
 
 __all__ = ["GENERATORS", "BrokenTask", "Task", "discover_tasks", "example_prompt", "gold_request", "lm_eval_task",
-           "load_task_file", "materialize", "prepare_data", "select_tasks", "task_manager", "training_pairs"]
+           "load_task_file", "materialize", "prepare_data", "scored_request", "select_tasks", "task_manager",
+           "training_pair", "training_pairs"]
 
 
 def builtin_tasks_dir() -> Path:
@@ -195,11 +197,28 @@ def gold_request(lm_task: Any, doc: dict, num_fewshot: int = 0) -> tuple[str, st
     return ctx, f"{lm_task.config.target_delimiter}{target}"
 
 
+def training_pair(lm_task: Any, doc: dict) -> tuple[str, str]:
+    """(prompt, answer) a method is trained on for ``doc``: the gold request lm-eval scores, and for a
+    generative task the answer followed by its first stop sequence (``generation.answer_end``), so that the
+    model learns to stop where scoring stops it."""
+    context, continuation = gold_request(lm_task, doc)
+    return context, continuation + answer_end(lm_task)
+
+
 def training_pairs(lm_task: Any) -> list[tuple[str, str]]:
     """(prompt, answer) for every training document, in the file's order."""
     if not lm_task.has_training_docs():
         raise UsageError(f"lm-eval task {lm_task.config.task!r} has no training split (set training_split).")
-    return [gold_request(lm_task, doc) for doc in lm_task.training_docs()]
+    return [training_pair(lm_task, doc) for doc in lm_task.training_docs()]
+
+
+def scored_request(lm_task: Any, doc: dict, num_fewshot: int = 0) -> tuple[str, dict[str, Any]]:
+    """A generative task's request for ``doc`` as lm-eval builds it for ``generate_until``: (the prompt,
+    the generation settings)."""
+    ctx = lm_task.fewshot_context(doc, num_fewshot)
+    request = lm_task.construct_requests(doc, ctx, metadata=(lm_task.config.task, 0, 1))
+    request = request[0] if isinstance(request, list) else request
+    return request.arguments[0], request.arguments[1]
 
 
 _EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {}
@@ -208,7 +227,8 @@ _EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {}
 def example_prompt(task: Task, include_path: Path) -> dict[str, Any]:
     """The task's first training example as a method is trained on it, beside the same example as lm-eval
     scores it (zero-shot): a run file keeps it so that "the training prompt is the scored prompt" can be
-    checked from the file (``train_context == scored_context``, ``train_target == scored_choices[gold]``)."""
+    checked from the file (``train_context == scored_context``, and ``train_target == scored_choices[gold]``
+    or, for a generative task, ``train_target == scored_target + answer_end``)."""
     key = (str(include_path), task.lm_eval_name)
     if key not in _EXAMPLES:
         lm_task = lm_eval_task(task, include_path)
@@ -220,6 +240,11 @@ def example_prompt(task: Task, include_path: Path) -> dict[str, Any]:
             out.update(scored_context=requests[gold][0], scored_choices=[c for _, c in requests], gold=gold)
             if lm_task.multiple_input:  # one context per option: the continuation is shared
                 out["scored_contexts"] = [c for c, _ in requests]
+        elif lm_task.OUTPUT_TYPE == GENERATE:  # train_target == scored_target + answer_end
+            scored_context, kwargs = scored_request(lm_task, doc)
+            out.update(scored_context=scored_context, scored_choices=None, gold=None,
+                       scored_target=gold_request(lm_task, doc)[1], answer_end=answer_end(lm_task),
+                       until=list(kwargs.get("until") or []), max_gen_toks=kwargs.get("max_gen_toks"))
         else:
             out.update(scored_context=lm_task.fewshot_context(doc, 0), scored_choices=None, gold=None)
         _EXAMPLES[key] = json.loads(json.dumps(out, default=str))

@@ -18,9 +18,11 @@ import yaml
 
 from peftbench.errors import UsageError, did_you_mean
 from peftbench.tasks.data_spec import DataSpec, ValidationSpec, check_keys, parse_data_spec, parse_validation
+from peftbench.tasks.generation import GenerationSpec, generation_spec
 from peftbench.tasks.lm_eval_yaml import read_config
 
-GENERATORS = {"quickstart": "peftbench.tasks.quickstart:generate"}
+GENERATORS = {"quickstart": "peftbench.tasks.quickstart:generate",
+              "quickstart_gen": "peftbench.tasks.quickstart_gen:generate"}
 REQUIRED_FIELDS = ("name", "version", "description", "data", "lm_eval")
 TOP_KEYS = (*REQUIRED_FIELDS, "metric", "retention", "budget", "methods")
 DEVICES = ("cpu", "cuda")
@@ -46,6 +48,7 @@ class Task:
     file: Path | None = None      # the task.yaml it was read from
     validation: ValidationSpec = field(default_factory=ValidationSpec)  # data.validation: carved from train
     split: str = "test"           # the split it is scored on (on_split)
+    generation: GenerationSpec | None = None  # a generative task's scoring (lm-eval generate_until); None: choices
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -108,7 +111,8 @@ class Task:
                 "eval_only": self.eval_only, "data": self.spec.describe() if self.spec else self.data,
                 "validation": self.validation.describe() if self.validation_from == "train" else
                 {"from": "dataset"} if self.validation_from else None,
-                "retention": self.retention, "budget": self.budget, "methods": self.method_overrides}
+                "retention": self.retention, "budget": self.budget, "methods": self.method_overrides,
+                **({"generation": self.generation.describe()} if self.generation else {})}
 
 
 @dataclass
@@ -162,13 +166,17 @@ def load_task_file(path: Path, option_keys: tuple[str, ...] | list[str] | None =
     lm_raw = read_config(lm_file)  # with its include: files merged in, as lm-eval reads it
     if "task" not in lm_raw:
         raise _fail(lm_file, "lm-eval task YAML needs a 'task' name.")
-    metric = str(raw.get("metric", "acc"))
+    generation = generation_spec(lm_raw, lm_file)
+    metric = str(raw.get("metric", "exact_match" if generation else "acc"))
     _check_metric(raw, metric, lm_raw, path, lm_file)
+    if generation and not any(isinstance(m, dict) and m.get("metric") == metric for m in lm_raw.get("metric_list") or []):
+        raise _fail(path, f"metric {metric!r} is not computed by {lm_file} (its metric_list): a generative task's "
+                    "leaderboard metric (default exact_match) must be one of its metrics.")
     budget, methods = _options(raw, path, option_keys)
     return Task(name=name, version=raw["version"], description=str(raw["description"]).strip(),
                 folder=path.parent, data=data, lm_eval_file=lm_file, metric=metric, budget=budget,
                 method_overrides=methods, lm_eval_name=_safe_name(lm_raw["task"], lm_file, "task"), spec=spec,
-                retention=list(retention), file=path, validation=validation)
+                retention=list(retention), file=path, validation=validation, generation=generation)
 
 
 def _safe_name(value: Any, path: Path, key: str) -> str:
