@@ -26,38 +26,6 @@ def test_mean_ci_matches_the_t_interval():
     assert stats.t95(100) == pytest.approx(1.96, abs=1e-3)
 
 
-def test_paired_difference_over_seeds_has_the_known_ci():
-    # differences 0.02, 0.04, 0.06: mean 0.04, sd 0.02, CI 0.04 +- 4.303 * 0.02 / sqrt(3)
-    a = {0: 0.82, 1: 0.84, 2: 0.86}
-    b = {0: 0.80, 1: 0.80, 2: 0.80, 3: 0.9}  # seed 3 has no partner: ignored
-    out = stats.paired_seeds(a, b)
-    half = 4.303 * 0.02 / math.sqrt(3)
-    assert out["diff"] == pytest.approx(0.04) and out["n"] == 3
-    assert out["ci95"] == pytest.approx([0.04 - half, 0.04 + half])
-    assert stats.separable(out) is False  # the CI reaches below 0: not separable
-    assert stats.paired_seeds({0: 1.0}, {0: 0.0}) is None
-
-
-def test_paired_bootstrap_over_examples():
-    same = stats.paired_bootstrap([1, 0, 1, 0], [1, 0, 1, 0])
-    assert same["diff"] == 0 and same["ci95"] == [0, 0]
-    better = stats.paired_bootstrap([1] * 50, [0] * 50)
-    assert better["diff"] == 1 and better["ci95"] == [1, 1] and stats.separable(better)
-    mixed = stats.paired_bootstrap([1, 1, 0, 1] * 25, [1, 0, 0, 1] * 25, seed=3)
-    assert mixed["diff"] == pytest.approx(0.25)
-    lo, hi = mixed["ci95"]
-    assert lo < 0.25 < hi and 0.1 < lo and hi < 0.4   # se of the mean difference ~ 0.043
-    assert mixed == stats.paired_bootstrap([1, 1, 0, 1] * 25, [1, 0, 0, 1] * 25, seed=3)  # deterministic
-    with pytest.raises(ValueError):
-        stats.paired_bootstrap([1], [1, 0])
-
-
-def test_normal_difference():
-    out = stats.normal_diff(0.9, 0.03, 0.8, 0.04)
-    assert out["diff"] == pytest.approx(0.1)
-    assert out["ci95"] == pytest.approx([0.1 - 1.959964 * 0.05, 0.1 + 1.959964 * 0.05])
-
-
 def run(method, task="t", seed=0, acc=0.5, se=0.01, samples=None, **extra):
     r = {"schema_version": 1, "key": f"{method}--{task}--seed{seed}", "method": method, "task": task, "seed": seed,
          "status": "ok", "eval": {"metrics": {"acc": acc}, "stderr": {"acc": se}}, "config": {}, "params": {},
@@ -69,13 +37,27 @@ def run(method, task="t", seed=0, acc=0.5, se=0.01, samples=None, **extra):
 
 
 def test_compare_runs_picks_the_right_interval():
-    seeds = stats.compare_runs([run("a", seed=s, acc=0.8 + 0.01 * s) for s in range(3)],
-                               [run("b", seed=s, acc=0.7) for s in range(3)], "acc")
-    assert seeds["method"] == "paired over seeds" and seeds["diff"] == pytest.approx(0.11)
-    boot = stats.compare_runs([run("a", samples=[1, 1, 0, 1])], [run("b", samples=[1, 0, 0, 1])], "acc")
-    assert boot["method"] == "paired bootstrap over examples" and boot["diff"] == pytest.approx(0.25)
+    # no per-example results, 3 seeds, differences 0.02, 0.04, 0.06: t over seeds, 0.04 +- 4.303 * 0.02 / sqrt(3);
+    # seed 3 of b has no partner in a and is left out
+    a = [run("a", seed=s, acc=v) for s, v in enumerate((0.82, 0.84, 0.86))]
+    b = [run("b", seed=s, acc=v) for s, v in enumerate((0.80, 0.80, 0.80, 0.9))]
+    seeds = stats.compare_runs(a, b, "acc")
+    half = 4.303 * 0.02 / math.sqrt(3)
+    assert seeds["how"].startswith("t over 3 seeds") and "seeds all have" in seeds["how"]
+    assert seeds["diff"] == pytest.approx(0.04) and seeds["ci95"] == pytest.approx([0.04 - half, 0.04 + half], abs=1e-4)
+    assert stats.separable(seeds) is False  # the CI reaches below 0: not separable
+    # one seed each with per-example results: the bootstrap over examples (se of the mean difference 0.043)
+    mixed = stats.compare_runs([run("a", samples=[1, 1, 0, 1] * 25)], [run("b", samples=[1, 0, 0, 1] * 25)], "acc")
+    assert mixed["how"].startswith("paired bootstrap over 100 examples") and mixed["diff"] == pytest.approx(0.25)
+    lo, hi = mixed["ci95"]
+    assert 0.1 < lo < 0.25 < hi < 0.4 and stats.separable(mixed)
+    assert mixed["mcnemar"] == [{"seed": 0, "a_only": 25, "b_only": 0, "p": pytest.approx(2 / 2 ** 25)}]
+    same = stats.compare_runs([run("a", samples=[1, 0, 1, 0])], [run("b", samples=[1, 0, 1, 0])], "acc")
+    assert same["diff"] == 0 and same["ci95"] == [0, 0]
+    # one seed, standard errors only: normal and unpaired, 0.1 +- 1.96 * sqrt(0.03^2 + 0.04^2)
     normal = stats.compare_runs([run("a", acc=0.9, se=0.03)], [run("b", acc=0.8, se=0.04)], "acc")
-    assert normal["method"] == "normal approximation" and normal["ci95"][0] == pytest.approx(0.1 - 1.959964 * 0.05)
+    assert normal["how"].startswith("normal from the recorded standard errors") and normal["mcnemar"] == []
+    assert normal["ci95"] == pytest.approx([0.1 - 1.959964 * 0.05, 0.1 + 1.959964 * 0.05], abs=1e-6)
 
 
 def test_leaderboard_marks_ties_instead_of_ranking():
@@ -126,7 +108,8 @@ def test_claims_on_synthetic_results_with_known_values():
                  params={"trainable_pct": pct})
     latency = {"lora": {"regimes": {"static": [{"batch_size": 1, "prompt_tokens": 8,
                                                "overhead": {"merged": {"ratio": 0.001, "ci95": [-0.004, 0.006]},
-                                                            "unmerged": {"ratio": 0.5, "ci95": [0.45, 0.55]}}}]}}}
+                                                            "unmerged": {"ratio": 0.5, "ci95": [0.45, 0.55]}}}]},
+                        "gpu_others_bytes": None, "host_others_cores": None}}  # looked at, nothing to measure
     out = {(c["id"], c["task"]): c for c in check(runs, latency)}
     gain = out[("lora_share_of_full_gain", "t")]
     assert gain["value"] == pytest.approx(0.392 / 0.4) and gain["verdict"] == "holds"   # 98 %, tight CI
@@ -202,7 +185,7 @@ def test_bf16_merge_claim_is_paired_over_examples_when_they_are_logged():
     prec["unmerged"]["samples"] = {"doc_id": list(range(n)), "acc": ref}
     prec["merge_in_bf16"]["eval"]["samples"] = {"doc_id": list(reversed(range(n))), "acc": list(reversed(flipped))}
     out = {c["id"]: c for c in check([run_], {})}["lora_bf16_merge_drop"]
-    assert out["value"] == pytest.approx(-0.0125) and "paired bootstrap over the examples" in out["how"]
+    assert out["value"] == pytest.approx(-0.0125) and out["how"].startswith("paired bootstrap over 2000 examples")
     lo, hi = out["ci95"]
     # 20 discordant examples: the CI is about +-1.96 * sqrt(20) / 2000 / 0.8 = +-0.55 %, far narrower than the
     # unpaired one from two standard errors of 0.01 (+-3.5 %)

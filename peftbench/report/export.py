@@ -7,9 +7,9 @@ from typing import Any
 from peftbench.report.leaderboard import rows_for_task
 
 EXPORT_COLUMNS = ("task", "method", "seeds", "status", "metric", "score", "stderr", "score_sd", "score_ci_low",
-                  "score_ci_high",
+                  "score_ci_high", "score_how",
                   "vs_best", "vs_best_ci_low", "vs_best_ci_high", "vs_best_method", "tied_with_best", "delta_base",
-                  "pct_of_full_gain", "trainable", "trainable_pct", "peak_memory_bytes", "train_time_s",
+                  "pct_of_full_gain", "pct_of_full_gain_ci_low", "pct_of_full_gain_ci_high", "trainable", "trainable_pct", "peak_memory_bytes", "train_time_s",
                   "tokens_per_s", "artifact_bytes", "latency_unmerged", "latency_merged")
 
 
@@ -24,15 +24,17 @@ def export_rows(session: dict[str, Any], runs: list[dict[str, Any]]) -> list[dic
 
 
 def _record(task: str, metric: str, r: dict[str, Any]) -> dict[str, Any]:
-    """One leaderboard row in ``EXPORT_COLUMNS``, then a ``retention_<task>_delta`` per task kept."""
+    """One leaderboard row in ``EXPORT_COLUMNS``, then a ``retention_<task>_delta`` per task kept. Every
+    interval is the statistics engine's (``stats``; ``score_how`` and ``vs_best_method`` say which procedure)."""
     ci, vs = r.get("score_ci") or [None, None], r.get("vs_best") or {}
-    vci = vs.get("ci95") or [None, None]
+    vci, gci = vs.get("ci95") or [None, None], r.get("pct_of_full_gain_ci") or [None, None]
     rec = {"task": task, "method": r["method"], "seeds": r["seeds"], "status": r["status"], "metric": metric,
            "score": r["score"], "stderr": r["stderr"], "score_sd": r.get("score_sd"), "score_ci_low": ci[0],
-           "score_ci_high": ci[1],
+           "score_ci_high": ci[1], "score_how": r.get("score_how"),
            "vs_best": vs.get("diff"), "vs_best_ci_low": vci[0], "vs_best_ci_high": vci[1],
            "vs_best_method": vs.get("method"), "tied_with_best": r.get("tied_with_best"),
-           "delta_base": r["delta"], "pct_of_full_gain": r["pct_of_full_gain"], "trainable": r["trainable"],
+           "delta_base": r["delta"], "pct_of_full_gain": r["pct_of_full_gain"], "pct_of_full_gain_ci_low": gci[0],
+           "pct_of_full_gain_ci_high": gci[1], "trainable": r["trainable"],
            "trainable_pct": r["trainable_pct"], "peak_memory_bytes": r["peak_memory"],
            "train_time_s": r["train_time"], "tokens_per_s": r["tokens_per_s"],
            "artifact_bytes": r["artifact_bytes"], "latency_unmerged": r["latency_unmerged"],

@@ -6,7 +6,9 @@ import statistics
 from typing import Any
 
 from peftbench.latency.summary import latency_headline
-from peftbench.report.stats import compare_runs, mean_ci, separable
+from peftbench.report.bootstrap import ratio
+from peftbench.report.stats import compare_runs, estimate, mean_ci, score, separable
+from peftbench.results.record import scored_on_test
 from peftbench.system.memory import neighbour_flags
 
 
@@ -24,10 +26,11 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") -> list[dict[str, Any]]:
-    """One row per method (seeds averaged), the base row first, then by score."""
+    """One row per method (seeds averaged), the base row first, then by score. Cells scored on a validation
+    split (a tuning grid's) are left out: rows hold test scores only. Every interval is ``stats``'s."""
     by_method: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
-        if r["task"] == task:
+        if r["task"] == task and scored_on_test(r):
             by_method.setdefault(r["method"], []).append(r)
     base_runs = [r for r in by_method.get("base", []) if r["status"] == "ok"]
     base_score = _mean([_score(r, metric)[0] for r in base_runs])
@@ -36,19 +39,21 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
         ok = [r for r in cells if r["status"] == "ok"]
         statuses = sorted({r["status"] for r in cells})
         scores = [_score(r, metric) for r in ok]
-        score = _mean([s for s, _ in scores])
+        mean = _mean([s for s, _ in scores])
         se = _mean([e for _, e in scores])
         train = [r.get("train") or {} for r in ok]
         lat = [_latency_headline(r.get("latency") or {}) for r in ok]
         reason = next((r.get("reason") or (r.get("error") or {}).get("message") for r in cells
                        if r["status"] != "ok"), None)
         scored = [s for s, _ in scores if s is not None]  # none when the cells were not scored (evaluate=off)
-        seed_ci = mean_ci(scored) if len(scored) >= 2 else None
+        interval = score(ok, metric) if scored else None
         rows.append({
             "method": method, "seeds": len(ok), "status": ",".join(statuses), "reason": reason,
-            "score": score, "stderr": se, "score_ci": seed_ci["ci95"] if seed_ci else None,
-            "score_sd": seed_ci["sd"] if seed_ci else None, "_runs": ok,
-            "delta": (score - base_score) if score is not None and base_score is not None and method != "base" else None,
+            "score": mean, "stderr": se, "score_ci": interval.ci95 if interval else None,
+            "score_how": interval.how if interval else None,
+            "score_sd": mean_ci(scored)["sd"] if len(scored) >= 2 else None, "_runs": ok,
+            "tuning": next((r["tuning"] for r in ok + cells if r.get("tuning")), None),
+            "delta": (mean - base_score) if mean is not None and base_score is not None and method != "base" else None,
             "trainable": _mean([(r.get("params") or {}).get("trainable") for r in ok]),
             "trainable_pct": _mean([(r.get("params") or {}).get("trainable_pct") for r in ok]),
             "peak_memory": _mean([t.get("peak_memory_bytes") for t in train]),
@@ -69,15 +74,24 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
         gain_full = full["delta"] if full else None
         row["pct_of_full_gain"] = (100.0 * row["delta"] / gain_full
                                    if row["delta"] is not None and gain_full not in (None, 0) else None)
+        row["pct_of_full_gain_ci"] = _gain_share_ci(row, full, base_runs, metric)
     rows.sort(key=lambda r: (r["method"] != "base", -(r["score"] if r["score"] is not None else -1e9)))
     _mark_ties(rows, metric)
     return rows
 
 
+def _gain_share_ci(row: dict[str, Any], full: dict[str, Any] | None, base_runs: list[dict[str, Any]],
+                   metric: str) -> list[float] | None:
+    """The 95 % CI of a row's % of full fine-tuning's gain over the base (the claims' share_of_full)."""
+    if row["pct_of_full_gain"] is None or full is None or row["method"] in ("base", "full"):
+        return None
+    out = estimate([row["_runs"], full["_runs"], base_runs], lambda m, f, b: 100.0 * ratio(m - b, f - b), metric)
+    return out.ci95
+
+
 def _mark_ties(rows: list[dict[str, Any]], metric: str) -> None:
-    """Compare every method with the best-scoring one (paired over seeds, or a paired bootstrap over
-    examples, or a normal approximation: see ``stats.compare_runs``); a method whose difference has a 95 %
-    CI containing 0 is tied with the best, not ranked below it."""
+    """Compare every method with the best-scoring one (``stats.compare_runs``: paired on seeds and examples);
+    a method whose difference has a 95 % CI containing 0 is tied with the best, not ranked below it."""
     ranked = [r for r in rows if r["method"] != "base" and r["score"] is not None]
     for r in rows:
         r["vs_best"], r["tied_with_best"] = None, None

@@ -1,6 +1,7 @@
 """Pareto plots: score vs each cost (trainable parameters, peak training memory, training time, inference
-overhead), one point per method with its 95 % CI bar, and the frontier — the methods no other method beats on
-both score and that cost — drawn as a step line. PNG and SVG (matplotlib; ``pip install matplotlib``)."""
+overhead), one point per method with its 95 % CI bar (the leaderboard row's, from the statistics engine),
+and the frontier -- the methods no other method beats on both score and that cost -- drawn as a step line.
+PNG and SVG (matplotlib; ``pip install matplotlib``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 from peftbench.latency.summary import headline_regime
 from peftbench.report.leaderboard import rows_for_task
-from peftbench.report.stats import Z95
 
 COSTS = (  # (row field or latency, axis label, log scale, file suffix)
     ("trainable", "trainable parameters", True, "params"),
@@ -89,13 +89,10 @@ def pareto_plots(session: dict[str, Any], runs: list[dict[str, Any]], latency: d
             if len(pts) < 2:
                 continue
             fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=150)
-            for r, c in pts:
-                if r.get("score_ci"):
-                    lo, hi = r["score_ci"]
-                else:
-                    half = Z95 * (r["stderr"] or 0.0)
-                    lo, hi = r["score"] - half, r["score"] + half
-                ax.errorbar([c], [r["score"]], yerr=[[r["score"] - lo], [hi - r["score"]]], fmt="o", capsize=3)
+            for r, c in pts:  # the leaderboard's CI (the statistics engine's); none measurable: a bare point
+                lo, hi = r.get("score_ci") or (r["score"], r["score"])
+                ax.errorbar([c], [r["score"]], yerr=[[max(r["score"] - lo, 0.0)], [max(hi - r["score"], 0.0)]],
+                            fmt="o", capsize=3)
             front = frontier([(c, r["score"]) for r, c in pts])
             ax.step([c for c, _ in front], [s for _, s in front], where="post", color="grey", linestyle="--",
                     linewidth=1, label="Pareto frontier")
