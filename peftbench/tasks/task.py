@@ -233,7 +233,7 @@ def example_prompt(task: Task, include_path: Path) -> dict[str, Any]:
     if key not in _EXAMPLES:
         lm_task = lm_eval_task(task, include_path)
         doc = next(iter(lm_task.training_docs()))
-        context, target = gold_request(lm_task, doc)
+        context, target = training_pair(lm_task, doc)
         out: dict[str, Any] = {"split": "train", "index": 0, "train_context": context, "train_target": target}
         if lm_task.OUTPUT_TYPE == "multiple_choice":
             requests, gold = _gold_requests(lm_task, doc)
