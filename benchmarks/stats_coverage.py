@@ -67,17 +67,21 @@ def experiment(rng: np.random.Generator, seeds: int, examples: int, seed_sd: flo
 
 def coverage(kind: str, seeds: int, examples: int, seed_sd: float, item_sd: float = 0.3, experiments: int = 1000,
              draws: int = 1000, rng_seed: int = 1) -> dict[str, float]:
-    """Share of ``experiments`` whose 95 % CI of ``kind`` holds its true value; mean CI width."""
+    """Share of ``experiments`` whose 95 % CI of ``kind`` holds its true value (an experiment the engine gives
+    no interval -- a ratio undefined in many draws -- counts as a miss); mean CI width; how many got none."""
     fn, needs = KINDS[kind]
     rng = np.random.default_rng(rng_seed)
-    hits, widths = 0, []
+    hits, widths, none = 0, [], 0
     for _ in range(experiments):
         data, truth = experiment(rng, seeds, examples, seed_sd, item_sd=item_sd)
         out = hierarchical_bootstrap([data[m] for m in needs], fn, draws=draws)
+        if out.ci95 is None:
+            none += 1
+            continue
         lo, hi = out.ci95
         hits += lo <= float(fn(*(truth[m] for m in needs))) <= hi
         widths.append(hi - lo)
-    return {"coverage": hits / experiments, "mean_width": float(np.mean(widths))}
+    return {"coverage": hits / experiments, "mean_width": float(np.mean(widths)), "no_interval": none}
 
 
 GRID = {"kind": tuple(KINDS), "seeds": (1, 2, 3, 5), "examples": (100, 500, 2000), "seed_sd": (0.0, 0.02, 0.1),
@@ -127,10 +131,10 @@ def _readme(meta: dict, cells: list[dict]) -> str:
              "draws each; model in the script's docstring). Coverage: share of experiments whose CI holds the "
              "true value (95 % is right; 1,000 experiments put +-1.4 points of chance on each figure). "
              "seed_sd on the latent scale: 0.02 is about 0.7 points of score, 0.1 about 3.5.", "",
-             "| statistic | seeds | examples | seed_sd | item_sd | coverage | mean CI width (pts) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| statistic | seeds | examples | seed_sd | item_sd | coverage | mean CI width (pts) | no interval |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {c['kind']} | {c['seeds']} | {c['examples']} | {c['seed_sd']:.2f} | {c['item_sd']:.1f} | "
-              f"{c['coverage'] * 100:.1f}% | {c['mean_width'] * 100:.2f} |" for c in cells]
+              f"{c['coverage'] * 100:.1f}% | {c['mean_width'] * 100:.2f} | {c['no_interval']} |" for c in cells]
     return "\n".join(lines) + "\n"
 
 
