@@ -105,7 +105,7 @@ def test_claims_on_synthetic_results_with_known_values():
             run("qlora", acc=0.88, se=0.0001)]
     for r, mem, secs, art, pct in ((runs[1], 100, 10.0, 1000, 100.0), (runs[2], 40, 12.0, 5, 1.5)):
         r.update(train={"peak_memory_bytes": mem, "wall_time_s": secs}, artifact={"bytes": art},
-                 params={"trainable_pct": pct})
+                 params={"trainable_pct": pct}, gpu_others_bytes=0, host_others_cores=0.0)  # measured alone
     latency = {"lora": {"regimes": {"static": [{"batch_size": 1, "prompt_tokens": 8,
                                                "overhead": {"merged": {"ratio": 0.001, "ci95": [-0.004, 0.006]},
                                                             "unmerged": {"ratio": 0.5, "ci95": [0.45, 0.55]}}}]},
@@ -129,7 +129,9 @@ def test_claims_on_synthetic_results_with_known_values():
     assert shared[("lora_trains_faster", "t")]["verdict"] == "inconclusive (timing suspect)"
     assert shared[("lora_trains_faster", "t")]["how"].endswith("timing suspect: GPU shared")
     assert shared[("lora_less_memory", "t")]["verdict"] == out[("lora_less_memory", "t")]["verdict"]
-    del runs[2]["gpu_others_bytes"]
+    del runs[2]["gpu_others_bytes"]  # a file that does not record its neighbours counts as contended
+    unrecorded = {(c["id"], c["task"]): c for c in check(runs, latency)}[("lora_trains_faster", "t")]
+    assert unrecorded["verdict"] == "inconclusive (timing suspect)" and "neighbours not recorded" in unrecorded["how"]
     assert ("series_adapter_latency", "latency") not in out  # no adapter latency: not measured, not listed
     # a timing the harness doubts decides nothing: its own sanity check failed, or a shared GPU / busy host
     for doubt, why in (({"sanity": [{"regime": "static", "ok": False}]}, "its sanity check failed"),

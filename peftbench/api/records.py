@@ -97,3 +97,4 @@ class EvalResult:
     wall_time_s: float
     lm_eval: dict[str, Any]          # lm-eval's own result block, unchanged
     samples: dict[str, list[Any]] | None = None  # per-example metric values by doc_id (paired bootstraps)
+    generation: dict[str, Any] | None = None    # generative tasks: what generating the answers cost (tokens, s)

@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +92,8 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Ev
         return result
     cost = {**lm.generation.describe(), "batch_size": cfg.eval_batch_size, **task.generation.describe(),
             "examples": json.loads(json.dumps(examples(samples, task.metric), default=str))}
-    return GenerativeEvalResult(**vars(result), generation=cost)
-
-
-@dataclass
-class GenerativeEvalResult(EvalResult):
-    """A generative task's scores, with what generating the answers cost (``evaluate.generation``)."""
-
-    generation: dict[str, Any] | None = None
+    result.generation = cost
+    return result
 
 
 def per_example(samples: list[dict[str, Any]], metrics: list[str]) -> dict[str, list[Any]] | None:

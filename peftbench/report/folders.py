@@ -10,6 +10,7 @@ from peftbench.errors import UsageError
 from peftbench.report.latency_table import latency_tables, run_latencies
 from peftbench.report.leaderboard_table import leaderboard_tables
 from peftbench.report.merge_table import merge_tables
+from peftbench.report.tuning_table import tuning_tables
 
 
 def folder_data(output: Path) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def folder_report(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]], A
         failed = {m: r for m, r in results.items() if r.get("status") != "ok"}
         return (latency_tables(ok, title=f"{model} ({gpu}) — ") if ok else []), failed, None
     runs = data["runs"]
-    tables = leaderboard_tables(session, runs) + merge_tables(runs)
+    tables = leaderboard_tables(session, runs) + tuning_tables(runs) + merge_tables(runs)
     for task, lats in run_latencies(runs).items():
         tables += latency_tables(lats, title=f"{task} — ")
     return tables, {}, data.get("gaps")

@@ -145,7 +145,7 @@ def mixed_loops(runs: list[dict[str, Any]]) -> dict[str, str] | None:
 
 def _columns(metric: str, rows: list[dict[str, Any]], kept: list[str], show_latency: bool) -> list[tuple[str, str]]:
     """(header, justification) of each column."""
-    score = f"{metric} [95% CI]" if any(r["seeds"] > 1 for r in rows) else f"{metric} ± se"
+    score = f"{metric} [95% CI]" if any(r.get("score_ci") for r in rows) else f"{metric} ± se"
     costs = ("vs best", "Δ base", "% of full gain", "trainable", "peak mem", "train s", "tok/s", "artifact")
     latency = ("lat. unmerged", "lat. merged") if show_latency else ()
     return [("method", "left"), (score, "right"), *((col, "right") for col in costs),
@@ -155,8 +155,8 @@ def _columns(metric: str, rows: list[dict[str, Any]], kept: list[str], show_late
 def _caption(kept: list[str], show_latency: bool) -> str:
     return ("chance / majority class: the score of a uniform guess / of always giving the test set's most "
             "frequent answer; a task where no method's 95% CI clears both is marked uninformative; "
-            "vs best: the difference to the best method with its 95% CI (paired over seeds, else a paired "
-            "bootstrap over examples, else from the standard errors); '≈ best' = the CI contains 0, a tie, "
+            "95% CIs: a bootstrap over seeds and test examples, paired across methods (docs/statistics.md); "
+            "vs best: the difference to the best method with its CI; '≈ best' = the CI contains 0, a tie, "
             "not a rank; "
             "Δ base: score minus the zero-shot base; % of full gain: Δ / full fine-tuning's Δ; "
             + ("latency: decode time per token vs the base model (+x% slower), at the latency grid's first "

@@ -12,11 +12,10 @@ from typing import Any
 
 from peftbench.latency.summary import headline_regime
 from peftbench.report.bootstrap import Interval, ratio
-from peftbench.report.doubts import SUSPECT, timing_doubts
+from peftbench.report.doubts import SUSPECT, runs_timing_doubts, timing_doubts
 from peftbench.report.leaderboard import merge_variant
 from peftbench.report.stats import Scored, estimate, estimate_scored
 from peftbench.results.record import scored_on_test
-from peftbench.system.memory import neighbour_flags
 
 
 # ---- the evidence: runs by task and method, latency by method --------------------------------------------
@@ -75,7 +74,7 @@ def ratio_to(ev: Evidence, task: str, method: str, reference: str, field: str) -
     if not a or not b:
         return None, None, ""
     how = f"one measurement each ({len(a)} and {len(b)} runs)"
-    flags = sorted({f for r in runs_a + runs_b for f in neighbour_flags(r)}) if field == "train_time" else []
+    flags = runs_timing_doubts(runs_a + runs_b) if field == "train_time" else []
     return statistics.fmean(a) / statistics.fmean(b), None, how + (f"; {SUSPECT}: {', '.join(flags)}" if flags else "")
 
 
