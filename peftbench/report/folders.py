@@ -100,14 +100,23 @@ def load_folders(folders: list[Path], allow_mixed: bool = False, by_model: bool 
 
 def _add_runs(runs: list[dict[str, Any]], latency: dict[str, dict[str, dict[str, Any]]], new: list[dict[str, Any]],
               folder: Path) -> None:
-    """Append one folder's runs, refusing a cell an earlier folder already holds (of the same model); note each
-    method's latency under its model."""
-    seen = {(r["model"], r["method"], r["task"], r["seed"]) for r in runs}
+    """Append one folder's runs, refusing a cell an earlier folder already holds a result for (of the same
+    model); a cell one folder left without a result (cancelled, e.g. by a command's time limit) and another
+    finished is taken from the one that finished it. Note each method's latency under its model."""
+    seen = {(r["model"], r["key"]): i for i, r in enumerate(runs)}
     for r in new:
-        if (r["model"], r["method"], r["task"], r["seed"]) in seen:
-            raise UsageError(f"{folder}: {r['key']} is also in an earlier folder; merge sessions of different "
-                             "cells only (or pass one of them).")
-        runs.append(r)
+        earlier = seen.get((r["model"], r["key"]))
+        if earlier is not None:
+            done = [x.get("status") == "ok" for x in (runs[earlier], r)]
+            if all(done):
+                raise UsageError(f"{folder}: {r['key']} is also in an earlier folder; merge sessions of different "
+                                 "cells only (or pass one of them).")
+            if not done[1]:
+                continue
+            runs[earlier] = r  # the earlier folder's copy had no result
+        else:
+            seen[(r["model"], r["key"])] = len(runs)
+            runs.append(r)
         lat = r.get("latency") or {}
         if r.get("status") == "ok" and lat.get("regimes"):
             latency.setdefault(r["model"], {}).setdefault(r["method"], lat)

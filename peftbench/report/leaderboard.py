@@ -62,7 +62,7 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
             "artifact_bytes": _mean([(r.get("artifact") or {}).get("bytes") for r in ok]),
             "latency_unmerged": _mean([x.get("unmerged") for x in lat]),
             "latency_merged": _mean([x.get("merged") for x in lat]),
-            "retention": _retention(ok),
+            "retention": _retention(ok, base_runs if method != "base" else ()),
             "merge_ok": all((r.get("merge") or {}).get("ok", True) for r in ok) if ok else None,
             "reload_ok": all((r.get("reload") or {}).get("ok", True) for r in ok) if ok else None,
             # judged again from each stored entry: older files stored the lenient verdict (CI spanning 0 passed)
@@ -107,14 +107,19 @@ def _mark_ties(rows: list[dict[str, Any]], metric: str) -> None:
         r["tied_with_best"] = None if sep is None else not sep
 
 
-def _retention(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per retention task: mean score and mean change vs the base model over the seeds (forgetting < 0)."""
+def _retention(runs: list[dict[str, Any]], base_runs: list[dict[str, Any]] = ()) -> dict[str, dict[str, float | None]]:
+    """Per retention task: mean score and mean change vs the base model over the seeds (forgetting < 0). A
+    cell that ran beside its base row (another shard) has no base score to subtract: it is taken from the
+    base row's own retention score of that task."""
     names = list(dict.fromkeys(n for r in runs for n in (r.get("retention") or {})))
     out = {}
     for name in names:
         entries = [(r.get("retention") or {}).get(name) or {} for r in runs]
+        base = _mean([((b.get("retention") or {}).get(name) or {}).get("score") for b in base_runs])
+        deltas = [e.get("delta") if e.get("delta") is not None or base is None or e.get("score") is None
+                  else e["score"] - base for e in entries]
         out[name] = {"score": _mean([e.get("score") for e in entries]),
-                     "delta": _mean([e.get("delta") for e in entries]),
+                     "delta": _mean(deltas),
                      "stderr": _mean([e.get("stderr") for e in entries]),
                      "errors": sum(1 for e in entries if e.get("error"))}  # seeds whose scoring failed
     return out
