@@ -441,3 +441,14 @@ def test_a_shard_ending_while_another_still_writes_says_so(tmp_path, monkeypatch
     assert code == 0 and "still being written by another shard" in " ".join(err.split())
     code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(tmp_path / "alone")], capsys)
     assert code == 2 and "sha256 differs" in err   # a single process: a real mismatch, reported as such
+
+
+def test_methods_lists_option_names_and_names_show_each_options_help(capsys):
+    code, out, _ = run_cli(["methods"], capsys)
+    assert code == 0 and "alpha" in out and "scaling numerator" not in out
+    code, out, _ = run_cli(["methods", "--json", "lora", "peft:vera"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["name"] for r in rows] == ["lora", "peft-vera"]
+    assert all(o["help"] for r in rows for o in r["options"])
+    code, _, err = run_cli(["methods", "lorra"], capsys)
+    assert code == 2 and "Did you mean 'lora'" in err

@@ -27,23 +27,43 @@ def _print(table) -> None:
 
 
 @click.command()
+@click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]),
               help="check availability for this device")
 @click.pass_obj
-def methods(host, as_json, device):
-    """List methods: plugin, capabilities, availability, options."""
+def methods(host, names, as_json, device):
+    """List methods: plugin, capabilities, availability, options (NAMES: only these, with each option's
+    default and help)."""
     rows = catalog.describe_methods(host, device)
+    if names:
+        rows = _named(rows, names)
     if as_json:
         print_json(rows)
         return
-    t = _table("methods", ("name", "plugin", "capabilities", "available", "options"))
+    t = _table("methods" + ("" if names else " (peftbench methods NAME: each option's default and help)"),
+               ("name", "plugin", "capabilities", "available", "options"))
     for r in rows:
         caps = ", ".join(k for k, v in (r["capabilities"] or {}).items() if v is True)
-        opts = "\n".join(f"{o['name']}={o['default']}  {o['help']}" for o in r["options"])
+        if names:
+            opts = "\n".join(f"{o['name']}={o['default']}  {o['help']}" for o in r["options"])
+        else:  # forty-odd PEFT tuners with their whole help would be thousands of lines
+            opts = ", ".join(o["name"] for o in r["options"])
         avail = "yes" if r["available"] else f"no: {r['reason']}"
         t.add_row(r["name"] + (f"\n({', '.join(r['aliases'])})" if r["aliases"] else ""), r["plugin"], caps, avail, opts)
     _print(t)
+
+
+def _named(rows: list[dict], names: tuple[str, ...]) -> list[dict]:
+    """The rows of ``names`` (a method's name or alias), in the order asked; an unknown name is a UsageError."""
+    from peftbench.errors import UsageError, did_you_mean
+
+    known = {n: r for r in rows for n in (r["name"], *(r.get("aliases") or []))}
+    for name in names:
+        if name not in known:
+            raise UsageError(f"Unknown method {name!r}.{did_you_mean(name, list(known))} `peftbench methods` lists "
+                             "them all.")
+    return list({known[n]["name"]: known[n] for n in names}.values())
 
 
 @click.command()
