@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ LIMITS = """\
 - **One budget per task** (the same optimizer steps and examples for every method) and each method's
   default learning rate; no per-method tuning. A method that needs more steps or another learning rate
   is at a disadvantage that tuning could remove.
-- **Three seeds.** The CIs are over seeds and test examples; differences inside them are not findings
-  (the leaderboard marks ties with the best).
+- **Three seeds.** The CIs are the hierarchical bootstrap over seeds and test examples
+  ([statistics.md](statistics.md)); differences inside them are not findings (the leaderboard marks ties
+  with the best).
 - **Latency is for batch-1 decoding of short prompts** in the cells; the latency grid of docs/latency.md
   covers more shapes.
 """
@@ -251,10 +253,16 @@ def shared_flags(runs: list[dict[str, Any]]) -> str:
     return " / ".join(repr(f) for f in sorted({f for r in runs if r["status"] == "ok" for f in neighbour_flags(r)}))
 
 
-def headline_note(runs: list[dict[str, Any]]) -> str:
-    """What the headline cannot show by itself: cells still pending, and cost columns measured on a shared
-    GPU or busy host. Empty when every cell is ok and was measured alone."""
+def headline_note(runs: list[dict[str, Any]], uninformative: dict[str, str] | None = None) -> str:
+    """What the headline cannot show by itself: cells still pending, tasks where no method beats a fixed guess
+    (``uninformative``: task -> why, from ``report.claims.uninformative``), and cost columns measured on a
+    shared GPU or busy host. Empty when every cell is ok, informative and measured alone."""
     notes = []
+    if uninformative:
+        why = "; ".join(f"{t}: {w}" for t, w in uninformative.items())
+        notes.append(f"**Uninformative**: {' and '.join(uninformative)} separate no method from guessing ({why}), "
+                     "so their columns rank nothing and decide no claim "
+                     "([docs/results.md](docs/results.md), \"Claims\").")
     ok = sum(r["status"] == "ok" for r in runs)
     if ok < len(runs):
         notes.append(f"**Partial**: {ok} of {len(runs)} cells are done so far (the rest are pending GPU sessions; "
@@ -267,7 +275,8 @@ def headline_note(runs: list[dict[str, Any]]) -> str:
     return "\n\n".join(notes)
 
 
-def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[str, Any]] | None = None) -> str:
+def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[str, Any]] | None = None,
+             uninformative: dict[str, str] | None = None) -> str:
     """The README's headline: each method's score on every task (mean over seeds, with the 95 % CI) and its
     cost, from the same leaderboard rows as the document, with ``headline_note`` below it."""
     methods = list(dict.fromkeys(r["method"] for r in records))
@@ -299,7 +308,7 @@ def headline(records: list[dict[str, Any]], tasks: list[str], runs: list[dict[st
         tps = "—" if cost.get("tokens_per_s") is None else f"{cost['tokens_per_s']:,.0f}"
         label = "base (zero-shot)" if m == "base" else m
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {trainable} | {memory} | {tps} |")
-    note = headline_note(runs or [])
+    note = headline_note(runs or [], uninformative)
     return "\n".join(rows) + (f"\n\n{note}" if note else "")
 
 
@@ -307,8 +316,8 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
     """(docs/results.md's text, the README headline block or None, the plot files written). The document links
     the plots in ``plots``; they are written to ``plot_out`` (default: ``plots``; --check writes them aside)."""
     plot_out = plot_out or plots
-    from peftbench.report.claims import check
-    from peftbench.report.claims_table import claims_table
+    from peftbench.report.claims import check, uninformative
+    from peftbench.report.claims_table import claims_tables
     from peftbench.report.export import export_rows
     from peftbench.report.folders import load_folders, merged_session
     from peftbench.report.latency_table import latency_tables, run_latencies
@@ -343,9 +352,10 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
             old.unlink()
         files = pareto_plots(session, runs, merged["latency"], plot_out, formats=("png",))
         out += ["## Pareto plots", ""] + [f"![{p.stem}]({_rel(plots / p.name, doc.parent)})" for p in sorted(files)] + [""]
-        verdicts = check(runs, merged["latency"])
-        out += ["## Claims", "", _md([claims_table(verdicts)]) if verdicts else "No claim can be measured.", ""]
-        head = headline(export_rows(session, runs), tasks, runs)
+        verdicts = check(runs, merged["latency"], tasks=session.get("tasks"))
+        out += ["## Claims", "", claims_intro(verdicts, session.get("tasks") or {}),
+                "", _md(claims_tables(verdicts)) if verdicts else "No claim can be measured.", ""]
+        head = headline(export_rows(session, runs), tasks, runs, uninformative(runs, session.get("tasks") or {}))
         flags = shared_flags(runs)
         if flags:
             limits += ("- **Cost columns measured beside other work.** Cells marked "
@@ -358,6 +368,28 @@ def render(ref: Path, plots: Path, doc: Path, plot_out: Path | None = None) -> t
     out += ["## Cost at 8B scale", "", shape_section(shape), "",
             "## What these numbers do and do not show", "", limits]
     return "\n".join(out).rstrip() + "\n", head, files
+
+
+def claims_intro(verdicts: list[dict[str, Any]], tasks: dict[str, dict[str, Any]]) -> str:
+    """What the claims table rests on: the intervals' procedure, and each task excluded as uninformative (no
+    method's 95 % CI clears its chance or majority baseline) with the task's own description and the reason."""
+    text = ("Each claim's 95 % CI is the hierarchical bootstrap over seeds and test examples described in "
+            "[statistics.md](statistics.md), the same engine as the leaderboards' intervals; the claims and their "
+            "sources are in [claims.md](claims.md).")
+    excluded: dict[str, str] = {}
+    for v in verdicts:
+        if v["verdict"].startswith("excluded (uninformative: "):
+            excluded.setdefault(v["task"], v["verdict"][len("excluded (uninformative: "):-1])
+    if not excluded:
+        return text
+    names = " and ".join(f"`{t}`" for t in excluded)
+    text += (f" {names} {'is' if len(excluded) == 1 else 'are'} uninformative on this model: their score claims "
+             "are *excluded* and decide no claim, whatever their figures, since no method is shown to do "
+             "better than a fixed guess:\n")
+    for task, why in excluded.items():
+        about = re.split(r"[.:] ", (tasks.get(task) or {}).get("description") or "")[0].rstrip(".")  # 1st clause
+        text += f"\n- `{task}`{f' ({about})' if about else ''}: {why}."
+    return text
 
 
 def _rel(p: Path, start: Path = ROOT) -> str:
@@ -381,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path, default=ROOT / "results/reference")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs/results.md")
-    ap.add_argument("--plots", type=Path, default=ROOT / "docs/results/plots")
+    ap.add_argument("--plots", type=Path, default=ROOT / "docs/results/reference-plots")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
     args = ap.parse_args(argv)

@@ -116,6 +116,24 @@ def test_the_headline_says_when_it_is_partial_or_its_cost_was_shared():
     shared = [dict(alone[0], gpu_others_bytes=8 * 2**30), dict(alone[1], host_others_cores=3.0)]
     note = headline_note(shared)
     assert "Partial" not in note and "'GPU shared' / 'host busy'" in note
+    why = "no method's 95 % CI clears the majority class (0.622)"
+    note = headline_note(alone, {"boolq": why})
+    assert note.startswith(f"**Uninformative**: boolq separate no method from guessing (boolq: {why})")
+
+
+def test_the_claims_section_names_the_interval_and_each_excluded_task():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_results import claims_intro
+
+    why = "no method's 95 % CI clears the majority class (0.622)"
+    verdicts = [{"task": "boolq", "verdict": f"excluded (uninformative: {why})"},
+                {"task": "sst2", "verdict": "inconclusive"}, {"task": "boolq", "verdict": "does not hold (no CI)"}]
+    tasks = {"boolq": {"description": "Yes/no questions asked without their passage: tests what it knows. Train 9"}}
+    text = claims_intro(verdicts, tasks)
+    assert "hierarchical bootstrap" in text and "[statistics.md](statistics.md)" in text
+    assert "`boolq` is uninformative on this model" in text and "sst2`" not in text
+    assert text.endswith(f"\n- `boolq` (Yes/no questions asked without their passage): {why}.")
+    assert "uninformative" not in claims_intro(verdicts[1:], tasks)
 
 
 def test_the_committed_results_doc_is_what_results_reference_gives():
