@@ -87,7 +87,10 @@ def blocks(markdown: str, start: int = 0) -> list[tuple[str, int, int]]:
             for m in pattern.finditer(markdown, start)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help, not a rewrite
     changed = []
     cursor: dict[str, int] = {}  # per doc: tables are matched in order, so equal titles stay apart
     texts: dict[str, str] = {}
