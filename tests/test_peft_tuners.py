@@ -114,7 +114,8 @@ def test_listing_shows_measured_capabilities_and_peft_help():
     assert vera["capabilities"]["mergeable"] is True and lily["capabilities"]["mergeable"] is False
     r = next(o for o in vera["options"] if o["name"] == "r")
     assert r["default"] == 256 and r["help"] == "Vera attention dimension"  # PEFT's default and help
-    assert rows["peft-prompt_tuning"]["available"] is False and "virtual-token" in rows["peft-prompt_tuning"]["reason"]
+    assert rows["peft-prompt_tuning"]["capabilities"]["virtual_tokens"] is True
+    assert rows["peft-poly"]["available"] is False and "multi-task" in rows["peft-poly"]["reason"]
 
 
 # ---- options ------------------------------------------------------------------------------------------------
@@ -188,3 +189,75 @@ def test_a_session_runs_tuners_by_their_colon_names(tmp_path):
     assert all(r["reload"]["ok"] for r in results.values())
     assert (tmp_path / "s" / "runs" / "peft-vera--quickstart--seed0.json").is_file()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_session_runs_tuners_of_four_families_end_to_end_with_lm_eval(tmp_path):
+    """Real cells (training, lm-eval scoring, merge and reload checks, latency) for a vector-scaling, an
+    orthogonal, a rescaling and a virtual-token tuner."""
+    from peftbench.session.runner import Session, SessionConfig
+
+    methods = ["peft:vera", "peft:oft", "peft:ia3", "peft:prompt_tuning"]
+    session = Session(SessionConfig(methods=methods, model="tiny:llama", device="cpu", output=tmp_path / "s",
+                                    sets=FAST, cache_dir=tmp_path / "cache"),
+                      host=make_plugin_manager(load_entrypoints=False))
+    results = {r["method"]: r for r in session.run() if r["method"] != "base"}
+    assert sorted(results) == ["peft-ia3", "peft-oft", "peft-prompt_tuning", "peft-vera"]
+    assert all(r["status"] == "ok" for r in results.values()), {m: r.get("error") for m, r in results.items()}
+    for name, r in results.items():
+        assert r["eval"]["n_samples"] == 8 and 0.0 <= r["eval"]["metrics"]["acc"] <= 1.0
+        assert r["reload"]["ok"] and r["merge"]["supported"] is (name != "peft-prompt_tuning")
+        assert name == "peft-prompt_tuning" or r["merge"]["ok"]
+        assert r["latency"]["errors"] == [] and "unmerged" in r["latency"]["modes"]
+    assert results["peft-prompt_tuning"]["capabilities"]["virtual_tokens"] is True
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# ---- virtual tokens: the logits are the task tokens', the tokens stay in place ----------------------------
+
+def _prompt_tuned(registry):
+    import torch
+
+    method = registry.get("peft:prompt_tuning")
+    model, tok = tiny_llama()
+    torch.manual_seed(0)
+    prepared = method.prepare(model, method.make_config({}))
+    with torch.no_grad():
+        for _, p in method.trainable_parameters(prepared):
+            p.add_(torch.randn_like(p))  # a prompt far from its start, so that it visibly changes the output
+    return method, prepared.eval(), tok
+
+
+def test_virtual_token_logits_have_the_task_length_and_are_peft_s_after_its_tokens(registry):
+    import torch
+
+    method, model, tok = _prompt_tuned(registry)
+    n = model.peft_config["default"].num_virtual_tokens
+    ids = torch.tensor([tok("Sentence: the cat sat\nTag:")["input_ids"]])
+    with torch.no_grad():
+        raw = model.peft(input_ids=ids).logits  # PEFT's own: the virtual tokens' positions first
+        got = method.inference_model(model)(input_ids=ids).logits
+        base = model.get_base_model()(input_ids=ids).logits
+    assert n == 20 and raw.shape[1] == ids.shape[1] + n and got.shape == base.shape
+    assert torch.equal(got, raw[:, n:])
+    assert float((got - base).abs().max()) > 1e-3  # the prompt reaches the task tokens' logits
+
+
+def test_lm_eval_scores_a_virtual_token_tuner_on_the_task_tokens(registry):
+    """lm-eval's loglikelihood of a continuation equals the log-probabilities read off PEFT's logits at the
+    continuation's own positions (after the virtual tokens)."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    method, model, tok = _prompt_tuned(registry)
+    n = model.peft_config["default"].num_virtual_tokens
+    context, continuation = "Sentence: the cat sat\nTag:", " dax"
+    lm = HFLM(pretrained=method.inference_model(model), tokenizer=tok, batch_size=1, device="cpu")
+    request = Instance("loglikelihood", {}, (context, continuation), 0)
+    (got, _), = lm.loglikelihood([request], disable_tqdm=True)
+    whole, ctx = lm.tok_encode(context + continuation), lm.tok_encode(context)
+    cont = whole[len(ctx):]
+    with torch.no_grad():
+        logp = model.peft(input_ids=torch.tensor([whole[:-1]])).logits[0, n:].log_softmax(-1)
+    expected = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+    assert got == pytest.approx(expected, abs=1e-4)

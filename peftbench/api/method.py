@@ -45,6 +45,9 @@ class Capabilities:
     """The method cannot run without a CUDA device."""
     can_stack: bool = False
     """``stacked(model, n)`` activates ``n`` copies of the method's modules at once (for latency)."""
+    virtual_tokens: bool = False
+    """The method puts learned tokens in front of the input (prompt tuning): the model computes over more
+    positions than the task's, and its latency includes them."""
 
     def latency_modes(self, stack: tuple[int, ...] = (2, 4)) -> tuple[str, ...]:
         """Inference modes the latency timer measures for this method, besides ``base``."""

@@ -47,8 +47,15 @@ FITS: dict[tuple[str, str], Fit] = {
                                                lambda d, s, n: min(d, n)),
 }
 
+# Prompt tuning (Lester et al., 2021, https://arxiv.org/abs/2104.08691, section 3.2): 20 tokens reach most of
+# the gain of longer prompts; peftbench uses that length for every virtual-token tuner (PEFT has no default).
+VIRTUAL_TOKENS = 20
+_VIRTUAL_WHY = "peftbench's default 20 is prompt tuning's (Lester et al., 2021; PEFT has none)"
+
 # PEFT has no default; peftbench's is the method paper's (above)
 OWN_DEFAULTS: dict[tuple[str, str], tuple[Any, str]] = {
+    **{(key, "num_virtual_tokens"): (VIRTUAL_TOKENS, _VIRTUAL_WHY) for key in ("cartridge", "p_tuning", "prefix_tuning",
+                                                                               "prompt_tuning")},
     ("adaption_prompt", "adapter_len"): (ADAPTER_LEN, "peftbench's default 10 is LLaMA-Adapter's (PEFT has none)"),
 }
 

@@ -57,9 +57,21 @@ class PeftTunerMethod(Method):
 
         cfg = self.peft_config(config, model)
         try:
-            return peft.get_peft_model(model, cfg)
+            return self._in_place(peft.get_peft_model(model, cfg))
         except (ValueError, TypeError, NotImplementedError) as e:
             raise ConfigError(f"{self.name} does not fit this model with these options: {e}") from None
+
+    def _in_place(self, peft_model: Any) -> Any:
+        """A virtual-token tuner's PeftModel as a model whose logits are the task tokens' (virtual.py)."""
+        if not self.capabilities.virtual_tokens:
+            return peft_model
+        from .virtual import VirtualTokenModel
+
+        return VirtualTokenModel(peft_model)
+
+    def inference_model(self, model):
+        # without the PeftModel a virtual-token tuner's tokens would not be in place
+        return model if self.capabilities.virtual_tokens else super().inference_model(model)
 
     def merge(self, model):
         if not self.capabilities.mergeable:
@@ -91,7 +103,7 @@ class PeftTunerMethod(Method):
     def load(self, directory: Path, base_model, config):
         import peft
 
-        return peft.PeftModel.from_pretrained(base_model, str(directory))
+        return self._in_place(peft.PeftModel.from_pretrained(base_model, str(directory)))
 
 
 @functools.cache
@@ -109,7 +121,8 @@ def build_class(key: str, facts: dict[str, Any]) -> type[PeftTunerMethod]:
     attrs = {
         "name": method_name(key), "key": key, "tuner": facts,
         "Config": make_config_class(key, facts["options"]),
-        "capabilities": Capabilities(mergeable=caps["mergeable"], can_disable=caps["can_disable"]),
+        "capabilities": Capabilities(mergeable=caps["mergeable"], can_disable=caps["can_disable"],
+                                     virtual_tokens=facts["prompt_style"]),
         "default_lr": spec.lr, "default_grid": dict(spec.grid),
         "description": f"{facts['peft_type']} ({what}, peft {facts['peft_version']}): {merge}",
         "__module__": "peftbench_plugins.peft_tuners.classes",

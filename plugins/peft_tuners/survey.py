@@ -11,6 +11,7 @@ initial values (seeded noise) so the adapter changes the output, then
 * ``can_disable``: logits inside PEFT's ``disable_adapter()`` equal the base model's (within ``TOL``);
 * ``mergeable``: ``merge_adapter`` reproduces the unmerged logits, ``unmerge_adapter`` restores them, and
   ``merge_and_unload`` gives the same logits (each within ``TOL``);
+* its forward pass must run with the model cast to bfloat16 (a run's merge check for bf16 serving does so);
 
 and finally peftbench's method contract suite (``peftbench.testing.MethodContract``) runs on the method so
 made. A tuner that fails any of it is listed, not offered, with the failure as its reason.
@@ -148,6 +149,21 @@ def _measure(key: str, facts: dict[str, Any]) -> str:
     caps = facts["capabilities"]
     caps["can_disable"] = _same(lambda: _disabled_logits(model, ids), reference, bound)
     caps["mergeable"] = _mergeable(model, ids, adapted, bound)
+    return _bf16_failure(model, ids)
+
+
+def _bf16_failure(model, ids) -> str:
+    """Why the tuner cannot run cast to bfloat16 ('' if it can): a run checks merging for bf16 serving."""
+    import torch
+
+    from peftbench.latency.casting import cast_floating
+    from peftbench.testing import logits
+
+    try:
+        logits(cast_floating(copy.deepcopy(model), torch.bfloat16), ids)
+    except Exception as e:
+        return (f"cast to bfloat16 (a run's merge check for bf16 serving does so) its forward pass raises "
+                f"{type(e).__name__}: {_short(e)}")
     return ""
 
 

@@ -39,9 +39,6 @@ NEEDS_STEP_HOOK = ("AdaLoRA reallocates its ranks through update_and_allocate() 
                    "SVD parametrisation, not as AdaLoRA")
 MULTI_TASK = ("a multi-task tuner: every example needs a task id (task_ids), and a peftbench run trains on one "
               "task")
-VIRTUAL_TOKENS = ("a virtual-token (prompt-style) tuner: peftbench's evaluation (lm-eval) and latency harness "
-                  "feed the model the task's tokens only, so its tokens would not be in place")
-
 TUNERS: dict[str, Tuner] = {
     "lora": Tuner(1e-4, _exp("lora/llama-3.2-3B-rank64-rslora", 0.513), RANK),
     "dora": Tuner(1e-4, _exp("lora/llama-3.2-3B-rank32-dora", 0.469), RANK, base="lora",
@@ -53,7 +50,7 @@ TUNERS: dict[str, Tuner] = {
     "beft": Tuner(1e-4, _exp("beft/llama-3.2-3B-target-v_proj", 0.321)),
     "boft": Tuner(1e-4, _exp("boft/llama-3.2-3B-default", 0.343), {"boft_block_size": (2, 4, 8)}),
     "c3a": Tuner(0.3, _exp("c3a/llama-3.2-3B-default", 0.487)),
-    "cartridge": Tuner(1e-4, SUITE_DEFAULT, not_offered=VIRTUAL_TOKENS),
+    "cartridge": Tuner(1e-4, SUITE_DEFAULT),
     "cpt": Tuner(1e-4, SUITE_DEFAULT, not_offered=(
         "CPT (context-aware prompt tuning) needs the token ids and type masks of its few-shot context "
         "(cpt_token_ids, cpt_mask, cpt_tokens_type_mask), built from the task's examples")),
@@ -75,13 +72,11 @@ TUNERS: dict[str, Tuner] = {
     "multitask_prompt_tuning": Tuner(1e-3, SUITE_DEFAULT, not_offered=MULTI_TASK),
     "oft": Tuner(1e-4, _exp("oft/llama-3.2-3B-rank32", 0.491), RANK),
     "osf": Tuner(5e-5, _exp("osf/llama-3.2-3B-rank128", 0.427)),
-    "p_tuning": Tuner(1e-4, _exp("ptuning/llama-3.2-3B-default", 0.350), not_offered=VIRTUAL_TOKENS),
+    "p_tuning": Tuner(1e-4, _exp("ptuning/llama-3.2-3B-default", 0.350)),
     "peanut": Tuner(1e-4, _exp("peanut/llama-3.2-3B-rank32-relu-depth0-s2.0", 0.449), RANK),
     "poly": Tuner(1e-4, SUITE_DEFAULT, not_offered=MULTI_TASK),
-    "prefix_tuning": Tuner(5e-3, _exp("prefixtuning/llama-3.2-3B-tokens50-init_prefix-lr_0.005", 0.416),
-                           not_offered=VIRTUAL_TOKENS),
-    "prompt_tuning": Tuner(1e-3, _exp("prompt_tuning/llama-3.2-3B-sample_vocab-lr_0.001", 0.343),
-                           not_offered=VIRTUAL_TOKENS),
+    "prefix_tuning": Tuner(5e-3, _exp("prefixtuning/llama-3.2-3B-tokens50-init_prefix-lr_0.005", 0.416)),
+    "prompt_tuning": Tuner(1e-3, _exp("prompt_tuning/llama-3.2-3B-sample_vocab-lr_0.001", 0.343)),
     "psoft": Tuner(1e-4, _exp("psoft/llama-3.2-3B-fast", 0.450), RANK),
     "pvera": Tuner(3e-3, _exp("pvera/llama-3.2-3B-rank64", 0.356)),
     "randlora": Tuner(1e-4, _exp("randlora/llama-3.2-3B-default", 0.478)),
