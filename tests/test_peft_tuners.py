@@ -261,3 +261,20 @@ def test_lm_eval_scores_a_virtual_token_tuner_on_the_task_tokens(registry):
         logp = model.peft(input_ids=torch.tensor([whole[:-1]])).logits[0, n:].log_softmax(-1)
     expected = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
     assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_docs_show_the_committed_peft_tuners_session():
+    """docs/methods.md and the folder's README show ``peftbench report results/peft-tuners-cpu`` as it
+    renders now, and every cell of that session finished."""
+    from peftbench.report.folders import folder_tables
+    from peftbench.report.markdown import render_markdown
+    from peftbench.results.store import load_runs
+
+    folder = ROOT / "results" / "peft-tuners-cpu"
+    runs = load_runs(folder)
+    assert len(runs) == 9 and all(r["status"] == "ok" for r in runs.values())
+    table = render_markdown(folder_tables(folder)[0]).strip()
+    assert table.count("\n| peft-") >= 7 and "peft-prompt_tuning" in table
+    for doc in ("docs/methods.md", "results/peft-tuners-cpu/README.md"):
+        assert table in (ROOT / doc).read_text(encoding="utf-8"), (
+            f"{doc} does not show `peftbench report results/peft-tuners-cpu --format markdown`")
