@@ -275,3 +275,12 @@ def test_the_tuning_table_shows_every_grid_point_and_marks_the_choice(scored, ca
     lora = next(r for r in files if r["key"] == "lora--quickstart--seed0")
     assert chosen_text(lora["tuning"]) == "lr=0.001 (tuned on validation; edge: extend the grid)"
     assert tuning_tables([r for r in files if "tuning" not in r]) == []
+
+
+def test_a_methods_alias_names_the_same_tuned_key_in_tune_and_grid(scored, capsys, tmp_path):
+    out = tmp_path / "s"
+    code, _, err = run_cli(["run", "--methods", "peft:vera", *TINY, "--output", str(out), "--tune", "peft:vera.r",
+                            "--grid", "peft:vera.r=8,16"], capsys)
+    assert code == 0, err
+    assert sorted(k for k in runs(out) if "--peft-vera.r=" in k) == ["peft-vera--quickstart--seed0--peft-vera.r=16",
+                                                                   "peft-vera--quickstart--seed0--peft-vera.r=8"]

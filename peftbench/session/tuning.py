@@ -87,6 +87,7 @@ def make_tuning(tune: list[str], grid_items: list[str], seeds: list[int], method
             raise UsageError("--grid gives values to try, but --tune names no key to tune (e.g. --tune lr).")
         return None
     keys = _check_keys(tune, methods, registry, sets)
+    explicit = {_canonical_key(k, registry, "--grid"): v for k, v in explicit.items()}
     unused = [k for k in explicit if k not in keys]
     if unused:
         raise UsageError(f"--grid {unused[0]}=...: --tune does not name {unused[0]!r} (it tunes "
@@ -104,6 +105,14 @@ def make_tuning(tune: list[str], grid_items: list[str], seeds: list[int], method
     if not grids:
         raise UsageError(f"--tune {','.join(keys)}: none of the methods run ({', '.join(methods)}) has these options.")
     return TuningPlan(keys=tuple(keys), grids=grids, seed=seeds[0])
+
+
+def _canonical_key(key: str, registry: Any, flag: str) -> str:
+    """``METHOD.KEY`` under the method's registered name (``peft:vera.r`` -> ``peft-vera.r``)."""
+    if "." not in key:
+        return key
+    method, sub = key.split(".", 1)
+    return f"{registry.canonical(method, flag)}.{sub}"
 
 
 def _check_keys(tune: list[str], methods: list[str], registry: Any, sets: Mapping[str, Any]) -> list[str]:
