@@ -284,3 +284,16 @@ def test_a_methods_alias_names_the_same_tuned_key_in_tune_and_grid(scored, capsy
     assert code == 0, err
     assert sorted(k for k in runs(out) if "--peft-vera.r=" in k) == ["peft-vera--quickstart--seed0--peft-vera.r=16",
                                                                    "peft-vera--quickstart--seed0--peft-vera.r=8"]
+
+
+def test_exports_say_what_was_tuned_over_which_grid_on_which_split(scored, capsys, tmp_path):
+    from peftbench.report.export import export_rows
+
+    out = tmp_path / "s"
+    assert run(out, capsys, "--tune", "lr", "--grid", "lr=1e-5,1e-4,1e-3")[0] == 0
+    session = json.loads((out / "session.json").read_text())
+    rows = {r["method"]: r for r in export_rows(session, list(runs(out).values()))}
+    assert rows["full"]["tuned_values"] == "lr=0.0001" and rows["full"]["tuned_on_edge"] is None
+    assert rows["lora"]["tuning_grid"] == "lr=1e-05|0.0001|0.001" and rows["lora"]["tuned_on_edge"] == "lr"
+    assert rows["lora"]["tuned_on"] == "validation" and rows["lora"]["seeds"] == 1  # grid cells left out
+    assert "tuned_values" not in rows["base"]

@@ -40,7 +40,19 @@ def _record(task: str, metric: str, r: dict[str, Any]) -> dict[str, Any]:
            "artifact_bytes": r["artifact_bytes"], "latency_unmerged": r["latency_unmerged"],
            "latency_merged": r["latency_merged"]}
     rec.update({f"retention_{k}_delta": v.get("delta") for k, v in (r.get("retention") or {}).items()})
+    rec.update(_tuning_columns(r.get("tuning")))
     return rec
+
+
+def _tuning_columns(tuning: dict[str, Any] | None) -> dict[str, Any]:
+    """A tuned method's choice, its grid and the split it was chosen on (none for an untuned row, so exports
+    of untuned sessions keep their columns)."""
+    if not tuning or tuning.get("role") != "final":
+        return {}
+    values = tuning.get("values") or {}
+    return {"tuned_values": ";".join(f"{k}={v}" for k, v in values.items()),
+            "tuning_grid": ";".join(f"{k}={'|'.join(map(str, v))}" for k, v in (tuning.get("grid") or {}).items()),
+            "tuned_on": "validation", "tuned_on_edge": ";".join(tuning.get("on_edge") or []) or None}
 
 
 def to_csv(records: list[dict[str, Any]]) -> str:
