@@ -79,7 +79,11 @@ def generate(directory: Path) -> dict[str, Path]:
     for rows in per_class:
         rng.shuffle(rows)
     test = [rows[i] for i in range(len(per_class[0])) for rows in per_class]
-    splits = {"train": _examples(train_items, rng, TRAIN_EXAMPLES), "test": test}
+    return write_splits(directory, {"train": _examples(train_items, rng, TRAIN_EXAMPLES), "test": test})
+
+
+def write_splits(directory: Path, splits: dict[str, list[dict]]) -> dict[str, Path]:
+    """Write each generated split as ``<split>.jsonl`` unless it already holds the same rows; return the paths."""
     paths = {}
     for split, rows in splits.items():
         path = directory / f"{split}.jsonl"

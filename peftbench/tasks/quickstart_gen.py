@@ -9,11 +9,10 @@ task does (a multi-line answer, the ``#### N`` extraction, the stop sequence) on
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from peftbench.system.files import atomic_write
+from peftbench.tasks.quickstart import write_splits
 
 VERSION = 1
 NAMES = ("Tom", "Ana", "Li", "Sam", "Ravi", "Mia", "Omar", "Zoe")
@@ -61,12 +60,5 @@ def generate(directory: Path) -> dict[str, Path]:
     """Write ``train.jsonl`` and ``test.jsonl`` into ``directory`` (idempotent); return the paths."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(20261123)
-    splits = {"train": _split(rng, TRAIN_EXAMPLES, test=False), "test": _split(rng, TEST_EXAMPLES, test=True)}
-    paths = {}
-    for split, rows in splits.items():
-        path = directory / f"{split}.jsonl"
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        if not path.exists() or path.read_text() != text:
-            atomic_write(path, lambda f, text=text: f.write(text))  # sessions may generate it side by side
-        paths[split] = path
-    return paths
+    return write_splits(directory, {"train": _split(rng, TRAIN_EXAMPLES, test=False),
+                                    "test": _split(rng, TEST_EXAMPLES, test=True)})
