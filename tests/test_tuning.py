@@ -260,8 +260,9 @@ def test_tuning_end_to_end_on_tiny_llama(capsys, tmp_path):
 
 
 def test_the_tuning_table_shows_every_grid_point_and_marks_the_choice(scored, capsys, tmp_path):
+    from peftbench.report.leaderboard_table import _method_text
     from peftbench.report.markdown import render_markdown
-    from peftbench.report.tuning_table import chosen_text, tuning_tables
+    from peftbench.report.tuning_table import tuning_tables
 
     out = tmp_path / "s"
     assert run(out, capsys, "--tune", "lr", "--grid", "lr=1e-5,1e-4,1e-3")[0] == 0
@@ -273,7 +274,8 @@ def test_the_tuning_table_shows_every_grid_point_and_marks_the_choice(scored, ca
     assert "| quickstart | lora | lr=0.001 | 0.900 acc | ✓ (edge: lr) |" in text  # lora's: its end
     assert "| quickstart | lora | lr=1e-05 | 0.700 acc | — |" in text
     lora = next(r for r in files if r["key"] == "lora--quickstart--seed0")
-    assert chosen_text(lora["tuning"]) == "lr=0.001 (tuned on validation; edge: extend the grid)"
+    assert _method_text({"method": "lora", "tuning": lora["tuning"]}) == (  # the leaderboard names the choice
+        "lora (lr 1e-3; tuned: best acc on validation (0.9000), seed 0, over 3 grid points; lr on grid edge)")
     assert tuning_tables([r for r in files if "tuning" not in r]) == []
 
 

@@ -35,14 +35,6 @@ def tuning_tables(runs: list[dict[str, Any]], title: str = "") -> list[Any]:
     return [t]
 
 
-def chosen_text(tuning: dict[str, Any] | None) -> str:
-    """A final cell's choice in a few words, for leaderboards: ``lr=0.0003 (tuned on validation; edge)``."""
-    if not tuning or tuning.get("role") != "final" or not tuning.get("values"):
-        return ""
-    edge = "; edge: extend the grid" if tuning.get("on_edge") else ""
-    return f"{_values_text(tuning['values'])} (tuned on validation{edge})"
-
-
 def _chosen(runs: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[dict[str, Any], list[str]]]:
     """(task, method) -> the values its final cells trained with, and the keys on the grid's edge."""
     out = {}

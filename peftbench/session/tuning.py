@@ -24,6 +24,7 @@ from peftbench.api.method import lr_grid
 from peftbench.api.records import RunSpec, TuningInfo
 from peftbench.errors import ConfigError, UsageError, did_you_mean
 from peftbench.session.options import TRAIN_KEYS, CellOptions
+from peftbench.session.scores import headline
 
 # what a grid cell does not need: it only has to rank the grid points on validation
 GRID_CELL_OPTIONS = {"latency_rounds": 0, "merge_eval": False, "merge_precisions": False}
@@ -173,8 +174,6 @@ def _method_config_with(config: Any, values: Mapping[str, Any], where: str) -> A
 
     try:
         return build_dataclass(type(config), {**dataclasses.asdict(config), **values}, where)
-    except ConfigError:
-        raise
     except (TypeError, ValueError) as e:  # a config whose fields do not round-trip through asdict
         raise ConfigError(f"{where}: {e}") from None
 
@@ -261,11 +260,8 @@ def resolved(spec: RunSpec, choice: Choice) -> RunSpec:
 
 
 def _score(run: dict[str, Any], metric: str) -> float | None:
-    if run.get("status") != "ok":
-        return None
-    metrics = (run.get("eval") or {}).get("metrics") or {}
-    value = metrics.get(metric, next(iter(metrics.values()), None))
-    return float(value) if isinstance(value, (int, float)) else None
+    """A grid cell's validation score (``metric``, else its evaluation's first), None unless it is ok."""
+    return headline(run.get("eval") or {}, metric)[1] if run.get("status") == "ok" else None
 
 
 def _at_end(value: Any, grid: tuple[Any, ...]) -> bool:
