@@ -10,6 +10,12 @@ so the ratios are side by side, not absolute times from different runs:
   chunked_loss   only the chunked loss (and the head at labelled positions): no packing, no compile
   padding_free   only padding-free batches: no chunked loss, no compile
   compile        only regional torch.compile: no packing, no chunked loss
+  fast+buckets   fast with bucketing=on (TrainConfig's option, where this checkout has it: otherwise the variant
+                 is recorded as unavailable)
+  fast+buckets+graphs  fast+buckets with CUDA graphs (compile_mode=reduce-overhead; compiled as fast is)
+  trainer+peft   the peer: transformers' Trainer + peft on the same weights, examples, order and batch size,
+                 each batch padded to its longest example by DataCollatorForSeq2Seq (benchmarks/peer_trainer.py
+                 says how it matches peftbench's method configs); also added by --peer
 
 Data: random tokens of exactly --seq-len (no padding: packing has nothing to remove), or a task's real
 training examples (--task sst2 --data-dir DIR, the real model's tokenizer), where padding-free batches
@@ -19,7 +25,7 @@ difference of the mean loss over consecutive 10-step windows of those steps (per
 hundred tokens are noisy, and bf16 rounding differs between compiled and eager kernels).
 
 Reported per method and variant: tokens/s (real tokens, padding not counted; over the steps after
---warmup), the ratio to the naive loop, median step time, peak memory (torch.cuda.max_memory_allocated)
+--warmup), the ratio to the naive loop and to the peer (when it ran), median step time, peak memory (torch.cuda.max_memory_allocated)
 and its ratio to the naive loop's, the first step's time (compilation included), and the model FLOPs
 utilisation. FLOPs per trained token (stated so the MFU can be checked):
   full fine-tuning: 6 N (forward 2 N; backward 4 N: activation and weight gradients);
@@ -32,6 +38,7 @@ not hardware FLOPs). Peak: --peak-tflops, else dense bf16 by GPU name (H100/H200
     python benchmarks/train_throughput.py --model shape:smollm2-135m --batch-size 16 --seq-len 512 --json out.json
     python benchmarks/train_throughput.py --model $PEFTBENCH_GGUF --task sst2 --data-dir /tmp/pb/data --steps 50
     python benchmarks/train_throughput.py --model tiny:llama --device cpu --steps 3 --batch-size 2 --seq-len 32  # smoke
+    python benchmarks/train_throughput.py --model tiny:llama --device cpu --steps 3 --methods lora --peer  # + Trainer
     python benchmarks/train_throughput.py --markdown results/throughput-gpu/ablate.json  # the docs' table of a file
 """
 
@@ -64,7 +71,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "chunked_loss": {"padding_free": False, "compile": "off"},
     "padding_free": {"chunked_loss": False, "compile": "off"},
     "compile": {"padding_free": False, "chunked_loss": False, "compile": "on"},
+    "fast+buckets": {"bucketing": "on"},
+    "fast+buckets+graphs": {"bucketing": "on", "compile_mode": "reduce-overhead"},
 }
+COMPILED_LIKE_FAST = ("fast", "fast-graphs", "fast+buckets", "fast+buckets+graphs")  # on CUDA unless --compile off
+PEER = "trainer+peft"  # benchmarks/peer_trainer.py
 LOSS_STEPS = 50
 LOSS_WINDOW = 10  # steps per window of the smoothed comparison
 
@@ -79,12 +90,19 @@ def peak_tflops(device: str, override: float | None) -> float | None:
 
 
 def matmul_params(model: Any) -> int:
-    """Parameters that do a matrix product per token: all but the input embedding table."""
-    total = sum(p.numel() for p in model.parameters())
+    """Parameters that do a matrix product per token: all but the input embedding table (a 4-bit weight counted
+    by its unpacked shape)."""
+    total = sum(unpacked_numel(p) for p in model.parameters())
     emb = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is emb
     return total - emb.numel() + (emb.numel() if tied else 0)
+
+
+def unpacked_numel(p: torch.Tensor) -> int:
+    """Elements of ``p``; of a bitsandbytes 4-bit weight (two per byte), those of the weight it stands for."""
+    state = getattr(p, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else p.numel()
 
 
 def flops_per_token(n: int, trainable: int, full: bool, layers: int, hidden: int, seq: float) -> float:
@@ -117,10 +135,40 @@ def task_data(task: str, model: str, data_dir: Path | None, max_length: int):
     return train_split(plan.tasks[0], session.cell_env(plan), max_length)  # what Session.run gives each cell
 
 
+def missing_options(variant: str) -> list[str]:
+    """The TrainConfig options ``variant`` sets that this checkout's TrainConfig does not have."""
+    from dataclasses import fields
+
+    from peftbench.train.config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    return [k for k in VARIANTS.get(variant, {}) if k not in names]
+
+
+def variant_options(variant: str, args: Any) -> dict[str, Any]:
+    """The TrainConfig options of ``variant`` (an on/off option given as a bool where TrainConfig has a bool)."""
+    from dataclasses import fields
+
+    from peftbench.train.config import TrainConfig
+
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    options = {"compile": args.compile or ("on" if args.device == "cuda" else "off")} \
+        if variant in COMPILED_LIKE_FAST else {}
+    for k, v in VARIANTS[variant].items():
+        options[k] = (v == "on") if v in ("on", "off") and types.get(k) in (bool, "bool") else v
+    return options
+
+
 def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) -> dict[str, Any]:
     from peftbench.train.config import TrainConfig
     from peftbench.train.loop import train
 
+    if variant == PEER:
+        return run_peer_variant(method, resolved, data, args)
+    missing = missing_options(variant)
+    if missing:
+        return {"status": "unavailable", "error": f"not available in this checkout: TrainConfig has no "
+                                                  f"{', '.join(missing)} option"}
     torch.manual_seed(0)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
     base, _ = resolved.load(args.device, dtype)
@@ -133,9 +181,7 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.0,
                       max_length=args.seq_len, log_every=1, max_grad_norm=1.0,
                       gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, dtype=args.autocast,
-                      **({"compile": args.compile or ("on" if args.device == "cuda" else "off")}
-                         if variant in ("fast", "fast-graphs") else {}),
-                      **VARIANTS[variant])
+                      **variant_options(variant, args))
     marks: list[tuple[float, int]] = []
     # the last warm-up step runs in torch's sync-debug mode: every call that waits for the GPU inside a step
     # (each one stalls the host's launching) is recorded with where it was made; untimed
@@ -173,27 +219,18 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
                 torch.cuda.set_sync_debug_mode(0)
     host_others = memory.host_others_cores(cpu0, memory.cpu_sample())
     alloc1, graphs1 = allocator_counts(args.device), compiled_graphs()
-    times = [b[0] - a[0] for a, b in zip([(t0, 0), *marks], marks, strict=False)]
-    timed = marks[args.warmup - 1:] if args.warmup else [(t0, 0), *marks]
-    span_s = timed[-1][0] - timed[0][0]
-    span_tokens = timed[-1][1] - timed[0][1]
+    clock = step_timing(t0, marks, args.warmup)
     seq_mean = sum(len(x) for x in data.input_ids) / len(data)
     fpt = flops_per_token(n_matmul, trainable, method.capabilities.trains_all_parameters,
                           cfg_model.num_hidden_layers, cfg_model.hidden_size, seq_mean)
     artifact = None
-    if args.artifact and variant == args.variants[-1]:  # what the method ships, once per method
+    if args.artifact and variant == [v for v in args.variants if v != PEER][-1]:  # what it ships, once per method
         with tempfile.TemporaryDirectory(prefix="pb-artifact-") as d:
             files = method.save(model, Path(d), method_config)
             artifact = {"bytes": sum(Path(f).stat().st_size for f in files), "files": len(files)}
     peak = peak_tflops(args.device, args.peak_tflops)
-    tps = span_tokens / span_s if span_s > 0 else None
-    step_median = statistics.median(times[args.warmup:] or times)
-    n_timed = len(timed) - 1
-    out = {"status": "ok", "tokens_per_s": tps, "step_s_median": step_median,
-           "step_s": [round(t, 6) for t in times],  # every step, warm-up included: where the stalls were
-           # steady state: the mean tokens of a timed step over the median step time (recompilations and other
-           # one-off stalls inside the timed steps do not count here; they do in tokens_per_s)
-           "steady_tokens_per_s": (span_tokens / n_timed) / step_median if n_timed > 0 and step_median else None,
+    tps = clock["tokens_per_s"]
+    out = {"status": "ok", **clock,
            "peak_memory_bytes": result.peak_memory_bytes, "first_step_s": result.first_step_s,
            "losses": [loss for _, loss in result.losses], "loop": result.loop, "trainable": trainable,
            "flops_per_token": fpt, "mfu": (fpt * tps) / (peak * 1e12) if peak and tps else None,
@@ -212,6 +249,54 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
            "allocator": {k: alloc1[k] - alloc0.get(k, 0) for k in alloc1} if alloc1 else None,
            "compiled_graphs": graphs1 - graphs0 if graphs0 is not None and graphs1 is not None else None}
     del model, base, params
+    return out
+
+
+def step_timing(t0: float, marks: list[tuple[float, int]], warmup: int) -> dict[str, Any]:
+    """tokens/s over the steps after ``warmup``, every step's time and the median of the timed ones, from
+    ``marks`` (per optimizer step, the device synchronised: time, real tokens trained so far) after ``t0``."""
+    times = [b[0] - a[0] for a, b in zip([(t0, 0), *marks], marks, strict=False)]
+    timed = marks[warmup - 1:] if warmup else [(t0, 0), *marks]
+    span_s = timed[-1][0] - timed[0][0]
+    span_tokens = timed[-1][1] - timed[0][1]
+    step_median = statistics.median(times[warmup:] or times)
+    n_timed = len(timed) - 1
+    return {"tokens_per_s": span_tokens / span_s if span_s > 0 else None, "step_s_median": step_median,
+            "step_s": [round(t, 6) for t in times],  # every step, warm-up included: where the stalls were
+            # steady state: the mean tokens of a timed step over the median step time (recompilations and other
+            # one-off stalls inside the timed steps do not count here; they do in tokens_per_s)
+            "steady_tokens_per_s": (span_tokens / n_timed) / step_median if n_timed > 0 and step_median else None}
+
+
+def run_peer_variant(method: Any, resolved: Any, data: Any, args: Any) -> dict[str, Any]:
+    """The peer (benchmarks/peer_trainer.py) on the same data and settings, summarised as the other variants."""
+    from peer_trainer import PeerUnavailable, run_peer
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
+    try:
+        raw = run_peer(method.name, resolved, data, device=args.device, dtype=dtype, autocast=args.autocast,
+                       batch_size=args.batch_size, steps=args.warmup + args.steps, lr=args.lr,
+                       gradient_checkpointing=args.gradient_checkpointing)
+    except PeerUnavailable as e:
+        return {"status": "unavailable", "error": str(e)}
+    model, trainable, full = raw.pop("model"), raw["trainable"], method.capabilities.trains_all_parameters
+    added = 0 if full else trainable  # a frozen-base method's own parameters, not the base's
+    cfg_model = model.config
+    seq_mean = sum(len(x) for x in data.input_ids) / len(data)
+    fpt = flops_per_token(matmul_params(model) - added, trainable, full, cfg_model.num_hidden_layers,
+                          cfg_model.hidden_size, seq_mean)
+    clock = step_timing(raw["t0"], raw["marks"], args.warmup)
+    peak = peak_tflops(args.device, args.peak_tflops)
+    tps = clock["tokens_per_s"]
+    quantized = any(getattr(p, "quant_state", None) is not None for p in model.parameters())
+    out = {"status": "ok", **clock, "peak_memory_bytes": raw["peak_memory_bytes"],
+           "first_step_s": round(raw["marks"][0][0] - raw["t0"], 3), "losses": raw["losses"],
+           "loop": {"loop": PEER, "peer": raw["peer"], **raw["settings"]}, "peer": raw["peer"],
+           "trainable": trainable, "flops_per_token": fpt,
+           "mfu": (fpt * tps) / (peak * 1e12) if peak and tps else None,
+           "total_params": None if quantized else sum(p.numel() for p in model.parameters()) - added,
+           "artifact": None}
+    del model
     return out
 
 
@@ -348,9 +433,12 @@ def measure(method_name: str, resolved: Any, data: Any, args: Any, write: Any) -
 
 
 def compare(out: dict[str, Any]) -> None:
-    """Ratios to the naive loop, and how far each loss curve strays from it."""
-    naive = out["variants"].get("naive")
+    """Ratios to the naive loop and to the peer, and how far each loss curve strays from the naive loop's."""
+    naive, peer = out["variants"].get("naive"), out["variants"].get(PEER)
     for name, v in out["variants"].items():
+        if v.get("status") == "ok" and peer and peer.get("status") == "ok" and name != PEER \
+                and v["tokens_per_s"] and peer["tokens_per_s"]:
+            v["vs_peer"] = v["tokens_per_s"] / peer["tokens_per_s"]
         if v.get("status") != "ok" or not naive or naive.get("status") != "ok" or name == "naive":
             continue
         v["speedup"] = v["tokens_per_s"] / naive["tokens_per_s"]
@@ -379,20 +467,23 @@ def _fmt(x: Any, fmt: str, scale: float = 1.0, suffix: str = "", missing: str = 
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    head = (f"{'method':8s} {'variant':15s} {'tok/s':>10s} {'x naive':>8s} {'step ms':>8s} {'steady':>9s} {'peak GiB':>9s} "
-            f"{'mem x':>6s} {'MFU':>6s} {'loss dev':>9s} {'window':>7s} {'1st step s':>10s}")
+    head = (f"{'method':8s} {'variant':19s} {'tok/s':>10s} {'x naive':>8s} {'x peer':>7s} {'step ms':>8s} {'steady':>9s} "
+            f"{'peak GiB':>9s} {'mem x':>6s} {'MFU':>6s} {'loss dev':>9s} {'window':>7s} {'1st step s':>10s}")
     print(head)
     print("-" * len(head))
     for r in results:
         for name, v in r["variants"].items():
+            if v.get("status") == "unavailable":
+                print(f"{r['method']:8s} {name:19s} unavailable: {v.get('error', '')}")
+                continue
             if v.get("status") != "ok":
-                print(f"{r['method']:8s} {name:15s} {v['status']}: {v.get('error', '')[:80]} "
+                print(f"{r['method']:8s} {name:19s} {v['status']}: {v.get('error', '')[:80]} "
                       f"(peak {_gib(v.get('peak_memory_bytes'))} GiB)")
                 continue
             def f(x: Any, fmt: str, scale: float = 1.0) -> str:  # noqa: E306
                 return _fmt(x, fmt, scale, missing="-")
-            print(f"{r['method']:8s} {name:15s} {f(v['tokens_per_s'], ',.0f'):>10s} {f(v.get('speedup'), '.2f'):>8s} "
-                  f"{v['step_s_median'] * 1000:8.1f} {f(v.get('steady_tokens_per_s'), ',.0f'):>9s} "
+            print(f"{r['method']:8s} {name:19s} {f(v['tokens_per_s'], ',.0f'):>10s} {f(v.get('speedup'), '.2f'):>8s} "
+                  f"{f(v.get('vs_peer'), '.2f'):>7s} {v['step_s_median'] * 1000:8.1f} {f(v.get('steady_tokens_per_s'), ',.0f'):>9s} "
                   f"{_gib(v['peak_memory_bytes']):>9s} "
                   f"{f(v.get('memory_ratio'), '.2f'):>6s} {f(v['mfu'], '.1f', 100):>5s}% "
                   f"{f(v.get('max_loss_dev'), '.2f', 100):>8s}% "
@@ -448,21 +539,25 @@ def markdown(data: dict[str, Any]) -> str:
              f"weights {st['weights_dtype']}{', activation checkpointing' if st.get('gradient_checkpointing') else ''}; "
              f"{st['steps']} timed steps after {st['warmup']}**")
     steady = any("steady_tokens_per_s" in v for r in data["results"] for v in r["variants"].values())
-    rows = ["| method | variant | tokens/s | x naive | step ms (median) | " + ("steady tokens/s | " if steady else "")
+    peer = any(PEER in r["variants"] for r in data["results"])  # files of runs with the peer: its column
+    rows = ["| method | variant | tokens/s | x naive | " + ("x Trainer+peft | " if peer else "") + "step ms (median) | "
+            + ("steady tokens/s | " if steady else "")
             + "peak GiB | memory x naive | MFU | loss dev: max step / 10-step window | first step s |",
-            "|---|---|---|---|---|" + ("---|" if steady else "") + "---|---|---|---|---|"]
+            "|---|---|---|---|---|" + ("---|" if peer else "") + ("---|" if steady else "") + "---|---|---|---|---|"]
 
     f = _fmt
     for r in data["results"]:
         for name, v in r["variants"].items():
             if v.get("status") != "ok":
-                rows.append(f"| {r['method']} | {name} | {v['status']} (peak {_gib(v.get('peak_memory_bytes'))} GiB) "
-                            + "| " * (9 if steady else 8) + "|")
+                what = f"unavailable: {v.get('error', '')}" if v.get("status") == "unavailable" else \
+                    f"{v['status']} (peak {_gib(v.get('peak_memory_bytes'))} GiB)"
+                rows.append(f"| {r['method']} | {name} | {what} " + "| " * (8 + steady + peer) + "|")
                 continue
             dev = "—" if v.get("max_loss_dev") is None else \
                 f"{v['max_loss_dev'] * 100:.2f}% / {f(v.get('max_loss_dev_window'), '.2f', 100, '%')}"
             rows.append(f"| {r['method']} | {name} | {f(v['tokens_per_s'], ',.0f')} | {f(v.get('speedup'), '.2f')} | "
-                        f"{v['step_s_median'] * 1000:.1f} | "
+                        + (f"{f(v.get('vs_peer'), '.2f')} | " if peer else "")
+                        + f"{v['step_s_median'] * 1000:.1f} | "
                         + (f"{f(v.get('steady_tokens_per_s'), ',.0f')} | " if steady else "")
                         + f"{_gib(v['peak_memory_bytes'])} | "
                         f"{f(v.get('memory_ratio'), '.2f')} | {f(v['mfu'], '.1f', 100, '%')} | {dev} | "
@@ -507,7 +602,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="shape:smollm2-135m")
     ap.add_argument("--methods", default="full,lora,qlora,adapter")
-    ap.add_argument("--variants", default="naive,fast", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default="naive,fast", help=f"comma-separated, of: {', '.join([*VARIANTS, PEER])}")
+    ap.add_argument("--peer", action="store_true", help=f"also run the peer, transformers' Trainer + peft ({PEER}; "
+                    "benchmarks/peer_trainer.py), on the same data: ratios to it in 'x peer'")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--weights-dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--autocast", choices=["auto", "bf16", "fp32"], default="auto",
@@ -543,9 +640,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             ap.error(f"--memory-limit-gib {args.memory_limit_gib}: this GPU has {total / 2**30:.1f} GiB")
         torch.cuda.set_per_process_memory_fraction(args.memory_limit_gib * 2**30 / total)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in args.variants if v not in VARIANTS]
+    bad = [v for v in args.variants if v not in VARIANTS and v != PEER]
     if bad:
-        ap.error(f"--variants: unknown {', '.join(bad)}; valid: {', '.join(VARIANTS)}")
+        ap.error(f"--variants: unknown {', '.join(bad)}; valid: {', '.join([*VARIANTS, PEER])}")
+    if args.peer and PEER not in args.variants:
+        args.variants.append(PEER)
     args.weights_dtype = args.weights_dtype or ("bf16" if args.device == "cuda" else "fp32")
     from peftbench.models.sources import resolve_model
 
