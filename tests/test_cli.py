@@ -182,7 +182,8 @@ def test_evaluate_off_is_a_cost_only_run(capsys, tmp_path):
     scores nothing: no lm-eval number for random weights."""
     out = tmp_path / "cost"
     code, stdout, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(out), "--set", "steps=2",
-                                 "--set", "evaluate=off", "--set", "latency_rounds=1", "--set", "latency_new_tokens=2",
+                                 "--set", "evaluate=off", "--set", "merge_precisions=on", "--set", "latency_rounds=1",
+                                 "--set", "latency_new_tokens=2",
                                  "--set", "latency_prompt_lengths=4"], capsys)
     assert code == 0, err
     runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}

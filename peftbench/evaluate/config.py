@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from peftbench.api.options import check_choices, option
 from peftbench.errors import ConfigError
@@ -18,9 +19,10 @@ class EvalConfig:
     limit: int = option("score at most this many evaluation examples (0: all)", default=0)
     num_fewshot: int = option("few-shot examples in the scoring prompt", default=0)
     merge_eval: bool = option("score the merged model with lm-eval too (mergeable methods)", default=True)
-    merge_precisions: bool = option("also compare merging in fp32 then casting to bf16 with merging in bf16 "
-                                    "(mergeable methods; logits and lm-eval score vs the unmerged bf16 model)",
-                                    default=True)
+    merge_precisions: bool | str = option("also compare merging in fp32 then casting to bf16 with merging in "
+                                          "bf16 (mergeable methods; logits and lm-eval score vs the unmerged bf16 "
+                                          "model): 'auto' (on CUDA; off on CPU, where bf16 is not served), "
+                                          "true/on, false/off", default="auto")
     evaluate: str = option("'auto' (score with lm-eval, except on shape: models, whose random weights carry no "
                            "accuracy), 'on', or 'off' (cost only: training, artifact, merge and reload checks, "
                            "latency)", default="auto")
@@ -32,3 +34,20 @@ class EvalConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"eval option {name!r} must be >= 0, got {getattr(self, name)!r}.")
         check_choices("eval option", {"evaluate": (self.evaluate, EVALUATE_MODES)})
+        if isinstance(self.merge_precisions, str):
+            check_choices("eval option", {"merge_precisions": (self.merge_precisions, ("auto", "true", "false"))})
+
+    def resolve(self, device: str, earlier: dict[str, Any] | None = None) -> None:
+        """Settle the 'auto' options for ``device``, so that run files record what was done. A session
+        continued with --resume keeps what its folder recorded (``earlier``: that cell group's options), so
+        its earlier and later cells measure alike."""
+        if self.merge_precisions == "auto":
+            recorded = (earlier or {}).get("merge_precisions")
+            self.merge_precisions = recorded if isinstance(recorded, bool) else merge_precisions_default(device)
+
+
+def merge_precisions_default(device: str) -> bool:
+    """The merge-precision study compares two ways to serve in bf16: worth its three scoring passes where bf16
+    is served (CUDA), not on a CPU, which serves fp32."""
+    return str(device).startswith("cuda")
+

@@ -144,6 +144,17 @@ def best_values(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def skipped_studies(runs: list[dict[str, Any]]) -> list[str]:
+    """What the finished cells of ``runs`` left out and why, once per reason, naming the methods (tuning grid
+    cells left out: they skip by design): e.g. "merge-precision study: skipped on cpu (...) for lora"."""
+    by_reason: dict[str, set[str]] = {}
+    for r in runs:
+        why = (r.get("merge") or {}).get("precision_skipped")
+        if why and r.get("status") == "ok" and scored_on_test(r):
+            by_reason.setdefault(why, set()).add(r["method"])
+    return [f"merge-precision study: {why} for {', '.join(sorted(methods))}" for why, methods in by_reason.items()]
+
+
 def merge_variant(run: dict[str, Any], path: str) -> dict[str, Any]:
     """A run's merge entry: ``merged`` (the merge in the run's dtype, against the unmerged model) or an entry of
     the ``merge.precision`` study (``merge_fp32_then_cast``, ``merge_in_bf16``: against its ``unmerged`` model

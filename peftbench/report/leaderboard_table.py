@@ -7,7 +7,7 @@ from typing import Any
 
 from peftbench.report.baselines import NOT_RECORDED, informative
 from peftbench.report.cell_text import DASH, human_bytes, human_count, or_dash, percent
-from peftbench.report.leaderboard import best_values, retention_tasks, rows_for_task
+from peftbench.report.leaderboard import best_values, retention_tasks, rows_for_task, skipped_studies
 from peftbench.system.memory import HOST_BUSY_CORES, SHARED_GPU_BYTES
 
 
@@ -47,7 +47,7 @@ def _task_table(session: dict[str, Any], task_runs: list[dict[str, Any]], task: 
     if not any(r["method"] == "base" for r in rows):
         for cells in _baseline_rows(baselines, len(t.columns)):
             t.add_row(*cells, style="dim")
-    t.caption = _caption(kept, show_latency)
+    t.caption = _caption(kept, show_latency, skipped_studies(task_runs))
     return t
 
 
@@ -152,7 +152,7 @@ def _columns(metric: str, rows: list[dict[str, Any]], kept: list[str], show_late
             *((col, "right") for col in latency), *((f"{name} Δ", "right") for name in kept), ("status", "left")]
 
 
-def _caption(kept: list[str], show_latency: bool) -> str:
+def _caption(kept: list[str], show_latency: bool, skipped: list[str]) -> str:
     return ("chance / majority class: the score of a uniform guess / of always giving the test set's most "
             "frequent answer; a task where no method's 95% CI clears both is marked uninformative; "
             "95% CIs: a bootstrap over seeds and test examples, paired across methods (docs/statistics.md); "
@@ -163,7 +163,8 @@ def _caption(kept: list[str], show_latency: bool) -> str:
                "shape, static regime when timed, else eager; " if show_latency else "")
             + (f"{', '.join(kept)} Δ: retention, the change on a task not trained on vs the base model's "
                "score (shown in the base row; negative = forgetting); " if kept else "")
-            + "best values in green.")
+            + "best values in green."
+            + "".join(f" Not measured: {why}." for why in skipped))
 
 
 # ---- one row ----------------------------------------------------------------------------------------------

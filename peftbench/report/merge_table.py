@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from peftbench.report.cell_text import DASH, or_dash
-from peftbench.report.leaderboard import dequantization_only, merge_variant
+from peftbench.report.leaderboard import dequantization_only, merge_variant, skipped_studies
 from peftbench.results.record import scored_on_test
 
 # the two ways to merge for bf16 serving (``merge.precision``), in the order of their columns
@@ -43,7 +43,7 @@ def merge_tables(runs: list[dict[str, Any]], title: str = "") -> list[Any]:
     for (task, method), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["seed"])
         t.add_row(task, method, *_fidelity_cells(rs, precision), _merge_status(rs))
-    t.caption = CAPTION
+    t.caption = CAPTION + "".join(f" Not measured: {why}." for why in skipped_studies(runs))
     return [t]
 
 

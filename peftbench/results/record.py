@@ -104,6 +104,7 @@ class MergeCheck:
     unmerge_ok: bool | None = optional()
     same_base: SameBase | None = optional()
     precision: MergePrecision | None = optional()
+    precision_skipped: str | None = optional()  # why the precision study did not run
 
 
 @dataclass

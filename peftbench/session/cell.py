@@ -1,7 +1,7 @@
 """One cell of a session, a function of the plan, the cell and the session's cache:
 
     availability? -> load base -> prepare -> train -> save artifact -> evaluate (lm-eval, unmerged)
-    -> retention -> merge (if mergeable): parity, score, unmerge -> merge for bf16 two ways
+    -> retention -> merge (if mergeable): parity, score, unmerge -> merge for bf16 two ways (on CUDA)
     -> reload the artifact onto a fresh base: parity -> latency (base / unmerged / merged / stacked)
 
 Each phase returns its own section and the cell puts it in the record at once, so a failure late in a cell
@@ -94,8 +94,9 @@ def _method_cell(plan: Plan, run: RunContext, record: RunRecord, cache: CellCach
     import torch
 
     torch.manual_seed(run.spec.seed)
-    data = _train_data(run, cache, env)
-    record.example = example_prompt(run.task, env.include_path)  # the training prompt beside the scored one
+    with phase(record, "data", env.progress):
+        data = _train_data(run, cache, env)
+        record.example = example_prompt(run.task, env.include_path)  # the training prompt beside the scored one
     model = _prepare(plan, run, record, env)
     env.progress.training(_steps_to_show(run, data))
     with phase(record, "train", env.progress):
@@ -104,7 +105,8 @@ def _method_cell(plan: Plan, run: RunContext, record: RunRecord, cache: CellCach
         record.failed("error", ErrorInfo("Diverged", "training loss became NaN/inf"))
         return
     probes = data.input_ids[:PROBES]
-    reference = probe_logits(run.method.inference_model(model), probes, run.device)
+    with phase(record, "probe", env.progress):
+        reference = probe_logits(run.method.inference_model(model), probes, run.device)
     with _artifact_dir(env, run.spec) as art:
         _save(run, record, env, model, art)
         scored = _score(plan, run, record, cache, env, model)
@@ -160,7 +162,7 @@ def _retention(plan: Plan, run: RunContext, record: RunRecord, cache: CellCache,
 def _merge_checks(plan: Plan, run: RunContext, record: RunRecord, env: CellEnv, model: Any, art: Path,
                   probes: list[list[int]], reference: list[Any], scored: bool) -> Any:
     """Merge, score merged, unmerge (mergeable methods), then merge for bf16 serving two ways; returns the
-    model to go on with (None once the precision study needed the memory)."""
+    model to go on with (None once the precision study used it up)."""
     caps, tol, checks = run.method.capabilities, tolerance(run), run.eval_config
     record.merge = MergeCheck(supported=caps.mergeable, lossy=caps.merge_lossy, tolerance_rel=tol)
     if not caps.mergeable:
@@ -168,12 +170,24 @@ def _merge_checks(plan: Plan, run: RunContext, record: RunRecord, env: CellEnv, 
     with phase(record, "merge", env.progress):
         unmerged_eval = record.eval if checks.merge_eval and scored else None
         model = check_merge(record.merge, run, model, probes, reference, env.tokenizer, unmerged_eval)
-    if checks.merge_precisions:
-        model = None  # the study loads fresh copies: free this one first
-        with phase(record, "merge_precision", env.progress):
-            record.merge.precision = merge_precision_study(run, lambda: plan.model.load(run.device)[0], art,
-                                                           probes, env.tokenizer, scored)
-    return model
+    if not checks.merge_precisions:
+        record.merge.precision_skipped = precision_skipped(run)
+        return model
+    restored = model if record.merge.unmerge_ok and not caps.merge_lossy else None  # the trained model again
+    with phase(record, "merge_precision", env.progress):
+        record.merge.precision = merge_precision_study(
+            run, lambda: run.hook.load_artifact(run=run, directory=art, base_model=plan.model.load(run.device)[0]),
+            restored, probes, env.tokenizer, scored)
+    return None
+
+
+def precision_skipped(run: RunContext) -> str:
+    """Why a mergeable cell did not run the merge-precision study (its run file and the leaderboard say so)."""
+    if run.spec.tuning is not None and run.spec.tuning.role == "grid":
+        return "a tuning grid cell: it only ranks grid points"
+    if not str(run.device).startswith("cuda"):
+        return f"skipped on {run.device} (bf16 serving needs a GPU; --set merge_precisions=on runs it)"
+    return "merge_precisions=off"
 
 
 def _latency(plan: Plan, run: RunContext, record: RunRecord, cache: CellCache, env: CellEnv, art: Path,

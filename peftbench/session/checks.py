@@ -15,7 +15,7 @@ from peftbench.results.record import (
     SameBase,
 )
 from peftbench.session.probes import compare, probe_logits
-from peftbench.session.scores import score_pair
+from peftbench.session.scores import evaluate, pair_of, score_pair
 
 
 def check_merge(check: MergeCheck, run: Any, model: Any, probes: list[list[int]], reference: list[Any],
@@ -45,34 +45,38 @@ def check_merge(check: MergeCheck, run: Any, model: Any, probes: list[list[int]]
     return model
 
 
-def merge_precision_study(run: Any, load_base: Any, art: Path, probes: list[list[int]], tokenizer: Any,
+def merge_precision_study(run: Any, load_trained: Any, restored: Any, probes: list[list[int]], tokenizer: Any,
                           scored: bool) -> MergePrecision:
     """Merging for bf16 serving, two ways, against the unmerged model in bf16: merge in fp32 then cast to
     bf16 (one rounding), or cast to bf16 then merge there (the delta is added in bf16). Logit fidelity on the
-    probe prompts and the lm-eval score of each."""
+    probe prompts and the lm-eval score of each.
+
+    ``restored`` is the trained model in hand as unmerging restored it (None when it did not, or the merge is
+    lossy): the fp32 merge is made from it, which it consumes. ``load_trained()`` (the artifact on a fresh
+    base) gives the one copy the unmerged bf16 model and the bf16 merge are made from (three copies before)."""
     import torch
 
     from peftbench.latency.casting import cast_floating
 
     hook, method, device, bf16 = run.hook, run.method, run.device, torch.bfloat16
-
-    def fresh_trained() -> Any:
-        return hook.load_artifact(run=run, directory=art, base_model=load_base())
-
-    unmerged = method.inference_model(cast_floating(fresh_trained(), bf16))
+    source = restored if restored is not None else load_trained()
+    fp32_cast = method.inference_model(cast_floating(hook.merge_adapter(run=run, prepared=source), bf16))
+    fp32_logits = probe_logits(fp32_cast, probes, device)
+    fp32_eval = evaluate(run, fp32_cast, tokenizer) if scored else None
+    source = fp32_cast = None
+    prepared = cast_floating(load_trained(), bf16)
+    unmerged = method.inference_model(prepared)
     ref = probe_logits(unmerged, probes, device)
     unmerged_score = score_pair(run, unmerged, tokenizer, None) if scored else None
-    unmerged = None
     ref_eval = {"metrics": {unmerged_score.metric: unmerged_score.score}} if unmerged_score else None
-    builds = {"merge_fp32_then_cast": lambda: cast_floating(hook.merge_adapter(run=run, prepared=fresh_trained()), bf16),
-              "merge_in_bf16": lambda: hook.merge_adapter(run=run, prepared=cast_floating(fresh_trained(), bf16))}
-    variants = {}
-    for name, build in builds.items():
-        merged = method.inference_model(build())
-        variants[name] = MergeVariant(**compare(ref, probe_logits(merged, probes, device)),
-                                      eval=score_pair(run, merged, tokenizer, ref_eval) if scored else None)
-        merged = None
-    return MergePrecision(dtype="bf16", unmerged=unmerged_score, **variants)
+    unmerged = None
+    in_bf16 = method.inference_model(hook.merge_adapter(run=run, prepared=prepared))
+    return MergePrecision(
+        dtype="bf16", unmerged=unmerged_score,
+        merge_fp32_then_cast=MergeVariant(**compare(ref, fp32_logits),
+                                          eval=pair_of(run, fp32_eval, ref_eval) if fp32_eval else None),
+        merge_in_bf16=MergeVariant(**compare(ref, probe_logits(in_bf16, probes, device)),
+                                   eval=score_pair(run, in_bf16, tokenizer, ref_eval) if scored else None))
 
 
 def check_reload(run: Any, load_base: Any, art: Path, probes: list[list[int]], reference: list[Any],

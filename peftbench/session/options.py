@@ -42,6 +42,11 @@ class CellOptions:
                                   where)
         return cls(train, evaluate, latency)
 
+    def resolve(self, device: str, earlier: dict[str, Any] | None = None) -> None:
+        """Settle the options whose default is 'auto' for ``device`` (``earlier``: the flat options a continued
+        session's folder recorded for these cells, which an 'auto' keeps)."""
+        self.eval.resolve(device, earlier)
+
     def flat(self) -> dict[str, Any]:
         """The options as one JSON mapping under their ``--set`` keys (the run files' ``config.train``)."""
         latency = {SET_PREFIX + k: v for k, v in to_jsonable(self.latency).items()}
@@ -73,5 +78,5 @@ def options_markdown() -> str:
             if r["group"] != group:
                 continue
             default = (",".join(map(str, r["default"])) or "none") if isinstance(r["default"], list) else r["default"]
-            lines.append(f"| `{r['name']}` | {r['type']} | `{default}` | {r['help'].replace('|', '/')} |")
+            lines.append(f"| `{r['name']}` | {r['type'].replace(' | ', ' or ')} | `{default}` | {r['help'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"

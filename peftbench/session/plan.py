@@ -153,6 +153,9 @@ def make_plan(config: SessionConfig, host: Any, registry: Any, say: Any = None) 
     output = _output_folder(config, session_id)
     cells = tuple(_cells(tasks, methods, config.seeds, tuning))
     old = _check_output(config, output)
+    recorded = (old or {}).get("train_configs") or {}
+    for (m, t), opts in options.items():  # 'auto' options: for the device, or as the continued folder ran them
+        opts.resolve(device, recorded.get(f"{m}--{t}"))
     prepared = {t.name: prepare_data(t, cache_dir, root, need_train=t in tasks and bool(methods)) for t in scored}
     if tuning is not None:
         _check_validation(tasks, prepared)

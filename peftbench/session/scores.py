@@ -76,7 +76,11 @@ def score_pair(run: Any, model: Any, tokenizer: Any, reference: dict[str, Any] |
     """lm-eval score of ``model`` beside a reference evaluation of the same task (e.g. merged vs unmerged),
     with its per-example values of that metric (``samples``: doc_id and metric), so that a score change can
     be tested paired over the same examples (``peftbench claims``)."""
-    ev = evaluate(run, model, tokenizer)
+    return pair_of(run, evaluate(run, model, tokenizer), reference)
+
+
+def pair_of(run: Any, ev: dict[str, Any], reference: dict[str, Any] | None) -> ScorePair:
+    """``score_pair`` of an evaluation already made (``ev``)."""
     metric, score, stderr = headline(ev, run.task.metric)
     _, ref, _ = headline(reference or {}, metric)
     samples = ev.get("samples") or {}
