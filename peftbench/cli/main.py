@@ -11,6 +11,7 @@ import sys
 import click
 
 from peftbench.api.plugins import LoadFailure, PluginHost, make_plugin_manager
+from peftbench.cli.estimate import estimate
 from peftbench.cli.export import export
 from peftbench.cli.latency import latency
 from peftbench.cli.listing import methods, options, plugins, tasks
@@ -94,6 +95,7 @@ def cli(plugins, disabled, strict_plugins):
 
 for command in (run, report, claims, latency, methods, options, tasks, plugins, export):
     cli.add_command(command)
+cli.add_command(estimate)
 
 
 def _quiet_libraries() -> None:

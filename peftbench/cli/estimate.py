@@ -1,0 +1,145 @@
+"""``peftbench estimate``: per-GPU training memory of each method at any scale, by calculation (no GPU, no
+weights), and the same formulas against measured peaks (``--check``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from peftbench.cli import flags
+from peftbench.cli.output import print_json, print_tables
+from peftbench.errors import UsageError
+
+GIB = 2**30
+BAR = 0.15  # docs/estimate.md: the estimate is held to 15 % of every measured peak it models
+
+
+@click.command()
+@click.option("--model", "models", default="shape:llama-3.1-8b", show_default=True,
+              help="comma-separated shape:NAME (shipped configs) or paths to a config.json / a folder holding one")
+@click.option("--methods", default="full,lora,qlora", show_default=True, help="comma-separated: full, lora, qlora, adapter")
+@click.option("--gpus", default="1", show_default=True,
+              help="FSDP world size(s), comma-separated (1: the single-GPU loop; N > 1: FSDP2 over N GPUs)")
+@click.option("--gpu-memory", default="80GiB", show_default=True, help="memory of one GPU, e.g. 80GiB, 48GB")
+@click.option("--batch-size", default=1, show_default=True, type=int, help="sequences per micro-batch, per GPU")
+@click.option("--seq-len", default=2048, show_default=True, type=int, help="tokens per sequence")
+@click.option("--activation-checkpointing", is_flag=True, help="recompute each block's activations in backward")
+@click.option("--optimizer-offload", is_flag=True, help="AdamW's moments in host memory (FSDP CPU offload)")
+@click.option("--master-weights", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="dtype of the trainable weights, their gradients and AdamW's moments (bf16: pure bf16, as "
+                   "benchmarks/train_throughput.py trains)")
+@click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "adamw_8bit"]))
+@click.option("--naive", is_flag=True, help="the naive loop: eager blocks and full logits")
+@click.option("--no-compile", is_flag=True, help="eager blocks (the fast loop off CUDA, or compile=off)")
+@click.option("--lora-rank", default=16, show_default=True, type=int, help="LoRA/QLoRA rank (lora's default)")
+@click.option("--lora-targets", default="all-linear", show_default=True,
+              help="LoRA/QLoRA targets: all-linear or comma-separated names (q_proj,v_proj)")
+@click.option("--adapter-placement", default="houlsby", show_default=True,
+              type=click.Choice(["houlsby", "pfeiffer", "parallel"]))
+@click.option("--adapter-reduction", default=16, show_default=True, type=int, help="bottleneck = hidden // this")
+@click.option("--check", "check_files", multiple=True, type=click.Path(path_type=Path),
+              help="instead: compare with the measured peaks of these benchmarks/train_throughput.py files (repeatable)")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="same as --format json")
+def estimate(models, methods, gpus, gpu_memory, batch_size, seq_len, activation_checkpointing, optimizer_offload,
+             master_weights, optimizer, naive, no_compile, lora_rank, lora_targets, adapter_placement,
+             adapter_reduction, check_files, fmt, as_json):
+    """Per-GPU memory of a training step for each method, by calculation: weights, gradients, optimizer
+    state, activations at the batch given, the loss, the peak and whether it fits on --gpu-memory (with the
+    CUDA context). The formulas and their check against measured peaks: docs/estimate.md."""
+    fmt = "json" if as_json else fmt
+    if check_files:
+        return _check(check_files, fmt)
+    from peftbench.estimate import Setting, load_architecture, parse_memory
+    from peftbench.estimate import estimate as calculate
+
+    memory = parse_memory(gpu_memory)
+    targets = tuple(flags.comma_list(lora_targets, "--lora-targets"))
+    results = []
+    for model in flags.comma_list(models, "--model"):
+        arch = load_architecture(model)
+        for n in flags.whole_numbers(gpus, "--gpus"):
+            if n < 1:
+                raise UsageError(f"--gpus {gpus!r}: a world size is a whole number >= 1, got {n}.")
+            for method in flags.comma_list(methods, "--methods"):
+                setting = Setting(method=method, gpus=n, gpu_memory=memory, batch_size=batch_size, seq_len=seq_len,
+                                  activation_checkpointing=activation_checkpointing,
+                                  optimizer_offload=optimizer_offload, master_weights=master_weights,
+                                  optimizer=optimizer, compiled=not (naive or no_compile), chunked_loss=not naive,
+                                  lora_rank=lora_rank, lora_targets=targets, adapter_placement=adapter_placement,
+                                  adapter_reduction=adapter_reduction)
+                results.append(calculate(arch, setting))
+    if fmt == "json":
+        print_json([e.to_dict() for e in results])
+    else:
+        print_tables(estimate_tables(results), markdown=fmt == "markdown")
+
+
+def estimate_tables(results) -> list:
+    """One table per model and world size: a row per method."""
+    from rich.table import Table
+
+    groups: dict[tuple[str, int], list] = {}
+    for e in results:
+        groups.setdefault((e.model, e.setting.gpus), []).append(e)
+    tables = []
+    for (model, n), rows in groups.items():
+        s = rows[0].setting
+        where = "1 GPU" if n == 1 else f"{n} GPUs (FSDP)"
+        t = Table(title=f"{model} on {where}, {_gib(s.gpu_memory)} GiB each: batch {s.batch_size} x {s.seq_len}, "
+                        f"{_how(s)} — GiB per GPU, by calculation", title_justify="left", header_style="bold")
+        for col in ("method", "trainable", "weights", "compute copies", "gradients", "optimizer", "activations",
+                    "backward work", "loss", "peak", "at", "+ context", "fits"):
+            t.add_column(col, justify="left" if col in ("method", "at", "fits") else "right")
+        for e in rows:
+            t.add_row(e.setting.method, f"{e.trainable_params:,}", _gib(e.weights), _gib(e.compute_copies),
+                      _gib(e.gradients), _gib(e.optimizer) + (f" (+{_gib(e.optimizer_host)} host)"
+                                                              if e.optimizer_host else ""),
+                      _gib(e.activations), _gib(e.backward_work), _gib(e.loss), _gib(e.peak), e.peak_phase,
+                      _gib(e.with_context), "[green]yes[/]" if e.fits else "[red]no[/]")
+        t.caption = ("peak = the largest of the step's phases (forward end, backward of the top block, optimizer "
+                     "step), so the parts do not add up to it; + context: the CUDA context, 0.76 GiB. "
+                     "Formulas: docs/estimate.md.")
+        tables.append(t)
+    return tables
+
+
+def _how(s) -> str:
+    parts = [f"{s.master_weights} master weights", s.optimizer + (" (offloaded)" if s.optimizer_offload else ""),
+             "checkpointing" if s.activation_checkpointing else "no checkpointing",
+             "compiled blocks" if s.compiled else "eager blocks", "chunked loss" if s.chunked_loss else "full logits"]
+    return ", ".join(parts)
+
+
+def _check(paths, fmt: str) -> None:
+    """The estimate next to every measured peak it models in ``paths``."""
+    from rich.table import Table
+
+    from peftbench.estimate.measured import comparisons
+
+    rows = [c for p in paths for c in comparisons(p)]
+    if not rows:
+        raise UsageError(f"--check {', '.join(map(str, paths))}: no run there that the estimate models (a shape: "
+                         "model on random rows of one length, a built-in method, AdamW, on CUDA).")
+    if fmt == "json":
+        print_json([{"file": c.file, "method": c.method, "variant": c.variant, "measured": c.measured,
+                     "estimated": c.estimated.peak, "phase": c.estimated.peak_phase, "error": c.error,
+                     "setting": c.estimated.to_dict()["setting"]} for c in rows])
+        return
+    t = Table(title="the estimate against measured peaks (torch.cuda.max_memory_allocated), GiB",
+              title_justify="left", header_style="bold")
+    for col in ("file", "model", "method", "variant", "batch", "checkpointing", "measured", "estimated", "error", "at"):
+        t.add_column(col, justify="right" if col in ("measured", "estimated", "error") else "left")
+    for c in rows:
+        s = c.estimated.setting
+        err = f"{c.error * 100:+.1f}%"
+        t.add_row(c.file, c.estimated.model, c.method, c.variant, f"{s.batch_size} x {s.seq_len}",
+                  "yes" if s.activation_checkpointing else "no", _gib(c.measured), _gib(c.estimated.peak),
+                  err if abs(c.error) <= BAR else f"[red]{err}[/]", c.estimated.peak_phase)
+    t.caption = f"error = estimated / measured - 1; red: beyond the {BAR:.0%} bar (docs/estimate.md says why)"
+    print_tables([t], markdown=fmt == "markdown")
+
+
+def _gib(value: float) -> str:
+    return f"{value / GIB:.2f}"

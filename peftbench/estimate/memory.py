@@ -1,0 +1,104 @@
+"""Per-GPU memory of one training step, phase by phase, and whether it fits.
+
+A step's memory peaks at one of three moments; the estimate is the largest:
+
+- **forward end**: what stays (weights, optimizer moments), the bf16 copies compute uses, every block's saved
+  activations and the loss's working memory;
+- **backward, top block**: the same without the loss, plus that block's backward work (and, with activation
+  checkpointing, its recomputed activations);
+- **optimizer step**: what stays plus every gradient (the loop frees gradients after each step and
+  activations during backward).
+
+With ``gpus`` > 1 the model is FSDP-sharded (FSDP2 with a bf16 ``MixedPrecisionPolicy``): weights, gradients and
+moments are divided by the world size; the root group (embedding, head, final norm) stays gathered in bf16
+for the step, one block's weights are gathered at a time, and in backward that block's unsharded gradients
+(bf16, and the fp32 copy the reduce-scatter sends when master weights are fp32) exist until reduced.
+What the allocator reserves beyond its peak, and the CUDA context, are not in the phases: ``fits`` adds the
+context (``CUDA_CONTEXT_BYTES``) to the peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from peftbench.estimate import activations as act
+from peftbench.estimate.architecture import Architecture
+from peftbench.estimate.parameters import BF16, FP32, stored
+from peftbench.estimate.setting import Setting
+
+# What an H200 process held outside PyTorch's allocator (context, cuBLAS/cuDNN kernels) with a model on it:
+# gpu_others_bytes = 812,449,792 in results/reference/8b-shape/latency/*.json (measured alone)
+CUDA_CONTEXT_BYTES = 812_449_792
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes per GPU. The parts are what each kind of memory reaches; ``peak`` is the largest phase's sum."""
+
+    model: str
+    setting: Setting
+    weights: float  # stored weights (frozen base + trainable), this GPU's share
+    compute_copies: float  # bf16 casts for compute (single GPU, fp32 weights) or FSDP's gathered groups
+    gradients: float
+    optimizer: float  # on the GPU (0 when offloaded)
+    optimizer_host: float  # in host memory when offloaded
+    activations: float  # every block's saved tensors (checkpoints only, with checkpointing)
+    backward_work: float  # one block's backward (and its recomputation, with checkpointing)
+    loss: float
+    phases: dict[str, float]
+    trainable_params: int
+
+    @property
+    def peak(self) -> float:
+        return max(self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.__getitem__)
+
+    @property
+    def with_context(self) -> float:
+        return self.peak + CUDA_CONTEXT_BYTES
+
+    @property
+    def fits(self) -> bool:
+        return self.with_context <= self.setting.gpu_memory
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "setting"}
+        return {**out, "setting": asdict(self.setting), "peak": self.peak, "peak_phase": self.peak_phase,
+                "cuda_context": CUDA_CONTEXT_BYTES, "with_context": self.with_context, "fits": self.fits}
+
+
+def estimate(arch: Architecture, setting: Setting) -> Estimate:
+    s = stored(arch, setting)
+    n = setting.gpus
+    share = 1 / n  # FSDP's shard; 1 on one GPU
+    weights = (s.frozen + s.weights) * share
+    optimizer = 0.0 if setting.optimizer_offload else s.optimizer * share
+    gradients = s.grads * share
+    if n > 1:  # FSDP: root group gathered all step, one block at a time; that block's unsharded gradients
+        gathered = s.root_compute + s.block_compute
+        reduce_copy = FP32 if setting.master_weights == "fp32" or setting.trains_lora else 0
+        block_grads = s.block_trainable * (BF16 + reduce_copy)
+    else:
+        gathered, block_grads = s.compute_copies, 0.0
+
+    t = setting.tokens
+    saved = (act.checkpoint_bytes_per_token(arch) if setting.activation_checkpointing
+             else act.block_bytes_per_token(arch, setting))
+    activations = arch.layers * saved * t
+    work = act.backward_work_bytes_per_token(arch) * t + s.dequantized
+    if setting.activation_checkpointing:
+        work += act.block_bytes_per_token(arch, setting) * t  # the top block, recomputed
+    loss = act.loss_bytes(arch, setting, s.head_trainable) + s.dequantized
+
+    stays = weights + optimizer
+    phases = {"forward end": stays + gathered + activations + loss,
+              "backward, top block": stays + gathered + activations + work + block_grads,
+              "optimizer step": stays + gradients + (s.root_compute if n > 1 else 0)}
+    return Estimate(model=arch.name, setting=setting, weights=weights, compute_copies=gathered,
+                    gradients=gradients + block_grads, optimizer=optimizer,
+                    optimizer_host=s.optimizer * share if setting.optimizer_offload else 0.0,
+                    activations=activations, backward_work=work, loss=loss, phases=phases,
+                    trainable_params=s.trainable_params)

@@ -1,0 +1,208 @@
+"""``peftbench estimate``: hand-computed numbers on a tiny config, the published parameter counts, the estimate
+against every committed measured peak it models (within 15 %), and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peftbench.errors import UsageError
+from peftbench.estimate import Setting, estimate, load_architecture, parse_memory
+from peftbench.estimate.measured import comparisons
+from peftbench.testing import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 2**30
+
+# h 64, MLP 160, 2 layers, 4 heads x 16, 2 key/value heads, vocabulary 1000, untied head
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 1000,
+        "tie_word_embeddings": False}
+# per block: q 64x64 + k, v 64x32 + o 64x64 + gate, up, down 64x160 = 43,008 matrix weights, + 2 norms of 64
+BLOCK, EMBED, TOTAL = 43_136, 64_000, 2 * 43_136 + 64_000 + 64_000 + 64
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    return load_architecture(str(tmp_path))
+
+
+def test_tiny_parameter_counts(tiny):
+    assert tiny.block_params() == BLOCK and tiny.total_params() == TOTAL == 214_336
+
+
+def test_full_fine_tuning_pure_bf16_on_one_gpu_by_hand(tiny):
+    e = estimate(tiny, Setting("full", batch_size=2, seq_len=8, master_weights="bf16"))
+    weights, moments = TOTAL * 2, TOTAL * 4
+    # a compiled full block saves 4q + 4kv + 4a + 8 + 8h + 6i = 256 + 128 + 16 + 8 + 512 + 960 bytes a token
+    saved = 1880 * 2 * 16
+    # loss: 14 labelled tokens' bf16 logits + gradient (4 x 14 x 1000), d hidden (2 x 14 x 64), head 10 x 1000 x 64
+    loss = 56_000 + 1_792 + 640_000
+    work = (6 * 160 + 4 * 64) * 16
+    assert e.weights == weights and e.optimizer == moments and e.gradients == weights
+    assert e.activations == saved and e.loss == loss and e.backward_work == work
+    assert e.phases == {"forward end": weights + moments + saved + loss,
+                        "backward, top block": weights + moments + saved + work,
+                        "optimizer step": weights + moments + weights}
+    assert e.peak == 2_043_968 and e.peak_phase == "forward end"
+
+
+def test_lora_by_hand(tiny):
+    e = estimate(tiny, Setting("lora", batch_size=2, seq_len=8, lora_rank=4))
+    lora = 2 * 4 * (128 + 96 + 96 + 128 + 224 + 224 + 224)  # r x (in + out) over the 7 linears, 2 blocks
+    assert e.trainable_params == lora == 8_960
+    # frozen block: 408 (attention, statistics) + 4h + 4i; each adapted linear: (1 + 2) d_in + 2r
+    saved = (408 + 256 + 640 + 6 * (3 * 64 + 8) + (3 * 160 + 8)) * 2 * 16
+    assert saved == 95_744 and e.activations == saved
+    fixed = TOTAL * 2 + lora * 4 + lora * 8 + lora * 2  # bf16 base, fp32 LoRA, its moments, its bf16 casts
+    assert e.phases["forward end"] == fixed + saved + 56_000 + 1_792
+    assert e.peak == 707_648
+
+
+def test_fsdp_divides_what_is_sharded_and_gathers_one_block(tiny):
+    e = estimate(tiny, Setting("full", gpus=2, batch_size=2, seq_len=8, master_weights="fp32"))
+    assert e.weights == TOTAL * 4 / 2 and e.optimizer == TOTAL * 8 / 2
+    root, block = (2 * EMBED + 64) * 2, BLOCK * 2
+    assert e.compute_copies == root + block
+    assert e.gradients == TOTAL * 4 / 2 + BLOCK * (2 + 4)  # sharded fp32 + one block's bf16 and fp32 copies
+    assert e.peak == 2_386_368
+    offloaded = estimate(tiny, Setting("full", gpus=2, batch_size=2, seq_len=8, optimizer_offload=True))
+    assert offloaded.optimizer == 0 and offloaded.optimizer_host == TOTAL * 8 / 2
+    assert e.peak - offloaded.peak == TOTAL * 8 / 2
+
+
+def test_qlora_stores_nf4_with_double_quantized_absmax(tiny):
+    e = estimate(tiny, Setting("qlora", batch_size=2, seq_len=8, lora_rank=4))
+    linear = 2 * 43_008
+    # 4 bits + an 8-bit absmax per 64 + an fp32 scale per 256 blocks; everything else bf16
+    assert e.weights == pytest.approx(linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + (TOTAL - linear) * 2 + 8_960 * 4)
+    single = estimate(tiny, Setting("qlora", batch_size=2, seq_len=8, lora_rank=4, double_quant=False))
+    assert single.weights - e.weights == pytest.approx(linear * (4 / 64 - 1 / 64 - 4 / (64 * 256)))
+
+
+def test_checkpointing_keeps_block_inputs_and_recomputes_one(tiny):
+    e = estimate(tiny, Setting("full", batch_size=2, seq_len=8, activation_checkpointing=True))
+    assert e.activations == 2 * 64 * 2 * 16
+    assert e.backward_work == (1880 + 6 * 160 + 4 * 64) * 16
+
+
+def test_published_parameter_counts():
+    assert load_architecture("shape:llama-3.1-70b").total_params() == 70_553_706_496
+    assert load_architecture("shape:llama-2-13b").total_params() == 13_015_864_320
+    assert load_architecture("shape:llama-3.1-8b").total_params() == 8_030_261_248
+    assert load_architecture("shape:smollm2-135m").total_params() == 134_515_008
+
+
+def test_defaults_are_the_builtin_methods_and_the_loss_chunk():
+    from peftbench_plugins.adapter.config import AdapterConfig
+    from peftbench_plugins.lora.config import LoraConfig
+
+    from peftbench.estimate import activations, setting
+    from peftbench.train.loss import LOGITS_PER_CHUNK
+
+    lora, adapter = LoraConfig(), AdapterConfig()
+    assert (setting.LORA_RANK, setting.LORA_DROPOUT, list(setting.ALL_LINEAR)) == (
+        lora.r, lora.dropout, lora.target_modules)
+    assert (setting.ADAPTER_REDUCTION, setting.ADAPTER_PLACEMENT) == (adapter.reduction_factor, adapter.placement)
+    assert activations.LOGITS_PER_CHUNK == LOGITS_PER_CHUNK
+
+
+# ---- the estimate against the committed measured peaks -------------------------------------------------
+# Every benchmarks/train_throughput.py file under results/ with shape: runs on random rows of one length (all
+# on one H200, torch.cuda.max_memory_allocated). Not modelled: results/reference/<task>/ (real examples of
+# varying length), the varlen-* files (random lengths) and sst2-* (a task), which setting_of() skips.
+MEASURED = [f"results/throughput-gpu/{n}.json" for n in (
+    "1b", "8b", "8b-ckpt", "8b-all", "8b-all-ckpt", "smol", "ablate-first", "ablate", "ablate-side-by-side",
+    "ablate-loss-sync-fix", "ablate-gc-skipped", "smol-qa-first", "smol-qa", "smol-qa-side-by-side",
+    "smol-qa-loss-sync-fix", "smol-qa-gc-skipped", "gc-freeze")] + [
+    f"results/reference/8b-shape/{n}.json" for n in ("throughput", "throughput-ckpt", "throughput-h100",
+                                                      "throughput-h100-ckpt")]
+BAR = 0.15
+# The first pass compiled blocks without emulate_precision_casts (results/throughput-gpu/README.md: "before the
+# bf16 rounding fix"): inductor kept fp32 intermediates, and saved more. The estimate models today's loop;
+# the same settings measured after the fix (smol-qa.json, adapter fast: 3.93 GiB) are within 4.3 %.
+KNOWN_GAPS = {("results/throughput-gpu/smol.json", "adapter", "fast"): -0.151,
+              ("results/throughput-gpu/smol-qa-first.json", "adapter", "fast"): -0.151}
+
+
+def _all_comparisons():
+    return [c for f in MEASURED for c in comparisons(ROOT / f)]
+
+
+def test_every_listed_file_has_runs_the_estimate_models():
+    for f in MEASURED:
+        assert comparisons(ROOT / f), f
+
+
+def test_the_estimate_is_within_15_percent_of_every_measured_peak():
+    rows = _all_comparisons()
+    assert len(rows) >= 130
+    beyond = {}
+    for c in rows:
+        key = (str(Path(c.file).relative_to(ROOT)), c.method, c.variant)
+        if key in KNOWN_GAPS:
+            assert c.error == pytest.approx(KNOWN_GAPS[key], abs=0.005), (key, c.error)
+        elif abs(c.error) > BAR:
+            beyond[key] = round(c.error, 3)
+        if c.trainable_measured is not None:  # the parameter accounting, exactly
+            assert c.estimated.trainable_params == c.trainable_measured, key
+    assert not beyond
+
+
+def test_the_8b_figures_the_docs_quote():
+    rows = {(c.method, c.estimated.setting.activation_checkpointing): c
+            for c in comparisons(ROOT / "results/throughput-gpu/8b-all.json")
+            + comparisons(ROOT / "results/throughput-gpu/8b-all-ckpt.json")}
+    assert rows["full", False].measured / GIB == pytest.approx(67.25, abs=0.01)
+    assert rows["full", False].estimated.peak / GIB == pytest.approx(67.06, abs=0.01)
+    assert rows["full", True].estimated.peak_phase == "optimizer step"
+    assert rows["qlora", True].estimated.peak / GIB == pytest.approx(8.16, abs=0.01)
+
+
+# ---- the command --------------------------------------------------------------------------------------
+
+def test_estimate_json_has_each_method_and_gpu_count(capsys):
+    code, out, err = run_cli(["estimate", "--model", "shape:llama-3.1-70b", "--methods", "full,lora,qlora",
+                              "--gpus", "1,8", "--gpu-memory", "80GiB", "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["setting"]["method"], r["setting"]["gpus"]) for r in rows] == [
+        ("full", 1), ("lora", 1), ("qlora", 1), ("full", 8), ("lora", 8), ("qlora", 8)]
+    full1, full8 = rows[0], rows[3]
+    assert full8["weights"] == pytest.approx(full1["weights"] / 8)
+    assert not full1["fits"] and rows[5]["fits"]  # 70B QLoRA over 8 GPUs fits in 80 GiB; full on one does not
+
+
+def test_table_and_check_print(capsys):
+    code, out, err = run_cli(["estimate", "--methods", "lora", "--format", "markdown"], capsys)
+    assert code == 0 and "shape:llama-3.1-8b on 1 GPU" in out and "| lora |" in out
+    code, out, err = run_cli(["estimate", "--check", str(ROOT / "results/throughput-gpu/8b-all.json")], capsys)
+    assert code == 0 and "67.25" in out and "67.06" in out
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--model", "shape:gpt-9"], ["unknown model 'shape:gpt-9'", "shape:llama-3.1-70b"]),
+    (["--model", "/nonexistent/dir"], ["unknown model '/nonexistent/dir'", "config.json"]),
+    (["--gpu-memory", "80 parsecs"], ["--gpu-memory '80 parsecs'", "80GiB"]),
+    (["--gpu-memory", "-5GB"], ["--gpu-memory '-5GB'"]),
+    (["--gpus", "0"], ["--gpus", ">= 1"]),
+    (["--gpus", "two"], ["--gpus", "not a whole number"]),
+    (["--methods", "lorra"], ["method 'lorra'", "full, lora, qlora, adapter"]),
+    (["--batch-size", "0"], ["batch_size", ">= 1"]),
+    (["--lora-targets", "qq_proj"], ["qq_proj", "q_proj"]),
+    (["--check", "/nonexistent.json"], ["/nonexistent.json", "not a readable JSON"]),
+])
+def test_bad_input_exits_2(argv, needles, capsys):
+    code, out, err = run_cli(["estimate", *argv], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_parse_memory_units():
+    assert parse_memory("80GiB") == 80 * 2**30 and parse_memory("48 GB") == 48 * 10**9
+    assert parse_memory("24576MiB") == 24 * 2**30 and parse_memory("1e9") == 10**9
+    with pytest.raises(UsageError):
+        parse_memory("0GiB")
