@@ -99,13 +99,22 @@ def test_defaults_are_the_builtin_methods_and_the_loss_chunk():
     from peftbench_plugins.lora.config import LoraConfig
 
     from peftbench.estimate import activations, setting
-    from peftbench.train.loss import LOGITS_PER_CHUNK
 
     lora, adapter = LoraConfig(), AdapterConfig()
     assert (setting.LORA_RANK, setting.LORA_DROPOUT, list(setting.ALL_LINEAR)) == (
         lora.r, lora.dropout, lora.target_modules)
     assert (setting.ADAPTER_REDUCTION, setting.ADAPTER_PLACEMENT) == (adapter.reduction_factor, adapter.placement)
-    assert activations.LOGITS_PER_CHUNK == LOGITS_PER_CHUNK
+    assert activations.LOGITS_PER_CHUNK == _constant(ROOT / "peftbench/train/loss.py", "LOGITS_PER_CHUNK")
+
+
+def _constant(path: Path, name: str):
+    """A module-level constant read from the source (importing peftbench.train would import torch: seconds)."""
+    import ast
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return eval(compile(ast.Expression(node.value), str(path), "eval"), {})
+    raise AssertionError(f"{name} not in {path}")
 
 
 # ---- the estimate against the committed measured peaks -------------------------------------------------
@@ -179,6 +188,8 @@ def test_table_and_check_print(capsys):
     assert code == 0 and "shape:llama-3.1-8b on 1 GPU" in out and "| lora |" in out
     code, out, err = run_cli(["estimate", "--check", str(ROOT / "results/throughput-gpu/8b-all.json")], capsys)
     assert code == 0 and "67.25" in out and "67.06" in out
+    code, out, err = run_cli(["estimate", str(ROOT / "results/throughput-gpu/8b-all.json")], capsys)
+    assert code == 2 and "FILES go with --check" in err
 
 
 @pytest.mark.parametrize("argv,needles", [
@@ -192,6 +203,7 @@ def test_table_and_check_print(capsys):
     (["--batch-size", "0"], ["batch_size", ">= 1"]),
     (["--lora-targets", "qq_proj"], ["qq_proj", "q_proj"]),
     (["--check", "/nonexistent.json"], ["/nonexistent.json", "not a readable JSON"]),
+    (["--check"], ["--check needs at least one file"]),
 ])
 def test_bad_input_exits_2(argv, needles, capsys):
     code, out, err = run_cli(["estimate", *argv], capsys)
@@ -206,3 +218,37 @@ def test_parse_memory_units():
     assert parse_memory("24576MiB") == 24 * 2**30 and parse_memory("1e9") == 10**9
     with pytest.raises(UsageError):
         parse_memory("0GiB")
+
+
+# ---- the scale claims, by calculation ------------------------------------------------------------------
+
+def test_claims_by_calculation_and_their_verdicts():
+    from peftbench.report.calculated import check_by_calculation, load_calculated_claims
+
+    claims = {c["id"]: c for c in load_calculated_claims()}
+    results = {r["id"]: r for r in check_by_calculation()}
+    assert set(results) == set(claims) and all(r["model"] == "by calculation" for r in results.values())
+    # the smallest world size that fits: one fewer GPU does not
+    need = results["full_70b_needs_8_gpus"]
+    args = {k: v for k, v in claims["full_70b_needs_8_gpus"]["args"].items() if k not in ("model", "method")}
+    arch = load_architecture("shape:llama-3.1-70b")
+    memory = parse_memory(args.pop("gpu_memory"))
+    fits = [estimate(arch, Setting("full", gpus=n, gpu_memory=memory, **args)).fits for n in (13, 14)]
+    assert need["value"] == 14 and fits == [False, True] and need["verdict"] == "holds (by calculation)"
+    assert results["qlora_70b_one_48gb_gpu"]["value"] == pytest.approx(44.4, abs=0.05)
+    assert results["full_13b_needs_80gb"]["verdict"] == "does not hold (by calculation)"
+    assert results["full_13b_needs_80gb_bf16_8bit"]["verdict"] == "holds (by calculation)"
+
+
+def test_the_pure_bf16_memory_cut_matches_the_measured_one():
+    from peftbench.report.calculated import check_by_calculation
+
+    cut = {r["id"]: r for r in check_by_calculation()}["lora_cuts_memory_60_80_bf16"]["value"]
+    peaks = {c.method: c.measured for c in comparisons(ROOT / "results/throughput-gpu/8b-all.json")}
+    assert cut == pytest.approx(1 - peaks["lora"] / peaks["full"], abs=0.01)  # 37.8 % measured on the H200
+
+
+def test_claims_command_prints_each_claim(capsys):
+    code, out, err = run_cli(["estimate", "--claims", "--format", "markdown"], capsys)
+    assert code == 0, err
+    assert "| a 70B full fine-tune needs 8+ A100 80 GB GPUs | shape:llama-3.1-70b | 14 GPUs | >= 8 GPUs |" in out

@@ -38,19 +38,27 @@ BAR = 0.15  # docs/estimate.md: the estimate is held to 15 % of every measured p
 @click.option("--adapter-placement", default="houlsby", show_default=True,
               type=click.Choice(["houlsby", "pfeiffer", "parallel"]))
 @click.option("--adapter-reduction", default=16, show_default=True, type=int, help="bottleneck = hidden // this")
-@click.option("--check", "check_files", multiple=True, type=click.Path(path_type=Path),
-              help="instead: compare with the measured peaks of these benchmarks/train_throughput.py files (repeatable)")
+@click.option("--claims", "show_claims", is_flag=True,
+              help="instead: the scale claims peftbench checks by calculation (peftbench/report/calculated_claims.yaml)")
+@click.option("--check", is_flag=True,
+              help="instead: compare with the measured peaks in FILES (benchmarks/train_throughput.py --json files)")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="same as --format json")
 def estimate(models, methods, gpus, gpu_memory, batch_size, seq_len, activation_checkpointing, optimizer_offload,
              master_weights, optimizer, naive, no_compile, lora_rank, lora_targets, adapter_placement,
-             adapter_reduction, check_files, fmt, as_json):
+             adapter_reduction, show_claims, check, files, fmt, as_json):
     """Per-GPU memory of a training step for each method, by calculation: weights, gradients, optimizer
     state, activations at the batch given, the loss, the peak and whether it fits on --gpu-memory (with the
     CUDA context). The formulas and their check against measured peaks: docs/estimate.md."""
     fmt = "json" if as_json else fmt
-    if check_files:
-        return _check(check_files, fmt)
+    if show_claims:
+        return _claims(fmt)
+    if check or files:
+        if not (check and files):
+            raise UsageError("FILES go with --check (peftbench estimate --check results/throughput-gpu/8b-all.json); "
+                             "--check needs at least one file.")
+        return _check(files, fmt)
     from peftbench.estimate import Setting, load_architecture, parse_memory
     from peftbench.estimate import estimate as calculate
 
@@ -139,6 +147,35 @@ def _check(paths, fmt: str) -> None:
                   err if abs(c.error) <= BAR else f"[red]{err}[/]", c.estimated.peak_phase)
     t.caption = f"error = estimated / measured - 1; red: beyond the {BAR:.0%} bar (docs/estimate.md says why)"
     print_tables([t], markdown=fmt == "markdown")
+
+
+def _claims(fmt: str) -> None:
+    """The by-calculation claims: each one's calculated value, the claimed range and the verdict."""
+    from rich.table import Table
+
+    from peftbench.report.calculated import check_by_calculation
+
+    results = check_by_calculation()
+    if fmt == "json":
+        print_json(results)
+        return
+    t = Table(title="scale claims checked by calculation (peftbench estimate)", title_justify="left",
+              header_style="bold")
+    for col in ("claim", "on", "calculated", "claimed", "verdict", "how"):
+        t.add_column(col, justify="right" if col in ("calculated", "claimed") else "left")
+    for r in results:
+        lo, hi = (_in_unit(v, r["unit"]) if v is not None else None for v in r["range"])
+        claimed = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"{lo} to {hi}"
+        color = "green" if r["verdict"].startswith("holds") else "red"
+        t.add_row(r["claim"], r["task"], _in_unit(r["value"], r["unit"]), claimed, f"[{color}]{r['verdict']}[/]",
+                  r["how"])
+    print_tables([t], markdown=fmt == "markdown")
+
+
+def _in_unit(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:.0f}%" if unit == "share" else f"{value:.0f} GPUs" if unit == "GPUs" else f"{value:.1f} GiB"
 
 
 def _gib(value: float) -> str:

@@ -96,7 +96,7 @@ def estimate(arch: Architecture, setting: Setting) -> Estimate:
     stays = weights + optimizer
     phases = {"forward end": stays + gathered + activations + loss,
               "backward, top block": stays + gathered + activations + work + block_grads,
-              "optimizer step": stays + gradients + (s.root_compute if n > 1 else 0)}
+              "optimizer step": stays + gradients}  # FSDP reshards the root group after backward
     return Estimate(model=arch.name, setting=setting, weights=weights, compute_copies=gathered,
                     gradients=gradients + block_grads, optimizer=optimizer,
                     optimizer_host=s.optimizer * share if setting.optimizer_offload else 0.0,
