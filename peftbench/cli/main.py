@@ -17,6 +17,7 @@ from peftbench.cli.latency import latency
 from peftbench.cli.listing import methods, options, plugins, tasks
 from peftbench.cli.report import claims, report
 from peftbench.cli.run import run
+from peftbench.cli.serve import serve_bench
 from peftbench.errors import PeftbenchError, UsageError
 
 PLUGIN_COMMANDS = "peftbench.plugin_commands"  # ctx.meta key: the commands the loaded plugins add
@@ -93,7 +94,7 @@ def cli(plugins, disabled, strict_plugins):
     """Measure what LoRA, QLoRA, bottleneck adapters and full fine-tuning buy and cost."""
 
 
-for command in (run, report, claims, latency, methods, options, tasks, plugins, export):
+for command in (run, report, claims, latency, serve_bench, methods, options, tasks, plugins, export):
     cli.add_command(command)
 cli.add_command(estimate)
 

@@ -26,6 +26,9 @@ from peftbench.report.baselines import informative
 from peftbench.report.doubts import SUSPECT
 from peftbench.report.leaderboard import rows_for_task
 from peftbench.report.quantities import LATENCY_QUANTITIES, QUANTITIES, Evidence
+from peftbench.report.serving_claims import SERVING_QUANTITIES
+
+ALL_QUANTITIES = {**QUANTITIES, **SERVING_QUANTITIES}  # serve-bench's claims are judged on its sections ("serving")
 
 SCORE_QUANTITIES = {"share_of_full", "relative_gap", "merge_score_change"}  # what an uninformative task cannot decide
 EXCLUDED = "excluded"
@@ -36,9 +39,9 @@ def load_claims(path: Path | None = None) -> list[dict[str, Any]]:
     claims = yaml.safe_load(path.read_text())
     for c in claims:
         missing = {"id", "claim", "source", "quantity", "args", "range"} - set(c)
-        if missing or c["quantity"] not in QUANTITIES:
+        if missing or c["quantity"] not in ALL_QUANTITIES:
             raise ValueError(f"{path}: claim {c.get('id')!r} is malformed (missing {sorted(missing)} or unknown "
-                             f"quantity {c.get('quantity')!r}; known: {', '.join(QUANTITIES)})")
+                             f"quantity {c.get('quantity')!r}; known: {', '.join(ALL_QUANTITIES)})")
     return claims
 
 
@@ -75,9 +78,10 @@ def check(runs: list[dict[str, Any]], latency: dict[str, dict[str, Any]],
     excluded = uninformative(runs, tasks or {})
     out = []
     for c in claims or load_claims():
-        where = ["latency"] if c["quantity"] in LATENCY_QUANTITIES else sorted(ev.by_task)
+        where = (["latency"] if c["quantity"] in LATENCY_QUANTITIES else ["serving"]
+                 if c["quantity"] in SERVING_QUANTITIES else sorted(ev.by_task))
         for task in where:
-            value, ci, how = QUANTITIES[c["quantity"]](ev, task, **c["args"])
+            value, ci, how = ALL_QUANTITIES[c["quantity"]](ev, task, **c["args"])
             if value is None:
                 continue
             judged = verdict(value, ci, c["range"])

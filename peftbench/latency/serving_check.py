@@ -1,0 +1,54 @@
+"""Correctness before speed: each row of a mixed batch must give the logits its adapter gives alone, so a
+fast number is never a wrong one. Checked on the multi-adapter model itself, before it is timed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from peftbench.latency.serving_config import row_adapters
+
+# |mixed - alone| / max |alone| of the last position's logits: float32 differs only by the order of sums
+# (the sub-batch's matmul against the whole batch's); bf16 rounds each layer's LoRA output to 8 bits
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+SEPARATION = 4.0  # the adapters must differ from each other by this many times the mixed batch's error
+
+
+def check_mixed_batch(model: Any, names: list[str], k: int, ids: torch.Tensor, active: str) -> dict[str, Any]:
+    """Run ``ids`` (B rows) once as a mixed batch whose rows ask for the first ``k`` adapters in turn, and once
+    per adapter with that adapter alone active (the whole batch, so the base layers see the same batch);
+    compare the last position's logits row by row. ``effect``: how far each row's adapter is from the next
+    adapter's (from the base model's when k = 1), the smallest over rows -- the check can fail only if the
+    adapters differ. ``ok``: the relative error is within the dtype's tolerance and the adapters differ by
+    more than ``SEPARATION`` times the error (adapters that do nothing fail). The model is left with ``active`` the adapter in use."""
+    rows = ids.shape[0]
+    wanted = row_adapters(names, k, rows)
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    try:
+        with torch.inference_mode():
+            mixed = _last_logits(model, ids, adapter_names=wanted)
+            alone = {}
+            for name in names[:k]:
+                model.set_adapter(name)
+                alone[name] = _last_logits(model, ids)
+            with model.disable_adapter():
+                base = _last_logits(model, ids)
+    finally:
+        model.set_adapter(active)
+    own = torch.stack([alone[a][r] for r, a in enumerate(wanted)])
+    other = torch.stack([alone[names[(names.index(a) + 1) % k]][r] if k > 1 else base[r]
+                         for r, a in enumerate(wanted)])
+    scale = float(own.abs().max())
+    error = float((mixed - own).abs().max())
+    effect = float((own - other).abs().amax(dim=-1).min())
+    relative = error / scale if scale else float("inf")
+    tolerance = TOLERANCE.get(dtype, 5e-2)
+    return {"adapters": k, "rows": rows, "max_abs_error": round(error, 8), "relative_error": round(relative, 8),
+            "min_adapter_effect": round(effect, 6), "tolerance": tolerance,
+            "ok": relative <= tolerance and effect > SEPARATION * error}
+
+
+def _last_logits(model: Any, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+    return out.logits[:, -1].float()

@@ -1,0 +1,60 @@
+"""The serving plot: decode overhead vs base against K, the adapters one batch asks for, per method and batch
+size, with the bootstrap 95 % CI of each point, and dotted the line a linear cost would follow (K times one
+adapter's overhead). PNG or SVG (matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from peftbench.latency.serving_config import mixed_k
+from peftbench.latency.summary import headline_regime
+
+
+def overhead_curves(lat: dict[str, Any]) -> dict[int, list[tuple[int, float, float, float]]]:
+    """batch size -> [(K, overhead, CI low, CI high)] of the mixed modes at the section's first prompt
+    length in its headline regime, by K."""
+    regime = headline_regime(lat)
+    curves: dict[int, list[tuple[int, float, float, float]]] = {}
+    first_prompt = (lat.get("plan") or {}).get("prompt_lengths", [None])[0]
+    for cell in (lat.get("regimes") or {}).get(regime, []):
+        if first_prompt is not None and cell["prompt_tokens"] != first_prompt:
+            continue
+        points = sorted((mixed_k(m), o["ratio"], o["ci95"][0], o["ci95"][1])
+                        for m, o in cell["overhead"].items() if mixed_k(m))
+        if points:
+            curves[cell["batch_size"]] = points
+    return curves
+
+
+def serving_plot(sections: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Write the plot of every method's curves to ``path`` (its suffix picks the format)."""
+    try:
+        import matplotlib
+    except ImportError:
+        from peftbench.errors import UsageError
+
+        raise UsageError("plots need matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "peftbench"  # stable ids: the same results give the same SVG
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=150)
+    for method, lat in sections.items():
+        for batch, points in overhead_curves(lat).items():
+            ks = [p[0] for p in points]
+            ys = [100 * p[1] for p in points]
+            err = [[100 * (p[1] - p[2]) for p in points], [100 * (p[3] - p[1]) for p in points]]
+            line = ax.errorbar(ks, ys, yerr=err, marker="o", capsize=3, label=f"{method}, batch {batch}")
+            if len(points) > 1 and points[0][0] == 1:
+                ax.plot(ks, [k * ys[0] for k in ks], linestyle=":", color=line[0].get_color(), linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("K: adapters one batch asks for")
+    ax.set_ylabel("decode overhead vs base (%, 95% CI)")
+    ax.set_title((title + "\n" if title else "") + "dotted: linear cost (K x one adapter's overhead)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+    plt.close(fig)
+    return path
