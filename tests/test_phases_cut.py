@@ -125,3 +125,101 @@ def test_the_study_from_the_model_in_hand_matches_fresh_copies_with_fewer_loads(
         assert a.max_abs_logit_diff == pytest.approx(b.max_abs_logit_diff, rel=0.05, abs=1e-3)
         assert a.greedy_agreement == pytest.approx(b.greedy_agreement, abs=0.05)
         assert 0 < a.max_rel_logit_diff < 0.05  # bf16 rounding: not zero, not a broken merge
+
+
+# ---- latency rounds stop once the medians are tight -------------------------------------------------------
+def _fake_clock_measure(monkeypatch, plan, spread):
+    """``measure`` over three modes whose decode times come from a fake clock: 10 ms per token times a
+    deterministic jitter of +-``spread``."""
+    import contextlib
+    import itertools
+
+    import peftbench.latency.timer as timer
+
+    jitter = itertools.cycle([0.0, 1.0, -1.0, 0.5, -0.5, 0.8, -0.8])
+    calls = []
+
+    def fake_round(model, ids, new_tokens, clock):
+        calls.append(model)
+        ms = 10.0 * (1 + spread * next(jitter))
+        return ms * 4, ms, ms
+
+    monkeypatch.setitem(timer.ROUNDS, "eager", fake_round)
+    modes = {n: (lambda n=n: contextlib.nullcontext(n)) for n in ("base", "unmerged", "merged")}
+    return timer.measure(modes, plan, "cpu", 100), calls
+
+
+def _plan(**kw):
+    from peftbench.latency.config import LatencyConfig
+
+    return LatencyConfig(**{"batch_sizes": [1], "prompt_lengths": [4], "new_tokens": 2, **kw}).grid()
+
+
+def test_rounds_stop_early_on_a_quiet_clock(monkeypatch):
+    plan = _plan(rounds=10, min_rounds=3, target_rel_ci=0.05)
+    out, calls = _fake_clock_measure(monkeypatch, plan, spread=0.01)  # +-1 %: tight after the minimum
+    cell = out["regimes"]["eager"][0]
+    assert cell["rounds"] == 3 and len(calls) == 3 * (plan.warmup + 3)
+    for mode in ("base", "unmerged", "merged"):
+        decode = cell["modes"][mode]["samples"]["decode"]
+        assert len(decode) == 3
+        assert cell["modes"][mode]["decode_rel_ci"] == pytest.approx((max(decode) - min(decode)) / 2 / 10.0, abs=2e-4)
+        assert 0 < cell["modes"][mode]["decode_rel_ci"] <= 0.01
+    assert out["plan"]["min_rounds"] == 3 and out["plan"]["target_rel_ci"] == 0.05
+    assert out["sanity"][0]["ok"] is True  # 3 rounds: judged
+
+
+def test_rounds_run_to_the_maximum_on_a_noisy_clock(monkeypatch):
+    plan = _plan(rounds=8, min_rounds=3, target_rel_ci=0.05)
+    out, calls = _fake_clock_measure(monkeypatch, plan, spread=0.30)  # +-30 %: never tight enough
+    cell = out["regimes"]["eager"][0]
+    assert cell["rounds"] == 8 and len(calls) == 3 * (plan.warmup + 8)
+    assert cell["modes"]["base"]["decode_rel_ci"] > 0.05
+
+
+def test_a_fixed_count_when_min_rounds_is_the_maximum_or_the_target_zero(monkeypatch):
+    for kw in ({"rounds": 5, "min_rounds": 5}, {"rounds": 5, "target_rel_ci": 0.0}):
+        out, _ = _fake_clock_measure(monkeypatch, _plan(**kw), spread=0.0)
+        assert out["regimes"]["eager"][0]["rounds"] == 5
+
+
+def test_a_shape_stopped_below_the_judging_minimum_is_doubted_and_not_judged(monkeypatch):
+    from peftbench.report.doubts import rounds_taken, timing_doubts
+
+    out, _ = _fake_clock_measure(monkeypatch, _plan(rounds=6, min_rounds=2, target_rel_ci=0.05), spread=0.0)
+    assert out["regimes"]["eager"][0]["rounds"] == 2 and out["plan"]["rounds"] == 6
+    assert rounds_taken(out, "eager") == 2
+    assert "2 timed rounds: too few for a CI" in timing_doubts(out, "eager")
+    assert out["sanity"][0]["ok"] is None  # the sanity check does not judge 2 rounds either
+    old = {"plan": {"rounds": 2}, "regimes": {"eager": [{"batch_size": 1}]}}  # a file from before: plan's count
+    assert rounds_taken(old, "eager") == 2
+
+
+def test_median_ci_is_the_order_statistics_interval():
+    from peftbench.latency.stats import median_ci, rel_half_width
+
+    assert median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)                  # below 6: [min, max]
+    assert median_ci(list(range(1, 11))) == (2, 9)                    # n = 10: k = 2 (97.9 % coverage)
+    assert median_ci(list(range(1, 21))) == (6, 15)                   # n = 20: k = 6 (95.9 %)
+    assert rel_half_width([9.0, 10.0, 11.0]) == pytest.approx(0.1)
+    assert rel_half_width([10.0]) == float("inf")
+
+
+def test_the_stopping_rule_leaves_old_folders_keys_and_plans_alone():
+    """Files written before latency_min_rounds / latency_target_rel_ci existed lack them: at their defaults the
+    options are not recorded, so a resumed plan is unchanged and the latency reuse key is the old one."""
+    from peftbench.session.options import GRID_KEYS, CellOptions
+    from peftbench.session.timing import latency_key_of_result
+
+    flat = CellOptions().flat()
+    assert "latency_min_rounds" not in flat and "latency_target_rel_ci" not in flat
+    assert GRID_KEYS == ("latency_rounds", "latency_batch_sizes", "latency_prompt_lengths", "latency_new_tokens",
+                         "latency_regimes", "latency_stack", "latency_dtype")
+    old_train = {k: v for k, v in flat.items() if k in GRID_KEYS}
+    result = {"method": "lora", "config": {"method": {"r": 8}, "train": old_train}}
+    assert latency_key_of_result(result) == latency_key_of_result({**result, "config": {
+        "method": {"r": 8}, "train": flat}})
+    changed = CellOptions.build({"latency_min_rounds": 5}, "test").flat()
+    assert changed["latency_min_rounds"] == 5
+    assert latency_key_of_result({**result, "config": {"method": {"r": 8}, "train": changed}}) != \
+        latency_key_of_result(result)

@@ -10,6 +10,9 @@ from peftbench.errors import ConfigError
 
 REGIMES = ("eager", "static")
 SET_PREFIX = "latency_"  # a LatencyConfig field ``rounds`` is set as ``--set latency_rounds=...``
+# options run files record only when set otherwise than their default: folders written before they existed
+# then resume with an unchanged plan, and their timings keep their reuse key (``session.timing``)
+QUIET_OPTIONS = ("min_rounds", "target_rel_ci")
 
 
 @dataclass
@@ -19,8 +22,12 @@ class LatencyPlan:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     prompt_lengths: list[int] = field(default_factory=lambda: [128, 1024])
     new_tokens: int = 64
-    rounds: int = 5
+    rounds: int = 5                  # timed rounds per shape: the most, when min_rounds lets a shape stop early
     warmup: int = 1
+    # a shape may stop after min_rounds timed rounds once every mode's median decode time is tight enough:
+    # median_ci's half-width at most target_rel_ci of the median (None or 0: always ``rounds``)
+    min_rounds: int | None = None
+    target_rel_ci: float = 0.0
     regimes: list[str] = field(default_factory=lambda: ["eager", "static"])
     tolerance: float = 0.03          # the sanity check's bound on |overhead| of modes that should equal base
     bootstrap: int = 2000
@@ -39,13 +46,27 @@ class LatencyPlan:
                 raise ConfigError(f"latency {name} must be positive integers; got {values}.")
         if self.rounds < 1:
             raise ConfigError(f"latency rounds must be >= 1; got {self.rounds}.")
+        if self.min_rounds is not None and not 1 <= self.min_rounds <= self.rounds:
+            raise ConfigError(f"latency min_rounds must be between 1 and rounds ({self.rounds}); got "
+                              f"{self.min_rounds}.")
+
+    def stops_early(self) -> bool:
+        """Whether a shape may stop before ``rounds`` (its modes' medians tight enough after ``min_rounds``)."""
+        return self.min_rounds is not None and self.min_rounds < self.rounds and self.target_rel_ci > 0
 
 
 @dataclass
 class LatencyConfig:
     """How each cell times inference. Set as ``--set latency_<field>=VALUE`` (e.g. ``latency_rounds=0``)."""
 
-    rounds: int = option("timed rounds per latency mode and shape (median reported; 0: skip latency)", default=5)
+    rounds: int = option("timed rounds per latency mode and shape, at most (median reported; 0: skip latency)",
+                         default=5)
+    min_rounds: int = option("timed rounds before a shape may stop: it stops once every mode's median decode time "
+                             "is as tight as latency_target_rel_ci (set it to latency_rounds for a fixed count)",
+                             default=3)
+    target_rel_ci: float = option("stop a shape's rounds once each mode's 95 % interval of its median decode time "
+                                  "(order statistics; [min, max] below 6 rounds) has a half-width of at most this "
+                                  "share of the median (0: always latency_rounds)", default=0.05)
     batch_sizes: list[int] = option("batch sizes of the latency grid", default_factory=lambda: [1])
     prompt_lengths: list[int] = option("prompt lengths (tokens) of the latency grid", default_factory=lambda: [128])
     new_tokens: int = option("tokens generated per latency round (>= 2)", default=32)
@@ -67,10 +88,14 @@ class LatencyConfig:
         if any(k < 2 for k in self.stack):
             raise ConfigError(f"latency option 'latency_stack' lists how many modules to stack (each >= 2); got "
                               f"{self.stack}.")
+        if self.min_rounds < 1 or self.target_rel_ci < 0:
+            raise ConfigError(f"latency options 'latency_min_rounds' must be >= 1 and 'latency_target_rel_ci' >= 0, "
+                              f"got {self.min_rounds!r} and {self.target_rel_ci!r}.")
         if self.rounds:
             self.grid()  # validates the grid
 
     def grid(self) -> LatencyPlan:
         """The shapes, regimes and rounds to time."""
         return LatencyPlan(batch_sizes=list(self.batch_sizes), prompt_lengths=list(self.prompt_lengths),
-                           new_tokens=self.new_tokens, rounds=self.rounds, regimes=list(self.regimes))
+                           new_tokens=self.new_tokens, rounds=self.rounds, regimes=list(self.regimes),
+                           min_rounds=min(self.min_rounds, self.rounds), target_rel_ci=self.target_rel_ci)

@@ -7,8 +7,12 @@ of new tokens):
 
 1. every mode is warmed up (``warmup`` rounds, not recorded: eager ones decode the full length, static ones
    at most 8 tokens);
-2. ``rounds`` timed rounds follow; within a round the modes run one after another in an order that rotates
-   from round to round, so drift in clock speed or load hits every mode alike and no mode always goes first;
+2. timed rounds follow, ``rounds`` at most; within a round the modes run one after another in an order that
+   rotates from round to round, so drift in clock speed or load hits every mode alike and no mode always goes
+   first. After ``min_rounds`` a shape stops as soon as every mode's median decode time is as tight as asked
+   (the half-width of its distribution-free 95 % interval, ``stats.median_ci``, at most ``target_rel_ci`` of
+   the median): a quiet machine is done in few rounds, a noisy one gets them all. Each cell records the
+   rounds it took and each mode the tightness reached (``decode_rel_ci``);
 3. a round times the **prefill** (the prompt's forward pass, up to the first new token) and the **decode**
    (the remaining new tokens; reported per token) with CUDA events on the GPU and ``perf_counter`` on CPU,
    with Python's garbage collector off (collected before, restored after), as timeit and pyperf do. In the
@@ -46,6 +50,7 @@ from peftbench.latency.config import LatencyPlan
 from peftbench.latency.eager import eager_round
 from peftbench.latency.shape import ShapeSamples, shape_cell
 from peftbench.latency.static import static_round
+from peftbench.latency.stats import rel_half_width
 from peftbench.latency.summary import latency_headline
 from peftbench.system.memory import host_cpu_state
 
@@ -105,7 +110,7 @@ def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab
 def _kept_cells(done: dict[str, Any] | None, out: dict[str, Any]) -> dict[GridKey, dict[str, Any]]:
     """The cells of an earlier section ``done`` that can be kept: only when it timed the same plan and modes
     (anything else would mix grids), and only complete cells (every mode timed or failed)."""
-    if not done or done.get("plan") != out["plan"] or done.get("modes") != out["modes"]:
+    if not done or not _same_plan(done.get("plan"), out["plan"]) or done.get("modes") != out["modes"]:
         return {}
     kept = {}
     for regime, cells in (done.get("regimes") or {}).items():
@@ -113,6 +118,12 @@ def _kept_cells(done: dict[str, Any] | None, out: dict[str, Any]) -> dict[GridKe
             if set(cell.get("modes", {})) == set(out["modes"]):
                 kept[(regime, cell["batch_size"], cell["prompt_tokens"])] = cell
     return kept
+
+
+def _same_plan(earlier: Any, plan: dict[str, Any]) -> bool:
+    """Whether an earlier section's plan is this one (a plan recorded before shapes could stop early timed a
+    fixed count of rounds)."""
+    return isinstance(earlier, dict) and {"min_rounds": None, "target_rel_ci": 0.0, **earlier} == plan
 
 
 def _carry_wall_time(done: dict[str, Any], out: dict[str, Any]) -> None:
@@ -180,7 +191,18 @@ def _time_rounds(modes: dict[str, ModeFactory], names: list[str], one_round: Cal
                     wall[mode] = round(wall[mode] + time.perf_counter() - t0, 3)
                 if timed:  # the host's state is read after the round, outside its timing
                     samples.add(mode, (prefill, decode, decode_mean), host_cpu_state())
+            if timed and tight_enough(samples, plan, r + 1 - plan.warmup):
+                break
     return samples
+
+
+def tight_enough(samples: ShapeSamples, plan: LatencyPlan, taken: int) -> bool:
+    """Whether a shape can stop after ``taken`` timed rounds: at least ``min_rounds``, and every mode still
+    timed has a median decode time as tight as ``target_rel_ci`` (never, when the plan does not stop early)."""
+    if not plan.stops_early() or taken < plan.min_rounds:
+        return False
+    live = [m for m in samples.times if m not in samples.failed]
+    return bool(live) and all(rel_half_width(samples.times[m]["decode"]) <= plan.target_rel_ci for m in live)
 
 
 def _prompt(vocab: int, batch: int, length: int, device: str, seed: int) -> torch.Tensor:

@@ -32,13 +32,21 @@ def runs_timing_doubts(runs: list[dict[str, Any]]) -> list[str]:
     return sorted({d for r in runs for d in contention(r)})
 
 
+def rounds_taken(lat: dict[str, Any], regime: str) -> int | None:
+    """The fewest timed rounds a shape of ``regime`` took: shapes stop early once their medians are tight
+    (each cell records its ``rounds``); files written before that timed every shape the plan's ``rounds``."""
+    taken = [c["rounds"] for c in (lat.get("regimes") or {}).get(regime) or [] if isinstance(c.get("rounds"), int)]
+    return min(taken) if taken else (lat.get("plan") or {}).get("rounds")
+
+
 def timing_doubts(lat: dict[str, Any], regime: str) -> list[str]:
     """Why a latency section's figures in ``regime`` cannot back a verdict: too few rounds for a CI, its own
     sanity check failed (merged or full fine-tuning did not time like base: judged again here from each
     entry's overhead and tolerance, so files that stored the earlier, lenient verdict read the same way), or it
-    was timed on a shared GPU or a busy host, or without a record of either."""
+    was timed on a shared GPU or a busy host, or without a record of either. Too few rounds: the fewest any of
+    its shapes took (``rounds_taken``)."""
     doubts = []
-    rounds = (lat.get("plan") or {}).get("rounds")
+    rounds = rounds_taken(lat, regime)
     if rounds is not None and rounds < MIN_ROUNDS_TO_JUDGE:
         doubts.append(f"{rounds} timed round{'s' if rounds != 1 else ''}: too few for a CI")
     if sanity_failures(lat, regime):

@@ -13,15 +13,17 @@ from typing import Any
 
 from peftbench.api.options import build_dataclass, describe_fields, to_jsonable
 from peftbench.evaluate.config import EvalConfig
-from peftbench.latency.config import SET_PREFIX, LatencyConfig
+from peftbench.latency.config import QUIET_OPTIONS, SET_PREFIX, LatencyConfig
 from peftbench.train.config import TrainConfig
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 EVAL_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig))
 LATENCY_KEYS = tuple(SET_PREFIX + f.name for f in dataclasses.fields(LatencyConfig))
 OPTION_KEYS = (*TRAIN_KEYS, *EVAL_KEYS, *LATENCY_KEYS)
+LATENCY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LatencyConfig)}
 GRID_KEYS = tuple(SET_PREFIX + k for k in ("rounds", "batch_sizes", "prompt_lengths", "new_tokens", "regimes",
                                            "stack", "dtype"))  # what a latency grid depends on (not ``once``)
+STOP_KEYS = tuple(SET_PREFIX + k for k in QUIET_OPTIONS)  # and when its shapes stop: keyed only when set otherwise
 
 
 @dataclass
@@ -49,8 +51,13 @@ class CellOptions:
 
     def flat(self) -> dict[str, Any]:
         """The options as one JSON mapping under their ``--set`` keys (the run files' ``config.train``)."""
-        latency = {SET_PREFIX + k: v for k, v in to_jsonable(self.latency).items()}
-        return {**to_jsonable(self.train), **to_jsonable(self.eval), **latency}
+        return {**to_jsonable(self.train), **to_jsonable(self.eval), **latency_flat(self.latency)}
+
+
+def latency_flat(latency: LatencyConfig) -> dict[str, Any]:
+    """The latency options under their ``--set`` keys, the quiet ones only when not at their default."""
+    return {SET_PREFIX + k: v for k, v in to_jsonable(latency).items()
+            if k not in QUIET_OPTIONS or v != LATENCY_DEFAULTS[k]}
 
 
 def _pick(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

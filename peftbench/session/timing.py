@@ -9,16 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.api.options import to_jsonable
-from peftbench.latency.config import SET_PREFIX
-from peftbench.session.options import GRID_KEYS
+from peftbench.session.options import GRID_KEYS, STOP_KEYS, latency_flat
 from peftbench.system import memory
 
 
 def latency_key(run: Any) -> str:
     """What a method's latency depends on: the method, its configuration (shapes and placement of its
     weights) and the timing grid, not the trained values or the task."""
-    latency = {SET_PREFIX + k: v for k, v in to_jsonable(run.latency_config).items()}
-    return _latency_key(run.method.name, to_jsonable(run.method_config), {k: latency[k] for k in GRID_KEYS})
+    return _latency_key(run.method.name, to_jsonable(run.method_config), _grid(latency_flat(run.latency_config)))
 
 
 def latency_key_of_result(result: dict[str, Any]) -> str | None:
@@ -29,7 +27,13 @@ def latency_key_of_result(result: dict[str, Any]) -> str | None:
     if not result.get("method") or result["method"] == "base" or "method" not in config or \
             any(k not in train for k in GRID_KEYS):
         return None
-    return _latency_key(result["method"].split("@", 1)[0], config["method"], {k: train[k] for k in GRID_KEYS})
+    return _latency_key(result["method"].split("@", 1)[0], config["method"], _grid(train))
+
+
+def _grid(flat: dict[str, Any]) -> dict[str, Any]:
+    """What of a cell's flat options the key holds: the grid, and the stopping rule where it is not the
+    default (so the keys of files written before the rule existed stay as they were)."""
+    return {k: flat[k] for k in (*GRID_KEYS, *STOP_KEYS) if k in flat}
 
 
 def _latency_key(method: str, method_config: Any, grid: dict[str, Any]) -> str:
