@@ -1,4 +1,4 @@
-"""Flag values the commands take as text: comma-separated lists, seeds, durations, shards. A bad value is a
+"""Flag values the commands take as text: comma-separated lists, seeds, durations, shards, jobs. A bad value is a
 UsageError that names the flag and shows a valid one."""
 
 from __future__ import annotations
@@ -71,3 +71,18 @@ def shard(value: str) -> tuple[int, int]:
 def says_none(value: str) -> bool:
     """Whether a flag that takes a list or 'none' (--retention, --stack) was given 'none' (or nothing)."""
     return value.strip().lower() in ("none", "")
+
+
+def jobs(value: str) -> int | str:
+    """'auto' or a whole number of cells at once (>= 1)."""
+    text = value.strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--jobs {value!r}: give a number of cells to run at once (1 or more, e.g. --jobs 4), "
+                         "or auto.")
+    return n

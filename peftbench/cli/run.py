@@ -57,8 +57,13 @@ from peftbench.errors import UsageError
 @click.option("--shard", metavar="K/N",
               help="run only every N-th cell of the plan, starting at the K-th, in --output, which N processes "
                    "(K = 1..N, e.g. one per GPU) fill together; cells already ok are kept, as with --resume")
+@click.option("--jobs", default="auto", show_default=True, metavar="N|auto",
+              help="cells at once, in worker processes spread over the visible GPUs (each pinned to its GPU and that "
+                   "GPU's NUMA-node CPUs); their latency and training throughput are then measured alone. auto: 1 "
+                   "on the CPU; on CUDA, per GPU, up to 4 cells of a small model as fit in half its free memory, "
+                   "else 1 (docs/usage.md)")
 @click.pass_obj
-def run(host, as_json, **flag_values):
+def run(host, as_json, jobs, **flag_values):
     """Train, score and time every method on every task and seed."""
     from rich.markup import escape
 
@@ -67,7 +72,7 @@ def run(host, as_json, **flag_values):
 
     config = session_config(**flag_values)
     console = stderr_console()
-    session = Session(config, host=host, progress=RichProgress(console))
+    session = Session(config, host=host, progress=RichProgress(console), jobs=flags.jobs(jobs))
     for failure in host.failures:  # a broken plugin does not stop the run, but the user should know
         console.print(f"[yellow]warning: {escape(failure.message)}[/]", highlight=False)
     plan = session.plan()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.errors import UsageError
+from peftbench.report.alone_costs import with_alone_costs
 from peftbench.report.latency_table import latency_tables, run_latencies
 from peftbench.report.leaderboard_table import leaderboard_tables
 from peftbench.report.merge_table import merge_tables
@@ -29,7 +30,7 @@ def folder_data(output: Path) -> dict[str, Any]:
 
     session = with_baselines(output, load_session(output))
     check = verify_run_files(output, session)
-    data = {"session": session, "runs": list(check.runs.values())}
+    data = {"session": session, "runs": with_alone_costs(output, list(check.runs.values()))}
     gaps = folder_gaps(output, session, check.runs, check.unrecorded)
     return {**data, "gaps": gaps} if gaps else data
 

@@ -168,8 +168,6 @@ class LatencySession:
     def time_method(self, name: str) -> dict[str, Any]:
         import torch
 
-        from peftbench.session.timing import time_inference
-
         method = self.registry.get(name)
         run = RunContext(spec=RunSpec(name, "latency", 0), method=method, method_config=self.method_configs[name],
                          task=None, train_config=None, latency_config=self.latency, device=self.device,
@@ -186,18 +184,8 @@ class LatencySession:
         seconds: dict[str, float] = {}   # where the method's wall time went (the timing phase includes
         t0 = time.perf_counter()          # loading the base and merged models it times)
         try:
-            with tempfile.TemporaryDirectory(prefix="peftbench-latency-") as tmp:
-                art = Path(tmp)
-                prepared = self.hook.prepare_model(run=run, base_model=load_base())
-                self.hook.save_artifact(run=run, prepared=prepared, directory=art)
-                prepared = None
-                trained = self.hook.load_artifact(run=run, directory=art, base_model=load_base())
-                seconds["prepare_save_load"] = round(time.perf_counter() - t0, 2)
-                self.say(f"{name}: timing {', '.join(['base', *method.capabilities.latency_modes(tuple(self.latency.stack))])}")
-                t1 = time.perf_counter()
-                result["latency"] = time_inference(load_base, run, art, trained)
-                seconds["timing"] = round(time.perf_counter() - t1, 2)
-                memory.keep_most(result["latency"], run.latency_done or {})  # the kept shapes' too
+            result["latency"] = time_untrained(self.hook, run, load_base, seconds, say=self.say)
+            memory.keep_most(result["latency"], run.latency_done or {})  # the kept shapes' too
             partial.unlink(missing_ok=True)
         except torch.cuda.OutOfMemoryError as e:
             result.update(status="oom", error={"type": "OutOfMemoryError", "message": str(e)[:500]})
@@ -211,20 +199,49 @@ class LatencySession:
 
 
     def _base_loader(self) -> Any:
-        """A function giving a fresh base model on the device. A model read from disk is read once per method
-        (kept on the CPU) and each use gets its own deep copy: the timed base, the artifact's base and the
-        merged model's base still share no weights, and three from_pretrained calls (1-2 s each) become
-        copies (a one-shape benchmark has a 60 s target). ``shape:`` and ``tiny:`` models are built directly."""
-        pristine: list[Any] = []
+        return base_loader(self.model, self.device)
 
-        def load_base() -> Any:
-            if self.model.info.kind in ("shape", "tiny"):
-                return self.model.load(self.device)[0]
-            if not pristine:
-                pristine.append(self.model.load("cpu")[0])
-            return copy.deepcopy(pristine[0]).to(self.device)
 
-        return load_base
+def time_untrained(hook: Any, run: Any, load_base: Any, seconds: dict[str, float], say: Any = None
+                   ) -> dict[str, Any]:
+    """The latency section of ``run``'s method prepared on the base (untrained), saved, loaded back onto a
+    fresh base as a user would load it, and timed (``timing.time_inference``); where the time went goes into
+    ``seconds`` (``prepare_save_load``, ``timing``). ``peftbench latency`` and the cost phase of
+    ``peftbench run --jobs`` both time so."""
+    from peftbench.session.timing import time_inference
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="peftbench-latency-") as tmp:
+        art = Path(tmp)
+        prepared = hook.prepare_model(run=run, base_model=load_base())
+        hook.save_artifact(run=run, prepared=prepared, directory=art)
+        prepared = None
+        trained = hook.load_artifact(run=run, directory=art, base_model=load_base())
+        seconds["prepare_save_load"] = round(time.perf_counter() - t0, 2)
+        if say is not None:
+            modes = run.method.capabilities.latency_modes(tuple(run.latency_config.stack))
+            say(f"{run.method.name}: timing {', '.join(['base', *modes])}")
+        t1 = time.perf_counter()
+        latency = time_inference(load_base, run, art, trained)
+        seconds["timing"] = round(time.perf_counter() - t1, 2)
+    return latency
+
+
+def base_loader(model: Any, device: str) -> Any:
+    """A function giving a fresh base model on the device. A model read from disk is read once (kept on the
+    CPU) and each use gets its own deep copy: the timed base, the artifact's base and the merged model's base
+    still share no weights, and three from_pretrained calls (1-2 s each) become copies (a one-shape benchmark
+    has a 60 s target). ``shape:`` and ``tiny:`` models are built directly."""
+    pristine: list[Any] = []
+
+    def load_base() -> Any:
+        if model.info.kind in ("shape", "tiny"):
+            return model.load(device)[0]
+        if not pristine:
+            pristine.append(model.load("cpu")[0])
+        return copy.deepcopy(pristine[0]).to(device)
+
+    return load_base
 
 
 def _checkpointer(partial: Path, result: dict[str, Any], done: dict[str, Any] | None) -> Any:

@@ -4,17 +4,15 @@ A failure inside a cell is recorded in that cell and the session goes on; Ctrl-C
 remaining cells cancelled and keeps what finished; a file that cannot be written (a full disk) stops the
 session cleanly, keeping every file written before. ``session.json`` records each run file's sha256 as it is
 written, so a continued session keeps only the files that prove themselves. ``--resume``, ``--shard`` and
-``--time-budget`` are small policies beside the loop (``peftbench.session.policies``).
+``--time-budget`` are small policies beside the loop (``peftbench.session.policies``); ``--jobs`` runs the cells
+in worker processes instead (``peftbench.session.jobs``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
-import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -26,6 +24,7 @@ from peftbench.results.record import RunRecord
 from peftbench.results.store import load_session, run_json, write_run
 from peftbench.session.cache import CellCache
 from peftbench.session.cell import blank_record, run_cell
+from peftbench.session.cost import cost_main
 from peftbench.session.folder import (
     WriteFailed,
     clean_leftovers,
@@ -48,6 +47,7 @@ from peftbench.session.policies import (
     shard_share,
     verify_kept,
 )
+from peftbench.session.process import free_memory, sigterm_as_interrupt
 from peftbench.session.tuning import awaits_choice, choose_for, resolved
 from peftbench.system.files import sha256
 from peftbench.system.progress import NullProgress
@@ -56,8 +56,7 @@ from peftbench.tasks.task import materialize
 __all__ = ["Session", "SessionConfig"]
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C: the remaining cells are written as cancelled."""
+TINY_MODEL_BYTES = 1024**2  # a ``tiny:`` model built in code: a few MB at most
 
 
 class Session:
@@ -65,9 +64,13 @@ class Session:
 
     clock = staticmethod(time.monotonic)  # seconds; tests replace it
 
-    def __init__(self, config: SessionConfig, host: Any = None, progress: Any = None) -> None:
+    def __init__(self, config: SessionConfig, host: Any = None, progress: Any = None, jobs: int | str | None = None
+                 ) -> None:
         self.created = self.clock()
         self.config = config
+        self.jobs = jobs      # cells at once: a number, "auto" (``system.topology.auto_jobs``), None: one
+        self.worker = None    # in a worker of --jobs: its WorkerJob
+        self.workers_live = False  # the parent, while its workers may write session.json
         self.host = host or make_plugin_manager()
         self.progress = progress or NullProgress()
         self._plan: Plan | None = None
@@ -92,6 +95,7 @@ class Session:
         hook.configure.call_historic(kwargs={"config": self.config})
         done = self.prepare_folder(plan, clean)
         self.files = dict(done.files)
+        places = self.job_places(plan, done.runs)
         try:
             plan = self._plan = start_session(plan, *self._stamp, self.files)
         except OSError as e:
@@ -100,9 +104,14 @@ class Session:
         records: list[dict[str, Any]] = []
         status, failure = "interrupted", None
         try:
-            env = self.cell_env(plan)
-            cache = CellCache.from_runs(done.runs.values(), plan.output if self.config.shard is not None else None)
-            status = self.run_cells(plan, done.runs, cache, env, records)
+            if places is not None:
+                from peftbench.session.jobs import Parent
+
+                status = Parent(self, plan, done.runs, *places).run(records)
+            else:
+                env = self.cell_env(plan)
+                cache = CellCache.from_runs(done.runs.values(), plan.output if self.config.shard is not None else None)
+                status = self.run_cells(plan, done.runs, cache, env, records)
         except KeyboardInterrupt:
             failure = self.cancel_rest(plan, done.runs, records)
         except WriteFailed as e:
@@ -145,6 +154,27 @@ class Session:
             return Verified({**verified.runs, **more.runs}, {**verified.files, **more.files})
         except OSError as e:
             raise WriteFailed(e.filename or out, e) from None
+
+    def job_places(self, plan: Plan, done: dict[str, Any]) -> tuple[list[Any], str] | None:
+        """Where the workers of --jobs go, and why that many (None: the cells run one by one, here)."""
+        from peftbench.system import topology
+
+        if self.jobs in (None, 1):
+            return None
+        todo = [s for s in shard_share(plan.all_cells(), self.config.shard) if not kept(done, s)]
+        gpus = topology.visible_gpus() if plan.device == "cuda" else None
+        if self.jobs == "auto":
+            size = plan.model.info.parameters * 2 if plan.model.info.parameters else \
+                topology.model_bytes(getattr(plan.model, "path", "")) or \
+                (TINY_MODEL_BYTES if plan.model.info.kind == "tiny" else None)
+            n, why = topology.auto_jobs(plan.device, gpus, size, len(topology.allowed_cpus()))
+        else:
+            n, why = int(self.jobs), f"--jobs {self.jobs}"
+        n = min(n, len(todo))
+        if n <= 1:
+            return None
+        self.progress.message(f"{n} cells at once: {why}")
+        return topology.place_workers(n, plan.device, gpus), why
 
     def cell_env(self, plan: Plan) -> CellEnv:
         """The tokenizer, the materialized task files (under the lock: other shards may write the same
@@ -191,7 +221,7 @@ class Session:
             if record.status == "ok":
                 budget.record(spec.method, spec.task, self.clock() - started)
             self.finish(plan, spec, record, records)
-            _free_memory(plan.device)
+            free_memory(plan.device)
         for spec, why in deferred:
             left = blank_record(plan, spec, "cancelled")
             left.reason = why
@@ -199,6 +229,7 @@ class Session:
         return "interrupted" if deferred else "finished"
 
     run_cell = staticmethod(run_cell)  # tests replace it
+    cost_main = staticmethod(cost_main)  # --jobs: the cost phase's process (tests replace it)
 
     @staticmethod
     def no_choice(plan: Plan, spec: RunSpec, why: str) -> RunRecord:
@@ -227,9 +258,15 @@ class Session:
         self.files[path.name] = sha256(path)
 
     def record(self, plan: Plan, status: str) -> WriteFailed | None:
-        """Write session.json; the failure, if it could not be."""
+        """Write session.json; the failure, if it could not be. While workers of --jobs run, each process only
+        adds its run files' hashes to it."""
         try:
-            write_session(plan, *self._stamp, status, self.files)
+            if self.worker is not None or self.workers_live:
+                from peftbench.session.jobs import add_run_files
+
+                add_run_files(plan.output, self.files)
+            else:
+                write_session(plan, *self._stamp, status, self.files)
         except OSError as e:
             return WriteFailed(plan.output / "session.json", e)
         return None
@@ -290,30 +327,3 @@ def _identity(plan: Plan, spec: RunSpec) -> dict[str, Any]:
 
 def warn(text: str) -> None:
     print(text, file=sys.stderr)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """While cells run, SIGTERM (a job's time limit, ``kill``) is handled as Ctrl-C; a second one during the
-    clean-up is ignored. Only the main thread can handle signals: elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    before = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
-def _free_memory(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
