@@ -223,3 +223,28 @@ def test_the_stopping_rule_leaves_old_folders_keys_and_plans_alone():
     assert changed["latency_min_rounds"] == 5
     assert latency_key_of_result({**result, "config": {"method": {"r": 8}, "train": changed}}) != \
         latency_key_of_result(result)
+
+
+# ---- scoring outside a git checkout is quiet ---------------------------------------------------------------
+def test_scoring_outside_a_git_checkout_prints_no_git_error(capfd, tmp_path, monkeypatch):
+    """lm-eval asks git for the cwd's commit on every scoring pass; outside a checkout git printed `fatal: not a
+    git repository` each time. peftbench does not ask (the run file records its own git hash)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: nothing could print its error")
+    away = tmp_path / "not-a-checkout"
+    away.mkdir()
+    monkeypatch.chdir(away)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no checkout above it either
+    probe = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True)
+    assert "not a git repository" in probe.stderr  # what lm-eval's own call prints here
+    code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--output", str(tmp_path / "out"),
+                            "--set", "steps=1", "--set", "limit=4", "--set", "latency_rounds=0",
+                            "--set", "merge_eval=false", "--retention", "none"], capfd)
+    assert code == 0, err
+    runs = _runs(tmp_path / "out")
+    assert runs["base--quickstart--seed0"]["eval"]["n_samples"] == 4  # it scored (base row and lora)
+    assert runs["lora--quickstart--seed0"]["eval"]["n_samples"] == 4
+    assert "not a git repository" not in err and "fatal:" not in err
