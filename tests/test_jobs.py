@@ -228,6 +228,26 @@ def test_resume_after_a_killed_parent_keeps_what_finished(tmp_path, monkeypatch)
     assert json.loads((out / "session.json").read_text())["status"] == "finished"
 
 
+def test_sigterm_stops_every_worker_and_marks_the_cells_left_cancelled(tmp_path, monkeypatch):
+    behave(monkeypatch, sleep=1.0)
+    out = tmp_path / "o"
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT.format(here=str(HERE), out=str(out)))
+    parent = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy(), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((out / "runs").glob("*.json"))) < 2:
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGTERM)  # as Ctrl-C
+    assert parent.wait(timeout=60) == 0
+    assert not any(topology_alive(p) for p in {e["pid"] for e in log(tmp_path)})
+    files = verified(out)
+    assert sorted(files) == sorted(CELLS)  # every cell has its file: finished, or cancelled for --resume
+    status = {r["status"] for r in files.values()}
+    assert status == {"ok", "cancelled"}
+    assert json.loads((out / "session.json").read_text())["status"] == "interrupted"
+    assert not (out / "cost").exists()  # no cost phase for an interrupted session: --resume runs it
+
+
 # ---- the cost phase -------------------------------------------------------------------------------------------
 def test_the_real_cost_phase_times_each_method_alone_and_the_report_reads_it(tmp_path, monkeypatch):
     from peftbench.report.folders import folder_data
