@@ -6,6 +6,7 @@ and the model a mixed batch is timed with -- every row asking for its own adapte
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -29,18 +30,21 @@ def is_multi_adapter(model: Any) -> bool:
 
 
 def randomize_adapter(model: Any, name: str, seed: int) -> int:
-    """Give adapter ``name``'s weights random values (seeded, the same on every device), so that adapters
-    differ: an untrained LoRA adapter (B = 0) computes exactly the base model, and a mixed batch of such
-    adapters could not be told from the base. DoRA's magnitude vectors (a scale taken from the base weights)
-    keep their values. Returns the number of parameters set."""
-    gen = torch.Generator().manual_seed(seed)
+    """Give adapter ``name``'s weights random values (seeded: the same values on every run on one kind of
+    device), so that adapters differ: an untrained LoRA adapter (B = 0) computes exactly the base model, and a
+    mixed batch of such adapters could not be told from the base. DoRA's magnitude vectors (a scale taken from
+    the base weights) keep their values. Returns the number of parameters set."""
+    generators: dict[torch.device, torch.Generator] = {}
     count = 0
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if f".{name}." not in f"{pname}." or "magnitude" in pname or not p.is_floating_point():
                 continue
+            if p.device not in generators:  # drawn where the weights are: an 8B model's 32 adapters are 1.3 G values
+                generators[p.device] = torch.Generator(p.device).manual_seed(seed)
             std = INIT_SCALE / max(1, p.shape[-1]) ** 0.5
-            p.copy_((torch.randn(p.shape, generator=gen) * std).to(device=p.device, dtype=p.dtype))
+            values = torch.randn(p.shape, generator=generators[p.device], device=p.device, dtype=torch.float32)
+            p.copy_(values * std)
             count += p.numel()
     return count
 
@@ -62,11 +66,15 @@ def add_adapters(model: Any, names: list[str], dtype: torch.dtype, seed: int, de
     """Add the adapters ``names[1:]`` to ``model`` (which holds ``names[0]``), each a copy of the first's
     configuration with its own random weights (seed + its index), cast to ``dtype``; then back to
     inference: eval mode, nothing trainable, the first adapter active. Returns what each added adapter
-    cost: its parameter bytes and, on CUDA, the growth of allocated memory per adapter."""
+    cost: its parameter bytes, on CUDA the growth of allocated memory per adapter, and the wall seconds each
+    ``add_adapter`` took (``add_adapter_s``, in order)."""
     config = model.peft_config[names[0]]
     before = allocated_bytes(device)
+    seconds = []  # PEFT's add_adapter walks every module against every adapter held: it slows as they grow
     for i, name in enumerate(names[1:], start=1):
+        t0 = time.perf_counter()
         model.add_adapter(name, copy.deepcopy(config))
+        seconds.append(round(time.perf_counter() - t0, 4))
         cast_floating(model, dtype)
         randomize_adapter(model, name, seed + i)
     after = allocated_bytes(device)
@@ -74,7 +82,8 @@ def add_adapters(model: Any, names: list[str], dtype: torch.dtype, seed: int, de
     added = len(names) - 1
     return {"adapters": len(names), "parameter_bytes_per_adapter": adapter_bytes(model, names[0]),
             "allocated_bytes_per_adapter": (round((after - before) / added) if added and before is not None
-                                            else None)}
+                                            else None),
+            "add_adapter_s": seconds}
 
 
 def to_inference(model: Any, active: str) -> None:

@@ -23,7 +23,8 @@ CAPTION = ("modes: base = the base model; merged = one adapter merged into it (s
            "extra peak: memory one short generate needed beyond the weights held (CUDA only).")
 OPS_CAPTION = ("load: load_adapter from disk under a new name; swap: set_adapter between two loaded adapters; "
                "merge/unmerge: merge_adapter / unmerge_adapter of one adapter; median (p10 to p90 in brackets) over repeats. "
-               "MiB per adapter: its parameters, and (CUDA) the growth of allocated memory per adapter added. "
+               "MiB per adapter: its parameters, and (CUDA) the growth of allocated memory per adapter added. add s: "
+               "the wall time of PEFT's add_adapter for the first and the last adapter added. "
                "check: every mixed batch gave each row its adapter's logits within the tolerance (K failing are "
                "not timed).")
 
@@ -94,7 +95,7 @@ def _operations_table(sections: dict[str, dict[str, Any]], title: str) -> Any:
     t = Table(title=f"{title}serving: changing adapters and what each costs in memory", title_justify="left",
               header_style="bold")
     for col in ("method", "adapters", "load ms", "swap ms", "merge ms", "unmerge ms", "MiB/adapter",
-                "allocated MiB/adapter", "check"):
+                "allocated MiB/adapter", "add s (first, last)", "check"):
         t.add_column(col, justify="left" if col in ("method", "check") else "right", no_wrap=True)
     for method, lat in sections.items():
         serving = lat.get("serving") or {}
@@ -105,9 +106,14 @@ def _operations_table(sections: dict[str, dict[str, Any]], title: str) -> Any:
         t.add_row(method, str(mem.get("adapters", DASH)), _summary(ops.get("load_ms")), _summary(ops.get("swap_ms")),
                   merge, DASH if merge == "skipped" else _summary(ops.get("unmerge_ms")),
                   or_dash(per / MIB if per is not None else None, ".2f"),
-                  or_dash(alloc / MIB if alloc is not None else None, ".2f"), _check_text(serving.get("checks") or []))
+                  or_dash(alloc / MIB if alloc is not None else None, ".2f"), _add_text(mem.get("add_adapter_s")),
+                  _check_text(serving.get("checks") or []))
     t.caption = OPS_CAPTION
     return t
+
+
+def _add_text(seconds: list[float] | None) -> str:
+    return DASH if not seconds else f"{seconds[0]:.2f}, {seconds[-1]:.2f}"
 
 
 def _check_text(checks: list[dict[str, Any]]) -> str:

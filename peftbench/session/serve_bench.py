@@ -43,7 +43,7 @@ from peftbench.system.files import write_json
 
 FILE_PREFIX = "serving-"   # latency/serving-<method>.json: a latency folder's entry, apart from a grid's <method>
 ADAPTERS = "random-initialised"  # what the timed adapters are (their values do not change a timing)
-OPERATION_REPEATS = 5
+OPERATION_REPEATS = 3  # a load on a model holding 32 adapters takes seconds (PEFT walks them all)
 
 
 @dataclass
