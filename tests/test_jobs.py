@@ -154,6 +154,11 @@ def test_every_cell_runs_exactly_once_with_two_jobs_then_the_cost_phase_alone(tm
     assert cost[0]["t"] > max(e["t"] for e in log(tmp_path) if e.get("event") == "end")
     assert cost[0]["t"] > max(w["ended_unix"] for w in jobs["workers"])
     assert cost[0]["pid"] == jobs["cost_phase"]["pid"] not in pids and jobs["cost_phase"]["workers_alive"] == []
+    # continued with nothing left to run: no worker starts, the cost phase runs again (it keeps what is done)
+    FakeSession(config(out, resume=True), jobs=2).run()
+    assert starts(tmp_path) == dict.fromkeys(CELLS, 1)
+    assert len([e for e in log(tmp_path) if e.get("event") == "cost"]) == 2
+    assert json.loads((out / "jobs.json").read_text())["workers"] == []
 
 
 def test_jobs_1_is_the_one_process_session(tmp_path, monkeypatch):

@@ -349,7 +349,7 @@ class Parent:
         self.session.progress.start(len(self.cells))
         self.session.workers_live = True
         try:
-            for place in self.places:
+            for place in self.places if self.cells_left() else []:
                 self.start(place)
             self.watch()
         except KeyboardInterrupt:

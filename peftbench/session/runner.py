@@ -171,10 +171,12 @@ class Session:
         else:
             n, why = int(self.jobs), f"--jobs {self.jobs}"
         n = min(n, len(todo))
-        if n <= 1:
+        beside = any("jobs" in (r.get("env") or {}) for r in done.values())
+        if n <= 1 and not beside:
             return None
-        self.progress.message(f"{n} cells at once: {why}")
-        return topology.place_workers(n, plan.device, gpus), why
+        # a continued session whose kept cells ran beside others goes on so: its cost phase may still be due
+        self.progress.message(f"{n} cell(s) at once: {why}")
+        return topology.place_workers(max(n, 1), plan.device, gpus), why
 
     def cell_env(self, plan: Plan) -> CellEnv:
         """The tokenizer, the materialized task files (under the lock: other shards may write the same
