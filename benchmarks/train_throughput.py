@@ -11,7 +11,7 @@ so the ratios are side by side, not absolute times from different runs:
   padding_free   only padding-free batches: no chunked loss, no compile
   compile        only regional torch.compile: no packing, no chunked loss
   fast+buckets   fast with bucketing=on (TrainConfig's option, where this checkout has it: otherwise the variant
-                 is recorded as unavailable)
+                 is recorded as unavailable); every other variant sets bucketing=off where the option exists
   fast+buckets+graphs  fast+buckets with CUDA graphs (compile_mode=reduce-overhead; compiled as fast is)
   trainer+peft   the peer: transformers' Trainer + peft on the same weights, examples, order and batch size,
                  each batch padded to its longest example by DataCollatorForSeq2Seq (benchmarks/peer_trainer.py
@@ -154,9 +154,30 @@ def variant_options(variant: str, args: Any) -> dict[str, Any]:
     types = {f.name: f.type for f in fields(TrainConfig)}
     options = {"compile": args.compile or ("on" if args.device == "cuda" else "off")} \
         if variant in COMPILED_LIKE_FAST else {}
+    if "bucketing" in types:  # its default (auto) buckets wherever blocks compile on CUDA: only +buckets variants do
+        options["bucketing"] = "off"
     for k, v in VARIANTS[variant].items():
         options[k] = (v == "on") if v in ("on", "off") and types.get(k) in (bool, "bool") else v
     return options
+
+
+def cached_task_data(task: str, model: str, data_dir: Path | None, max_length: int, cache: Path | None):
+    """``task_data``, kept in ``cache`` (JSON) and read back from it when it was written for the same task, model,
+    data folder and max_length: processes benchmarking one task tokenize its training split once."""
+    from peftbench.train.batching import TrainData
+
+    key = {"task": task, "model": model, "data_dir": str(data_dir), "max_length": max_length}
+    if cache and cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return TrainData(**saved["data"])
+    data = task_data(task, model, data_dir, max_length)
+    if cache:
+        part = cache.with_name(cache.name + ".part")
+        part.write_text(json.dumps({"key": key, "data": {"input_ids": data.input_ids,
+                                                         "answer_start": data.answer_start, "pad_id": data.pad_id}}))
+        part.replace(cache)
+    return data
 
 
 def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) -> dict[str, Any]:
@@ -611,6 +632,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     help="the loop's dtype option: auto (bf16 autocast on CUDA, none on CPU), bf16, fp32")
     ap.add_argument("--task", help="train on this task's real examples instead of random tokens")
     ap.add_argument("--data-dir", type=Path, help="local data folder for --task")
+    ap.add_argument("--data-cache", type=Path, help="with --task: keep the tokenized examples in this JSON file, "
+                    "and read them from it when it was written for the same task, model, data folder and --seq-len")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per random row; with --task, max_length")
     ap.add_argument("--lengths", metavar="LO-HI", help="random rows of lengths drawn uniformly from LO..HI tokens "
@@ -650,7 +673,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     resolved = resolve_model(args.model)
     if args.task:
-        data = task_data(args.task, args.model, args.data_dir, args.seq_len)
+        data = cached_task_data(args.task, args.model, args.data_dir, args.seq_len, args.data_cache)
     else:
         vocab = resolved.load("meta")[0].config.vocab_size if args.model.startswith("shape:") else \
             resolved.load("cpu")[0].config.vocab_size
@@ -664,7 +687,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             span, args.seq_len = (lo, hi), hi
         data = random_data(vocab, args.batch_size * (args.warmup + args.steps), args.seq_len, lengths=span)
     env = environment(args)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("json", "data_cache")}
     results: list[dict[str, Any]] = []
 
     def write(current: dict[str, Any]) -> None:

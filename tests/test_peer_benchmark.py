@@ -129,3 +129,23 @@ def test_bucketing_variants_use_the_option_or_say_it_is_missing(tiny):
         assert options["compile_mode"] == "reduce-overhead" and options["compile"] == "off"  # CPU default
         assert options["bucketing"] in ("on", True)
         TrainConfig(**options)  # a valid configuration
+
+
+def test_task_data_cache_is_read_back_only_for_the_same_settings(tmp_path, monkeypatch):
+    import train_throughput
+
+    from peftbench.train.batching import TrainData
+
+    calls = []
+
+    def tokenize(task, model, data_dir, max_length):
+        calls.append(max_length)
+        return TrainData(input_ids=[[5, 6, 7][:max_length], [8, 9]], answer_start=[1, 1], pad_id=0)
+
+    monkeypatch.setattr(train_throughput, "task_data", tokenize)
+    cache = tmp_path / "sst2.json"
+    first = train_throughput.cached_task_data("sst2", "m.gguf", tmp_path, 3, cache)
+    again = train_throughput.cached_task_data("sst2", "m.gguf", tmp_path, 3, cache)
+    assert calls == [3] and again == first and again.input_ids == [[5, 6, 7], [8, 9]]
+    other = train_throughput.cached_task_data("sst2", "m.gguf", tmp_path, 2, cache)  # another max_length
+    assert calls == [3, 2] and other.input_ids == [[5, 6], [8, 9]]
