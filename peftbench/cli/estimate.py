@@ -27,8 +27,9 @@ BAR = 0.15  # docs/estimate.md: the estimate is held to 15 % of every measured p
 @click.option("--activation-checkpointing", is_flag=True, help="recompute each block's activations in backward")
 @click.option("--optimizer-offload", is_flag=True, help="AdamW's moments in host memory (FSDP CPU offload)")
 @click.option("--master-weights", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
-              help="dtype of the trainable weights, their gradients and AdamW's moments (bf16: pure bf16, as "
-                   "benchmarks/train_throughput.py trains)")
+              help="dtype the weights are stored in, and the trainable ones' gradients and AdamW moments (fp32: "
+                   "peftbench run's fp32 weights under bf16 autocast, or FSDP's fp32 shards; bf16: pure bf16, as "
+                   "benchmarks/train_throughput.py trains on CUDA); compute is bf16 either way")
 @click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "adamw_8bit"]))
 @click.option("--naive", is_flag=True, help="the naive loop: eager blocks and full logits")
 @click.option("--no-compile", is_flag=True, help="eager blocks (the fast loop off CUDA, or compile=off)")
@@ -114,7 +115,7 @@ def estimate_tables(results) -> list:
 
 
 def _how(s) -> str:
-    parts = [f"{s.master_weights} master weights", s.optimizer + (" (offloaded)" if s.optimizer_offload else ""),
+    parts = [f"{s.master_weights} weights", s.optimizer + (" (offloaded)" if s.optimizer_offload else ""),
              "checkpointing" if s.activation_checkpointing else "no checkpointing",
              "compiled blocks" if s.compiled else "eager blocks", "chunked loss" if s.chunked_loss else "full logits"]
     return ", ".join(parts)

@@ -37,6 +37,7 @@ def block_bytes_per_token(arch: Architecture, setting: Setting) -> float:
     h, q, kv, i = arch.hidden, arch.q_width, arch.kv_width, arch.intermediate
     compiled = setting.compiled
     attention = 4 * q + 4 * kv + FP32 * arch.heads + 2 * FP32  # q, k, v, output; log-sum-exp; RMS statistics
+    attention += fp32_stream_bytes(arch, setting)
     if setting.method == "full":
         return attention + ((8 * h + 6 * i) if compiled else (16 * h + 8 * i))
     frozen = attention + ((4 * h + 4 * i) if compiled else (8 * h + 6 * i))
@@ -48,9 +49,25 @@ def block_bytes_per_token(arch: Architecture, setting: Setting) -> float:
                         for d_in, _ in lora_targets(arch, setting).values())
 
 
-def checkpoint_bytes_per_token(arch: Architecture) -> float:
-    """With activation checkpointing a block keeps only its input (bf16) until its backward recomputes it."""
-    return BF16 * arch.hidden
+def fp32_stream_bytes(arch: Architecture, setting: Setting) -> float:
+    """What fp32 weights on one GPU add (the residual stream in fp32, linear inputs cast to bf16 per layer):
+    compiled, the block input in fp32 (+2h); eager full fine-tuning, the norms' outputs before their weight in
+    fp32 (+2 x 2h) and a bf16 cast of its input for each of q, k, v and gate, up (+3 x 2h); eager with a frozen
+    base nothing (the norms' fp32 inputs are saved either way). QLoRA: bitsandbytes' 4-bit layers return their
+    input's dtype, so the MLP's gate and up (and eager, silu(gate)) come out fp32: +2 bytes each (2i or 3i)."""
+    if not setting.fp32_stream:
+        return 0
+    h, i = arch.hidden, arch.intermediate
+    four_bit_mlp = (2 if setting.compiled else 3) * BF16 * i if setting.method == "qlora" else 0
+    if setting.compiled:
+        return BF16 * h + four_bit_mlp
+    return (10 * h if setting.method == "full" else 0) + four_bit_mlp
+
+
+def checkpoint_bytes_per_token(arch: Architecture, setting: Setting) -> float:
+    """With activation checkpointing a block keeps only its input (bf16, or fp32 with fp32 weights on one GPU)
+    until its backward recomputes it."""
+    return (FP32 if setting.fp32_stream else BF16) * arch.hidden
 
 
 def backward_work_bytes_per_token(arch: Architecture) -> float:
@@ -83,4 +100,5 @@ def loss_bytes(arch: Architecture, setting: Setting, head_trains: bool) -> float
     per_logit = 2 * BF16 + (0 if setting.compiled else FP32)
     chunk = per_logit * min(n, chunk_rows(arch.vocab)) * arch.vocab
     head = (FP32 + FP32 + BF16) * arch.vocab * arch.hidden if head_trains else 0
-    return chunk + BF16 * n * arch.hidden + head
+    hidden = (2 if setting.fp32_stream else 1) * BF16 * n * arch.hidden  # d hidden; the fp32 hidden's bf16 cast
+    return chunk + hidden + head

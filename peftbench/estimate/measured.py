@@ -1,7 +1,7 @@
 """The estimate against measured peaks: the training-throughput benchmark's result files
 (``benchmarks/train_throughput.py --json``: ``settings`` and, per method and variant, ``peak_memory_bytes`` =
 ``torch.cuda.max_memory_allocated``), where the estimate can model the run: a ``shape:`` model on random
-rows of one length, a built-in method with its default options, AdamW."""
+rows of one length, a built-in method with its default options, AdamW (torch or 8-bit)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from peftbench.errors import UsageError
 from peftbench.estimate.architecture import load_architecture
 from peftbench.estimate.memory import Estimate, estimate
-from peftbench.estimate.setting import METHODS, Setting
+from peftbench.estimate.setting import METHODS, OPTIMIZERS, Setting
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,13 @@ def setting_of(settings: dict[str, Any], method: str, loop: dict[str, Any]) -> S
     """The estimate's setting for one measured run, or ``None`` when the run is outside what it models."""
     if not str(settings.get("model", "")).startswith("shape:") or settings.get("task") or settings.get("lengths"):
         return None  # real examples or varying lengths: the batch's tokens are not known from the settings
-    if method not in METHODS or settings.get("optimizer", "adamw") != "adamw" or settings.get("device") != "cuda":
+    if method not in METHODS or settings.get("optimizer", "adamw") not in OPTIMIZERS or settings.get("device") != "cuda":
         return None
     naive = loop.get("loop") == "naive"
     return Setting(method=method, batch_size=settings["batch_size"], seq_len=settings["seq_len"],
                    activation_checkpointing=bool(settings.get("gradient_checkpointing")),
                    master_weights="fp32" if settings.get("weights_dtype") == "fp32" else "bf16",
+                   optimizer=settings.get("optimizer", "adamw"),
                    compiled=not naive and str(loop.get("compile", "off")).startswith("blocks"),
                    chunked_loss=not naive and bool(loop.get("chunked_loss")))
 

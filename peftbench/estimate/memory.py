@@ -85,7 +85,7 @@ def estimate(arch: Architecture, setting: Setting) -> Estimate:
         gathered, block_grads = s.compute_copies, 0.0
 
     t = setting.tokens
-    saved = (act.checkpoint_bytes_per_token(arch) if setting.activation_checkpointing
+    saved = (act.checkpoint_bytes_per_token(arch, setting) if setting.activation_checkpointing
              else act.block_bytes_per_token(arch, setting))
     activations = arch.layers * saved * t
     work = act.backward_work_bytes_per_token(arch) * t + s.dequantized

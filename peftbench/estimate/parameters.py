@@ -69,36 +69,46 @@ def adapter_params(arch: Architecture, setting: Setting) -> int:
 
 
 def stored(arch: Architecture, setting: Setting) -> Stored:
-    master = FP32 if setting.master_weights == "fp32" else BF16
-    moments = 2 if setting.optimizer == "adamw_8bit" else 2 * master  # torch AdamW: moments in the param dtype
+    """``master_weights`` is the dtype every unquantized weight is stored in, trainable or frozen (peftbench
+    run: fp32 weights under bf16 autocast; FSDP: fp32 shards gathered as bf16; bf16: pure bf16). Compute runs in
+    bf16 either way: on one GPU autocast makes a bf16 copy of each fp32 matrix and keeps it for backward."""
+    store = FP32 if setting.master_weights == "fp32" else BF16
     base = arch.total_params()
-    matrices = arch.layers * arch.block_matrix_params() + (arch.vocab * arch.hidden)  # + the head (tied or not)
+    block_matrices = arch.layers * arch.block_matrix_params()
+    head_matrix = arch.vocab * arch.hidden  # the LM head's matrix, tied or not, as the loss multiplies by it
     root = (arch.embedding_params() + arch.head_params() + arch.hidden) * BF16
     block = arch.block_params() * BF16
-    if setting.method == "full":
-        return Stored(frozen=0, trainable_params=base, weights=base * master, grads=base * master,
-                      optimizer=base * moments, compute_copies=matrices * BF16 if master == FP32 else 0,
+    cast = BF16 if store == FP32 else 0  # bytes of autocast's bf16 copy per fp32 matrix weight
+    kind = setting.method
+    if kind == "full":
+        return Stored(frozen=0, trainable_params=base, weights=base * store, grads=base * store,
+                      optimizer=base * _moment_bytes(setting, store), compute_copies=(block_matrices + head_matrix) * cast,
                       block_compute=block, block_trainable=arch.block_params(), root_compute=root,
                       dequantized=0, head_trainable=True)
-    if setting.method == "adapter":
+    if kind == "adapter":
         n = adapter_params(arch, setting)
-        return Stored(frozen=base * BF16, trainable_params=n, weights=n * master, grads=n * master,
-                      optimizer=n * moments, compute_copies=0, block_compute=block + n // arch.layers * BF16,
-                      block_trainable=n // arch.layers, root_compute=root, dequantized=0, head_trainable=False)
-    # LoRA and QLoRA: peft keeps the LoRA weights in fp32 on a bf16 base (autocast_adapter_dtype), whatever
-    # the master setting; autocast casts them to bf16 copies for the matmuls
+        return Stored(frozen=base * store, trainable_params=n, weights=n * store, grads=n * store,
+                      optimizer=n * _moment_bytes(setting, store),
+                      compute_copies=(block_matrices + head_matrix + n) * cast,
+                      block_compute=block + n // arch.layers * BF16, block_trainable=n // arch.layers,
+                      root_compute=root, dequantized=0, head_trainable=False)
+    # LoRA and QLoRA: peft keeps the LoRA weights in fp32 (autocast_adapter_dtype) whatever the base's dtype;
+    # autocast makes bf16 copies of them for the matmuls
     n = lora_params(arch, setting)
-    lora_moments = 2 if setting.optimizer == "adamw_8bit" else 2 * FP32
-    frozen = base * BF16
-    dequantized = 0.0
-    block_base = block
-    if setting.method == "qlora":
-        linear = arch.layers * arch.block_matrix_params()
-        frozen = (base - linear) * BF16 + linear * nf4_bytes_per_weight(setting.double_quant)
-        block_base = (arch.block_matrix_params() * nf4_bytes_per_weight(setting.double_quant)
-                      + 2 * arch.hidden * BF16)
+    frozen, dequantized, block_base = base * store, 0.0, block
+    copies = (block_matrices + head_matrix) * cast + n * BF16
+    if kind == "qlora":  # 4-bit linears, dequantized to bf16 one at a time (never kept); the rest as stored
+        nf4 = nf4_bytes_per_weight(setting.double_quant)
+        frozen = (base - block_matrices) * store + block_matrices * nf4
+        block_base = arch.block_matrix_params() * nf4 + 2 * arch.hidden * BF16
         dequantized = max(a * b for a, b in arch.linears().values()) * BF16
-    return Stored(frozen=frozen, trainable_params=n, weights=n * FP32, grads=n * FP32, optimizer=n * lora_moments,
-                  compute_copies=n * BF16, block_compute=block_base + n // arch.layers * BF16,
-                  block_trainable=n // arch.layers, root_compute=root, dequantized=dequantized,
-                  head_trainable=False)
+        copies = head_matrix * cast + n * BF16
+    return Stored(frozen=frozen, trainable_params=n, weights=n * FP32, grads=n * FP32,
+                  optimizer=n * _moment_bytes(setting, FP32), compute_copies=copies,
+                  block_compute=block_base + n // arch.layers * BF16, block_trainable=n // arch.layers,
+                  root_compute=root, dequantized=dequantized, head_trainable=False)
+
+
+def _moment_bytes(setting: Setting, weight_bytes: int) -> int:
+    """AdamW's two moments per weight: in the weight's dtype (torch), or 8-bit (bitsandbytes)."""
+    return 2 if setting.optimizer == "adamw_8bit" else 2 * weight_bytes

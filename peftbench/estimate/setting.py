@@ -73,5 +73,11 @@ class Setting:
         return self.batch_size * self.seq_len
 
     @property
+    def fp32_stream(self) -> bool:
+        """fp32 weights on one GPU: the embedding and the residual stream stay fp32 under autocast (FSDP's
+        mixed precision gathers bf16 weights, so everything computes in bf16)."""
+        return self.master_weights == "fp32" and self.gpus == 1
+
+    @property
     def trains_lora(self) -> bool:
         return self.method in ("lora", "qlora")

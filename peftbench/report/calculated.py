@@ -25,7 +25,7 @@ def _setting(method: str, args: dict[str, Any], gpus: int = 1) -> Setting:
 
 def _said(args: dict[str, Any]) -> str:
     s = _setting(args.get("method", "full"), args)
-    return (f"batch {s.batch_size} x {s.seq_len}, {s.master_weights} master weights, {s.optimizer}"
+    return (f"batch {s.batch_size} x {s.seq_len}, {s.master_weights} weights, {s.optimizer}"
             + (" (offloaded)" if s.optimizer_offload else "")
             + (", activation checkpointing" if s.activation_checkpointing else ""))
 
@@ -48,12 +48,18 @@ def peak_gib(model: str, method: str, gpus: int = 1, **args: Any) -> tuple[float
                                   f"{_said(args)}: peak at {e.peak_phase}, GiB with the CUDA context")
 
 
-def memory_cut(model: str, method: str, reference: str, gpus: int = 1, **args: Any) -> tuple[float | None, str]:
-    """1 - peak(method) / peak(reference): the share of the reference's memory the method saves."""
+def memory_cut(model: str, method: str, reference: str, gpus: int = 1, reference_master_weights: str | None = None,
+               **args: Any) -> tuple[float | None, str]:
+    """1 - peak(method) / peak(reference): the share of the reference's memory the method saves. The reference
+    may store its weights in another dtype (``reference_master_weights``: full fine-tuning in mixed precision
+    against LoRA on a bf16 base)."""
     arch = load_architecture(model)
-    mine, theirs = (estimate(arch, _setting(m, args, gpus=gpus)) for m in (method, reference))
-    return 1 - mine.peak / theirs.peak, (f"by calculation on {model}, {_said(args)}: {method} "
-                                         f"{mine.peak / GIB:.1f} GiB vs {reference} {theirs.peak / GIB:.1f} GiB")
+    theirs_args = {**args, "master_weights": reference_master_weights or args.get("master_weights", "fp32")}
+    mine = estimate(arch, _setting(method, args, gpus=gpus))
+    theirs = estimate(arch, _setting(reference, theirs_args, gpus=gpus))
+    return 1 - mine.peak / theirs.peak, (f"by calculation on {model}: {method} ({_said(args)}) "
+                                         f"{mine.peak / GIB:.1f} GiB vs {reference} ({_said(theirs_args)}) "
+                                         f"{theirs.peak / GIB:.1f} GiB")
 
 
 CALCULATED: dict[str, Callable[..., tuple[float | None, str]]] = {
