@@ -175,6 +175,30 @@ def test_the_estimate_is_within_15_percent_of_every_measured_peak():
     assert not beyond
 
 
+def test_flops_per_token_are_the_benchmarks_for_every_measured_run():
+    from peftbench.estimate.throughput import flops_per_token
+
+    for f in MEASURED:
+        data = json.loads((ROOT / f).read_text())
+        recorded = {(r["method"], name): v["flops_per_token"] for r in data["results"]
+                    for name, v in r["variants"].items() if v.get("flops_per_token")}
+        for c in comparisons(ROOT / f):
+            arch = load_architecture(data["settings"]["model"])
+            assert flops_per_token(arch, c.estimated.setting, c.estimated.trainable_params) == \
+                recorded[c.method, c.variant], (f, c.method, c.variant)
+
+
+def test_tokens_per_second_at_the_8b_mfu_transfers_to_the_fp32_8b_runs_within_6_percent():
+    from peftbench.estimate.throughput import tokens_per_second
+
+    data = json.loads((ROOT / "results/estimate/measured/fp32-8b.json").read_text())
+    measured = {r["method"]: r["variants"]["fast"]["tokens_per_s"] for r in data["results"]}
+    arch = load_architecture("shape:llama-3.1-8b")
+    for c in comparisons(ROOT / "results/estimate/measured/fp32-8b.json"):
+        calculated = tokens_per_second(arch, c.estimated.setting, c.estimated.trainable_params)
+        assert calculated / measured[c.method] - 1 == pytest.approx(0.03, abs=0.03), c.method  # +1 % to +5 %
+
+
 def test_the_8b_figures_the_docs_quote():
     rows = {(c.method, c.estimated.setting.activation_checkpointing): c
             for c in comparisons(ROOT / "results/throughput-gpu/8b-all.json")
@@ -196,6 +220,8 @@ def test_estimate_json_has_each_method_and_gpu_count(capsys):
         ("full", 1), ("lora", 1), ("qlora", 1), ("full", 8), ("lora", 8), ("qlora", 8)]
     full1, full8 = rows[0], rows[3]
     assert full8["weights"] == pytest.approx(full1["weights"] / 8)
+    assert full8["throughput"]["tokens_per_s"] == pytest.approx(8 * full8["throughput"]["tokens_per_s_per_gpu"])
+    assert full8["throughput"]["mfu"] == 0.492  # the fast loop's, full fine-tuning of the 8B shape, no checkpointing
     assert not full1["fits"] and rows[5]["fits"]  # 70B QLoRA over 8 GPUs fits in 80 GiB; full on one does not
 
 
@@ -220,6 +246,7 @@ def test_table_and_check_print(capsys):
     (["--lora-targets", "qq_proj"], ["qq_proj", "q_proj"]),
     (["--check", "/nonexistent.json"], ["/nonexistent.json", "not a readable JSON"]),
     (["--check"], ["--check needs at least one file"]),
+    (["--mfu", "1.5"], ["--mfu 1.5", "fraction"]),
 ])
 def test_bad_input_exits_2(argv, needles, capsys):
     code, out, err = run_cli(["estimate", *argv], capsys)

@@ -39,6 +39,10 @@ BAR = 0.15  # docs/estimate.md: the estimate is held to 15 % of every measured p
 @click.option("--adapter-placement", default="houlsby", show_default=True,
               type=click.Choice(["houlsby", "pfeiffer", "parallel"]))
 @click.option("--adapter-reduction", default=16, show_default=True, type=int, help="bottleneck = hidden // this")
+@click.option("--mfu", type=float, help="model FLOPs utilisation for the tokens/s column (default: what the fast "
+                                        "loop reached on the 8B shape on one H200, by method and checkpointing)")
+@click.option("--peak-tflops", default=989.0, show_default=True, type=float,
+              help="one GPU's dense bf16 peak, for the tokens/s column (H100/H200 SXM: 989; A100: 312)")
 @click.option("--claims", "show_claims", is_flag=True,
               help="instead: the scale claims peftbench checks by calculation (peftbench/report/calculated_claims.yaml)")
 @click.option("--check", is_flag=True,
@@ -48,7 +52,7 @@ BAR = 0.15  # docs/estimate.md: the estimate is held to 15 % of every measured p
 @click.option("--json", "as_json", is_flag=True, help="same as --format json")
 def estimate(models, methods, gpus, gpu_memory, batch_size, seq_len, activation_checkpointing, optimizer_offload,
              master_weights, optimizer, naive, no_compile, lora_rank, lora_targets, adapter_placement,
-             adapter_reduction, show_claims, check, files, fmt, as_json):
+             adapter_reduction, mfu, peak_tflops, show_claims, check, files, fmt, as_json):
     """Per-GPU memory of a training step for each method, by calculation: weights, gradients, optimizer
     state, activations at the batch given, the loss, the peak and whether it fits on --gpu-memory (with the
     CUDA context). The formulas and their check against measured peaks: docs/estimate.md."""
@@ -63,6 +67,10 @@ def estimate(models, methods, gpus, gpu_memory, batch_size, seq_len, activation_
     from peftbench.estimate import Setting, load_architecture, parse_memory
     from peftbench.estimate import estimate as calculate
 
+    if mfu is not None and not 0 < mfu <= 1:
+        raise UsageError(f"--mfu {mfu}: a utilisation is a fraction in (0, 1], e.g. 0.45.")
+    if peak_tflops <= 0:
+        raise UsageError(f"--peak-tflops {peak_tflops}: a GPU's peak is a positive number of TFLOP/s, e.g. 989.")
     memory = parse_memory(gpu_memory)
     targets = tuple(flags.comma_list(lora_targets, "--lora-targets"))
     results = []
@@ -78,11 +86,22 @@ def estimate(models, methods, gpus, gpu_memory, batch_size, seq_len, activation_
                                   optimizer=optimizer, compiled=not (naive or no_compile), chunked_loss=not naive,
                                   lora_rank=lora_rank, lora_targets=targets, adapter_placement=adapter_placement,
                                   adapter_reduction=adapter_reduction)
-                results.append(calculate(arch, setting))
+                results.append((calculate(arch, setting), _speed(arch, setting, mfu, peak_tflops)))
     if fmt == "json":
-        print_json([e.to_dict() for e in results])
+        print_json([{**e.to_dict(), "throughput": speed} for e, speed in results])
     else:
         print_tables(estimate_tables(results), markdown=fmt == "markdown")
+
+
+def _speed(arch, setting, mfu: float | None, peak_tflops: float) -> dict:
+    from peftbench.estimate.parameters import stored
+    from peftbench.estimate.throughput import default_mfu, flops_per_token, tokens_per_second
+
+    trainable = stored(arch, setting).trainable_params
+    used = mfu or default_mfu(setting)
+    per_gpu = tokens_per_second(arch, setting, trainable, used, peak_tflops)
+    return {"flops_per_token": flops_per_token(arch, setting, trainable), "mfu": used, "peak_tflops": peak_tflops,
+            "tokens_per_s_per_gpu": per_gpu, "tokens_per_s": per_gpu * setting.gpus}
 
 
 def estimate_tables(results) -> list:
@@ -90,25 +109,27 @@ def estimate_tables(results) -> list:
     from rich.table import Table
 
     groups: dict[tuple[str, int], list] = {}
-    for e in results:
-        groups.setdefault((e.model, e.setting.gpus), []).append(e)
+    for e, speed in results:
+        groups.setdefault((e.model, e.setting.gpus), []).append((e, speed))
     tables = []
     for (model, n), rows in groups.items():
-        s = rows[0].setting
+        s = rows[0][0].setting
         where = "1 GPU" if n == 1 else f"{n} GPUs (FSDP)"
         t = Table(title=f"{model} on {where}, {_gib(s.gpu_memory)} GiB each: batch {s.batch_size} x {s.seq_len}, "
                         f"{_how(s)} — GiB per GPU, by calculation", title_justify="left", header_style="bold")
         for col in ("method", "trainable", "weights", "compute copies", "gradients", "optimizer", "activations",
-                    "backward work", "loss", "peak", "at", "+ context", "fits"):
+                    "backward work", "loss", "peak", "at", "+ context", "fits", "tokens/s/GPU"):
             t.add_column(col, justify="left" if col in ("method", "at", "fits") else "right")
-        for e in rows:
+        for e, speed in rows:
             t.add_row(e.setting.method, f"{e.trainable_params:,}", _gib(e.weights), _gib(e.compute_copies),
                       _gib(e.gradients), _gib(e.optimizer) + (f" (+{_gib(e.optimizer_host)} host)"
                                                               if e.optimizer_host else ""),
                       _gib(e.activations), _gib(e.backward_work), _gib(e.loss), _gib(e.peak), e.peak_phase,
-                      _gib(e.with_context), "[green]yes[/]" if e.fits else "[red]no[/]")
+                      _gib(e.with_context), "[green]yes[/]" if e.fits else "[red]no[/]",
+                      f"{speed['tokens_per_s_per_gpu']:,.0f} (MFU {speed['mfu']:.0%})")
         t.caption = ("peak = the largest of the step's phases (forward end, backward of the top block, optimizer "
-                     "step), so the parts do not add up to it; + context: the CUDA context, 0.76 GiB. "
+                     "step), so the parts do not add up to it; + context: the CUDA context, 0.76 GiB; tokens/s at "
+                     f"the MFU shown of {rows[0][1]['peak_tflops']:g} TFLOP/s (an assumption, not a calculation). "
                      "Formulas: docs/estimate.md.")
         tables.append(t)
     return tables

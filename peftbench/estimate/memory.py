@@ -11,7 +11,7 @@ A step's memory peaks at one of three moments; the estimate is the largest:
 
 With ``gpus`` > 1 the model is FSDP-sharded (FSDP2 with a bf16 ``MixedPrecisionPolicy``): weights, gradients and
 moments are divided by the world size; the root group (embedding, head, final norm) stays gathered in bf16
-for the step, one block's weights are gathered at a time, and in backward that block's unsharded gradients
+through forward and backward, one block's weights are gathered at a time, and in backward that block's unsharded gradients
 (bf16, and the fp32 copy the reduce-scatter sends when master weights are fp32) exist until reduced.
 What the allocator reserves beyond its peak, and the CUDA context, are not in the phases: ``fits`` adds the
 context (``CUDA_CONTEXT_BYTES``) to the peak.

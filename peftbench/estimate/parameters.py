@@ -1,5 +1,6 @@
 """What each method keeps per parameter: the frozen base's storage, the trainable weights, their gradients
-and the optimizer's moments (bytes on one GPU before sharding), and the bf16 copies compute makes."""
+and the optimizer's moments (bytes of the whole model, before FSDP shards them), and the bf16 copies compute
+makes."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def nf4_bytes_per_weight(double_quant: bool) -> float:
 class Stored:
     """Bytes (whole model, unsharded) and the counts the phases need."""
 
-    frozen: float  # the frozen base (bf16, or 4-bit linears for QLoRA)
+    frozen: float  # the frozen base in the stored dtype (QLoRA: its linears in 4 bits)
     trainable_params: int
     weights: float  # the trainable weights, in their dtype
     grads: float

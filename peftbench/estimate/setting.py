@@ -42,7 +42,7 @@ class Setting:
     seq_len: int = 2048
     activation_checkpointing: bool = False
     optimizer_offload: bool = False
-    master_weights: str = "fp32"  # dtype of the trainable weights, their gradients and AdamW's moments
+    master_weights: str = "fp32"  # dtype weights are stored in (and gradients, AdamW's moments); compute: bf16
     optimizer: str = "adamw"
     compiled: bool = True  # blocks under torch.compile (peftbench's fast loop on CUDA); False: eager
     chunked_loss: bool = True  # the head and loss a chunk of tokens at a time; False: full logits (naive loop)
