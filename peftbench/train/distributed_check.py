@@ -1,0 +1,204 @@
+"""Check FSDP training end to end: tiny:llama trained a few optimizer steps with a built-in method on every
+process torchrun started, the loss curve and the trained model's logits written by rank 0 alone::
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m peftbench.train.distributed_check \\
+        out.json full lora lora:fail=1@3 lora
+
+Each RUN is ``METHOD[:OPTION,...]``, trained one after the other in the same processes (as a session's
+cells are): ``fail=R@K`` makes rank R raise before optimizer step K (counted from 1), ``ckpt`` turns on
+activation checkpointing, ``padded`` uses padded batches instead of packed ones, ``offload`` keeps the
+sharded state in host memory (FSDP's CPU offload). The training data, model and settings are
+``reference_setup``'s, so a test can train the same run with ``peftbench.train.loop.train`` on one process
+and compare. Without torchrun it runs as one process, unsharded.
+
+``train_sharded`` is the one-process loop's optimizer step on a sharded model, and stands in for it until
+``peftbench.train.loop.train`` takes a ``World`` (docs/distributed.md, "What is not done yet").
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from peftbench.train.batching import TrainData, label_positions, tokenize_pairs
+from peftbench.train.config import TrainConfig
+from peftbench.train.distributed import (
+    DEFAULT_TIMEOUT_S,
+    ShardPolicy,
+    World,
+    full_state_dict,
+    join_world,
+    leave_world,
+    rank_batches,
+    reduce_mean_loss,
+    run_together,
+    shard_model,
+)
+from peftbench.train.loop import training_mode
+from peftbench.train.loss import answer_loss
+from peftbench.train.optim import lr_at, make_optimizer, planned_steps, schedule_steps, set_lr
+
+SEED = 0
+METHOD_OPTIONS = {"lora": {"dropout": 0.0, "r": 4}, "full": {}}  # no dropout: ranks draw different masks
+LR = {"lora": 5e-3, "full": 2e-3}
+
+
+class InjectedFailure(RuntimeError):
+    """The failure a ``fail=R@K`` run raises on purpose."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    fail: tuple[int, int] | None = None  # (rank, step)
+    checkpointing: bool = False
+    padded: bool = False
+    offload: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> RunSpec:
+        method, _, opts = text.partition(":")
+        if method not in METHOD_OPTIONS:
+            raise SystemExit(f"run {text!r}: method must be one of {', '.join(METHOD_OPTIONS)}")
+        kw: dict[str, Any] = {}
+        for opt in filter(None, opts.split(",")):
+            if opt.startswith("fail="):
+                rank, _, step = opt[5:].partition("@")
+                kw["fail"] = (int(rank), int(step))
+            elif opt in ("ckpt", "padded", "offload"):
+                kw[{"ckpt": "checkpointing"}.get(opt, opt)] = True
+            else:
+                raise SystemExit(f"run {text!r}: unknown option {opt!r} (fail=R@K, ckpt, padded, offload)")
+        return cls(method, **kw)
+
+
+def reference_setup(spec: RunSpec) -> tuple[Any, Any, TrainData, TrainConfig]:
+    """The method, the prepared tiny:llama, the data and the training config of a run: the same on every
+    rank and in a one-process reference (the seeds are fixed)."""
+    from peftbench.models.sources import load_model
+
+    method = _methods().get(spec.method)
+    base, tokenizer, _ = load_model("tiny:llama", device="cpu")
+    torch.manual_seed(SEED)  # the method's own initialisation (LoRA's A matrices)
+    model = method.prepare(base, method.make_config(dict(METHOD_OPTIONS[spec.method])))
+    pairs = [(f"Sentence: item {i}\nTag:", f" {'dax wug fep lum'.split()[i % 4]}{' x' * (i % 3)}") for i in range(24)]
+    data = tokenize_pairs(pairs, tokenizer, 64)
+    cfg = TrainConfig(steps=6, batch_size=4, grad_accum=2, lr=LR[spec.method], warmup_ratio=0.2, max_grad_norm=1.0,
+                      gradient_checkpointing=spec.checkpointing, padding_free=not spec.padded)
+    return method, model, data, cfg
+
+
+@functools.cache
+def _methods() -> Any:
+    from peftbench.api.plugins import make_plugin_manager
+    from peftbench.api.registry import collect_methods
+
+    return collect_methods(make_plugin_manager())
+
+
+def probe_ids() -> torch.Tensor:
+    """Token ids whose logits compare a trained model with its reference."""
+    return torch.arange(3, 3 + 2 * 12).reshape(2, 12)
+
+
+def train_sharded(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainData, cfg: TrainConfig,
+                  seed: int, world: World, whole_forward: bool, fail: tuple[int, int] | None = None
+                  ) -> dict[str, Any]:
+    """The one-process loop's optimizer steps (``peftbench.train.loop.train``: schedule, AdamW, clipping,
+    accumulation) over this rank's shares of the same micro-batches; the loss is the step's, reduced over
+    the ranks. The loss runs through the LM head in one piece (``chunked_loss`` reads the head's weight
+    outside its forward, where FSDP has not gathered it)."""
+    total = planned_steps(cfg, len(data))
+    lr_total = schedule_steps(cfg, total)
+    optimizer, _ = make_optimizer(cfg.optimizer, params, cfg, world.device)
+    stream = rank_batches(data, cfg.batch_size, seed, world, padding_free=cfg.padding_free)
+    losses, tokens, step = [], 0, 0
+    with training_mode(model, cfg.gradient_checkpointing):
+        while step < total:
+            if fail is not None and fail == (world.rank, step + 1):
+                raise InjectedFailure(f"injected failure on rank {world.rank} before step {step + 1}")
+            set_lr(optimizer, lr_at(step, lr_total, cfg.lr, cfg.warmup_ratio, cfg.min_lr_ratio))
+            step_loss = 0.0
+            for _ in range(cfg.grad_accum):
+                batch = next(stream)
+                weight, tokens = batch.pop("loss_weight"), tokens + int(batch.pop("global_tokens"))
+                moved = {k: v.to(world.device) for k, v in {**batch, **label_positions(batch["labels"])}.items()}
+                loss = answer_loss(model, moved, chunked=False, naive=whole_forward) * weight.to(world.device) \
+                    / cfg.grad_accum
+                loss.backward()
+                step_loss += float(loss.detach())
+            step_loss = reduce_mean_loss(step_loss, world)
+            if not math.isfinite(step_loss):
+                losses.append((step, step_loss))
+                break
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % cfg.log_every == 0 or step == total:
+                losses.append((step, round(step_loss, 6)))
+    optimizer.zero_grad(set_to_none=True)
+    return {"steps": step, "tokens": tokens, "losses": losses}
+
+
+def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
+    """Train one run sharded over ``world`` and, on rank 0, the logits of the gathered weights loaded onto a
+    fresh prepared model (what evaluation on one rank would see)."""
+    method, model, data, cfg = reference_setup(spec)
+    trainable = method.trainable_parameters(model)
+    if world.grouped:
+        params, shard = shard_model(model, trainable, world, ShardPolicy(cpu_offload=spec.offload))
+    else:
+        params, shard = [p for _, p in trainable], {"fsdp": None, "whole_forward": False}
+    t0 = time.perf_counter()
+    result = train_sharded(model, params, data, cfg, SEED, world, shard["whole_forward"], spec.fail)
+    result["wall_s"] = round(time.perf_counter() - t0, 3)
+    state = full_state_dict(model, world)
+    if world.main:
+        _, fresh, _, _ = reference_setup(spec)
+        fresh.load_state_dict(state)
+        with torch.inference_mode():
+            result["probe"] = method.inference_model(fresh.eval())(input_ids=probe_ids()).logits.float().flatten().tolist()
+    ranks: list[Any] = [world.rank]
+    if world.grouped:
+        ranks = [None] * world.size
+        dist.all_gather_object(ranks, world.rank)
+    return {**result, "shard": shard, "ranks_trained": ranks}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    timeout_s = DEFAULT_TIMEOUT_S
+    if argv[0] == "--timeout":
+        timeout_s, argv = float(argv[1]), argv[2:]
+    out, specs = Path(argv[0]), [RunSpec.parse(a) for a in argv[1:]]
+    world = join_world(timeout_s=timeout_s)
+    runs = []
+    try:
+        for text, spec in zip(argv[1:], specs, strict=True):
+            done = run_together(world, lambda spec=spec: run_one(spec, world))
+            runs.append({"run": text, "ok": done.ok, "error": done.error(),
+                         "failures": [f.to_json() for f in done.failures], **(done.value or {})})
+            if world.broken:
+                break
+        if world.main:  # rank 0 alone writes
+            out.write_text(json.dumps({"world": world.record(), "runs": runs}, indent=1))
+    finally:
+        leave_world(world)
+    return 1 if world.broken else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
