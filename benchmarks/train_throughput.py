@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -173,7 +174,7 @@ def cached_task_data(task: str, model: str, data_dir: Path | None, max_length: i
             return TrainData(**saved["data"])
     data = task_data(task, model, data_dir, max_length)
     if cache:
-        part = cache.with_name(cache.name + ".part")
+        part = cache.with_name(f"{cache.name}.{os.getpid()}.part")  # processes side by side write their own
         part.write_text(json.dumps({"key": key, "data": {"input_ids": data.input_ids,
                                                          "answer_start": data.answer_start, "pad_id": data.pad_id}}))
         part.replace(cache)
