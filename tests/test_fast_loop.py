@@ -289,10 +289,10 @@ def test_a_model_whose_attention_ignores_packing_trains_padded(monkeypatch):
 
 def test_compile_auto_compiles_only_runs_long_enough_to_pay_it_back():
     model = _tiny()
-    short = plan.plan_loop(model, TrainConfig(), "cuda", steps=plan.COMPILE_MIN_STEPS - 1)
+    short = plan.plan_loop(model, TrainConfig(bucketing="off"), "cuda", steps=plan.COMPILE_MIN_STEPS - 1)
     assert short["compile"] == "off" and short["_blocks"] is None
     assert any(f"this one plans {plan.COMPILE_MIN_STEPS - 1}" in n for n in short["notes"])
-    long = plan.plan_loop(model, TrainConfig(), "cuda", steps=plan.COMPILE_MIN_STEPS)
+    long = plan.plan_loop(model, TrainConfig(bucketing="off"), "cuda", steps=plan.COMPILE_MIN_STEPS)
     assert long["compile"] == "blocks x2" and not long["notes"]
     forced = plan.plan_loop(model, TrainConfig(compile="on"), "cuda", steps=10)
     assert forced["compile"] == "blocks x2"

@@ -8,7 +8,7 @@ on the host, the positions the loss reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,18 +59,26 @@ def tokenize_pairs(pairs: list[tuple[str, str]], tokenizer: Any, max_length: int
     return TrainData(ids, starts, int(pad))
 
 
-def batches(data: TrainData, batch_size: int, seed: int, padding_free: bool = False
+def batches(data: TrainData, batch_size: int, seed: int, padding_free: bool = False,
+            layout: Callable[[TrainData, list[int]], dict[str, torch.Tensor]] | None = None
             ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """Endless (epoch, micro-batch) pairs in a seed-determined order (reshuffled each epoch), the same for every
-    method and for either layout (``padding_free`` packs the same examples into fewer rows)."""
+    method and for every layout: ``padding_free`` packs the same examples into fewer rows, ``layout`` (e.g. a
+    ``peftbench.train.buckets.Buckets``) lays them out its own way."""
+    collate_fn = layout or (collate_packed if padding_free else collate)
+    for epoch, idx in batch_order(data, batch_size, seed):
+        yield epoch, collate_fn(data, idx)
+
+
+def batch_order(data: TrainData, batch_size: int, seed: int) -> Iterator[tuple[int, list[int]]]:
+    """Endless (epoch, example indices) of each micro-batch, in the order ``batches`` draws them."""
     gen = torch.Generator().manual_seed(seed)
     epoch = 0
     while True:
         order = torch.randperm(len(data), generator=gen).tolist()
         size = min(batch_size, len(order))
         for i in range(0, len(order) - size + 1, size):  # drop the ragged tail: every batch is full
-            idx = order[i:i + size]
-            yield epoch, (collate_packed(data, idx) if padding_free else collate(data, idx))
+            yield epoch, order[i:i + size]
         epoch += 1
 
 
@@ -88,9 +96,10 @@ def collate(data: TrainData, idx: list[int]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-def pack_rows(lengths: list[int]) -> list[list[int]]:
-    """First-fit decreasing: positions of ``lengths`` grouped into rows no longer than the longest one."""
-    width = max(lengths)
+def pack_rows(lengths: list[int], width: int | None = None) -> list[list[int]]:
+    """First-fit decreasing: positions of ``lengths`` grouped into rows no longer than ``width`` (by default the
+    longest length; every length must fit in it)."""
+    width = max(lengths) if width is None else width
     rows: list[list[int]] = []
     free: list[int] = []
     for j in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):

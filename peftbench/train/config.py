@@ -28,19 +28,25 @@ class TrainConfig:
     dtype: str = option("'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'", default="auto")
     log_every: int = option("record the loss every N steps", default=1)
     loop: str = option("'fast' (the optimisations below, as set) or 'naive' (the plain loop: padded batches, the "
-                       "model's own full-logit loss, no compile; overrides padding_free, chunked_loss and compile)",
+                       "model's own full-logit loss, no compile; overrides padding_free, chunked_loss, compile and "
+                       "bucketing)",
                        default="fast")
     padding_free: bool = option("pack each micro-batch's examples into as few rows as fit (no attention across "
                                 "examples), so padding is not computed", default=True)
     chunked_loss: bool = option("cross-entropy through the LM head a chunk of tokens at a time: no full "
                                 "(tokens x vocabulary) logits tensor", default=True)
-    compile: str = option("torch.compile of each repeated transformer block: 'auto' (on CUDA, for runs of 500+ "
-                          "optimizer steps, which pay back the compilation), 'on', 'off'",
-                          default="auto")
-    compile_mode: str = option("how compiled blocks run: 'default', or 'reduce-overhead' (CUDA graphs: each "
-                               "block's kernels replayed with one launch; for steps bound by launching kernels, "
-                               "e.g. a small model; needs batches of one shape: with varying shapes it is not "
-                               "used, and the run's notes say so)", default="default")
+    compile: str = option("torch.compile of each repeated transformer block: 'auto' (on CUDA, for runs long enough "
+                          "to pay back the compilation: 250+ optimizer steps with bucketing, 500+ without), 'on', "
+                          "'off'", default="auto")
+    compile_mode: str = option("how compiled blocks run: 'default'; 'reduce-overhead' (CUDA graphs: each block's "
+                               "kernels replayed with one launch; for steps bound by launching kernels, e.g. a small "
+                               "model; needs batches of few fixed shapes (bucketing, or examples of one length) on "
+                               "CUDA, else it is not used and the run's notes say so); or 'auto' (reduce-overhead "
+                               "where it can work, else default)", default="default")
+    bucketing: str = option("padding-free micro-batches in a few fixed shapes (rows x width, chosen from the run's own "
+                            "batches; padding kept out of the loss and of attention), so compiled blocks run one "
+                            "static graph per shape and CUDA graphs can replay them: 'auto' (on where blocks are "
+                            "compiled on CUDA), 'on', 'off'. Needs padding_free", default="auto")
     gradient_checkpointing: bool = option("recompute each block's activations in the backward pass (less memory, "
                                           "~1/3 more compute)", default=False)
     optimizer: str = option("'adamw' (torch; fused on CUDA), 'adamw_8bit', 'paged_adamw_8bit' or 'paged_adamw' "
@@ -65,4 +71,5 @@ class TrainConfig:
                               "or max_tokens.")
         check_choices("train option", {name: (getattr(self, name), valid) for name, valid in (
             ("dtype", DTYPES), ("loop", ("fast", "naive")), ("compile", ("auto", "on", "off")),
-            ("compile_mode", ("default", "reduce-overhead")), ("optimizer", OPTIMIZERS))})
+            ("compile_mode", ("default", "reduce-overhead", "auto")), ("bucketing", ("auto", "on", "off")),
+            ("optimizer", OPTIMIZERS))})

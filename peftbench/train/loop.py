@@ -4,7 +4,8 @@ Same data order for a seed, same budget, AdamW with linear warm-up and cosine de
 and accumulation, bf16 autocast on CUDA (fp32 on CPU), loss on the answer tokens only.
 
 The ``fast`` loop (the default) adds, for every method alike: padding-free micro-batches (the same examples
-packed into fewer rows, attention kept within each example; ``peftbench.train.batching``), the LM head and
+packed into fewer rows, attention kept within each example; ``peftbench.train.batching``) and, with compiled
+blocks on CUDA, bucketed in a few fixed shapes (``peftbench.train.buckets``), the LM head and
 loss a chunk of tokens at a time (no full logits tensor; ``peftbench.train.loss``), fused AdamW on CUDA and,
 on CUDA, ``torch.compile`` of each transformer block (``peftbench.train.compiling``); on request, activation
 checkpointing and bitsandbytes 8-bit or paged optimizers. The ``naive`` loop (``loop=naive``,
@@ -30,6 +31,7 @@ from peftbench.api.records import TrainResult
 from peftbench.errors import ConfigError
 from peftbench.system.memory import PeakMemory
 from peftbench.train.batching import TrainData, batches, label_positions, real_tokens
+from peftbench.train.buckets import Buckets, plan_buckets
 from peftbench.train.compiling import CompiledBlocks
 from peftbench.train.config import TrainConfig
 from peftbench.train.loss import answer_loss
@@ -52,13 +54,15 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
     forward_backward = partial(_forward_backward, model, device=device, autocast=autocast, grad_accum=cfg.grad_accum,
                                naive=cfg.loop == "naive", chunked=loop["chunked_loss"])
 
-    stream = _micro_batches(data, cfg, seed, padding_free=loop["padding_free"])
+    buckets = plan_buckets(data, cfg.batch_size, seed, total * cfg.grad_accum) if loop["bucketing"] else None
+    stream = _micro_batches(data, cfg, seed, padding_free=loop["padding_free"], layout=buckets)
     examples_per_step = min(cfg.batch_size, len(data)) * cfg.grad_accum
     losses: list[tuple[int, float]] = []
     tokens = positions = examples = step = 0
     diverged, first_step_s = False, None
     with training_mode(model, cfg.gradient_checkpointing), \
-            CompiledBlocks(blocks, data, cfg.compile_mode, device, record=loop) as compiled, \
+            CompiledBlocks(blocks, data, cfg.compile_mode, device, record=loop,
+                           shapes=buckets.shapes if buckets else None) as compiled, \
             CollectorFreeze(enabled=cfg.loop != "naive", record=loop) as collector, PeakMemory(device) as mem:
         t0 = time.perf_counter()
         while step < total and not (cfg.max_tokens and tokens >= cfg.max_tokens):
@@ -90,6 +94,8 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
 
     optimizer.zero_grad(set_to_none=True)
     loop["padding_fraction"] = round(1 - tokens / positions, 4) if positions else None
+    if buckets is not None:
+        loop["bucketing"] = buckets.record()
     if loop["chunked_loss"]:
         loop["chunked_loss_kernel"] = compiled.loss_kernel
     return TrainResult(steps=step, tokens=tokens, examples=examples, epochs=round(examples / max(1, len(data)), 4),
@@ -99,10 +105,10 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
                        first_step_s=first_step_s, loop=loop)
 
 
-def _micro_batches(data: TrainData, cfg: TrainConfig, seed: int, padding_free: bool
+def _micro_batches(data: TrainData, cfg: TrainConfig, seed: int, padding_free: bool, layout: Buckets | None = None
                    ) -> Iterator[list[dict[str, torch.Tensor]]]:
     """Each optimizer step's ``grad_accum`` micro-batches, drawn in order from ``batches``."""
-    stream = batches(data, cfg.batch_size, seed, padding_free=padding_free)
+    stream = batches(data, cfg.batch_size, seed, padding_free=padding_free, layout=layout)
     while True:
         yield [batch for _, batch in islice(stream, cfg.grad_accum)]
 

@@ -11,13 +11,19 @@ from peftbench.train.config import TrainConfig
 from peftbench.train.loss import decoder_and_head, is_plain_linear
 
 COMPILE_MIN_STEPS = 500  # compile=auto compiles on CUDA only for runs of at least this many optimizer steps:
-# on an H200, compiling SmolLM2-135M's blocks took 5-77 s (LoRA with dynamic shapes the most) and paid back
+# on an H200, compiling SmolLM2-135M's blocks for dynamic shapes took 5-77 s (LoRA the most) and paid back
 # after ~70 steps (bs16 x 512) to ~400-800 steps (SST-2's short examples), see docs/performance.md
+COMPILE_MIN_STEPS_BUCKETED = 250  # the same with bucketing (a few static shapes): a static graph compiled in
+# 2.4-11 s per shape on the H200 (first step of fast / fast-graphs at 16 x 512), at most
+# buckets.MAX_WIDTHS + 1 shapes, served from torch's on-disk caches in later sessions and kept across a
+# session's cells; CUDA graphs then cut SST-2-like steps several-fold. An estimate until measured on real
+# data (docs/performance.md): lower it, or raise it, from that measurement.
 
 
 def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str, steps: int | None = None) -> dict[str, Any]:
     """Which optimisations this run uses, and why any asked for is off (recorded in the run file).
-    ``steps``: the run's planned optimizer steps (``compile=auto`` compiles only long runs). ``_blocks``: the
+    ``steps``: the run's planned optimizer steps (``compile=auto`` compiles only long runs). ``bucketing``: whether
+    the loop lays its micro-batches out in buckets (the loop replaces it with the layout's record). ``_blocks``: the
     transformer blocks to compile (``None``: none), for the loop, not the record."""
     naive = cfg.loop == "naive"
     parts = decoder_and_head(model)
@@ -37,16 +43,22 @@ def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str, steps: int 
             padding_free = False
             notes.append(f"padding-free batches: off, this model's attention does not honour packed position ids "
                          f"({leak})")
+    bucketable = padding_free and cfg.bucketing != "off"
+    if not naive and cfg.bucketing == "on" and not padding_free:
+        notes.append("bucketing: builds on padding-free batches, which are off here: off")
     want_compile = not naive and (cfg.compile == "on" or (cfg.compile == "auto" and device == "cuda"))
-    if want_compile and cfg.compile == "auto" and steps is not None and steps < COMPILE_MIN_STEPS:
+    min_steps = COMPILE_MIN_STEPS_BUCKETED if bucketable else COMPILE_MIN_STEPS
+    if want_compile and cfg.compile == "auto" and steps is not None and steps < min_steps:
         want_compile = False
-        notes.append(f"compile: off (auto compiles runs of {COMPILE_MIN_STEPS}+ steps; this one plans {steps}, "
-                     "too few to pay back the compilation; compile=on forces it)")
+        notes.append(f"compile: off (auto compiles runs of {min_steps}+ steps{' with bucketing' if bucketable else ''}; "
+                     f"this one plans {steps}, too few to pay back the compilation; compile=on forces it)")
     blocks = transformer_blocks(parts[0] if parts else None) if want_compile else None
     if want_compile and blocks is None:
         notes.append("compile: no repeated transformer blocks found: off")
+    # bucketing: asked for, or (auto) where it lets compiled blocks run static graphs on CUDA
+    bucketing = bucketable and (cfg.bucketing == "on" or (blocks is not None and device == "cuda"))
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    return {"loop": cfg.loop, "padding_free": padding_free, "chunked_loss": chunked,
+    return {"loop": cfg.loop, "padding_free": padding_free, "bucketing": bucketing, "chunked_loss": chunked,
             "compile": f"blocks x{len(blocks)}" if blocks is not None else "off",
             "gradient_checkpointing": cfg.gradient_checkpointing, "optimizer": cfg.optimizer, "attention": attn,
             "notes": notes, "_blocks": blocks}
