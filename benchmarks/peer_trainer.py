@@ -35,6 +35,7 @@ Run it alone: ``python benchmarks/peer_trainer.py ARGS`` is ``train_throughput.p
 
 from __future__ import annotations
 
+import gc
 import sys
 import tempfile
 import time
@@ -225,9 +226,16 @@ def run_peer(method: str, resolved: Any, data: Any, *, device: str, dtype: torch
         with PeakMemory(device) as mem:
             trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    tokens_seen = int(trainer.state.num_input_tokens_seen) if count_tokens else None
+    # the optimizer state and gradients go now, not whenever the collector finds them: the next variant's peak
+    # memory must not hold them
+    trainer.accelerator.free_memory()
+    model.zero_grad(set_to_none=True)
+    del trainer
+    gc.collect()
     return {"t0": clock.t0, "marks": clock.marks, "peak_memory_bytes": mem.peak, "losses": losses, "model": model,
             "trainable": trainable, "peer": peer, "tokens_per_step": tokens_per_step,
-            "trainer_tokens_seen": int(trainer.state.num_input_tokens_seen) if count_tokens else None,
+            "trainer_tokens_seen": tokens_seen,
             "settings": {"optim": str(args.optim.value), "bf16": bf16, "padding": "DataCollatorForSeq2Seq, longest",
                          "logging_steps": 1, "transformers_trainer": True}}
 

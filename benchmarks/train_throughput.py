@@ -318,7 +318,8 @@ def run_peer_variant(method: Any, resolved: Any, data: Any, args: Any) -> dict[s
            "mfu": (fpt * tps) / (peak * 1e12) if peak and tps else None,
            "total_params": None if quantized else sum(p.numel() for p in model.parameters()) - added,
            "artifact": None}
-    del model
+    del model, raw
+    gc.collect()  # Trainer's objects hold the model in reference cycles: gone before the next variant's peak
     return out
 
 

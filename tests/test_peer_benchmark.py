@@ -2,7 +2,9 @@
 peftbench's loop trains on: the same examples in the same batches, padded the same way, the same real-token
 counts; and train_throughput.py reports the ratios to it."""
 
+import gc
 import sys
+import weakref
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,6 +75,10 @@ def test_trainer_and_peftbench_train_the_same_tokens_and_losses(tiny):
     # same weights, batches, padding, loss normalisation, AdamW and schedule: the same curve (Trainer logs 4 digits)
     assert peer["losses"] == pytest.approx([loss for _, loss in ours.losses], rel=2e-4, abs=1e-4)
     assert peer["trainable"] == sum(p.numel() for p in model.parameters())
+    # nothing of Trainer's keeps the trained model (on a GPU: its weights, gradients, optimizer state) alive
+    gone = weakref.ref(peer.pop("model"))
+    gc.collect()
+    assert gone() is None
 
 
 def test_the_peer_lora_is_peftbench_lora_default():
