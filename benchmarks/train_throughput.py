@@ -5,7 +5,8 @@ so the ratios are side by side, not absolute times from different runs:
 
   naive          loop=naive: padded batches, the model's own forward with full logits, no compilation
                  (the plain eager loop a first benchmark would write; fused AdamW, bf16 autocast on CUDA)
-  fast           every optimisation peftbench uses by default in a long run (compile: on CUDA)
+  fast           every optimisation peftbench uses by default in a long run (compile: on CUDA) but bucketing,
+                 which is off (fast+buckets turns it on)
   fast-nocompile fast without torch.compile
   chunked_loss   only the chunked loss (and the head at labelled positions): no packing, no compile
   padding_free   only padding-free batches: no chunked loss, no compile
