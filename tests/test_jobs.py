@@ -358,6 +358,11 @@ def test_auto_jobs_is_conservative():
     assert topology.auto_jobs("cuda", small_free, 270 * 1024**2, 64)[0] == 1  # 6 GiB of 12 free, ~5 GiB a cell
     few_cpus = [topology.Gpu(0, "GPU-0", None, 140 * gib, 140 * gib, (0, 1, 2, 3))]
     assert topology.auto_jobs("cuda", few_cpus, 270 * 1024**2, 4)[0] == 2      # 2 CPUs per cell
+    from peftbench.models.sources import resolve_model
+    from peftbench.session.jobs import weight_bytes
+
+    assert weight_bytes(resolve_model("shape:smollm2-135m")) == 2 * 134_515_008  # SmolLM2-135M's published count
+    assert weight_bytes(resolve_model("shape:llama-3.1-8b")) >= topology.SMALL_MODEL_BYTES  # one cell per GPU
     assert topology.parse_cpu_list("0-3,8,10-11") == (0, 1, 2, 3, 8, 10, 11)
     assert topology.cpu_list_text((0, 1, 2, 3, 8, 10, 11)) == "0-3,8,10-11"
     assert topology.sysfs_bus_id("00000000:9A:00.0") == "0000:9a:00.0"

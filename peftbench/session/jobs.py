@@ -198,6 +198,35 @@ def recorded_run_files(output: Path) -> dict[str, str]:
     return files if isinstance(files, dict) else {}
 
 
+TINY_MODEL_BYTES = 1024**2  # a ``tiny:`` model built in code: a few MB at most
+
+
+def weight_bytes(model: Any) -> int | None:
+    """About how many bytes the base model's weights take in bf16 (what ``auto_jobs`` sizes cells by): from
+    its parameter count once loaded, a ``shape:`` model's config, or the weight files (None: not known)."""
+    from peftbench.system.topology import model_bytes
+
+    info = model.info
+    if info.parameters:
+        return 2 * info.parameters
+    if info.kind == "tiny":
+        return TINY_MODEL_BYTES
+    if info.kind == "shape":
+        from peftbench.models.shape import shape_config
+
+        return 2 * decoder_parameters(shape_config(info.resolved.removeprefix("shape:")))
+    return model_bytes(getattr(model, "path", ""))
+
+
+def decoder_parameters(c: dict[str, Any]) -> int:
+    """The parameters of a Llama-style decoder config (embeddings, attention, SwiGLU MLP, norms, head)."""
+    h, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+    head = c.get("head_dim") or h // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * head, c.get("num_key_value_heads", c["num_attention_heads"]) * head
+    block = h * q + 2 * h * kv + q * h + 3 * h * c["intermediate_size"] + 2 * h
+    return vocab * h * (1 if c.get("tie_word_embeddings") else 2) + layers * block + h
+
+
 def without_latency(plan: Any) -> Any:
     """The plan with ``latency_rounds=0`` in every cell's options: the cells a worker runs beside others
     leave latency to the cost phase."""
@@ -282,6 +311,7 @@ class Worker:
             record = blank_record(plan, spec, "cancelled")
             record.reason = why
             return self.finish(spec, record)
+        self.learn_base_scores()
         beside, started = self.queue.siblings(), time.time()
         try:
             record = session.run_cell(self.cell_plan, spec, self.cache, self.env)
@@ -300,6 +330,16 @@ class Worker:
                                  if self.job.defer_latency and spec.method != "base" else {})}
         self.finish(spec, record)
         free_memory(plan.device)
+
+    def learn_base_scores(self) -> None:
+        """The base rows' retention scores, once another worker has written them: a cell's retention then
+        carries its change against the base, as in one process."""
+        from peftbench.session.cache import CellCache
+
+        base = [s for s in self.cells if s.method == "base" and self.queue.done(s.key)]
+        learnt = CellCache.from_runs(read_runs(self.plan.output, base).values())
+        for name, score in learnt.base_retention.items():
+            self.cache.base_retention.setdefault(name, score)
 
     def finish(self, spec: RunSpec, record: Any) -> None:
         self.session.finish(self.plan, spec, record, self.records)

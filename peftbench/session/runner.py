@@ -56,9 +56,6 @@ from peftbench.tasks.task import materialize
 __all__ = ["Session", "SessionConfig"]
 
 
-TINY_MODEL_BYTES = 1024**2  # a ``tiny:`` model built in code: a few MB at most
-
-
 class Session:
     """``Session(config).run()``: plan, then run every cell. ``plan()`` alone validates the whole session."""
 
@@ -164,10 +161,9 @@ class Session:
         todo = [s for s in shard_share(plan.all_cells(), self.config.shard) if not kept(done, s)]
         gpus = topology.visible_gpus() if plan.device == "cuda" else None
         if self.jobs == "auto":
-            size = plan.model.info.parameters * 2 if plan.model.info.parameters else \
-                topology.model_bytes(getattr(plan.model, "path", "")) or \
-                (TINY_MODEL_BYTES if plan.model.info.kind == "tiny" else None)
-            n, why = topology.auto_jobs(plan.device, gpus, size, len(topology.allowed_cpus()))
+            from peftbench.session.jobs import weight_bytes
+
+            n, why = topology.auto_jobs(plan.device, gpus, weight_bytes(plan.model), len(topology.allowed_cpus()))
         else:
             n, why = int(self.jobs), f"--jobs {self.jobs}"
         n = min(n, len(todo))
