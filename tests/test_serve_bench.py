@@ -310,32 +310,33 @@ def _verdicts(latency: dict) -> dict[str, tuple[float, str, str]]:
 
 
 def test_serving_claims_hold_when_the_measurements_say_so():
-    # one adapter: 12 (base 10); two: 12.48 (+4 %); 32: 10 + 0.5 x 32 x 2 = 42 (half of linear)
-    got = _verdicts(_serving_latency({1: 12.0, 2: 12.48, 32: 42.0}))
+    # one adapter: 12 (base 10); two: 12.48 (+4 %); 32: 12 + 31 x 0.24 (each later adapter half the second's)
+    got = _verdicts(_serving_latency({1: 12.0, 2: 12.48, 32: 12.0 + 31 * 0.24}))
     assert got["serving_second_adapter"][:2] == (pytest.approx(1.04, abs=0.003), "holds")
     assert got["serving_sublinear"][:2] == (pytest.approx(0.5, abs=0.01), "holds")
     assert got["serving_loaded_adapters"][:2] == (pytest.approx(1.0, abs=0.003), "holds")
-    assert "batch 32 x prompt 8" in got["serving_sublinear"][2] and "mixed32" in got["serving_sublinear"][2]
+    assert "batch 32 x prompt 8" in got["serving_sublinear"][2] and "(mixed32 - mixed1) / 31" in got["serving_sublinear"][2]
 
 
 def test_serving_claims_do_not_hold_when_adapters_cost_linearly_or_more():
-    # two adapters +20 %; 32 adapters: 10 + 1.5 x 32 x 2 = 106 (super-linear); loaded: +30 %
-    got = _verdicts(_serving_latency({1: 12.0, 2: 14.4, 32: 106.0}, single=15.6))
+    # two adapters +20 %; 32 adapters: each later one 1.5 x the second's (super-linear); loaded: +30 %
+    got = _verdicts(_serving_latency({1: 12.0, 2: 14.4, 32: 12.0 + 31 * 1.5 * 2.4}, single=15.6))
     assert got["serving_second_adapter"][:2] == (pytest.approx(1.2, abs=0.005), "does not hold")
     assert got["serving_sublinear"][:2] == (pytest.approx(1.5, abs=0.02), "does not hold")
     assert got["serving_loaded_adapters"][:2] == (pytest.approx(1.3, abs=0.005), "does not hold")
 
 
 def test_a_contended_or_unrecorded_timing_decides_nothing():
-    busy = _verdicts(_serving_latency({1: 12.0, 2: 12.48, 32: 42.0}, gpu_others_bytes=0, host_others_cores=3.0))
+    sub_linear = {1: 12.0, 2: 12.48, 32: 12.0 + 31 * 0.24}
+    busy = _verdicts(_serving_latency(sub_linear, gpu_others_bytes=0, host_others_cores=3.0))
     assert {v for _, v, _ in busy.values()} == {"inconclusive (timing suspect)"}
     assert all("host busy" in how for _, _, how in busy.values())
-    unrecorded = _serving_latency({1: 12.0, 2: 12.48, 32: 42.0})
+    unrecorded = _serving_latency(sub_linear)
     for key in ("gpu_others_bytes", "host_others_cores"):
         unrecorded["serving-lora"].pop(key)
     assert all(v == "inconclusive (timing suspect)" and "neighbours not recorded" in how
                for _, v, how in _verdicts(unrecorded).values())
-    few = _verdicts(_serving_latency({1: 12.0, 2: 12.48, 32: 42.0}, rounds=2))
+    few = _verdicts(_serving_latency(sub_linear, rounds=2))
     assert all("2 timed rounds: too few" in how for _, _, how in few.values())
 
 

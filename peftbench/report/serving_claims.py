@@ -7,9 +7,10 @@ them: ``doubts.timing_doubts``), so a serving timing decides only when it was me
 
 - ``serving_second_adapter``: mixed2 / mixed1, a batch whose rows ask for two adapters against the same
   batch on one adapter ("adding a second adapter costs 3-5 %").
-- ``serving_scaling``: (mixedK - base) / (K x (mixed1 - base)) at the largest K timed: what K adapters in one
-  batch cost over the base model, as a share of K times what one costs. 1: linear (every adapter costs what
-  the first does, the naive implementation); below 1: sub-linear.
+- ``serving_scaling``: ((mixedK - mixed1) / (K - 1)) / (mixed2 - mixed1) at the largest K timed: what each
+  adapter beyond the first costs on average, as a share of what the second cost. 1: latency linear in K (every
+  added adapter costs what the second did, as in naive implementations); below 1: sub-linear (later adapters
+  cost less); undefined when the second adapter cost nothing.
 - ``serving_loaded``: single / one, a request for one adapter on the model that holds all K against the
   same request on a model that holds only it ("loading many adapters at once degrades serving").
 """
@@ -103,13 +104,14 @@ def second_adapter(ev: Any, task: str, method: str) -> tuple[Any, Any, str]:
 
 
 def _largest_mixed(cell: dict[str, Any]) -> list[str] | None:
+    """mixed1, mixed2 and the largest mixedK (K > 2) timed at ``cell``, else None."""
     ks = [k for k in (mixed_k(m) for m in cell["modes"]) if k and _decode(cell, mixed_mode(k))]
-    return ["base", mixed_mode(1), mixed_mode(max(ks))] if ks and max(ks) > 1 else None
+    return [mixed_mode(1), mixed_mode(2), mixed_mode(max(ks))] if {1, 2} <= set(ks) and max(ks) > 2 else None
 
 
 def scaling(ev: Any, task: str, method: str) -> tuple[Any, Any, str]:
-    def share(base: float, one: float, many: float, k: int) -> float | None:
-        return (many - base) / (k * (one - base)) if one > base else None
+    def share(one: float, two: float, many: float, k: int) -> float | None:
+        return (many - one) / (k - 1) / (two - one) if two > one else None
 
     lat = serving_section(ev.latency, method)
     if lat is None:
@@ -125,8 +127,9 @@ def scaling(ev: Any, task: str, method: str) -> tuple[Any, Any, str]:
         return None, None, ""
     k = ks[batch]
     return _judge(ev, method, lambda cell: _largest_mixed(cell) if cell["batch_size"] == batch else None,
-                  lambda b, o, m: share(b, o, m, k),
-                  f"(mixed{k} - base) / ({k} x (mixed1 - base)): {k} adapters' cost over one's, times {k}")
+                  lambda one, two, many: share(one, two, many, k),
+                  f"((mixed{k} - mixed1) / {k - 1}) / (mixed2 - mixed1): each adapter beyond the first, on average, "
+                  "as a share of the second's cost")
 
 
 def loaded(ev: Any, task: str, method: str) -> tuple[Any, Any, str]:
