@@ -82,6 +82,13 @@ def test_fsdp_divides_what_is_sharded_and_gathers_one_block(tiny):
     assert e.peak - offloaded.peak == TOTAL * 8 / 2
 
 
+def test_fsdp_on_one_rank_shards_nothing_but_gathers_in_bf16(tiny):
+    e = estimate(tiny, Setting("full", gpus=1, fsdp=True, batch_size=2, seq_len=8))
+    assert e.weights == TOTAL * 4 and e.optimizer == TOTAL * 8
+    assert e.compute_copies == (2 * EMBED + 64) * 2 + BLOCK * 2  # no autocast copies: FSDP gathers bf16
+    assert e.activations == 1880 * 2 * 16  # bf16 compute: no fp32 residual stream
+
+
 def test_qlora_stores_nf4_with_double_quantized_absmax(tiny):
     e = estimate(tiny, Setting("qlora", batch_size=2, seq_len=8, lora_rank=4, master_weights="bf16"))
     linear = 2 * 43_008

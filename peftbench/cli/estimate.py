@@ -21,6 +21,7 @@ BAR = 0.15  # docs/estimate.md: the estimate is held to 15 % of every measured p
 @click.option("--methods", default="full,lora,qlora", show_default=True, help="comma-separated: full, lora, qlora, adapter")
 @click.option("--gpus", default="1", show_default=True,
               help="FSDP world size(s), comma-separated (1: the single-GPU loop; N > 1: FSDP2 over N GPUs)")
+@click.option("--fsdp", is_flag=True, help="FSDP2 even with --gpus 1 (one rank); more GPUs always shard")
 @click.option("--gpu-memory", default="80GiB", show_default=True, help="memory of one GPU, e.g. 80GiB, 48GB")
 @click.option("--batch-size", default=1, show_default=True, type=int, help="sequences per micro-batch, per GPU")
 @click.option("--seq-len", default=2048, show_default=True, type=int, help="tokens per sequence")
@@ -50,7 +51,7 @@ BAR = 0.15  # docs/estimate.md: the estimate is held to 15 % of every measured p
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="same as --format json")
-def estimate(models, methods, gpus, gpu_memory, batch_size, seq_len, activation_checkpointing, optimizer_offload,
+def estimate(models, methods, gpus, fsdp, gpu_memory, batch_size, seq_len, activation_checkpointing, optimizer_offload,
              master_weights, optimizer, naive, no_compile, lora_rank, lora_targets, adapter_placement,
              adapter_reduction, mfu, peak_tflops, show_claims, check, files, fmt, as_json):
     """Per-GPU memory of a training step for each method, by calculation: weights, gradients, optimizer
@@ -85,7 +86,7 @@ def estimate(models, methods, gpus, gpu_memory, batch_size, seq_len, activation_
                                   optimizer_offload=optimizer_offload, master_weights=master_weights,
                                   optimizer=optimizer, compiled=not (naive or no_compile), chunked_loss=not naive,
                                   lora_rank=lora_rank, lora_targets=targets, adapter_placement=adapter_placement,
-                                  adapter_reduction=adapter_reduction)
+                                  adapter_reduction=adapter_reduction, fsdp=fsdp)
                 results.append((calculate(arch, setting), _speed(arch, setting, mfu, peak_tflops)))
     if fmt == "json":
         print_json([{**e.to_dict(), "throughput": speed} for e, speed in results])
@@ -114,7 +115,7 @@ def estimate_tables(results) -> list:
     tables = []
     for (model, n), rows in groups.items():
         s = rows[0][0].setting
-        where = "1 GPU" if n == 1 else f"{n} GPUs (FSDP)"
+        where = (f"{n} GPUs (FSDP)" if n > 1 else "1 GPU (FSDP)" if s.fsdp else "1 GPU")
         t = Table(title=f"{model} on {where}, {_gib(s.gpu_memory)} GiB each: batch {s.batch_size} x {s.seq_len}, "
                         f"{_how(s)} — GiB per GPU, by calculation", title_justify="left", header_style="bold")
         for col in ("method", "trainable", "weights", "compute copies", "gradients", "optimizer", "activations",

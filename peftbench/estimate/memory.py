@@ -9,7 +9,7 @@ A step's memory peaks at one of three moments; the estimate is the largest:
 - **optimizer step**: what stays plus every gradient (the loop frees gradients after each step and
   activations during backward).
 
-With ``gpus`` > 1 the model is FSDP-sharded (FSDP2 with a bf16 ``MixedPrecisionPolicy``): weights, gradients and
+With ``gpus`` > 1 (or ``fsdp``) the model is FSDP-sharded (FSDP2 with a bf16 ``MixedPrecisionPolicy``): weights, gradients and
 moments are divided by the world size; the root group (embedding, head, final norm) stays gathered in bf16
 through forward and backward, one block's weights are gathered at a time, and in backward that block's unsharded gradients
 (bf16, and the fp32 copy the reduce-scatter sends when master weights are fp32) exist until reduced.
@@ -77,7 +77,7 @@ def estimate(arch: Architecture, setting: Setting) -> Estimate:
     weights = (s.frozen + s.weights) * share
     optimizer = 0.0 if setting.optimizer_offload else s.optimizer * share
     gradients = s.grads * share
-    if n > 1:  # FSDP: root group gathered all step, one block at a time; that block's unsharded gradients
+    if setting.sharded:  # FSDP: the root group gathered all step, one block at a time; its unsharded gradients
         gathered = s.root_compute + s.block_compute
         reduce_copy = FP32 if setting.master_weights == "fp32" or setting.trains_lora else 0
         block_grads = s.block_trainable * (BF16 + reduce_copy)

@@ -33,7 +33,8 @@ def parse_memory(text: str, where: str = "--gpu-memory") -> int:
 
 @dataclass(frozen=True)
 class Setting:
-    """One method's training set-up. ``gpus`` is the FSDP world size (1: the plain single-GPU loop)."""
+    """One method's training set-up. ``gpus`` is the FSDP world size (1: the plain single-GPU loop, unless
+    ``fsdp``)."""
 
     method: str
     gpus: int = 1
@@ -52,6 +53,7 @@ class Setting:
     adapter_reduction: int = ADAPTER_REDUCTION
     adapter_placement: str = ADAPTER_PLACEMENT
     double_quant: bool = True
+    fsdp: bool = False  # FSDP even on one GPU (a world size of 1); more GPUs always shard
 
     def __post_init__(self) -> None:
         choices = {"method": (self.method, METHODS),
@@ -73,10 +75,15 @@ class Setting:
         return self.batch_size * self.seq_len
 
     @property
+    def sharded(self) -> bool:
+        """FSDP (a world size above 1, or ``fsdp``) rather than the plain single-GPU loop."""
+        return self.gpus > 1 or self.fsdp
+
+    @property
     def fp32_stream(self) -> bool:
-        """fp32 weights on one GPU: the embedding and the residual stream stay fp32 under autocast (FSDP's
-        mixed precision gathers bf16 weights, so everything computes in bf16)."""
-        return self.master_weights == "fp32" and self.gpus == 1
+        """fp32 weights in the plain loop: the embedding and the residual stream stay fp32 under autocast
+        (FSDP's mixed precision gathers bf16 weights, so everything computes in bf16)."""
+        return self.master_weights == "fp32" and not self.sharded
 
     @property
     def trains_lora(self) -> bool:
