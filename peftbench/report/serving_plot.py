@@ -28,7 +28,7 @@ def overhead_curves(lat: dict[str, Any]) -> dict[int, list[tuple[int, float, flo
 
 
 def serving_plot(sections: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Write the plot of every method's curves to ``path`` (its suffix picks the format)."""
+    """Write the plot to ``path`` (its suffix picks the format): a panel per method, a line per batch size."""
     try:
         import matplotlib
     except ImportError:
@@ -37,23 +37,33 @@ def serving_plot(sections: dict[str, dict[str, Any]], path: Path, title: str = "
         raise UsageError("plots need matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.ScalarFormatter below)
 
     plt.rcParams["svg.hashsalt"] = "peftbench"  # stable ids: the same results give the same SVG
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=150)
-    for method, lat in sections.items():
+    fig, axes = plt.subplots(1, max(1, len(sections)), figsize=(4.2 * max(1, len(sections)), 3.8), dpi=150,
+                             squeeze=False)
+    for ax, (method, lat) in zip(axes[0], sections.items(), strict=False):
+        lines = []
         for batch, points in overhead_curves(lat).items():
             ks = [p[0] for p in points]
             ys = [100 * p[1] for p in points]
             err = [[100 * (p[1] - p[2]) for p in points], [100 * (p[3] - p[1]) for p in points]]
-            line = ax.errorbar(ks, ys, yerr=err, marker="o", capsize=3, label=f"{method}, batch {batch}")
+            line = ax.errorbar(ks, ys, yerr=err, marker="o", capsize=3, label=f"batch {batch}")
             if len(points) > 2 and ks[:2] == [1, 2]:  # linear in K: every adapter costs what the second did
-                ax.plot(ks, [ys[0] + (k - 1) * (ys[1] - ys[0]) for k in ks], linestyle=":",
-                        color=line[0].get_color(), linewidth=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("K: adapters one batch asks for")
-    ax.set_ylabel("decode overhead vs base (%, 95% CI)")
-    ax.set_title((title + "\n" if title else "") + "dotted: linear in K (every adapter costs what the second did)", fontsize=9)
-    ax.legend(fontsize=7)
+                lines.append((ks, [ys[0] + (k - 1) * (ys[1] - ys[0]) for k in ks], line[0].get_color()))
+        limits = ax.get_ylim()  # the measurements set the axis; a linear line leaving it is cut off
+        for ks, ys, color in lines:
+            ax.plot(ks, ys, linestyle=":", color=color, linewidth=1)
+        ax.set_ylim(limits)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lat.get("serving", {}).get("plan", {}).get("adapters") or [1, 2, 4, 8, 16, 32])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("K: adapters one batch asks for")
+        ax.set_ylabel("decode overhead vs base (%, 95% CI)")
+        ax.set_title(method, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle((title + " — " if title else "") + "dotted: linear in K (every adapter costs what the second did)",
+                 fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
