@@ -73,19 +73,21 @@ def test_lora_by_hand(tiny):
 def test_fsdp_divides_what_is_sharded_and_gathers_one_block(tiny):
     e = estimate(tiny, Setting("full", gpus=2, batch_size=2, seq_len=8, master_weights="fp32"))
     assert e.weights == TOTAL * 4 / 2 and e.optimizer == TOTAL * 8 / 2
-    root, block = (2 * EMBED + 64) * 2, BLOCK * 2
+    root, block = (EMBED + 64) * 2, BLOCK * 2  # the head gathered for the loss; one block
     assert e.compute_copies == root + block
     assert e.gradients == TOTAL * 4 / 2 + BLOCK * (2 + 4)  # sharded fp32 + one block's bf16 and fp32 copies
-    assert e.peak == 2_386_368
+    assert e.peak == 2_386_368 - EMBED * 2
     offloaded = estimate(tiny, Setting("full", gpus=2, batch_size=2, seq_len=8, optimizer_offload=True))
-    assert offloaded.optimizer == 0 and offloaded.optimizer_host == TOTAL * 8 / 2
-    assert e.peak - offloaded.peak == TOTAL * 8 / 2
+    assert offloaded.weights == offloaded.optimizer == 0 and offloaded.host == TOTAL * (4 + 4 + 8) / 2
+    assert e.peak - offloaded.peak == TOTAL * (4 + 8) / 2  # at the forward end: no weights, no moments
+    with pytest.raises(UsageError, match="CPU offload"):
+        Setting("full", optimizer_offload=True)
 
 
 def test_fsdp_on_one_rank_shards_nothing_but_gathers_in_bf16(tiny):
     e = estimate(tiny, Setting("full", gpus=1, fsdp=True, batch_size=2, seq_len=8))
     assert e.weights == TOTAL * 4 and e.optimizer == TOTAL * 8
-    assert e.compute_copies == (2 * EMBED + 64) * 2 + BLOCK * 2  # no autocast copies: FSDP gathers bf16
+    assert e.compute_copies == (EMBED + 64) * 2 + BLOCK * 2  # no autocast copies: FSDP gathers bf16
     assert e.activations == 1880 * 2 * 16  # bf16 compute: no fp32 residual stream
 
 

@@ -26,7 +26,8 @@ BAR = 0.15  # docs/estimate.md: the estimate is held to 15 % of every measured p
 @click.option("--batch-size", default=1, show_default=True, type=int, help="sequences per micro-batch, per GPU")
 @click.option("--seq-len", default=2048, show_default=True, type=int, help="tokens per sequence")
 @click.option("--activation-checkpointing", is_flag=True, help="recompute each block's activations in backward")
-@click.option("--optimizer-offload", is_flag=True, help="AdamW's moments in host memory (FSDP CPU offload)")
+@click.option("--optimizer-offload", is_flag=True,
+              help="FSDP's CPU offload: the sharded weights, their gradients and AdamW's moments in host memory")
 @click.option("--master-weights", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="dtype the weights are stored in, and the trainable ones' gradients and AdamW moments (fp32: "
                    "peftbench run's fp32 weights under bf16 autocast, or FSDP's fp32 shards; bf16: pure bf16, as "
@@ -123,8 +124,7 @@ def estimate_tables(results) -> list:
             t.add_column(col, justify="left" if col in ("method", "at", "fits") else "right")
         for e, speed in rows:
             t.add_row(e.setting.method, f"{e.trainable_params:,}", _gib(e.weights), _gib(e.compute_copies),
-                      _gib(e.gradients), _gib(e.optimizer) + (f" (+{_gib(e.optimizer_host)} host)"
-                                                              if e.optimizer_host else ""),
+                      _gib(e.gradients), _gib(e.optimizer) + (f" (+{_gib(e.host)} host)" if e.host else ""),
                       _gib(e.activations), _gib(e.backward_work), _gib(e.loss), _gib(e.peak), e.peak_phase,
                       _gib(e.with_context), "[green]yes[/]" if e.fits else "[red]no[/]",
                       f"{speed['tokens_per_s_per_gpu']:,.0f} (MFU {speed['mfu']:.0%})")

@@ -9,10 +9,12 @@ A step's memory peaks at one of three moments; the estimate is the largest:
 - **optimizer step**: what stays plus every gradient (the loop frees gradients after each step and
   activations during backward).
 
-With ``gpus`` > 1 (or ``fsdp``) the model is FSDP-sharded (FSDP2 with a bf16 ``MixedPrecisionPolicy``): weights, gradients and
-moments are divided by the world size; the root group (embedding, head, final norm) stays gathered in bf16
-through forward and backward, one block's weights are gathered at a time, and in backward that block's unsharded gradients
-(bf16, and the fp32 copy the reduce-scatter sends when master weights are fp32) exist until reduced.
+With ``gpus`` > 1 (or ``fsdp``) the model is FSDP-sharded as ``peftbench.train.distributed.shard_model`` does
+(FSDP2, a bf16 ``MixedPrecisionPolicy`` with fp32 reduction): weights, gradients and moments are divided by the
+world size; the LM head is gathered in bf16 for the loss, one block's weights at a time (the last one stays
+gathered for backward), and in backward that block's unsharded gradients (bf16, and the fp32 copy the
+reduce-scatter sends) exist until reduced. CPU offload keeps the shards, their gradients and the moments in
+host memory.
 What the allocator reserves beyond its peak, and the CUDA context, are not in the phases: ``fits`` adds the
 context (``CUDA_CONTEXT_BYTES``) to the peak.
 """
@@ -41,7 +43,7 @@ class Estimate:
     compute_copies: float  # bf16 casts for compute (single GPU, fp32 weights) or FSDP's gathered groups
     gradients: float
     optimizer: float  # on the GPU (0 when offloaded)
-    optimizer_host: float  # in host memory when offloaded
+    host: float  # in host memory with CPU offload: the sharded weights, gradients and moments
     activations: float  # every block's saved tensors (checkpoints only, with checkpointing)
     backward_work: float  # one block's backward (and its recomputation, with checkpointing)
     loss: float
@@ -74,9 +76,10 @@ def estimate(arch: Architecture, setting: Setting) -> Estimate:
     s = stored(arch, setting)
     n = setting.gpus
     share = 1 / n  # FSDP's shard; 1 on one GPU
-    weights = (s.frozen + s.weights) * share
-    optimizer = 0.0 if setting.optimizer_offload else s.optimizer * share
-    gradients = s.grads * share
+    weights, gradients, optimizer = (s.frozen + s.weights) * share, s.grads * share, s.optimizer * share
+    host = 0.0
+    if setting.optimizer_offload:  # FSDP's CPUOffloadPolicy: the shards live in host memory, the step runs there
+        host, weights, gradients, optimizer = weights + gradients + optimizer, 0.0, 0.0, 0.0
     if setting.sharded:  # FSDP: the root group gathered all step, one block at a time; its unsharded gradients
         gathered = s.root_compute + s.block_compute
         reduce_copy = FP32 if setting.master_weights == "fp32" or setting.trains_lora else 0
@@ -99,6 +102,6 @@ def estimate(arch: Architecture, setting: Setting) -> Estimate:
               "optimizer step": stays + gradients}  # FSDP reshards the root group after backward
     return Estimate(model=arch.name, setting=setting, weights=weights, compute_copies=gathered,
                     gradients=gradients + block_grads, optimizer=optimizer,
-                    optimizer_host=s.optimizer * share if setting.optimizer_offload else 0.0,
+                    host=host,
                     activations=activations, backward_work=work, loss=loss, phases=phases,
                     trainable_params=s.trainable_params)

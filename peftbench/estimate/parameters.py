@@ -32,7 +32,7 @@ class Stored:
     compute_copies: float  # bf16 casts of fp32 matrices that autocast keeps for backward (single GPU)
     block_compute: float  # one block's weights as compute sees them (bf16): what FSDP gathers at a time
     block_trainable: int  # one block's trainable parameters (FSDP: its unsharded gradients in backward)
-    root_compute: float  # embedding, head and final norm in bf16 (FSDP's root group, gathered all step)
+    root_compute: float  # the LM head (or tied embedding) and final norm in bf16: FSDP gathers it for the loss
     dequantized: float  # QLoRA: the largest linear dequantized to bf16, one at a time
     head_trainable: bool
 
@@ -77,7 +77,9 @@ def stored(arch: Architecture, setting: Setting) -> Stored:
     base = arch.total_params()
     block_matrices = arch.layers * arch.block_matrix_params()
     head_matrix = arch.vocab * arch.hidden  # the LM head's matrix, tied or not, as the loss multiplies by it
-    root = (arch.embedding_params() + arch.head_params() + arch.hidden) * BF16
+    # FSDP (peftbench.train.distributed.shard_model): the head is a group of its own, gathered for the loss; a
+    # separate embedding group is gathered only at the forward pass's start, before activations pile up
+    root = (arch.vocab * arch.hidden + arch.hidden) * BF16
     block = arch.block_params() * BF16
     cast = BF16 if store == FP32 else 0  # bytes of autocast's bf16 copy per fp32 matrix weight
     kind = setting.method

@@ -42,7 +42,7 @@ class Setting:
     batch_size: int = 1
     seq_len: int = 2048
     activation_checkpointing: bool = False
-    optimizer_offload: bool = False
+    optimizer_offload: bool = False  # FSDP's CPU offload: shards, gradients and moments in host memory
     master_weights: str = "fp32"  # dtype weights are stored in (and gradients, AdamW's moments); compute: bf16
     optimizer: str = "adamw"
     compiled: bool = True  # blocks under torch.compile (peftbench's fast loop on CUDA); False: eager
@@ -66,6 +66,9 @@ class Setting:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"estimate {name} must be a whole number >= 1, got {value!r}.")
+        if self.optimizer_offload and not self.sharded:
+            raise UsageError("estimate optimizer_offload is FSDP's CPU offload (peftbench.train.distributed): give "
+                             "--gpus N (N > 1) or --fsdp.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise UsageError(f"estimate lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
 
