@@ -151,8 +151,15 @@ def shard_model(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Para
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     names = [name for name, _ in trainable]
-    mesh = init_device_mesh(world.device, (world.size,))
     mp, precision = mixed_precision(policy, world.device)
+    stored = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if not p.is_floating_point()})
+    if stored and mp.param_dtype is not None:
+        raise ConfigError(f"FSDP with {policy.precision} precision ({precision}) would cast the {'/'.join(stored)} "
+                          "storage of a quantized base to bf16 and corrupt it; store the 4-bit weights as bf16 "
+                          "(bitsandbytes quant_storage=torch.bfloat16, as FSDP-QLoRA does) or shard with "
+                          "precision='fp32'.")
+    quantized = _keep_quant_states(model)
+    mesh = init_device_mesh(world.device, (world.size,))
     offload = CPUOffloadPolicy(pin_memory=world.device == "cuda") if policy.cpu_offload else OffloadPolicy()
     shard = dict(mesh=mesh, mp_policy=mp, offload_policy=offload)
 
@@ -182,7 +189,21 @@ def shard_model(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Para
     return params, {"fsdp": "fully_shard (FSDP2)", "world_size": world.size, "backend": world.backend,
                     "units": units, "precision": precision, "trainable_dtype": ",".join(dtypes),
                     "cpu_offload": policy.cpu_offload, "reshard_after_forward": policy.reshard_after_forward,
-                    "whole_forward": head is None or tied}
+                    "whole_forward": head is None or tied, "quantized_layers": quantized}
+
+
+def _keep_quant_states(model: torch.nn.Module) -> int:
+    """bitsandbytes' 4-bit layers keep their quantization state (scales, shape) on the weight tensor, which
+    sharding replaces; kept on the layer too, bitsandbytes puts it back on the gathered weight at each
+    forward (its own path for FSDP). Returns the number of such layers."""
+    count = 0
+    for module in model.modules():
+        own = dict(module.named_parameters(recurse=False))  # (not a wrapper's view of its base layer's weight)
+        state = getattr(own.get("weight"), "quant_state", None)
+        if state is not None:
+            module.quant_state = state
+            count += 1
+    return count
 
 
 def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:

@@ -7,7 +7,8 @@ process torchrun started, the loss curve and the trained model's logits written 
 Each RUN is ``METHOD[:OPTION,...]``, trained one after the other in the same processes (as a session's
 cells are): ``fail=R@K`` makes rank R raise before optimizer step K (counted from 1), ``ckpt`` turns on
 activation checkpointing, ``padded`` uses padded batches instead of packed ones, ``offload`` keeps the
-sharded state in host memory (FSDP's CPU offload). The training data, model and settings are
+sharded state in host memory (FSDP's CPU offload), ``bf16`` gathers and computes in bf16 (FSDP's mixed
+precision, the default on CUDA). The training data, model and settings are
 ``reference_setup``'s, so a test can train the same run with ``peftbench.train.loop.train`` on one process
 and compare. Without torchrun it runs as one process, unsharded.
 
@@ -48,8 +49,9 @@ from peftbench.train.loss import answer_loss
 from peftbench.train.optim import lr_at, make_optimizer, planned_steps, schedule_steps, set_lr
 
 SEED = 0
-METHOD_OPTIONS = {"lora": {"dropout": 0.0, "r": 4}, "full": {}}  # no dropout: ranks draw different masks
-LR = {"lora": 5e-3, "full": 2e-3}
+METHOD_OPTIONS = {"lora": {"dropout": 0.0, "r": 4}, "full": {}, "adapter": {}, "qlora": {"dropout": 0.0, "r": 4}}
+# (no dropout: the ranks would draw other masks than one process does)
+LR = {"lora": 5e-3, "full": 2e-3, "adapter": 5e-3, "qlora": 5e-3}
 
 
 class InjectedFailure(RuntimeError):
@@ -63,6 +65,7 @@ class RunSpec:
     checkpointing: bool = False
     padded: bool = False
     offload: bool = False
+    bf16: bool = False
 
     @classmethod
     def parse(cls, text: str) -> RunSpec:
@@ -74,10 +77,10 @@ class RunSpec:
             if opt.startswith("fail="):
                 rank, _, step = opt[5:].partition("@")
                 kw["fail"] = (int(rank), int(step))
-            elif opt in ("ckpt", "padded", "offload"):
+            elif opt in ("ckpt", "padded", "offload", "bf16"):
                 kw[{"ckpt": "checkpointing"}.get(opt, opt)] = True
             else:
-                raise SystemExit(f"run {text!r}: unknown option {opt!r} (fail=R@K, ckpt, padded, offload)")
+                raise SystemExit(f"run {text!r}: unknown option {opt!r} (fail=R@K, ckpt, padded, offload, bf16)")
         return cls(method, **kw)
 
 
@@ -157,7 +160,8 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     method, model, data, cfg = reference_setup(spec)
     trainable = method.trainable_parameters(model)
     if world.grouped:
-        params, shard = shard_model(model, trainable, world, ShardPolicy(cpu_offload=spec.offload))
+        params, shard = shard_model(model, trainable, world, ShardPolicy(precision="bf16" if spec.bf16 else "auto",
+                                                                        cpu_offload=spec.offload))
     else:
         params, shard = [p for _, p in trainable], {"fsdp": None, "whole_forward": False}
     t0 = time.perf_counter()
