@@ -13,16 +13,20 @@
 # Run the same command again to finish what did not fit. SmolLM2 needs PEFTBENCH_GGUF (on-device-env.sh);
 # without it step 1 and 3 fail and the 8B steps still run.
 #   PIN (environment): 1 (default) pins to the CPUs of the GPU's NUMA node (eager decoding is host-bound).
-# Output: $OUT/serve-gpu.tgz holding serve-smol/ and serve-8b/ (results folders) and their logs.
+#   SMALL, LARGE, SERVE_ARGS, ROOT (environment): the two models, extra serve-bench flags and the results
+#   folder, for a dry run elsewhere (e.g. SMALL=tiny:llama LARGE=tiny:llama SERVE_ARGS="--adapters 1,2").
+# Output: $OUT/serve-gpu.tgz holding serve-smol/ and serve-8b/ (results folders), their logs and tables.
 set -u
 secs=$1; rounds=${2:-5}; new=${3:-8}
+small=${SMALL:-HuggingFaceTB/SmolLM2-135M-Instruct}; large=${LARGE:-shape:llama-3.1-8b}
+read -r -a extra <<< "${SERVE_ARGS:-}"
 pin=()
 if [ "${PIN:-1}" != 0 ] && command -v taskset > /dev/null; then
   cpus=$(bash "$(dirname "$0")/gpu-cpus.sh" "${CUDA_VISIBLE_DEVICES:-0}")
   [ -n "$cpus" ] && pin=(taskset -c "$cpus")
 fi
 echo "serve-gpu.sh: ${pin[*]:-not pinned}; rounds $rounds, new tokens $new"
-root=/tmp/pb/results; mkdir -p "$root"
+root=${ROOT:-/tmp/pb/results}; mkdir -p "$root"
 start=$(date +%s); end=$(( start + secs ))
 step() {  # step NAME MODEL METHODS UNTIL_FRACTION
   local name=$1 model=$2 methods=$3 until=$(( start + secs * $4 / 100 ))
@@ -33,13 +37,13 @@ step() {  # step NAME MODEL METHODS UNTIL_FRACTION
   [ -f "$root/$name/session.json" ] && resume=(--resume)
   timeout -s INT -k 20 "$left" "${pin[@]}" python3 -m peftbench.cli serve-bench --model "$model" \
     --methods "$methods" --rounds "$rounds" --new-tokens "$new" --output "$root/$name" "${resume[@]}" \
-    --format markdown > "$root/$name.md" 2>> "$root/$name.log"
+    "${extra[@]}" --format markdown > "$root/$name.md" 2>> "$root/$name.log"
   echo "$name ($methods): exit $? after $(( $(date +%s) - start )) s; files: $(ls "$root/$name/latency" "$root/$name/serving-partial" 2>/dev/null | tr '\n' ' ')"
 }
-step serve-smol HuggingFaceTB/SmolLM2-135M-Instruct lora 40
-step serve-8b shape:llama-3.1-8b lora 80
-step serve-smol HuggingFaceTB/SmolLM2-135M-Instruct lora,qlora,adapter,full 100
-step serve-8b shape:llama-3.1-8b lora,qlora,adapter,full 100
+step serve-smol "$small" lora 40
+step serve-8b "$large" lora 80
+step serve-smol "$small" lora,qlora,adapter,full 100
+step serve-8b "$large" lora,qlora,adapter,full 100
 tail -n 4 "$root"/serve-*.log 2>/dev/null | tail -n 16
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/serve-gpu.tgz" -C "$root" $(cd "$root" && ls -d serve-smol* serve-8b* 2>/dev/null)
