@@ -76,8 +76,8 @@ class JobQueue:
     """The cells' claims in a folder: ``claims/<key>`` (which worker took it), ``done/<key>`` (its final run
     file is written), ``lost/<key>`` (how often its worker died) and ``workers/<n>`` (each worker's pid)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, worker: int = -1) -> None:
+        self.folder, self.worker = folder, worker  # the worker that claims through it (-1: the parent)
 
     def reset(self, done_keys: list[str]) -> None:
         """A new queue: an earlier session's claims are cleared (their workers are gone: the folder's writer
@@ -166,8 +166,6 @@ class JobQueue:
                 return spec, False
         return None, waiting
 
-    worker = -1  # the claiming worker's index (set by the worker)
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -240,8 +238,7 @@ def worker_main(session_cls: Any, config: Any, job: WorkerJob) -> None:
     """A worker's life: take its place, plan the session again, then run cells until none is left."""
     pin(job.place)
     die_with_parent()
-    queue = JobQueue(job.queue)
-    queue.worker = job.place.index
+    queue = JobQueue(job.queue, job.place.index)
     queue.register(job.place.index)
     code = 0
     try:
@@ -327,7 +324,8 @@ class Worker:
                               "beside_workers": max(beside, self.queue.siblings()),
                               "started_unix": round(started, 3), "ended_unix": round(time.time(), 3),
                               **({"latency": "timed alone in the cost phase (cost/)"}
-                                 if self.job.defer_latency and spec.method != "base" else {})}
+                                 if self.job.defer_latency and spec.method != "base"
+                                 and plan.options_of(spec).latency.rounds else {})}
         self.finish(spec, record)
         free_memory(plan.device)
 
