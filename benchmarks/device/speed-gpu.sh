@@ -11,7 +11,7 @@
 #     1b          (b) shape:llama-3.2-1b, random tokens, bs8 x 2048, lora and full: naive, Trainer + peft, fast
 #                 (MFU in the JSON and table)
 #     sst2-M      (a) method M (lora, full, adapter, qlora) on sst2's real examples, bs16, the real GGUF model: naive,
-#                 Trainer + peft, fast, fast+buckets, fast+buckets+graphs (one process per method: its ratios are
+#                 Trainer + peft, fast+buckets+graphs, fast+buckets, fast (dynamic-shape compile: the slowest to start, last; one process per method: its ratios are
 #                 side by side; a method cut off keeps the variants it finished in sst2-M.partial.json)
 # A part starts only when the time left holds its expected length (guesses for one H200, below; a part cut off
 # part-way would be run again whole), and then runs until its cap or the end of SECONDS: what does not fit is
@@ -130,7 +130,7 @@ for n in ${parts//,/ }; do
           --variants naive,trainer+peft,fast --warmup 3 --steps 8 "${tiny[@]}" ;;
     sst2-lora|sst2-full|sst2-adapter|sst2-qlora)
         tp "$n" "$t" --model "$real" --task sst2 --data-dir "$data" --methods "${n#sst2-}" \
-          --batch-size 16 --seq-len 512 --variants naive,trainer+peft,fast,fast+buckets,fast+buckets+graphs \
+          --batch-size 16 --seq-len 512 --variants naive,trainer+peft,fast+buckets+graphs,fast+buckets,fast \
           --warmup 10 --steps 30 --data-cache "$tokens" "${tiny[@]}" ;;
     *) say "unknown part $n (parts: main, 1b, sst2-lora, sst2-full, sst2-adapter, sst2-qlora)" ;;
   esac
