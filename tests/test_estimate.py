@@ -272,6 +272,21 @@ def test_parse_memory_units():
         parse_memory("0GiB")
 
 
+@pytest.mark.parametrize("name,argv", [
+    ("llama-3.1", []), ("llama-3.1-ckpt", ["--activation-checkpointing"]), ("llama-3.1-bf16", ["--master-weights", "bf16"])])
+def test_the_committed_estimate_tables_are_current(name, argv, capsys):
+    """results/estimate/make.sh's output: remake it when the estimate changes."""
+    grid = ["--model", "shape:llama-3.1-8b,shape:llama-3.1-70b", "--methods", "full,lora,qlora", "--gpus", "1,8",
+            "--gpu-memory", "80GiB"]
+    code, out, err = run_cli(["estimate", *grid, *argv, "--json"], capsys)
+    assert code == 0 and json.loads(out) == json.loads((ROOT / f"results/estimate/{name}.json").read_text())
+
+
+def test_the_committed_claims_are_current(capsys):
+    code, out, err = run_cli(["estimate", "--claims", "--json"], capsys)
+    assert code == 0 and json.loads(out) == json.loads((ROOT / "results/estimate/claims.json").read_text())
+
+
 # ---- the scale claims, by calculation ------------------------------------------------------------------
 
 def test_claims_by_calculation_and_their_verdicts():

@@ -73,6 +73,7 @@ class Estimate:
 
 
 def estimate(arch: Architecture, setting: Setting) -> Estimate:
+    """Bytes per GPU of one training step of ``setting`` on ``arch``, phase by phase."""
     s = stored(arch, setting)
     n = setting.gpus
     share = 1 / n  # FSDP's shard; 1 on one GPU
@@ -80,10 +81,9 @@ def estimate(arch: Architecture, setting: Setting) -> Estimate:
     host = 0.0
     if setting.optimizer_offload:  # FSDP's CPUOffloadPolicy: the shards live in host memory, the step runs there
         host, weights, gradients, optimizer = weights + gradients + optimizer, 0.0, 0.0, 0.0
-    if setting.sharded:  # FSDP: the root group gathered all step, one block at a time; its unsharded gradients
+    if setting.sharded:  # FSDP: the head gathered for the loss, one block at a time, that block's gradients
         gathered = s.root_compute + s.block_compute
-        reduce_copy = FP32 if setting.master_weights == "fp32" or setting.trains_lora else 0
-        block_grads = s.block_trainable * (BF16 + reduce_copy)
+        block_grads = s.block_trainable * (BF16 + FP32)  # bf16, and the fp32 copy reduce-scatter sends
     else:
         gathered, block_grads = s.compute_copies, 0.0
 
@@ -99,9 +99,8 @@ def estimate(arch: Architecture, setting: Setting) -> Estimate:
     stays = weights + optimizer
     phases = {"forward end": stays + gathered + activations + loss,
               "backward, top block": stays + gathered + activations + work + block_grads,
-              "optimizer step": stays + gradients}  # FSDP reshards the root group after backward
+              "optimizer step": stays + gradients}  # gathered weights and activations are freed by then
     return Estimate(model=arch.name, setting=setting, weights=weights, compute_copies=gathered,
-                    gradients=gradients + block_grads, optimizer=optimizer,
-                    host=host,
-                    activations=activations, backward_work=work, loss=loss, phases=phases,
+                    gradients=gradients + block_grads, optimizer=optimizer, host=host, activations=activations,
+                    backward_work=work, loss=loss, phases=phases,
                     trainable_params=s.trainable_params)

@@ -87,7 +87,3 @@ class Setting:
         """fp32 weights in the plain loop: the embedding and the residual stream stay fp32 under autocast
         (FSDP's mixed precision gathers bf16 weights, so everything computes in bf16)."""
         return self.master_weights == "fp32" and not self.sharded
-
-    @property
-    def trains_lora(self) -> bool:
-        return self.method in ("lora", "qlora")
