@@ -260,18 +260,17 @@ def test_the_real_cost_phase_times_each_method_alone_and_the_report_reads_it(tmp
 
     out = tmp_path / "o"
     grid = ["latency_rounds=1", "latency_new_tokens=2", "latency_prompt_lengths=8", "steps=3"]
-    RealCostSession(config(out, seeds=[0, 1], sets=grid), jobs=2).run()
+    RealCostSession(config(out, methods=["lora"], seeds=[0, 1], sets=grid), jobs=2).run()
     jobs = json.loads((out / "jobs.json").read_text())
-    ended = max(w["ended_unix"] for w in jobs["workers"])
-    for method in ("lora", "full"):
-        cost = json.loads((out / "cost" / f"{method}--quickstart.json").read_text())
-        assert cost["status"] == "ok", cost.get("errors")
-        assert cost["started_unix"] > ended and cost["pid"] == jobs["cost_phase"]["pid"]
-        assert cost["train"]["steps"] == 3 and cost["train"]["tokens_per_s"] > 0  # as many steps as the cell
-        assert cost["latency"]["regimes"]["eager"] and "host_others_cores" in cost["latency"]
+    cost = json.loads((out / "cost" / "lora--quickstart.json").read_text())
+    assert cost["status"] == "ok", cost.get("errors")
+    assert cost["started_unix"] > max(w["ended_unix"] for w in jobs["workers"])
+    assert cost["pid"] == jobs["cost_phase"]["pid"]
+    assert cost["train"]["steps"] == 3 and cost["train"]["tokens_per_s"] > 0  # as many steps as the cell trained
+    assert cost["latency"]["regimes"]["eager"] and "host_others_cores" in cost["latency"]
+    assert sorted(p.name for p in (out / "cost").iterdir()) == ["lora--quickstart.json"]  # methods only, once
     data = folder_data(out)
     lora = [r for r in data["runs"] if r["method"] == "lora"]
-    cost = json.loads((out / "cost" / "lora--quickstart.json").read_text())
     assert {r["train"]["tokens_per_s"] for r in lora} == {cost["train"]["tokens_per_s"]}
     assert {r["train"]["tokens_per_s_beside_others"] for r in lora} == {300.0}
     assert sorted(r["latency"]["measured_in"] for r in lora) == ["cost/lora--quickstart.json",
@@ -279,6 +278,17 @@ def test_the_real_cost_phase_times_each_method_alone_and_the_report_reads_it(tmp
     row = next(r for r in rows_for_task(data["runs"], "quickstart") if r["method"] == "lora")
     assert row["tokens_per_s"] == pytest.approx(cost["train"]["tokens_per_s"])
     assert row["latency_unmerged"] is not None
+
+
+def test_shards_each_run_their_share_with_jobs(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    for k in (0, 1):
+        FakeSession(config(out, seeds=[0, 1], shard=(k, 2)), jobs=2).run()
+        assert (out / f"jobs-shard{k + 1}of2.json").is_file() and (out / f".jobs-shard{k + 1}of2").is_dir()
+    cells = ["base--quickstart--seed0"] + [f"{m}--quickstart--seed{s}" for s in range(2) for m in ("lora", "full")]
+    assert starts(tmp_path) == dict.fromkeys(cells, 1)
+    assert sorted(verified(out)) == sorted(cells)
+    assert json.loads((out / "session.json").read_text())["status"] == "finished"
 
 
 # ---- tuning: the finals wait for their grid ------------------------------------------------------------------
