@@ -355,6 +355,22 @@ def test_workers_are_placed_round_robin_and_pinned_to_their_gpus_node(sysfs):
     assert [p.cpus for p in cpu] == [(0, 1), (2, 3)] and [p.threads for p in cpu] == [2, 2]
 
 
+def test_a_hub_models_size_is_counted_from_its_cached_config(monkeypatch):
+    import types
+
+    import transformers
+
+    from peftbench.models.shape import shape_config
+    from peftbench.session.jobs import weight_bytes
+
+    config = types.SimpleNamespace(to_dict=lambda: shape_config("smollm2-135m"))
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: config)
+    hub = types.SimpleNamespace(info=types.SimpleNamespace(parameters=None, kind="hub"), path="org/name")
+    assert weight_bytes(hub) == 2 * 134_515_008
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: 1 / 0)  # not in the cache
+    assert weight_bytes(hub) is None  # unknown: auto runs one cell at a time
+
+
 def test_auto_jobs_is_conservative():
     gib = 1024**3
     big = [topology.Gpu(i, f"GPU-{i}", None, 140 * gib, 140 * gib, tuple(range(16 * i, 16 * i + 16))) for i in range(2)]

@@ -201,7 +201,8 @@ TINY_MODEL_BYTES = 1024**2  # a ``tiny:`` model built in code: a few MB at most
 
 def weight_bytes(model: Any) -> int | None:
     """About how many bytes the base model's weights take in bf16 (what ``auto_jobs`` sizes cells by): from
-    its parameter count once loaded, a ``shape:`` model's config, or the weight files (None: not known)."""
+    its parameter count once loaded, a ``shape:`` or hub model's config (a Llama-style decoder's), or the
+    weight files (None: not known)."""
     from peftbench.system.topology import model_bytes
 
     info = model.info
@@ -213,7 +214,13 @@ def weight_bytes(model: Any) -> int | None:
         from peftbench.models.shape import shape_config
 
         return 2 * decoder_parameters(shape_config(info.resolved.removeprefix("shape:")))
-    return model_bytes(getattr(model, "path", ""))
+    if info.kind == "hub":  # the weights are in the hub's cache: count from the cached config
+        with contextlib.suppress(Exception):
+            from transformers import AutoConfig
+
+            return 2 * decoder_parameters(AutoConfig.from_pretrained(model.path, local_files_only=True).to_dict())
+        return None
+    return model_bytes(getattr(model, "path", ""))  # a folder (a GGUF's is its dequantized copy)
 
 
 def decoder_parameters(c: dict[str, Any]) -> int:
