@@ -29,6 +29,7 @@ from peftbench.session.plan import Plan
 from peftbench.session.probes import PROBES, probe_logits, tolerance
 from peftbench.session.scores import NOT_SCORED, evaluate, score_retention, scoring
 from peftbench.session.timing import latency_key, time_inference
+from peftbench.session.train_tokens import cached_train_split
 from peftbench.tasks.task import example_prompt
 
 
@@ -95,7 +96,7 @@ def _method_cell(plan: Plan, run: RunContext, record: RunRecord, cache: CellCach
 
     torch.manual_seed(run.spec.seed)
     with phase(record, "data", env.progress):
-        data = _train_data(run, cache, env)
+        data = _train_data(run, cache, env, plan.cache_dir)
         record.example = example_prompt(run.task, env.include_path)  # the training prompt beside the scored one
     model = _prepare(plan, run, record, env)
     env.progress.training(_steps_to_show(run, data))
@@ -204,20 +205,27 @@ def _latency(plan: Plan, run: RunContext, record: RunRecord, cache: CellCache, e
     return latency
 
 
-def _train_data(run: RunContext, cache: CellCache, env: CellEnv) -> Any:
-    """The task's training split, tokenized once per session and maximum length."""
+def _train_data(run: RunContext, cache: CellCache, env: CellEnv, cache_dir: Path) -> Any:
+    """The task's training split, tokenized once per session and maximum length (and kept on disk for the
+    session's other processes and later sessions)."""
     key = (run.task.name, run.train_config.max_length)
     if key not in cache.train_data:
-        cache.train_data[key] = train_split(run.task, env, run.train_config.max_length)
+        cache.train_data[key] = train_split(run.task, env, run.train_config.max_length, cache_dir)
     return cache.train_data[key]
 
 
-def train_split(task: Any, env: CellEnv, max_length: int) -> Any:
-    """A task's training examples, formatted by its lm-eval template and tokenized as every cell trains on."""
+def train_split(task: Any, env: CellEnv, max_length: int, cache_dir: Path | None = None) -> Any:
+    """A task's training examples, formatted by its lm-eval template and tokenized as every cell trains on;
+    read from ``cache_dir`` when the same tokens were built before (``peftbench.session.train_tokens``)."""
     from peftbench.tasks.task import lm_eval_task, training_pairs
     from peftbench.train.batching import tokenize_pairs
 
-    return tokenize_pairs(training_pairs(lm_eval_task(task, env.include_path)), env.tokenizer, max_length)
+    def build() -> Any:
+        return tokenize_pairs(training_pairs(lm_eval_task(task, env.include_path)), env.tokenizer, max_length)
+
+    if cache_dir is None:
+        return build()
+    return cached_train_split(build, task.lm_eval_name, env.include_path, env.tokenizer, max_length, cache_dir)
 
 
 def _steps_to_show(run: RunContext, data: Any) -> int:
