@@ -37,11 +37,12 @@ KS = ServePlan().adapters  # 1, 2, 4, 8, 16, 32: every K the sweep times
 
 @pytest.fixture(scope="module")
 def multi():
-    """tiny:llama with 32 random LoRA adapters (fp32, CPU), the first active; and its names."""
+    """tiny:llama with 32 random LoRA adapters (fp32, CPU) on an attention and an MLP projection (PEFT's
+    add_adapter slows with every layer and adapter held), the first active; and its names."""
     registry = collect_methods(make_plugin_manager(load_entrypoints=False))
     lora = registry.get("lora")
     base, _, _ = load_model("tiny:llama")
-    model = lora.prepare(base, lora.make_config({}))
+    model = lora.prepare(base, lora.make_config({"target_modules": ["q_proj", "v_proj", "down_proj"]}))
     randomize_adapter(model, FIRST, 7)
     to_inference(model, FIRST)
     names = adapter_names(max(KS))
@@ -216,6 +217,7 @@ def test_serve_bench_end_to_end_with_resume(capsys, tmp_path, monkeypatch):
                                 capsys)
     assert code == 0, err
     assert "lora: continuing; 1 point(s) kept" in err and [b for b, _ in calls] == [2]
+    assert "does not match the serving schema" not in err
     assert calls[0][1] == ["base", "merged", "one", "single", "mixed1", "mixed2"]
     r = json.loads((out / "latency" / "serving-lora.json").read_text())
     assert (r["kind"], r["status"], r["adapters"]) == ("serving", "ok", "random-initialised")
@@ -344,3 +346,25 @@ def test_a_sweep_without_the_modes_a_claim_needs_measures_nothing():
     got = _verdicts(_serving_latency({1: 12.0}))   # one adapter only: no second, no scaling
     assert set(got) == {"serving_loaded_adapters"}
     assert _verdicts({}) == {}
+
+
+def test_a_failing_method_is_recorded_and_tried_again_on_resume(capsys, tmp_path, monkeypatch):
+    from peftbench.session import serve_bench
+
+    real = serve_bench.ServeSession._models
+
+    def broken(self, name, method, art):
+        if name == "lora":
+            raise RuntimeError("the model exploded on purpose")
+        return real(self, name, method, art)
+
+    monkeypatch.setattr(serve_bench.ServeSession, "_models", broken)
+    out = tmp_path / "serve"
+    code, _, err = run_cli(["serve-bench", "--methods", "full,lora", *SWEEP, "--output", str(out)], capsys)
+    assert code == 1 and "lora: error (the model exploded on purpose)" in err and "Traceback" not in err
+    session = json.loads((out / "session.json").read_text())
+    assert session["failed"]["lora"]["message"] == "the model exploded on purpose"
+    assert session["failed"]["lora"]["status"] == "error" and "full" in session["unsupported"]
+    assert not list((out / "latency").glob("*.json"))   # nothing to keep: --resume tries lora again
+    code, _, err = run_cli(["serve-bench", "--methods", "lora", *SWEEP, "--output", str(out), "--resume"], capsys)
+    assert code == 1 and "kept from the earlier run" not in err

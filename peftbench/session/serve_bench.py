@@ -122,7 +122,8 @@ class ServeSession:
 
     # ---- the session record ------------------------------------------------------------------------------
     def record(self, status: str) -> dict[str, Any]:
-        """session.json; resumed, it keeps the earlier commands' methods, unsupported methods and command lines."""
+        """session.json; resumed, it keeps the earlier commands' methods, unsupported methods and command lines,
+        and the methods that failed (until a later command finishes them)."""
         earlier = self.earlier
         methods = [*[m for m in earlier.get("methods", []) if m not in self.methods], *self.methods]
         commands = [*(earlier.get("commands") or []), meta.command_line()]
@@ -130,6 +131,8 @@ class ServeSession:
                 "session_id": self.id, "command": meta.command_line(), "commands": commands, "updated": now(),
                 "model": to_jsonable(self.model.info), "methods": methods, "adapters": ADAPTERS,
                 "unsupported": {**(earlier.get("unsupported") or {}), **self.unsupported},
+                "failed": {m: e for m, e in {**(earlier.get("failed") or {}), **self.failed}.items()
+                           if m not in self.done},
                 "method_configs": {**(earlier.get("method_configs") or {}), **to_jsonable(self.method_configs)},
                 "plan": to_jsonable(self.serve),
                 "env": {**meta.device_info(self.device), "versions": meta.versions(), "git": meta.git_hash(),
@@ -142,6 +145,8 @@ class ServeSession:
         if not hasattr(self, "methods"):
             self.plan()
         self.unsupported: dict[str, str] = {}
+        self.failed: dict[str, dict[str, Any]] = {}
+        self.done: set[str] = set()
         (self.output / "latency").mkdir(parents=True, exist_ok=True)
         write_json(self.output / "session.json", self.record("running"))
         results, status = [], "finished"
@@ -150,6 +155,7 @@ class ServeSession:
                 path = self.output / "latency" / f"{FILE_PREFIX}{name}.json"
                 if self.config.resume and path.is_file():
                     self.say(f"{name}: kept from the earlier run")
+                    self.done.add(name)
                     continue
                 result = self.serve_method(name)
                 if result["status"] == "unsupported":
@@ -157,8 +163,12 @@ class ServeSession:
                     self.say(f"{name}: cannot serve per-row adapters: {result['reason']}")
                     continue
                 if result["status"] == "ok":
+                    self.done.add(name)
                     write_json(path, result)
+                    self._check_schema(path, result)
                     (self.output / "serving-partial" / f"{name}.json").unlink(missing_ok=True)
+                else:  # recorded in session.json; --resume tries it again (its finished points kept)
+                    self.failed[name] = {"status": result["status"], **result["error"]}
                 results.append(result)
                 self.say(f"{name}: {result['status']}" + (f" ({result['error']['message'][:200]})"
                                                          if result.get("error") else ""))
@@ -171,6 +181,19 @@ class ServeSession:
         finally:
             write_json(self.output / "session.json", self.record(status))
         return results
+
+    def _check_schema(self, path: Path, result: dict[str, Any]) -> None:
+        """A file that does not match its schema (a bug) is reported, and kept; without jsonschema, not checked."""
+        from peftbench.errors import PeftbenchError
+        from peftbench.results.store import schema_errors
+
+        try:
+            errors = schema_errors(result, "serving")
+        except PeftbenchError:
+            return
+        if errors:
+            self.say(f"{path}: does not match the serving schema (peftbench/results/schema/serving.schema.json): "
+                     f"{errors[0]}")
 
     def serve_method(self, name: str) -> dict[str, Any]:
         """One method's sweep: its file's contents (status ok, unsupported, oom or error)."""
