@@ -48,7 +48,7 @@ class World:
     timeout_s: float = DEFAULT_TIMEOUT_S
     store: Any = field(default=None, repr=False)  # the rendezvous store: failures are posted there
     generation: int = 0         # process groups made so far (a failure replaces the group)
-    calls: int = 0              # ``run_together`` calls so far (each keeps its own keys in the store)
+    calls: int = 0              # ``run_together`` and ``wait_for_all`` calls so far (each has its own keys)
     broken: bool = False        # a rank hung: no new group can form, the session has to stop
 
     @property
@@ -101,6 +101,23 @@ def renew_group(world: World) -> None:
         dist.destroy_process_group()
     world.generation += 1
     _init_group(world)
+
+
+def wait_for_all(world: World) -> None:
+    """Wait until every rank has got here (each calls this), on the rendezvous store rather than in a
+    collective: for waits of uneven length (one rank building a model or evaluating while the others are
+    idle), which the collectives' timeout would cut short. The store's wait is ``2 x timeout_s + 60`` s."""
+    if not world.grouped:
+        return
+    world.calls += 1
+    keys = dist.PrefixStore(f"peftbench/call{world.calls}", world.store)
+    if keys.add("arrived", 1) == world.size:
+        keys.set("all", "1")
+    keys.wait(["all"], datetime.timedelta(seconds=_store_wait_s(world)))
+
+
+def _store_wait_s(world: World) -> float:
+    return 2 * world.timeout_s + 60  # a peer's collective timeout, and then some
 
 
 def leave_world(world: World) -> None:
@@ -357,7 +374,7 @@ def _wait_for_ranks(keys: Any, world: World) -> list[RankFailure]:
     done = [f"done/{r}" for r in range(world.size)]
     hung: list[int] = []
     try:
-        keys.wait(done, datetime.timedelta(seconds=2 * world.timeout_s + 60))  # a peer's collective timeout, and then some
+        keys.wait(done, datetime.timedelta(seconds=_store_wait_s(world)))
     except Exception:  # the store's timeout: find out who is missing
         hung = [r for r in range(world.size) if not keys.check([f"done/{r}"])]
         world.broken = True
@@ -367,7 +384,7 @@ def _wait_for_ranks(keys: Any, world: World) -> list[RankFailure]:
             posted = json.loads(keys.get(f"failure/{r}"))
             failures.append(RankFailure(r, posted["order"], posted["error"], posted["traceback"]))
     failures.sort(key=lambda f: f.order)
-    failures += [RankFailure(r, len(failures) + 1 + i, f"did not finish within {2 * world.timeout_s + 60:g} s "
+    failures += [RankFailure(r, len(failures) + 1 + i, f"did not finish within {_store_wait_s(world):g} s "
                              "(hung?)", "") for i, r in enumerate(hung)]
     return failures
 

@@ -43,6 +43,7 @@ from peftbench.train.distributed import (
     reduce_mean_loss,
     run_together,
     shard_model,
+    wait_for_all,
 )
 from peftbench.train.loop import training_mode
 from peftbench.train.loss import answer_loss
@@ -159,6 +160,7 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     fresh prepared model (what evaluation on one rank would see)."""
     method, model, data, cfg = reference_setup(spec)
     trainable = method.trainable_parameters(model)
+    wait_for_all(world)  # the ranks built their models at their own pace: train from here in step
     if world.grouped:
         params, shard = shard_model(model, trainable, world, ShardPolicy(precision="bf16" if spec.bf16 else "auto",
                                                                         cpu_offload=spec.offload))
@@ -168,15 +170,15 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     result = train_sharded(model, params, data, cfg, SEED, world, shard["whole_forward"], spec.fail)
     result["wall_s"] = round(time.perf_counter() - t0, 3)
     state = full_state_dict(model, world)
+    ranks: list[Any] = [world.rank]
+    if world.grouped:  # (before rank 0 works alone below: the others must not wait on it in a collective)
+        ranks = [None] * world.size
+        dist.all_gather_object(ranks, world.rank)
     if world.main:
         _, fresh, _, _ = reference_setup(spec)
         fresh.load_state_dict(state)
         with torch.inference_mode():
             result["probe"] = method.inference_model(fresh.eval())(input_ids=probe_ids()).logits.float().flatten().tolist()
-    ranks: list[Any] = [world.rank]
-    if world.grouped:
-        ranks = [None] * world.size
-        dist.all_gather_object(ranks, world.rank)
     return {**result, "shard": shard, "ranks_trained": ranks}
 
 
