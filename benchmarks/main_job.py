@@ -5,6 +5,7 @@ the per-phase sums of its run files to a JSON (results/main-job-cpu/README.md sa
     python benchmarks/main_job.py                      # the measurement: results/main-job-cpu/main-job.json
     python benchmarks/main_job.py --smoke              # 2 steps, 8 examples, 1 latency round: proves it runs
     python benchmarks/main_job.py --model tiny:llama --smoke --json /tmp/x.json -- --set lr=1e-3
+    python benchmarks/main_job.py --eval-batch-sizes 16,32,64,128 --limit 40   # the scoring phase alone
 
 Run it on a quiet machine from a warm cache (the model downloaded and converted once before: the JSON
 records whether it was); arguments after ``--`` go to ``peftbench run``.
@@ -33,6 +34,8 @@ SMOKE = ["--set", "steps=2", "--set", "limit=8", "--set", "latency_rounds=1"]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args, extra = _parse(argv)
+    if args.eval_batch_sizes:
+        return eval_batch_sweep(args)
     json_path = Path(args.json or RESULTS / ("smoke.json" if args.smoke else "main-job.json"))
     output = Path(tempfile.mkdtemp(prefix="peftbench-main-job-"))
     command = [sys.executable, "-m", "peftbench.cli", "run", "--methods", METHODS, "--output", str(output),
@@ -77,7 +80,47 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--json", help="where the figures go (default results/main-job-cpu/main-job.json, or "
                                    "smoke.json with --smoke); the session's output goes beside it as .log")
     ap.add_argument("--keep", action="store_true", help="keep the session folder (a temporary one) afterwards")
+    ap.add_argument("--eval-batch-sizes", help="instead: score the base model on quickstart at each of these lm-eval "
+                                              "batch sizes (comma-separated), twice in alternating order, and write "
+                                              "each pass's wall and CPU seconds (default eval-batch.json)")
+    ap.add_argument("--limit", type=int, default=40, help="with --eval-batch-sizes: test examples scored per pass")
     return ap.parse_args(own), extra
+
+
+def eval_batch_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """The scoring phase alone, per batch size, in this process: CPU seconds are what a shared machine cannot
+    inflate much (its wall time it can)."""
+    from peftbench.evaluate.config import EvalConfig
+    from peftbench.evaluate.scoring import evaluate
+    from peftbench.models.sources import default_cache_dir, load_model
+    from peftbench.session.options import OPTION_KEYS
+    from peftbench.session.plan import DEFAULT_MODEL
+    from peftbench.tasks.task import builtin_tasks_dir, discover_tasks, materialize, prepare_data
+
+    sizes = [int(x) for x in args.eval_batch_sizes.split(",")]
+    task = discover_tasks([builtin_tasks_dir()], OPTION_KEYS)["quickstart"]
+    prepared = prepare_data(task, default_cache_dir(), None, False)
+    work = Path(tempfile.mkdtemp(prefix="peftbench-eval-batch-"))
+    include = materialize([task], {task.name: prepared}, work)
+    model, tokenizer, _ = load_model(args.model or DEFAULT_MODEL, device="cpu")
+    passes = []
+    for rep in range(2):
+        for size in sizes if rep == 0 else sizes[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            result = evaluate(model, tokenizer, task, include, EvalConfig(eval_batch_size=size, limit=args.limit), "cpu")
+            passes.append({"eval_batch_size": size, "pass": rep + 1, "wall_s": round(time.perf_counter() - t0, 2),
+                           "cpu_s": round(time.process_time() - c0, 2), "acc": result.metrics.get("acc"),
+                           "load": [round(x, 2) for x in os.getloadavg()]})
+            print(passes[-1], file=sys.stderr, flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    report = {"what": f"quickstart, first {args.limit} test examples, scored at each lm-eval batch size on CPU",
+              "model": args.model or DEFAULT_MODEL, "passes": passes, "machine": {"cpus": os.cpu_count(),
+                                                                                   "cpu": _cpu_name()},
+              "git": _git_hash(), "exit_code": 0}
+    path = Path(args.json or RESULTS / "eval-batch.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
 def _timed(command: list[str], log_path: Path) -> tuple[float, int, int]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from peftbench.evaluate.config import EvalConfig
+from peftbench.evaluate.config import CPU_BATCH, CUDA_BATCH, EvalConfig
 from peftbench.testing import run_cli
 
 TINY = ["--model", "tiny:llama", "--device", "cpu"]
@@ -41,6 +41,7 @@ def test_cpu_skips_the_study_by_default_and_says_why(capsys, tmp_path):
     assert code == 0, err
     run = _runs(out)["lora--quickstart--seed0"]
     assert run["config"]["train"]["merge_precisions"] is False  # resolved at plan time: what was done
+    assert run["config"]["train"]["eval_batch_size"] == CPU_BATCH
     assert "precision" not in run["merge"] and run["merge"]["ok"]
     assert run["merge"]["precision_skipped"].startswith("skipped on cpu (bf16 serving needs a GPU")
     assert "merge_precision" not in run["timings"]
@@ -57,7 +58,7 @@ def test_resuming_a_folder_recorded_with_the_old_boolean_default_keeps_it(capsys
     assert code == 0, err
     session = json.loads((out / "session.json").read_text())  # rewrite it as the old default recorded it
     for opts in session["train_configs"].values():
-        opts["merge_precisions"] = True
+        opts["merge_precisions"], opts["eval_batch_size"] = True, 32
     (out / "session.json").write_text(json.dumps(session))
     run_file = out / "runs" / "lora--quickstart--seed0.json"
     run_file.unlink()  # and run its cell again under --resume, with a second seed added
@@ -67,7 +68,26 @@ def test_resuming_a_folder_recorded_with_the_old_boolean_default_keeps_it(capsys
     for seed in (0, 1):
         run = _runs(out)[f"lora--quickstart--seed{seed}"]
         assert run["config"]["train"]["merge_precisions"] is True and "precision_skipped" not in run["merge"]
+        assert run["config"]["train"]["eval_batch_size"] == 32
         assert run["merge"]["precision"]["merge_in_bf16"]["greedy_agreement"] > 0.5
+
+
+# ---- scoring batch sizes per device ---------------------------------------------------------------------
+@pytest.mark.parametrize("value,device,earlier,resolved", [
+    ("auto", "cpu", None, CPU_BATCH), ("auto", "cuda", None, CUDA_BATCH),
+    ("auto", "cpu", {"eval_batch_size": 32}, 32),  # a folder written when the default was 32 keeps it
+    (16, "cuda", {"eval_batch_size": 32}, 16),
+])
+def test_eval_batch_size_auto_resolves_for_the_device_or_the_folder(value, device, earlier, resolved):
+    cfg = EvalConfig(eval_batch_size=value)
+    cfg.resolve(device, earlier)
+    assert cfg.eval_batch_size == resolved and cfg.batch_size("cuda") == resolved  # a number from now on
+
+
+def test_a_bad_eval_batch_size_is_a_usage_error(capsys):
+    for bad in ("big", "0"):
+        code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--set", f"eval_batch_size={bad}"], capsys)
+        assert code == 2 and "eval_batch_size" in err and "Traceback" not in err
 
 
 # ---- the study shares the trained model with the merge checks ---------------------------------------------
@@ -248,3 +268,21 @@ def test_scoring_outside_a_git_checkout_prints_no_git_error(capfd, tmp_path, mon
     assert runs["base--quickstart--seed0"]["eval"]["n_samples"] == 4  # it scored (base row and lora)
     assert runs["lora--quickstart--seed0"]["eval"]["n_samples"] == 4
     assert "not a git repository" not in err and "fatal:" not in err
+
+
+def test_a_scored_study_compares_each_merge_with_the_unmerged_bf16_score(capsys, tmp_path):
+    out = tmp_path / "scored"
+    code, _, err = run_cli(["run", "--methods", "lora", *TINY, "--no-base", "--output", str(out), "--set", "steps=1",
+                            "--set", "limit=4", "--set", "latency_rounds=0", "--set", "merge_eval=false",
+                            "--set", "merge_precisions=on", "--retention", "none"], capsys)
+    assert code == 0, err
+    run = _runs(out)["lora--quickstart--seed0"]
+    precision, timings = run["merge"]["precision"], run["timings"]
+    unmerged = precision["unmerged"]["score"]
+    assert unmerged is not None and precision["unmerged"]["n_samples"] == 4
+    for name in ("merge_fp32_then_cast", "merge_in_bf16"):
+        ev = precision[name]["eval"]
+        assert ev["reference"] == unmerged and ev["n_samples"] == 4
+        assert ev["delta"] == pytest.approx(ev["score"] - unmerged, abs=1e-12)
+        assert len(ev["samples"]["doc_id"]) == 4
+    assert timings["merge_precision"] > 0 and "precision_skipped" not in run["merge"]

@@ -9,13 +9,18 @@ from peftbench.api.options import check_choices, option
 from peftbench.errors import ConfigError
 
 EVALUATE_MODES = ("auto", "on", "off")
+# 'auto' scoring batch sizes. CPU: the fastest for short multiple-choice prompts on the 2-core CPU
+# (results/main-job-cpu/README.md has the measurement); CUDA: 32, the size the reference results were scored at
+CPU_BATCH, CUDA_BATCH = 64, 32
 
 
 @dataclass
 class EvalConfig:
     """Scoring options shared by every method (``--set KEY=VALUE``)."""
 
-    eval_batch_size: int = option("batch size for lm-eval scoring", default=32)
+    eval_batch_size: int | str = option("batch size for lm-eval scoring (the task's and the retention tasks'): "
+                                        f"'auto' ({CPU_BATCH} on CPU, {CUDA_BATCH} on CUDA) or a number",
+                                        default="auto")
     limit: int = option("score at most this many evaluation examples (0: all)", default=0)
     num_fewshot: int = option("few-shot examples in the scoring prompt", default=0)
     merge_eval: bool = option("score the merged model with lm-eval too (mergeable methods)", default=True)
@@ -28,7 +33,9 @@ class EvalConfig:
                            "latency)", default="auto")
 
     def __post_init__(self) -> None:
-        if self.eval_batch_size < 1:
+        if isinstance(self.eval_batch_size, str):
+            check_choices("eval option", {"eval_batch_size": (self.eval_batch_size, ("auto", "a number >= 1"))})
+        elif self.eval_batch_size < 1:
             raise ConfigError(f"eval option 'eval_batch_size' must be >= 1, got {self.eval_batch_size!r}.")
         for name in ("limit", "num_fewshot"):
             if getattr(self, name) < 0:
@@ -41,9 +48,19 @@ class EvalConfig:
         """Settle the 'auto' options for ``device``, so that run files record what was done. A session
         continued with --resume keeps what its folder recorded (``earlier``: that cell group's options), so
         its earlier and later cells measure alike."""
+        if self.eval_batch_size == "auto":
+            recorded = (earlier or {}).get("eval_batch_size")
+            self.eval_batch_size = recorded if isinstance(recorded, int) else self.batch_size(device)
         if self.merge_precisions == "auto":
             recorded = (earlier or {}).get("merge_precisions")
             self.merge_precisions = recorded if isinstance(recorded, bool) else merge_precisions_default(device)
+
+
+    def batch_size(self, device: str) -> int:
+        """The scoring batch size on ``device`` ('auto': ``CPU_BATCH`` or ``CUDA_BATCH``)."""
+        if isinstance(self.eval_batch_size, int):
+            return self.eval_batch_size
+        return CUDA_BATCH if str(device).startswith("cuda") else CPU_BATCH
 
 
 def merge_precisions_default(device: str) -> bool:

@@ -76,7 +76,8 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Ev
             return super().generate_until(requests, disable_tqdm=True)
 
     model.eval()
-    lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval_batch_size, device=device)
+    batch = cfg.batch_size(device)  # set by the plan; 'auto' outside a session
+    lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch, device=device)
     t0 = time.perf_counter()
     with _without_env_dump():
         out = simple_evaluate(model=lm, tasks=[task.lm_eval_name], task_manager=task_manager(include_path),
@@ -90,7 +91,7 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Ev
     result.samples = per_example(samples, list(result.metrics))
     if task.generation is None:
         return result
-    cost = {**lm.generation.describe(), "batch_size": cfg.eval_batch_size, **task.generation.describe(),
+    cost = {**lm.generation.describe(), "batch_size": batch, **task.generation.describe(),
             "examples": json.loads(json.dumps(examples(samples, task.metric), default=str))}
     result.generation = cost
     return result
