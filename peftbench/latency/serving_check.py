@@ -10,8 +10,10 @@ import torch
 from peftbench.latency.serving_config import row_adapters
 
 # |mixed - alone| / max |alone| of the last position's logits: float32 differs only by the order of sums
-# (the sub-batch's matmul against the whole batch's); bf16 rounds each layer's LoRA output to 8 bits
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+# (the sub-batch's matmul against the whole batch's); bf16 rounds each layer's LoRA output to 8 bits, and a
+# random 1B model on the CPU ended 2 bf16 steps apart (0.0625 of logits up to 4.4: 1.4e-2) while its adapters
+# were 3.0 apart -- the separation below is what tells a right row from a wrong one at that precision
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-1, torch.float16: 5e-2}
 SEPARATION = 4.0  # the adapters must differ from each other by this many times the mixed batch's error
 
 
@@ -43,7 +45,7 @@ def check_mixed_batch(model: Any, names: list[str], k: int, ids: torch.Tensor, a
     error = float((mixed - own).abs().max())
     effect = float((own - other).abs().amax(dim=-1).min())
     relative = error / scale if scale else float("inf")
-    tolerance = TOLERANCE.get(dtype, 5e-2)
+    tolerance = TOLERANCE.get(dtype, 1e-1)
     return {"adapters": k, "rows": rows, "max_abs_error": round(error, 8), "relative_error": round(relative, 8),
             "min_adapter_effect": round(effect, 6), "tolerance": tolerance,
             "ok": relative <= tolerance and effect > SEPARATION * error}
