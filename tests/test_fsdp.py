@@ -34,7 +34,7 @@ from peftbench.train.loss import answer_loss
 
 LOSS_TOL = 1e-5    # absolute, on losses near 5 after 6 AdamW steps (recorded to 6 decimals; seen: 1e-6)
 LOGITS_TOL = 1e-5  # absolute, on the trained model's logits, |logits| ~ 1 (seen: 2e-7 to 7e-7)
-RUNS = ("full", "lora", "qlora", "lora:fail=1@3", "adapter:ckpt,offload")
+RUNS = ("full", "lora", "qlora", "lora:fail=1@3", "lora:fail=0@0", "adapter:ckpt,offload")
 FAIL_TIMEOUT_S = 5  # the collective timeout in the failure scenario: how long the surviving rank waits
 
 
@@ -167,7 +167,8 @@ def assert_same_run(run, text):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """Two gloo processes, one run after the other: full FT, LoRA, QLoRA, LoRA with rank 1 raising before
-    step 3, then the adapter with activation checkpointing and CPU offload."""
+    step 3, LoRA with rank 0 raising while rank 1 waits for it to build its model, then the adapter with
+    activation checkpointing and CPU offload."""
     out = launch(tmp_path_factory.mktemp("fsdp2"), 2, "--timeout", str(FAIL_TIMEOUT_S), "curves.json",
                  *RUNS)
     return out, json.loads((out / "curves.json").read_text())
@@ -188,16 +189,27 @@ def test_two_ranks_follow_the_one_process_loss_curve(two_ranks, i):
     assert_same_run(run, RUNS[i])
 
 
-def test_a_failing_rank_is_reported_and_the_next_run_trains(two_ranks):
-    failed, after = two_ranks[1]["runs"][3:]
+def test_a_rank_failing_mid_training_is_reported_with_its_traceback(two_ranks):
+    failed = two_ranks[1]["runs"][3]
     assert not failed["ok"]
     assert failed["error"].startswith("rank 1: InjectedFailure: injected failure on rank 1 before step 3")
     first, second = failed["failures"]
     assert (first["rank"], first["order"], second["rank"]) == (1, 1, 0)
     assert "raise InjectedFailure" in first["traceback"]
     assert "Timed out" in second["traceback"]  # rank 0 waited on rank 1 in a collective: until the timeout, not forever
+
+
+def test_a_rank_failing_while_the_others_wait_on_the_store_stops_them_at_once(two_ranks):
+    failed = two_ranks[1]["runs"][4]
+    assert failed["error"] == ("rank 0: InjectedFailure: injected failure on rank 0 while building the model "
+                               "(stopped rank 1)")
+    assert "PeerFailed" in failed["failures"][1]["traceback"]
+
+
+def test_the_run_after_failures_trains_on_a_new_group(two_ranks):
+    after = two_ranks[1]["runs"][5]
     assert after["shard"]["cpu_offload"]
-    assert_same_run(after, RUNS[4])  # on a new process group, the same as on one process again
+    assert_same_run(after, RUNS[5])  # the same as on one process again
 
 
 def test_one_rank_under_torchrun_is_the_one_process_loop(tmp_path):

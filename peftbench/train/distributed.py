@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ class World:
     timeout_s: float = DEFAULT_TIMEOUT_S
     store: Any = field(default=None, repr=False)  # the rendezvous store: failures are posted there
     generation: int = 0         # process groups made so far (a failure replaces the group)
-    calls: int = 0              # ``run_together`` and ``wait_for_all`` calls so far (each has its own keys)
+    runs: int = 0               # ``run_together`` calls so far: the same count on every rank, failed or not
+    waits: int = 0              # ``wait_for_all`` calls in the current run (each has its own keys)
     broken: bool = False        # a rank hung: no new group can form, the session has to stop
 
     @property
@@ -103,17 +105,37 @@ def renew_group(world: World) -> None:
     _init_group(world)
 
 
+class PeerFailed(RuntimeError):
+    """Another rank failed in this run while this one waited for it in ``wait_for_all``."""
+
+
 def wait_for_all(world: World) -> None:
     """Wait until every rank has got here (each calls this), on the rendezvous store rather than in a
     collective: for waits of uneven length (one rank building a model or evaluating while the others are
-    idle), which the collectives' timeout would cut short. The store's wait is ``2 x timeout_s + 60`` s."""
+    idle), which the collectives' timeout would cut short. Raises ``PeerFailed`` as soon as a rank has failed
+    in the current ``run_together`` (it will not come), and the store's timeout after ``2 x timeout_s + 60`` s."""
     if not world.grouped:
         return
-    world.calls += 1
-    keys = dist.PrefixStore(f"peftbench/call{world.calls}", world.store)
+    world.waits += 1
+    run = _run_keys(world)
+    keys = dist.PrefixStore(f"wait{world.waits}", run)
     if keys.add("arrived", 1) == world.size:
         keys.set("all", "1")
-    keys.wait(["all"], datetime.timedelta(seconds=_store_wait_s(world)))
+    deadline = time.monotonic() + _store_wait_s(world)
+    while True:
+        try:
+            keys.wait(["all"], datetime.timedelta(seconds=1))
+            return
+        except dist.DistStoreError:
+            if run.check(["failures"]):
+                raise PeerFailed("another rank failed in this run (see its failure)") from None
+            if time.monotonic() > deadline:
+                raise
+
+
+def _run_keys(world: World) -> Any:
+    """The store's keys of the current ``run_together`` call (or of none yet: run 0)."""
+    return dist.PrefixStore(f"peftbench/run{world.runs}", world.store)
 
 
 def _store_wait_s(world: World) -> float:
@@ -342,8 +364,8 @@ def run_together(world: World, fn: Callable[[], T]) -> Together[T]:
             return Together(fn(), [])
         except Exception as e:
             return Together(None, [RankFailure(0, 1, _describe(e), traceback.format_exc())])
-    world.calls += 1
-    keys = dist.PrefixStore(f"peftbench/call{world.calls}", world.store)
+    world.runs, world.waits = world.runs + 1, 0
+    keys = _run_keys(world)
     value: T | None = None
     failed: tuple[str, str] | None = None
     try:

@@ -5,7 +5,8 @@ process torchrun started, the loss curve and the trained model's logits written 
         out.json full lora lora:fail=1@3 lora
 
 Each RUN is ``METHOD[:OPTION,...]``, trained one after the other in the same processes (as a session's
-cells are): ``fail=R@K`` makes rank R raise before optimizer step K (counted from 1), ``ckpt`` turns on
+cells are): ``fail=R@K`` makes rank R raise before optimizer step K (counted from 1; 0: while the others wait for it
+to build its model), ``ckpt`` turns on
 activation checkpointing, ``padded`` uses padded batches instead of packed ones, ``offload`` keeps the
 sharded state in host memory (FSDP's CPU offload), ``bf16`` gathers and computes in bf16 (FSDP's mixed
 precision, the default on CUDA). The training data, model and settings are
@@ -160,6 +161,8 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     fresh prepared model (what evaluation on one rank would see)."""
     method, model, data, cfg = reference_setup(spec)
     trainable = method.trainable_parameters(model)
+    if spec.fail == (world.rank, 0):
+        raise InjectedFailure(f"injected failure on rank {world.rank} while building the model")
     wait_for_all(world)  # the ranks built their models at their own pace: train from here in step
     if world.grouped:
         params, shard = shard_model(model, trainable, world, ShardPolicy(precision="bf16" if spec.bf16 else "auto",
