@@ -268,6 +268,7 @@ def _validate(result: dict) -> None:
     (["--regimes", "turbo"], ["turbo", "eager, static"]),
     (["--methods", "nosuch"], ["Unknown method 'nosuch'", "lora"]),
     (["--set", "lora.nosuch=1"], ["nosuch"]),
+    (["--plot", "k.pdf"], ["--plot k.pdf", ".png or .svg"]),
 ])
 def test_serve_bench_bad_input_exits_2_naming_it(args, needles, capsys, tmp_path):
     argv = ["serve-bench", "--methods", "lora", *SWEEP, "--output", str(tmp_path / "o")]

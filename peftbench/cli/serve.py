@@ -41,6 +41,10 @@ def serve_bench(host, show, fmt, plot, **flag_values):
     per-row adapter_names) for each K and batch size, against the base model and one merged adapter; the
     time to load, swap and merge an adapter; the memory each extra adapter takes. Each mixed batch is first
     checked against each adapter alone. Adapters are random-initialised (a timing depends on their shapes)."""
+    if plot and plot.suffix not in (".png", ".svg"):  # before any timing: a sweep takes minutes
+        from peftbench.errors import UsageError
+
+        raise UsageError(f"--plot {plot}: give a file name ending in .png or .svg.")
     if show:
         _show(show, fmt, plot)
         return
@@ -71,10 +75,6 @@ def _show(folder: Path, fmt: str, plot: Path | None) -> None:
     if plot:
         from peftbench.report.serving_plot import serving_plot
 
-        if plot.suffix not in (".png", ".svg"):
-            from peftbench.errors import UsageError
-
-            raise UsageError(f"--plot {plot}: give a file name ending in .png or .svg.")
         sections = {m: r["latency"] for m, r in results.items() if r.get("latency")}
         serving_plot(sections, plot, title=(session.get("model") or {}).get("source", ""))
         stderr_console().print(f"plot: {plot}")
