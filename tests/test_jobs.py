@@ -254,6 +254,7 @@ def test_sigterm_stops_every_worker_and_marks_the_cells_left_cancelled(tmp_path,
 
 
 # ---- the cost phase -------------------------------------------------------------------------------------------
+@pytest.mark.slow  # real cells' costs on tiny:llama, or two sessions
 def test_the_real_cost_phase_times_each_method_alone_and_the_report_reads_it(tmp_path, monkeypatch):
     from peftbench.report.folders import folder_data
     from peftbench.report.leaderboard import rows_for_task
@@ -280,6 +281,7 @@ def test_the_real_cost_phase_times_each_method_alone_and_the_report_reads_it(tmp
     assert row["latency_unmerged"] is not None
 
 
+@pytest.mark.slow  # two sessions, one per shard
 def test_shards_each_run_their_share_with_jobs(tmp_path, monkeypatch):
     out = tmp_path / "o"
     for k in (0, 1):
