@@ -240,6 +240,11 @@ def test_serve_bench_end_to_end_with_resume(capsys, tmp_path, monkeypatch):
                              str(tmp_path / "k.svg")], capsys)
     assert code == 0, err
     assert "serving lora: K adapters on one base" in md and "| 2 | 8 | mixed2 |" in md
+    header = ("| batch | prompt | mode | decode ms/tok | vs base | vs merged | vs mixed1 | prefill ms | prefill vs base "
+              "| extra peak MiB |")
+    assert header in md
+    row = next(line.split(" | ") for line in md.splitlines() if line.startswith("| 2 | 8 | mixed2 |"))
+    assert all("% [" in cell for cell in row[4:7]) and "% [" in row[8] and row[9].strip(" |") == "—"
     assert "| full | full fine-tuning changes every weight" in md and (tmp_path / "k.svg").stat().st_size > 1000
 
     code, md, err = run_cli(["claims", str(out), "--format", "json"], capsys)   # 2 rounds: nothing decided

@@ -65,13 +65,13 @@ def _sweep_table(method: str, lat: dict[str, Any], title: str) -> Any:
               f"{serving.get('adapters', '?')} adapters{flags}): decode ms/token, ratios [95% CI]",
               title_justify="left", header_style="bold")
     for col in ("batch", "prompt", "mode", "decode ms/tok", "vs base", "vs merged", "vs mixed1", "prefill ms",
-                "extra peak MiB"):
+                "prefill vs base", "extra peak MiB"):
         t.add_column(col, justify="left" if col == "mode" else "right", no_wrap=True)
     for cell in (lat.get("regimes") or {}).get(regime, []):
         peaks = cell.get("peak_extra_bytes") or {}
         for mode, record in cell["modes"].items():
             if record.get("error"):
-                t.add_row(str(cell["batch_size"]), str(cell["prompt_tokens"]), mode, "failed", *[DASH] * 5)
+                t.add_row(str(cell["batch_size"]), str(cell["prompt_tokens"]), mode, "failed", *[DASH] * 6)
                 continue
             k = mixed_k(mode)
             t.add_row(str(cell["batch_size"]), str(cell["prompt_tokens"]), mode,
@@ -79,6 +79,7 @@ def _sweep_table(method: str, lat: dict[str, Any], title: str) -> Any:
                       _ratio_text(cell["overhead"].get(mode)), _ratio_text(_versus(cell, mode, "merged", plan)),
                       _ratio_text(_versus(cell, mode, mixed_mode(1), plan)) if k else DASH,
                       or_dash(record["prefill_ms"]["median"], ".1f"),
+                      _ratio_text((cell.get("prefill_overhead") or {}).get(mode)),
                       or_dash(peaks[mode] / MIB if mode in peaks else None, ".1f"))
     not_timed = {key: v for key, v in (serving.get("not_timed") or {}).items() if v.get("wrong_logits")}
     t.caption = CAPTION + (f" Not timed for wrong logits: {not_timed}." if not_timed else "")
