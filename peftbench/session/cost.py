@@ -168,7 +168,7 @@ class CostPhase:
         cfg = dataclasses.replace(ctx.train_config, steps=steps, epochs=0.0, max_tokens=0,
                                   compile="on" if compiled else "off")
         ctx = dataclasses.replace(ctx, train_config=cfg)
-        data = train_split(ctx.task, self.env, cfg.max_length)
+        data = train_split(ctx.task, self.env, cfg.max_length, self.plan.cache_dir)  # the cells' tokens, from disk
         torch.manual_seed(spec.seed)
         prepared = ctx.hook.prepare_model(run=ctx, base_model=self.plan.model.load(ctx.device)[0])
         seen: dict[str, Any] = {}
