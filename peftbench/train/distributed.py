@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from peftbench.errors import ConfigError
-from peftbench.train.batching import TrainData, collate, collate_packed
+from peftbench.train.batching import TrainData, batch_order, collate, collate_packed
 from peftbench.train.plan import transformer_blocks
 
 T = TypeVar("T")
@@ -264,17 +264,13 @@ def check_split(batch_size: int, n_examples: int, world: World) -> None:
 
 def rank_batches(data: TrainData, batch_size: int, seed: int, world: World, padding_free: bool = False
                  ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless micro-batches for this rank: its share of each micro-batch ``batching.batches`` yields for the
-    seed (the same examples in the same order; tests/test_fsdp.py checks the two agree), collated the same
-    way, with ``loss_weight`` (multiply the micro-batch's mean loss by it) and ``global_tokens`` (the whole
-    micro-batch's real tokens, for the token budget and throughput)."""
+    """Endless micro-batches for this rank: its share of each micro-batch ``batching.batches`` draws for the
+    seed (the same examples, in ``batch_order``), collated padded or packed, with ``loss_weight`` (multiply
+    the micro-batch's mean loss by it) and ``global_tokens`` (the whole micro-batch's real tokens, for the
+    token budget and throughput)."""
     check_split(batch_size, len(data), world)
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(data), generator=gen).tolist()
-        size = min(batch_size, len(order))
-        for i in range(0, len(order) - size + 1, size):  # as ``batches``: the ragged tail dropped
-            yield rank_share(data, order[i:i + size], world, padding_free)
+    for _, idx in batch_order(data, batch_size, seed):
+        yield rank_share(data, idx, world, padding_free)
 
 
 def rank_share(data: TrainData, idx: list[int], world: World, padding_free: bool) -> dict[str, torch.Tensor]:
@@ -354,11 +350,12 @@ class Together(Generic[T]):
 
 def run_together(world: World, fn: Callable[[], T]) -> Together[T]:
     """``fn()`` on every rank (each calls this), and every rank's failure gathered to all. A rank that raises
-    posts its traceback to the rendezvous store and closes its process group, so ranks waiting on it in a
-    collective fail at once (on gloo: 'connection closed by peer') instead of at the timeout; every rank
-    then waits, on the store, for all to finish (``world.timeout_s``), reads the failures and, if there were
-    any, joins a new process group for what comes next. A rank that does not finish in time is recorded as
-    hung and ``world.broken`` set: no new group can form, the session must stop."""
+    posts its exception and traceback to the rendezvous store and leaves its process group; ranks waiting
+    for it in ``wait_for_all`` stop at once (``PeerFailed``), ranks blocked with it in a collective at the
+    collective timeout (``World.timeout_s``: see ``_close_group``). Every rank then waits, on the store, for
+    all to finish, reads the failures (in the order they happened) and, if there were any, joins a new
+    process group for what comes next. A rank that does not finish in time is recorded as hung and
+    ``world.broken`` set: no new group can form, the session must stop."""
     if not world.grouped:
         try:
             return Together(fn(), [])
@@ -397,7 +394,7 @@ def _wait_for_ranks(keys: Any, world: World) -> list[RankFailure]:
     hung: list[int] = []
     try:
         keys.wait(done, datetime.timedelta(seconds=_store_wait_s(world)))
-    except Exception:  # the store's timeout: find out who is missing
+    except dist.DistStoreError:  # the store's timeout: find out who is missing
         hung = [r for r in range(world.size) if not keys.check([f"done/{r}"])]
         world.broken = True
     failures = []
