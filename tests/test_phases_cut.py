@@ -148,7 +148,7 @@ def test_the_study_from_the_model_in_hand_matches_fresh_copies_with_fewer_loads(
 
 
 # ---- latency rounds stop once the medians are tight -------------------------------------------------------
-def _fake_clock_measure(monkeypatch, plan, spread):
+def _fake_clock_measure(monkeypatch, config, spread):
     """``measure`` over three modes whose decode times come from a fake clock: 10 ms per token times a
     deterministic jitter of +-``spread``."""
     import contextlib
@@ -166,26 +166,28 @@ def _fake_clock_measure(monkeypatch, plan, spread):
 
     monkeypatch.setitem(timer.ROUNDS, "eager", fake_round)
     modes = {n: (lambda n=n: contextlib.nullcontext(n)) for n in ("base", "unmerged", "merged")}
-    return timer.measure(modes, plan, "cpu", 100), calls
+    return timer.measure(modes, config.grid(), "cpu", 100, stop=config.stop_rule()), calls
 
 
 def _plan(**kw):
+    """The LatencyConfig of a one-shape grid (``measure`` gets its grid and its stop rule)."""
     from peftbench.latency.config import LatencyConfig
 
-    return LatencyConfig(**{"batch_sizes": [1], "prompt_lengths": [4], "new_tokens": 2, **kw}).grid()
+    return LatencyConfig(**{"batch_sizes": [1], "prompt_lengths": [4], "new_tokens": 2, **kw})
 
 
 def test_rounds_stop_early_on_a_quiet_clock(monkeypatch):
     plan = _plan(rounds=10, min_rounds=3, target_rel_ci=0.05)
     out, calls = _fake_clock_measure(monkeypatch, plan, spread=0.01)  # +-1 %: tight after the minimum
     cell = out["regimes"]["eager"][0]
-    assert cell["rounds"] == 3 and len(calls) == 3 * (plan.warmup + 3)
+    assert cell["rounds"] == 3 and len(calls) == 3 * (plan.grid().warmup + 3)
     for mode in ("base", "unmerged", "merged"):
         decode = cell["modes"][mode]["samples"]["decode"]
         assert len(decode) == 3
         assert cell["modes"][mode]["decode_rel_ci"] == pytest.approx((max(decode) - min(decode)) / 2 / 10.0, abs=2e-4)
         assert 0 < cell["modes"][mode]["decode_rel_ci"] <= 0.01
-    assert out["plan"]["min_rounds"] == 3 and out["plan"]["target_rel_ci"] == 0.05
+    assert out["stop"] == {"min_rounds": 3, "target_rel_ci": 0.05}
+    assert "min_rounds" not in out["plan"]  # plans compare as before (peftbench latency --resume, kept shapes)
     assert out["sanity"][0]["ok"] is True  # 3 rounds: judged
 
 
@@ -193,7 +195,7 @@ def test_rounds_run_to_the_maximum_on_a_noisy_clock(monkeypatch):
     plan = _plan(rounds=8, min_rounds=3, target_rel_ci=0.05)
     out, calls = _fake_clock_measure(monkeypatch, plan, spread=0.30)  # +-30 %: never tight enough
     cell = out["regimes"]["eager"][0]
-    assert cell["rounds"] == 8 and len(calls) == 3 * (plan.warmup + 8)
+    assert cell["rounds"] == 8 and len(calls) == 3 * (plan.grid().warmup + 8)
     assert cell["modes"]["base"]["decode_rel_ci"] > 0.05
 
 
@@ -223,6 +225,17 @@ def test_median_ci_is_the_order_statistics_interval():
     assert median_ci(list(range(1, 21))) == (6, 15)                   # n = 20: k = 6 (95.9 %)
     assert rel_half_width([9.0, 10.0, 11.0]) == pytest.approx(0.1)
     assert rel_half_width([10.0]) == float("inf")
+
+
+def test_without_a_stop_rule_every_shape_times_all_rounds(monkeypatch):
+    import contextlib
+
+    import peftbench.latency.timer as timer
+
+    monkeypatch.setitem(timer.ROUNDS, "eager", lambda model, ids, n, clock: (4.0, 1.0, 1.0))
+    modes = {n: (lambda n=n: contextlib.nullcontext(n)) for n in ("base", "merged")}
+    out = timer.measure(modes, _plan(rounds=4).grid(), "cpu", 100)
+    assert out["regimes"]["eager"][0]["rounds"] == 4 and "stop" not in out
 
 
 def test_the_stopping_rule_leaves_old_folders_keys_and_plans_alone():

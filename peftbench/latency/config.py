@@ -22,12 +22,8 @@ class LatencyPlan:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     prompt_lengths: list[int] = field(default_factory=lambda: [128, 1024])
     new_tokens: int = 64
-    rounds: int = 5                  # timed rounds per shape: the most, when min_rounds lets a shape stop early
+    rounds: int = 5                  # timed rounds per shape (the most, under a StopRule)
     warmup: int = 1
-    # a shape may stop after min_rounds timed rounds once every mode's median decode time is tight enough:
-    # median_ci's half-width at most target_rel_ci of the median (None or 0: always ``rounds``)
-    min_rounds: int | None = None
-    target_rel_ci: float = 0.0
     regimes: list[str] = field(default_factory=lambda: ["eager", "static"])
     tolerance: float = 0.03          # the sanity check's bound on |overhead| of modes that should equal base
     bootstrap: int = 2000
@@ -46,13 +42,21 @@ class LatencyPlan:
                 raise ConfigError(f"latency {name} must be positive integers; got {values}.")
         if self.rounds < 1:
             raise ConfigError(f"latency rounds must be >= 1; got {self.rounds}.")
-        if self.min_rounds is not None and not 1 <= self.min_rounds <= self.rounds:
-            raise ConfigError(f"latency min_rounds must be between 1 and rounds ({self.rounds}); got "
-                              f"{self.min_rounds}.")
 
-    def stops_early(self) -> bool:
-        """Whether a shape may stop before ``rounds`` (its modes' medians tight enough after ``min_rounds``)."""
-        return self.min_rounds is not None and self.min_rounds < self.rounds and self.target_rel_ci > 0
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a shape's timed rounds may end before the plan's ``rounds``: after ``min_rounds``, once every mode's
+    median decode time is tight (``stats.median_ci``'s half-width at most ``target_rel_ci`` of the median).
+    Kept apart from ``LatencyPlan``, so that plans recorded before it existed compare equal."""
+
+    min_rounds: int
+    target_rel_ci: float
+
+    def stops(self, taken: int, rounds: int, tightness: list[float]) -> bool:
+        """Whether to stop after ``taken`` of at most ``rounds`` rounds, each mode's tightness being given."""
+        early = self.min_rounds < rounds and self.target_rel_ci > 0 and taken >= self.min_rounds
+        return early and bool(tightness) and all(t <= self.target_rel_ci for t in tightness)
 
 
 @dataclass
@@ -97,5 +101,8 @@ class LatencyConfig:
     def grid(self) -> LatencyPlan:
         """The shapes, regimes and rounds to time."""
         return LatencyPlan(batch_sizes=list(self.batch_sizes), prompt_lengths=list(self.prompt_lengths),
-                           new_tokens=self.new_tokens, rounds=self.rounds, regimes=list(self.regimes),
-                           min_rounds=min(self.min_rounds, self.rounds), target_rel_ci=self.target_rel_ci)
+                           new_tokens=self.new_tokens, rounds=self.rounds, regimes=list(self.regimes))
+
+    def stop_rule(self) -> StopRule:
+        """When a shape's rounds may stop early (``StopRule``)."""
+        return StopRule(min_rounds=min(self.min_rounds, self.rounds), target_rel_ci=self.target_rel_ci)

@@ -9,9 +9,9 @@ of new tokens):
    at most 8 tokens);
 2. timed rounds follow, ``rounds`` at most; within a round the modes run one after another in an order that
    rotates from round to round, so drift in clock speed or load hits every mode alike and no mode always goes
-   first. After ``min_rounds`` a shape stops as soon as every mode's median decode time is as tight as asked
-   (the half-width of its distribution-free 95 % interval, ``stats.median_ci``, at most ``target_rel_ci`` of
-   the median): a quiet machine is done in few rounds, a noisy one gets them all. Each cell records the
+   first. Under a ``StopRule`` a shape stops after ``min_rounds`` as soon as every mode's median decode time
+   is as tight as asked (the half-width of its distribution-free 95 % interval, ``stats.median_ci``, at most
+   ``target_rel_ci`` of the median): a quiet machine is done in few rounds, a noisy one gets them all. Each cell records the
    rounds it took and each mode the tightness reached (``decode_rel_ci``);
 3. a round times the **prefill** (the prompt's forward pass, up to the first new token) and the **decode**
    (the remaining new tokens; reported per token) with CUDA events on the GPU and ``perf_counter`` on CPU,
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from peftbench.latency.clock import Clock, RoundTimes, gc_paused
-from peftbench.latency.config import LatencyPlan
+from peftbench.latency.config import LatencyPlan, StopRule
 from peftbench.latency.eager import eager_round
 from peftbench.latency.shape import ShapeSamples, shape_cell
 from peftbench.latency.static import static_round
@@ -66,8 +66,8 @@ STATIC_WARMUP = 8  # tokens per warm-up round of the static regime
 
 def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab: int,
             same_as_base: tuple[str, ...] = ("merged",), progress: Callable[[str], None] | None = None,
-            done: dict[str, Any] | None = None, checkpoint: Callable[[dict[str, Any]], None] | None = None
-            ) -> dict[str, Any]:
+            done: dict[str, Any] | None = None, checkpoint: Callable[[dict[str, Any]], None] | None = None,
+            stop: StopRule | None = None) -> dict[str, Any]:
     """Time every mode over the plan's grid. ``modes`` maps a name to a zero-argument factory of a context
     manager that yields the model to time (``base`` must be one of them); ``same_as_base`` names the modes
     the sanity check holds to base's timing. Returns the ``latency`` section of a run file.
@@ -75,13 +75,16 @@ def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab
     A grid of eager decoding can outlast a command's time limit, so it can be continued: ``checkpoint`` is
     called with the section so far after every shape, and ``done`` (such a section, of the same plan and
     modes) supplies the shapes already timed, which are kept, not timed again. Every shape's modes are
-    still timed together, in the same rounds (each cell records when: ``timed_at``)."""
+    still timed together, in the same rounds (each cell records when: ``timed_at``). ``stop`` lets a shape
+    end its rounds early (recorded as the section's ``stop``; None: every shape times ``rounds``)."""
     if "base" not in modes:
         raise ValueError("latency modes must include 'base'")
     clock = Clock(device)
     names = list(modes)
     out: dict[str, Any] = {"plan": asdict(plan), "timer": clock.kind, "modes": names, "regimes": {},
                            "sanity": [], "errors": []}
+    if stop is not None:
+        out["stop"] = asdict(stop)
     # where the wall time went, per regime and mode (setting the mode up, warm-up and timed rounds included):
     # what a smaller grid would save
     out["wall_s"] = {regime: dict.fromkeys(names, 0.0) for regime in plan.regimes}
@@ -98,7 +101,7 @@ def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab
             if progress:
                 progress(f"latency {regime} bs{batch} x {length}")
             cells.append(_measure_shape(modes, names, regime, batch, length, plan, device, vocab, clock,
-                                        same_as_base, out))
+                                        same_as_base, out, stop))
             if checkpoint:
                 checkpoint(out)
     out["sanity_ok"] = not any(s["ok"] is False for s in out["sanity"])
@@ -110,7 +113,7 @@ def measure(modes: dict[str, ModeFactory], plan: LatencyPlan, device: str, vocab
 def _kept_cells(done: dict[str, Any] | None, out: dict[str, Any]) -> dict[GridKey, dict[str, Any]]:
     """The cells of an earlier section ``done`` that can be kept: only when it timed the same plan and modes
     (anything else would mix grids), and only complete cells (every mode timed or failed)."""
-    if not done or not _same_plan(done.get("plan"), out["plan"]) or done.get("modes") != out["modes"]:
+    if not done or done.get("plan") != out["plan"] or done.get("modes") != out["modes"]:
         return {}
     kept = {}
     for regime, cells in (done.get("regimes") or {}).items():
@@ -118,12 +121,6 @@ def _kept_cells(done: dict[str, Any] | None, out: dict[str, Any]) -> dict[GridKe
             if set(cell.get("modes", {})) == set(out["modes"]):
                 kept[(regime, cell["batch_size"], cell["prompt_tokens"])] = cell
     return kept
-
-
-def _same_plan(earlier: Any, plan: dict[str, Any]) -> bool:
-    """Whether an earlier section's plan is this one (a plan recorded before shapes could stop early timed a
-    fixed count of rounds)."""
-    return isinstance(earlier, dict) and {"min_rounds": None, "target_rel_ci": 0.0, **earlier} == plan
 
 
 def _carry_wall_time(done: dict[str, Any], out: dict[str, Any]) -> None:
@@ -151,11 +148,11 @@ def _grid_key(entry: dict[str, Any]) -> GridKey:
 # ---- one shape: interleaved rounds of every mode ---------------------------------------------------------
 def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str, batch: int, length: int,
                    plan: LatencyPlan, device: str, vocab: int, clock: Clock, same_as_base: tuple[str, ...],
-                   out: dict[str, Any]) -> dict[str, Any]:
+                   out: dict[str, Any], stop: StopRule | None = None) -> dict[str, Any]:
     """Time every mode at one shape and return its cell; its errors and sanity entries go into ``out``."""
     where = {"regime": regime, "batch_size": batch, "prompt_tokens": length}
     ids = _prompt(vocab, batch, length, device, plan.seed)
-    samples = _time_rounds(modes, names, ROUNDS[regime], ids, plan, clock, where, out)
+    samples = _time_rounds(modes, names, ROUNDS[regime], ids, plan, clock, where, out, stop)
     cell, sanity = shape_cell(where, names, samples, plan, same_as_base)
     out["sanity"] += sanity
     return cell
@@ -163,7 +160,7 @@ def _measure_shape(modes: dict[str, ModeFactory], names: list[str], regime: str,
 
 def _time_rounds(modes: dict[str, ModeFactory], names: list[str], one_round: Callable[..., RoundTimes],
                  ids: torch.Tensor, plan: LatencyPlan, clock: Clock, where: dict[str, Any],
-                 out: dict[str, Any]) -> ShapeSamples:
+                 out: dict[str, Any], stop: StopRule | None = None) -> ShapeSamples:
     """Warm-up rounds, then timed rounds; in each, every mode that has not failed runs once, in an order that
     rotates from round to round. A mode that fails is recorded in ``out["errors"]`` and skipped after."""
     regime = where["regime"]
@@ -191,18 +188,14 @@ def _time_rounds(modes: dict[str, ModeFactory], names: list[str], one_round: Cal
                     wall[mode] = round(wall[mode] + time.perf_counter() - t0, 3)
                 if timed:  # the host's state is read after the round, outside its timing
                     samples.add(mode, (prefill, decode, decode_mean), host_cpu_state())
-            if timed and tight_enough(samples, plan, r + 1 - plan.warmup):
+            if timed and stop is not None and stop.stops(r + 1 - plan.warmup, plan.rounds, _tightness(samples)):
                 break
     return samples
 
 
-def tight_enough(samples: ShapeSamples, plan: LatencyPlan, taken: int) -> bool:
-    """Whether a shape can stop after ``taken`` timed rounds: at least ``min_rounds``, and every mode still
-    timed has a median decode time as tight as ``target_rel_ci`` (never, when the plan does not stop early)."""
-    if not plan.stops_early() or taken < plan.min_rounds:
-        return False
-    live = [m for m in samples.times if m not in samples.failed]
-    return bool(live) and all(rel_half_width(samples.times[m]["decode"]) <= plan.target_rel_ci for m in live)
+def _tightness(samples: ShapeSamples) -> list[float]:
+    """Each mode still timed: its median decode time's interval half-width relative to the median."""
+    return [rel_half_width(samples.times[m]["decode"]) for m in samples.times if m not in samples.failed]
 
 
 def _prompt(vocab: int, batch: int, length: int, device: str, seed: int) -> torch.Tensor:

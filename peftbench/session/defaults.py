@@ -63,4 +63,4 @@ def measure_latency(run, model, modes):
                           else ())
     return measure(modes, run.latency_config.grid(), run.device, model.config.vocab_size,
                    same_as_base=same, progress=run.progress.phase if run.progress is not None else None,
-                   done=run.latency_done, checkpoint=run.latency_checkpoint)
+                   done=run.latency_done, checkpoint=run.latency_checkpoint, stop=run.latency_config.stop_rule())
