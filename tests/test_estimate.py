@@ -140,6 +140,20 @@ def _constant(path: Path, name: str):
     raise AssertionError(f"{name} not in {path}")
 
 
+@pytest.mark.slow  # compiles a Llama block a case (seconds each)
+@pytest.mark.parametrize("case", [("full", "compiled"), ("lora", "compiled", "fp32"), ("adapter", "eager")])
+def test_the_activation_formulas_are_the_tensors_a_block_saves(case):
+    """results/estimate/saved_tensors.py lists what autograd (eager) or the min-cut partitioner (compiled)
+    keeps for a Llama block's backward; the formula must account for every byte of it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("saved_tensors", ROOT / "results/estimate/saved_tensors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    listed, formula = module.compare(*case)
+    assert listed == formula
+
+
 # ---- the estimate against the committed measured peaks -------------------------------------------------
 # Every benchmarks/train_throughput.py file under results/ with shape: runs on random rows of one length (all
 # on one H200, torch.cuda.max_memory_allocated). Not modelled: results/reference/<task>/ (real examples of
