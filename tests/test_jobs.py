@@ -154,6 +154,9 @@ def test_every_cell_runs_exactly_once_with_two_jobs_then_the_cost_phase_alone(tm
     assert cost[0]["t"] > max(e["t"] for e in log(tmp_path) if e.get("event") == "end")
     assert cost[0]["t"] > max(w["ended_unix"] for w in jobs["workers"])
     assert cost[0]["pid"] == jobs["cost_phase"]["pid"] not in pids and jobs["cost_phase"]["workers_alive"] == []
+    # the training split was tokenized once, by the parent, before any worker started
+    [tokens] = (tmp_path / "cache" / "tokens").glob("peftbench_quickstart-*.pt")
+    assert tokens.stat().st_mtime < min(w["started_unix"] for w in jobs["workers"])
     # continued with nothing left to run: no worker starts, the cost phase runs again (it keeps what is done)
     FakeSession(config(out, resume=True), jobs=2).run()
     assert starts(tmp_path) == dict.fromkeys(CELLS, 1)

@@ -391,6 +391,7 @@ class Parent:
         from peftbench.session.policies import kept
 
         self.queue.reset([s.key for s in self.cells if kept(self.kept, s)])
+        self.tokenize_once([s for s in self.cells if not kept(self.kept, s)])
         self.session.progress.start(len(self.cells))
         self.session.workers_live = True
         try:
@@ -414,6 +415,26 @@ class Parent:
             return "interrupted"  # left for later by --time-budget
         self.cost_phase()
         return "finished"
+
+    def tokenize_once(self, cells: list[RunSpec]) -> None:
+        """Tokenize each training split the cells need here, once, into the token cache, before the workers
+        start: they read it instead of all building it at the same moment (26-28 s each for SST-2 on the H200
+        host). A split that cannot be built is left to its cells, which record why."""
+        from peftbench.session.cell import train_split
+
+        needed = {}
+        for spec in cells:
+            if self.plan.method(spec.method) is not None:
+                task, max_length = self.plan.scored_task(spec), self.plan.options_of(spec).train.max_length
+                needed[(task.lm_eval_name, max_length)] = (task, max_length)
+        if not needed:
+            return
+        env = self.session.cell_env(self.plan)
+        for task, max_length in needed.values():
+            try:
+                train_split(task, env, max_length, self.plan.cache_dir)
+            except Exception:  # the same error reaches the cell that trains on it
+                continue
 
     def start(self, place: WorkerPlace) -> None:
         proc = self.context.Process(target=worker_main, args=(type(self.session), self.session.config,
