@@ -226,6 +226,9 @@ class CompileStats:
 
     def end(self) -> dict[str, Any]:
         now = self._counts()
+        compiled = now["graphs_compiled"] - self._at["graphs_compiled"]
+        if self.reuse.startswith("kept") and compiled:  # (shapes the earlier run did not meet, or failed guards)
+            self.reuse += f"; {compiled} more graph{'s' if compiled > 1 else ''} compiled"
         return {"reused": self.reuse, **{k: now[k] - self._at[k] for k in now},
                 "steps_compiling": self.steps, "steps_compiling_s": round(self.seconds, 3),
                 "cache_dir": self.cache_dir}
