@@ -73,16 +73,18 @@ class RunSpec:
     def parse(cls, text: str) -> RunSpec:
         method, _, opts = text.partition(":")
         if method not in METHOD_OPTIONS:
-            raise SystemExit(f"run {text!r}: method must be one of {', '.join(METHOD_OPTIONS)}")
+            raise ValueError(f"run {text!r}: the method must be one of {', '.join(METHOD_OPTIONS)}")
         kw: dict[str, Any] = {}
         for opt in filter(None, opts.split(",")):
             if opt.startswith("fail="):
                 rank, _, step = opt[5:].partition("@")
+                if not (rank.isdigit() and step.isdigit()):
+                    raise ValueError(f"run {text!r}: {opt!r} must be fail=RANK@STEP, e.g. fail=1@3")
                 kw["fail"] = (int(rank), int(step))
             elif opt in ("ckpt", "padded", "offload", "bf16"):
                 kw[{"ckpt": "checkpointing"}.get(opt, opt)] = True
             else:
-                raise SystemExit(f"run {text!r}: unknown option {opt!r} (fail=R@K, ckpt, padded, offload, bf16)")
+                raise ValueError(f"run {text!r}: unknown option {opt!r}; valid: fail=R@K, ckpt, padded, offload, bf16")
         return cls(method, **kw)
 
 
@@ -168,6 +170,7 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
         params, shard = shard_model(model, trainable, world, ShardPolicy(precision="bf16" if spec.bf16 else "auto",
                                                                         cpu_offload=spec.offload))
     else:
+        model.to(world.device)  # (fully_shard moves a sharded model to its mesh's device itself)
         params, shard = [p for _, p in trainable], {"fsdp": None, "whole_forward": False}
     t0 = time.perf_counter()
     result = train_sharded(model, params, data, cfg, SEED, world, shard["whole_forward"], spec.fail)
@@ -190,9 +193,15 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     timeout_s = DEFAULT_TIMEOUT_S
-    if argv[0] == "--timeout":
-        timeout_s, argv = float(argv[1]), argv[2:]
-    out, specs = Path(argv[0]), [RunSpec.parse(a) for a in argv[1:]]
+    try:
+        if argv[0] == "--timeout":
+            timeout_s, argv = float(argv[1]), argv[2:]
+        out, specs = Path(argv[0]), [RunSpec.parse(a) for a in argv[1:]]
+        if not specs:
+            raise ValueError("name at least one run after the output file, e.g. lora")
+    except (ValueError, IndexError) as e:
+        print(f"distributed_check: {e or 'bad --timeout'}", file=sys.stderr)
+        return 2
     world = join_world(timeout_s=timeout_s)
     runs = []
     try:
