@@ -374,3 +374,14 @@ def test_a_failing_method_is_recorded_and_tried_again_on_resume(capsys, tmp_path
     assert not list((out / "latency").glob("*.json"))   # nothing to keep: --resume tries lora again
     code, _, err = run_cli(["serve-bench", "--methods", "lora", *SWEEP, "--output", str(out), "--resume"], capsys)
     assert code == 1 and "kept from the earlier run" not in err
+
+
+def test_a_tuner_whose_mixed_batches_are_wrong_is_listed_not_timed(capsys, tmp_path):
+    """PEFT's LoHa takes adapter_names without error, but its rows do not get their adapters (nor IA3's or
+    VeRA's): the check finds it, and the method is listed as unable to serve per-row adapters, with figures."""
+    out = tmp_path / "serve"
+    code, _, err = run_cli(["serve-bench", "--methods", "peft-loha", *SWEEP, "--output", str(out)], capsys)
+    assert code == 0, err
+    why = json.loads((out / "session.json").read_text())["unsupported"]["peft-loha"]
+    assert "rows do not get their own adapter's logits (K=2: rows off by" in why and "not timed" in why
+    assert not list((out / "latency").glob("*.json"))

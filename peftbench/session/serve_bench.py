@@ -251,11 +251,11 @@ class ServeSession:
                          task=None, train_config=None, device=self.device, hook=self.hook)
         dtype = latency_dtype(self.serve.dtype, self.device)
         names = adapter_names(self.serve.most_adapters)
-        self.say(f"{name}: building {len(names)} adapters")
         multi = self.hook.prepare_model(run=run, base_model=self._base(dtype))
         if not is_multi_adapter(multi):
             raise Unsupported(f"its model ({type(multi).__name__}) holds one set of adapter weights, with no named "
                               "adapters to load side by side or choose per row (not a PEFT model)")
+        self.say(f"{name}: building {len(names)} adapters")
         cast_floating(multi, dtype)
         randomize_adapter(multi, FIRST, self.serve.seed)
         to_inference(multi, FIRST)
@@ -291,7 +291,8 @@ class ServeSession:
 
     def _checks(self, multi: Any, names: list[str]) -> list[dict[str, Any]]:
         """The mixed-batch check for every K (2K rows, so each adapter serves two; a short prompt). A tuner
-        PEFT cannot mix per row raises here: the method is unsupported, with PEFT's reason."""
+        PEFT refuses to mix per row (it raises), or mixes wrongly at every K > 1, is unsupported, with the
+        reason."""
         from peftbench.latency.serving import FIRST
         from peftbench.latency.serving_check import check_mixed_batch
         from peftbench.latency.timer import _prompt
@@ -305,6 +306,12 @@ class ServeSession:
                 raise Unsupported(f"PEFT cannot mix its adapters per row: {type(e).__name__}: {str(e)[:300]}") from e
             if not checks[-1]["ok"]:
                 self.say(f"  K={k}: a mixed batch does not give each adapter's logits ({checks[-1]}): not timed")
+        mixed = [c for c in checks if c["adapters"] > 1]
+        if mixed and not any(c["ok"] for c in mixed):  # e.g. PEFT's IA3, LoHa, VeRA take adapter_names, ignore them
+            c = mixed[0]
+            raise Unsupported(f"PEFT takes adapter_names for it, but a mixed batch's rows do not get their own "
+                              f"adapter's logits (K={c['adapters']}: rows off by {c['max_abs_error']:.2g} in logits, "
+                              f"the adapters {c['min_adapter_effect']:.2g} apart): per-row serving is wrong, not timed")
         return checks
 
     # ---- the sweep ----------------------------------------------------------------------------------------
