@@ -24,7 +24,7 @@ from peftbench.latency.serving import (
     randomize_adapter,
     to_inference,
 )
-from peftbench.latency.serving_check import check_mixed_batch
+from peftbench.latency.serving_check import check_mixed_batch, check_mixed_batches
 from peftbench.latency.serving_config import ServePlan, mixed_mode, row_adapters
 from peftbench.latency.serving_section import join_points, kept_points
 from peftbench.latency.shape import ShapeSamples, shape_cell
@@ -64,6 +64,14 @@ def test_a_mixed_batch_gives_every_row_its_adapters_logits(multi, k):
     assert result["relative_error"] <= 1e-5 and result["rows"] == k + 1
     assert result["min_adapter_effect"] > 1e-3   # the adapters differ: the check could have failed
     assert model.active_adapters == [FIRST]
+
+
+def test_one_batch_checks_every_k_as_the_session_does(multi):
+    model, names = multi
+    ids = _ids(2 * max(KS), length=4, seed=5)
+    results = check_mixed_batches(model, names, KS, ids, FIRST)
+    assert [r["adapters"] for r in results] == KS and all(r["ok"] and r["rows"] == 64 for r in results)
+    assert results[1] == check_mixed_batch(model, names, 2, ids, FIRST)
 
 
 def test_the_mixed_batch_matches_each_row_run_alone_with_its_adapter(multi):

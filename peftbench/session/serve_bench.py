@@ -290,22 +290,21 @@ class ServeSession:
         return cast_floating(copy.deepcopy(self._pristine).to(self.device), dtype)
 
     def _checks(self, multi: Any, names: list[str]) -> list[dict[str, Any]]:
-        """The mixed-batch check for every K (2K rows, so each adapter serves two; a short prompt). A tuner
-        PEFT refuses to mix per row (it raises), or mixes wrongly at every K > 1, is unsupported, with the
-        reason."""
+        """The mixed-batch check for every K, on one batch of 2 x the largest K rows (each adapter serves
+        two or more; a short prompt). A tuner PEFT refuses to mix per row (it raises), or mixes wrongly at every
+        K > 1, is unsupported, with the reason."""
         from peftbench.latency.serving import FIRST
-        from peftbench.latency.serving_check import check_mixed_batch
+        from peftbench.latency.serving_check import check_mixed_batches
         from peftbench.latency.timer import _prompt
 
-        checks = []
-        for k in self.serve.adapters:
-            ids = _prompt(multi.config.vocab_size, 2 * k, 16, self.device, self.serve.seed + k)
-            try:
-                checks.append(check_mixed_batch(multi, names, k, ids, FIRST))
-            except (ValueError, TypeError, NotImplementedError) as e:
-                raise Unsupported(f"PEFT cannot mix its adapters per row: {type(e).__name__}: {str(e)[:300]}") from e
-            if not checks[-1]["ok"]:
-                self.say(f"  K={k}: a mixed batch does not give each adapter's logits ({checks[-1]}): not timed")
+        ids = _prompt(multi.config.vocab_size, 2 * self.serve.most_adapters, 16, self.device, self.serve.seed)
+        try:
+            checks = check_mixed_batches(multi, names, self.serve.adapters, ids, FIRST)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            raise Unsupported(f"PEFT cannot mix its adapters per row: {type(e).__name__}: {str(e)[:300]}") from e
+        for c in checks:
+            if not c["ok"]:
+                self.say(f"  K={c['adapters']}: a mixed batch does not give each adapter's logits ({c}): not timed")
         mixed = [c for c in checks if c["adapters"] > 1]
         if mixed and not any(c["ok"] for c in mixed):  # e.g. PEFT's IA3, LoHa, VeRA take adapter_names, ignore them
             c = mixed[0]
