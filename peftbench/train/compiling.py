@@ -78,7 +78,7 @@ class CompiledBlocks:
         reuse = _Kept.prepare(signature(self.blocks, mode, static, self.device))
         compile_blocks(self.blocks, dynamic=not static, mode=mode)
         self.record["compile"] += (", static shapes" if static else ", dynamic shapes") + (
-            f" ({self.shapes} bucket shapes)" if self.shapes is not None else "") + (
+            f" ({self.shapes} bucket shape{'s' if self.shapes > 1 else ''})" if self.shapes is not None else "") + (
             ", CUDA graphs (reduce-overhead)" if self.cuda_graphs else "")
         self._contexts.enter_context(eager_rounding())
         self.record["compile_rounding"] = "eager (inductor emulate_precision_casts)"
