@@ -82,8 +82,9 @@ class CompiledBlocks:
             ", CUDA graphs (reduce-overhead)" if self.cuda_graphs else "")
         self._contexts.enter_context(eager_rounding())
         self.record["compile_rounding"] = "eager (inductor emulate_precision_casts)"
-        if self.shapes is not None:  # a graph per shape, and per mask kind (packed rows, or none packed)
-            self._contexts.enter_context(recompile_limit(2 * self.shapes + 2))
+        if self.shapes is not None:  # a graph per shape, per mask kind (packed rows, or none packed) and per
+            # first block or later one (LoRA: only the later blocks' input needs a gradient)
+            self._contexts.enter_context(recompile_limit(4 * self.shapes + 4))
         if self.record["chunked_loss"]:  # the chunks' softmax and gradient as one compiled kernel too
             self._fused = self._contexts.enter_context(fused_chunks(COMPILE_BACKEND))
         self._stats.begin(reuse, cache_dir=use_compile_cache())
