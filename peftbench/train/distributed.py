@@ -313,6 +313,19 @@ def full_state_dict(model: torch.nn.Module, world: World) -> dict[str, torch.Ten
     return state if world.main else None
 
 
+def unsharded_copy(model: torch.nn.Module, world: World, build: Callable[[], torch.nn.Module]
+                   ) -> torch.nn.Module | None:
+    """On rank 0, ``build()`` (the method's ``prepare`` on a fresh base: the same modules, unsharded) holding
+    the sharded ``model``'s gathered weights, every one of them (a strict load); ``None`` on the other ranks.
+    Every rank must call it. Evaluation, latency and the artifact then run on it as on one process."""
+    state = full_state_dict(model, world)
+    if not world.main:
+        return None
+    fresh = build()
+    fresh.load_state_dict(state)
+    return fresh
+
+
 # ---- a rank's failure ------------------------------------------------------------------------------------
 
 @dataclass

@@ -37,13 +37,13 @@ from peftbench.train.distributed import (
     DEFAULT_TIMEOUT_S,
     ShardPolicy,
     World,
-    full_state_dict,
     join_world,
     leave_world,
     rank_batches,
     reduce_mean_loss,
     run_together,
     shard_model,
+    unsharded_copy,
     wait_for_all,
 )
 from peftbench.train.loop import training_mode
@@ -175,14 +175,12 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = train_sharded(model, params, data, cfg, SEED, world, shard["whole_forward"], spec.fail)
     result["wall_s"] = round(time.perf_counter() - t0, 3)
-    state = full_state_dict(model, world)
     ranks: list[Any] = [world.rank]
     if world.grouped:  # (before rank 0 works alone below: the others must not wait on it in a collective)
         ranks = [None] * world.size
         dist.all_gather_object(ranks, world.rank)
-    if world.main:
-        _, fresh, _, _ = reference_setup(spec)
-        fresh.load_state_dict(state)
+    fresh = unsharded_copy(model, world, lambda: reference_setup(spec)[1])
+    if fresh is not None:  # rank 0
         with torch.inference_mode():
             result["probe"] = method.inference_model(fresh.eval())(input_ids=probe_ids()).logits.float().flatten().tolist()
     return {**result, "shard": shard, "ranks_trained": ranks}
