@@ -60,9 +60,9 @@ def one_session(args: argparse.Namespace) -> list[dict[str, Any]]:
               file=sys.stderr, flush=True)
         del model, params, res
         if args.reset:
-            from peftbench.train.compiling import _Kept
+            from peftbench.train.compiling import forget_compiled
 
-            _Kept.forget()  # torch._dynamo.reset(), and the loop knows nothing is kept
+            forget_compiled()  # torch._dynamo.reset(), and the loop knows nothing is kept
     return cells
 
 

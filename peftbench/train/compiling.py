@@ -235,6 +235,12 @@ class CompileStats:
                 "cache_dir": self.cache_dir}
 
 
+def forget_compiled() -> None:
+    """Drop the compiled blocks a previous run kept (``torch._dynamo.reset()``): the next run compiles from
+    scratch, served only by the on-disk caches (a benchmark timing each variant's compilation wants this)."""
+    _Kept.forget()
+
+
 def recompile_limit(n: int) -> Any:
     """Dynamo's per-function recompile limit raised to at least ``n`` (its default is 8; the bucket shapes and
     mask kinds must not exceed it, or the blocks would silently run eagerly)."""
