@@ -319,7 +319,8 @@ def test_shape_source_resolves_loads_and_is_labelled(capsys):
     from peftbench.models.shape import shape_presets
     from peftbench.models.sources import resolve_model
 
-    assert shape_presets() == ["shape:llama-3.1-8b", "shape:llama-3.2-1b", "shape:smollm2-135m"]
+    assert shape_presets() == ["shape:llama-2-13b", "shape:llama-3.1-70b", "shape:llama-3.1-8b", "shape:llama-3.2-1b",
+                               "shape:smollm2-135m"]
     resolved = resolve_model("shape:smollm2-135m")
     assert resolved.info.kind == "shape" and "no accuracy" in resolved.info.note
     model, tok = resolved.load("cpu")
@@ -329,5 +330,5 @@ def test_shape_source_resolves_loads_and_is_labelled(capsys):
     assert resolved.info.parameters == 134_515_008
     ids = tok("hello", return_tensors="pt").input_ids
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], 49152)
-    with pytest.raises(UsageError, match="Unknown model shape 'shape:gpt-9'. Valid shapes: shape:llama-3.1-8b"):
+    with pytest.raises(UsageError, match="Unknown model shape 'shape:gpt-9'. Valid shapes: shape:llama-2-13b"):
         resolve_model("shape:gpt-9")

@@ -11,9 +11,6 @@ from typing import Any
 from peftbench.errors import UsageError
 from peftbench.models.shape import shape_config, shape_presets
 
-# Shapes the estimate reads but ``shape:`` model sources do not build yet (too large for one GPU's tests):
-# published configs, as peftbench/models/shapes holds them
-CONFIG_ONLY_SHAPES = Path(__file__).parent / "shapes"
 REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -77,9 +74,8 @@ def from_config(values: dict[str, Any], name: str) -> Architecture:
 
 
 def known_shapes() -> list[str]:
-    """Every ``shape:`` name the estimate reads: the model sources' and the config-only ones."""
-    own = [f"shape:{p.stem}" for p in CONFIG_ONLY_SHAPES.glob("*.json")]
-    return sorted({*shape_presets(), *own})
+    """Every ``shape:`` name the estimate reads: the model sources' shipped configs."""
+    return shape_presets()
 
 
 def load_architecture(model: str) -> Architecture:
@@ -88,9 +84,7 @@ def load_architecture(model: str) -> Architecture:
         if model not in known_shapes():
             raise UsageError(f"unknown model {model!r}: the shipped shapes are {', '.join(known_shapes())}; or "
                              "give a config.json (or a folder holding one).")
-        name = model.removeprefix("shape:")
-        own = CONFIG_ONLY_SHAPES / f"{name}.json"
-        return from_config(json.loads(own.read_text()) if own.is_file() else shape_config(name), model)
+        return from_config(shape_config(model.removeprefix("shape:")), model)
     path = Path(model)
     if path.is_dir():
         path = path / "config.json"
