@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftbench.api.options import to_jsonable
 from peftbench.api.records import RunSpec
 from peftbench.errors import UsageError
 from peftbench.results.store import validate_run
@@ -86,6 +87,7 @@ def verify_kept(output: Path, recorded: dict[str, str], cells: list[RunSpec],
 
 
 def _other_cell(data: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    data = _with_option_defaults(data, expected)
     differ = [k for k, v in expected.items() if _canonical(data.get(k)) != _canonical(v)]
     return f"it does not hold what the plan gives this cell (it differs in {', '.join(differ)})" if differ else None
 
@@ -102,7 +104,8 @@ def plan_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for section, label in (("train_configs", "training options of {}"), ("method_configs", "options of {}")):
         before, after = old.get(section) or {}, new[section]
         for name in [n for n in after if n in before]:
-            changes += _differences(label.format(name.replace("--", " on ", 1)), before[name], after[name])
+            was = _with_defaults(before[name], after[name]) if section == "train_configs" else before[name]
+            changes += _differences(label.format(name.replace("--", " on ", 1)), was, after[name])
     for name, task in new["tasks"].items():
         was = (old.get("tasks") or {}).get(name)
         if isinstance(was, dict):
@@ -114,6 +117,31 @@ def plan_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if was is not None:
             changes += _differences(f"retention tasks of {name}", was, tasks)
     return changes
+
+
+def option_defaults() -> dict[str, Any]:
+    """Every shared option's default, under its ``--set`` key: what a session or run file recorded before the
+    option existed ran as far as the option is concerned, so an added option left at its default changes
+    nothing a continued session kept (``--resume`` keeps its cells)."""
+    from peftbench.session.options import describe_options
+
+    return {r["name"]: to_jsonable(r["default"]) for r in describe_options()}
+
+
+def _with_defaults(recorded: Any, planned: Any) -> Any:
+    """``recorded`` options with those the plan records but they do not (added since) at their defaults."""
+    if not (isinstance(recorded, dict) and isinstance(planned, dict)):
+        return recorded
+    defaults = option_defaults()
+    return {**{k: defaults[k] for k in planned if k in defaults and k not in recorded}, **recorded}
+
+
+def _with_option_defaults(run: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    """A run file with the options it does not record (written before they existed) at their defaults."""
+    config, planned = run.get("config"), (expected.get("config") or {}).get("train")
+    if not (isinstance(config, dict) and isinstance(config.get("train"), dict)):
+        return run
+    return {**run, "config": {**config, "train": _with_defaults(config["train"], planned)}}
 
 
 def _differences(label: str, before: Any, after: Any) -> list[str]:
