@@ -192,6 +192,9 @@ def run_variant(method: Any, resolved: Any, data: Any, variant: str, args: Any) 
     if missing:
         return {"status": "unavailable", "error": f"not available in this checkout: TrainConfig has no "
                                                   f"{', '.join(missing)} option"}
+    from peftbench.train.compiling import forget_compiled
+
+    forget_compiled()  # each variant compiles afresh: its first step's time includes its own compilation
     torch.manual_seed(0)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
     base, _ = resolved.load(args.device, dtype)
