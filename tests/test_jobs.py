@@ -281,6 +281,7 @@ def test_the_real_cost_phase_times_each_method_alone_and_the_report_reads_it(tmp
                                                                  "lora--quickstart--seed0"]
     row = next(r for r in rows_for_task(data["runs"], "quickstart") if r["method"] == "lora")
     assert row["tokens_per_s"] == pytest.approx(cost["train"]["tokens_per_s"])
+    assert row["costs_alone"]  # the leaderboard says tok/s and latency were measured alone
     assert row["latency_unmerged"] is not None
 
 

@@ -19,11 +19,20 @@ NOT_RECORDED = "neighbours not recorded"
 
 def contention(record: dict[str, Any]) -> list[str]:
     """Why ``record``'s timings (a run file, or a latency section) may not be the method's alone: the
-    neighbour flags it earned, or that it lacks a neighbour field (``gpu_others_bytes``,
+    neighbour flags it earned, other cells beside it (``--jobs``), or that it lacks a neighbour field (``gpu_others_bytes``,
     ``host_others_cores``: written before they were measured), which for a verdict counts as contended. A
     field present but ``None`` was looked at and could not be measured there (no GPU): not a doubt."""
     missing = [k for k in NEIGHBOUR_KEYS if k not in record]
-    return neighbour_flags(record) + ([f"{NOT_RECORDED} ({', '.join(missing)} absent)"] if missing else [])
+    return neighbour_flags(record) + beside_cells(record) + \
+        ([f"{NOT_RECORDED} ({', '.join(missing)} absent)"] if missing else [])
+
+
+def beside_cells(record: dict[str, Any]) -> list[str]:
+    """A run file of a ``--jobs`` session whose cell ran while other cells shared the device: its training
+    time was not the method's alone, whether or not the sibling workers crossed the neighbour thresholds
+    (its tok/s and latency come from the cost phase, ``alone_costs``)."""
+    beside = ((record.get("env") or {}).get("jobs") or {}).get("beside_workers") or 0
+    return [f"beside {beside} other cell{'s' if beside != 1 else ''} (--jobs)"] if beside > 0 else []
 
 
 def runs_timing_doubts(runs: list[dict[str, Any]]) -> list[str]:

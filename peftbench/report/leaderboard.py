@@ -7,6 +7,7 @@ from typing import Any
 
 from peftbench.latency.summary import latency_headline, sanity_failures
 from peftbench.report.bootstrap import ratio
+from peftbench.report.doubts import beside_cells
 from peftbench.report.stats import compare_runs, estimate, mean_ci, score, separable
 from peftbench.results.record import scored_on_test
 from peftbench.system.memory import neighbour_flags
@@ -69,6 +70,10 @@ def rows_for_task(runs: list[dict[str, Any]], task: str, metric: str = "acc") ->
             "latency_sane": not any(sanity_failures(r.get("latency") or {}) for r in ok) if ok else None,
             "gpu_shared": any("GPU shared" in neighbour_flags(r) for r in ok),
             "host_busy": any("host busy" in neighbour_flags(r) for r in ok),
+            "beside_cells": any(beside_cells(r) for r in ok),
+            # --jobs: tok/s and latency taken from the cost phase (measured alone), train s and memory not
+            "costs_alone": bool(ok) and all(str(t.get("tokens_per_s_measured_in", "")).startswith("cost/")
+                                            for t in train),
         })
     full = next((r for r in rows if r["method"] == "full"), None)
     for row in rows:

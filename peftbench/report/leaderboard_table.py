@@ -102,10 +102,20 @@ def _title_warnings(session: dict[str, Any], task_runs: list[dict[str, Any]],
     if mixed:
         yield (" — training loops differ between methods, so their time, tok/s and memory are not comparable: "
                + "; ".join(f"{m}: {sig}" for m, sig in mixed.items()))
-    if any(r.get("gpu_shared") for r in rows):
+    shared = [r for r in rows if r.get("gpu_shared")]
+    if shared:
+        alone = all(r.get("costs_alone") for r in shared)
         yield (" — 'GPU shared': other processes used the GPU while those cells ran (over "
-               f"{SHARED_GPU_BYTES / 1024**3:.0f} GiB of its memory), so their time, tok/s and latency are not "
-               "the method's alone")
+               f"{SHARED_GPU_BYTES / 1024**3:.0f} GiB of its memory), so their "
+               + ("train s is not the method's alone (tok/s and latency: measured alone, in the cost phase)" if alone
+                  else "time, tok/s and latency are not the method's alone"))
+    beside = [r for r in rows if r.get("beside_cells") and r["method"] != "base"]
+    if beside:
+        yield (" — 'beside cells': the cell ran while other cells of its --jobs session shared the device, so its "
+               + ("train s is not the method's alone; tok/s and latency come from the session's cost phase "
+                  "(cost/), measured with the device to itself" if all(r.get("costs_alone") for r in beside)
+                  else "train s and tok/s are not the method's alone (no cost phase measured them alone: "
+                       "`peftbench run --resume` runs it)"))
     if any(r.get("host_busy") for r in rows):
         yield (" — 'host busy': other processes kept over "
                f"{HOST_BUSY_CORES:g} CPU core busy on average while those cells ran, which slows host-bound "
@@ -275,4 +285,6 @@ def _status_text(r: dict[str, Any]) -> str:
         status += " [yellow]GPU shared[/]"
     if r.get("host_busy"):
         status += " [yellow]host busy[/]"
+    if r.get("beside_cells"):
+        status += " [yellow]beside cells[/]"
     return status
