@@ -184,9 +184,10 @@ def test_a_new_sanity_entry_fails_when_the_point_is_beyond_the_tolerance():
 
     plan = LatencyPlan(rounds=5, tolerance=0.03)
     wide = {"ratio": -0.377, "ci95": [-0.41, 0.10]}
-    assert _sanity_entry({"regime": "eager"}, "unmerged", wide, plan)["ok"] is False
-    assert _sanity_entry({"regime": "eager"}, "merged", {"ratio": 0.02, "ci95": [0.01, 0.03]}, plan)["ok"] is True
-    few = _sanity_entry({"regime": "eager"}, "merged", wide, LatencyPlan(rounds=2))
+    assert _sanity_entry({"regime": "eager"}, "unmerged", wide, plan, rounds=5)["ok"] is False
+    assert _sanity_entry({"regime": "eager"}, "merged", {"ratio": 0.02, "ci95": [0.01, 0.03]}, plan,
+                         rounds=5)["ok"] is True
+    few = _sanity_entry({"regime": "eager"}, "merged", wide, plan, rounds=2)  # the rounds the shape took
     assert few["ok"] is None and "not judged" in few["note"]
 
 
@@ -262,7 +263,7 @@ def test_claims_cli_prints_one_table_per_model(tmp_path, capsys):
     assert code == 0, err
     assert "README.md: a file, not a results folder: skipped" in " ".join(err.split())
     titles = [line for line in out.splitlines() if line.startswith("**")]
-    assert [t.split(" (")[0] for t in titles] == ["**small", "**big"]
+    assert [t.split(" (")[0] for t in titles] == ["**small", "**big", "**by calculation"]  # the scale claims last
     code, out, err = run_cli(["claims", *map(str, folders), "--format", "json"], capsys)
     merged = {c["model"]: c["value"] for c in json.loads(out) if c["id"] == "merged_lora_zero_latency"}
     assert merged == {"big": 0.10}   # the big model's latency session; the small model timed none
@@ -277,7 +278,8 @@ def test_claims_on_the_reference_results_exit_0_per_model(capsys):
     code, out, err = run_cli(["claims", *map(str, sorted(ref.iterdir())), "--format", "json"], capsys)
     assert code == 0, err
     results = json.loads(out)
-    assert {c["model"] for c in results} == {"HuggingFaceTB/SmolLM2-135M-Instruct", "shape:llama-3.1-8b"}
+    assert {c["model"] for c in results} == {"HuggingFaceTB/SmolLM2-135M-Instruct", "shape:llama-3.1-8b",
+                                             "by calculation"}
     latency = {(c["model"], c["id"]): c for c in results if c["task"] == "latency"}
     # each model keeps its own latency: the 8B's static grid no longer stands in for the 135M's cells
     assert latency[("shape:llama-3.1-8b", "merged_lora_zero_latency")]["value"] == pytest.approx(-0.0022)
@@ -287,3 +289,29 @@ def test_claims_on_the_reference_results_exit_0_per_model(capsys):
     for task in ("boolq", "openbookqa"):   # every method at the majority class
         assert verdicts[(task, "lora_share_of_full_score")].startswith("excluded (uninformative")
     assert not verdicts[("arc_easy", "lora_share_of_full_score")].startswith("excluded")
+
+
+def test_claims_on_the_reference_results_show_the_calculated_claims_in_their_units(capsys):
+    """The scale claims by calculation follow the measured tables in a table of their own, each value and range
+    in its unit (GPUs, GiB, a share in percent), whatever the folders hold: no reference folder ran a 70B."""
+    from peftbench.testing import run_cli
+
+    ref = ROOT / "results" / "reference"
+    code, out, err = run_cli(["claims", *map(str, sorted(ref.iterdir())), "--format", "markdown"], capsys)
+    assert code == 0, err
+    measured, calculated = out.split("**by calculation (4 hold, 2 do not hold) — scale claims checked by calculation")
+    assert "shape:llama-3.1-70b" not in measured and "(by calculation)" not in measured
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip(" |").split(" | ") for line in calculated.splitlines()
+            if line.startswith("| ") and "(by calculation)" in line}
+    assert rows["a 70B full fine-tune needs 8+ A100 80 GB GPUs"][1:] == [
+        "shape:llama-3.1-70b", "14 GPUs", "—", ">= 8 GPUs", "holds (by calculation)"]
+    assert rows["QLoRA fits a 70B model on one 48 GB GPU"][2:] == ["44.4 GiB", "—", "<= 48.0 GiB",
+                                                                   "holds (by calculation)"]
+    assert rows["full fine-tuning a 13B model needs ~80 GB (within ±15 %)"][2:] == [
+        "194.7 GiB", "—", "68.0 GiB to 92.0 GiB", "does not hold (by calculation)"]
+    lora = rows["LoRA cuts training memory by 60–80 % against full fine-tuning, in pure bf16 (as measured here)"]
+    assert lora[2:] == ["37.8%", "—", "60.0% to 80.0%", "does not hold (by calculation)"]
+    code, out, err = run_cli(["claims", *map(str, sorted(ref.iterdir())), "--format", "json"], capsys)
+    by_calculation = [c for c in json.loads(out) if c["model"] == "by calculation"]
+    assert [c["unit"] for c in by_calculation] == ["GPUs", "GiB", "GiB", "GiB", "share", "share"]
+    assert by_calculation[0]["value"] == 14 and by_calculation[1]["value"] == pytest.approx(44.39, abs=0.01)
