@@ -147,7 +147,10 @@ def claims(directories, fmt, allow_mixed):
     against results: each claim's measured value, its 95 % CI and a verdict, per task, in one table per base
     model (folders of several models are grouped, never mixed). A score claim on a task where no method beats
     the majority class is excluded; a timing measured beside other processes, or in a file that does not say,
-    decides nothing. Plain files among DIRECTORIES (a README.md a glob picked up) are skipped."""
+    decides nothing. Plain files among DIRECTORIES (a README.md a glob picked up) are skipped. The scale claims
+    no GPU here can measure (70B, 13B) follow in a table of their own, checked by calculation (peftbench
+    estimate): the same whatever the folders, and never counted among a model's measured verdicts."""
+    from peftbench.report.calculated import check_by_calculation
     from peftbench.report.claims import check_models
     from peftbench.report.claims_table import claims_tables
     from peftbench.report.folders import load_folders, merged_session, session_model
@@ -155,11 +158,13 @@ def claims(directories, fmt, allow_mixed):
     merged = load_folders(_folders_only(directories), allow_mixed=allow_mixed, by_model=True)
     tasks = {m: merged_session([(p, s) for p, s in merged["sessions"] if session_model(s) == m]).get("tasks") or {}
              for m in {session_model(s) for _, s in merged["sessions"]}}
-    results = check_models(merged["runs"], merged["latency_by_model"], tasks_by_model=tasks)
-    if not results:
+    measured = check_models(merged["runs"], merged["latency_by_model"], tasks_by_model=tasks)
+    if not measured:  # folders that measure nothing are a mistake, whatever the calculation says
         print_gaps(merged["gaps"], err=True)
         raise UsageError("no claim can be measured from these folders: they need runs of lora/full/base (scores, "
-                         "memory, time, artifacts) and/or a `peftbench latency` session.")
+                         "memory, time, artifacts), a `peftbench latency` or a `peftbench serve-bench` session. "
+                         "The scale claims by calculation need no folder: `peftbench estimate --claims`.")
+    results = measured + check_by_calculation()
     if fmt == "json":
         print_json(results)
         print_gaps(merged["gaps"], err=True)

@@ -13,6 +13,7 @@ from typing import Any
 from peftbench.estimate import Setting, estimate, load_architecture, parse_memory
 
 GIB = 2**30
+BY_CALCULATION = "by calculation"  # each result's ``model``: its own table in ``peftbench claims``, never a model's
 MAX_GPUS = 1024
 SETTING_KEYS = ("batch_size", "seq_len", "activation_checkpointing", "optimizer_offload", "master_weights",
                 "optimizer", "compiled", "chunked_loss", "lora_rank", "adapter_placement", "adapter_reduction")
@@ -90,7 +91,7 @@ def check_by_calculation(claims: list[dict[str, Any]] | None = None) -> list[dic
     for c in claims or load_calculated_claims():
         value, how = CALCULATED[c["quantity"]](**c["args"])
         judged = verdict(value, None, c["range"]).replace("(no CI)", "(by calculation)")
-        out.append({"id": c["id"], "claim": c["claim"], "source": c["source"], "model": "by calculation",
+        out.append({"id": c["id"], "claim": c["claim"], "source": c["source"], "model": BY_CALCULATION,
                     "task": c["args"]["model"], "value": value, "ci95": None, "range": c["range"], "how": how,
                     "verdict": judged, "unit": UNITS[c["quantity"]]})
     return out
