@@ -34,8 +34,10 @@ def schema_markdown() -> str:
            "a test keeps this file current. peftbench checks every run file against its schema when it writes it (a",
            "mismatch is reported, the file is kept) and when `peftbench report` or `peftbench claims` reads it (a",
            "mismatch is an error naming the file and the field). `session.json` records the sha256 of every run file;",
-           "a run file changed or truncated afterwards is refused, by name.", ""]
-    for kind in ("session", "run"):
+           "a run file changed or truncated afterwards is refused, by name. `peftbench serve-bench` checks each",
+           "method's serving file against the serving schema when it writes it (a mismatch is reported, the file is",
+           "kept).", ""]
+    for kind in ("session", "run", "serving"):
         s = schema(kind)
         out += [f"## {s['title']}", "", s["description"], "", "| field | type | required | meaning |",
                 "|---|---|---|---|", *_rows(s["properties"], s.get("required", [])), ""]
