@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -393,3 +395,37 @@ def test_a_tuner_whose_mixed_batches_are_wrong_is_listed_not_timed(capsys, tmp_p
     why = json.loads((out / "session.json").read_text())["unsupported"]["peft-loha"]
     assert "rows do not get their own adapter's logits (K=2: rows off by" in why and "not timed" in why
     assert not list((out / "latency").glob("*.json"))
+
+
+# ---- peftbench report on a serve-bench folder, and the mixedK columns' order ---------------------------------
+SERVE_CPU = Path(__file__).parents[1] / "results" / "serve-bench-cpu"
+
+
+def test_report_shows_a_serve_bench_folder_as_serve_bench_does(capsys):
+    """``peftbench report`` on a folder whose session.json says ``bench: serving`` prints serve-bench's own
+    tables (the same as ``--show``), not the wide latency table; alone or beside another folder."""
+    code, shown, err = run_cli(["serve-bench", "--show", str(SERVE_CPU), "--format", "markdown"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["report", str(SERVE_CPU), "--format", "markdown"], capsys)
+    assert code == 0, err
+    assert out == shown and "decode overhead vs base" not in out
+    assert "**tiny:llama (cpu) — serving lora: K adapters on one base" in out
+    lora = json.loads((SERVE_CPU / "latency" / "serving-lora.json").read_text())["latency"]
+    cell = next(c for c in lora["regimes"]["eager"] if c["batch_size"] == 32)
+    row = next(line for line in out.splitlines() if line.startswith("| 32 | 128 | mixed32 |"))
+    median = statistics.median(cell["modes"]["mixed32"]["samples"]["decode"])  # 348.61 ms/token
+    assert float(row.split(" | ")[3]) == pytest.approx(median, abs=0.005)
+    code, out, err = run_cli(["report", str(SERVE_CPU), str(SERVE_CPU.parent / "reference" / "8b-shape"),
+                              "--allow-mixed", "--format", "markdown"], capsys)
+    assert code == 0, err
+    titles = [line for line in out.splitlines() if line.startswith("**")]
+    assert [t.split(" — ")[1].split(":")[0] for t in titles] == [
+        "serving lora", "serving qlora", "serving", "latency, static regime (bfloat16, cuda_events)"]
+
+
+def test_the_latency_table_orders_mixed_columns_by_k():
+    from peftbench.report.latency_table import _regimes_and_modes
+
+    modes = ["base", "single", "mixed16", "mixed2", "one", "merged", "mixed32", "mixed1", "unmerged", "mixed4"]
+    _, columns = _regimes_and_modes({"lora": {"regimes": {"eager": []}, "modes": modes}})
+    assert columns == ["unmerged", "merged", "mixed1", "mixed2", "mixed4", "mixed16", "mixed32", "one", "single"]

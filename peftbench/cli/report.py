@@ -61,10 +61,15 @@ def report(directories, fmt, markdown, as_json, only_tasks, only_methods, allow_
         return
     from peftbench.report.latency_table import latency_tables
     from peftbench.report.leaderboard_table import leaderboard_tables
+    from peftbench.report.serving_claims import PREFIX
+    from peftbench.report.serving_table import serving_tables
 
     tables = leaderboard_tables(session, runs) if runs else []
     for lat_model, latency in merged["latency_by_model"].items():  # --allow-mixed: each model's apart
-        tables += latency_tables(latency, title=f"{lat_model} — ")
+        served = {m[len(PREFIX):]: {"latency": lat} for m, lat in latency.items() if lat.get("serving")}
+        timed = {m: lat for m, lat in latency.items() if not lat.get("serving")}
+        tables += latency_tables(timed, title=f"{lat_model} — ") if timed else []
+        tables += serving_tables({}, served, title=f"{lat_model} — ") if served else []  # serve-bench's own tables
     print_tables(tables, markdown=fmt == "markdown")
     print_gaps(merged["gaps"], markdown=fmt == "markdown")
     _exit_on_gaps(merged["gaps"])

@@ -46,6 +46,8 @@ def folder_report(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]], A
     """``folder_tables`` and the folder's ``Gaps`` (None when it has none, and for a latency session)."""
     data = folder_data(output)
     session = data["session"]
+    if session.get("bench") == "serving":
+        return _serving_report(output, session)
     if "latency" in data:
         results = data["latency"]
         ok = {m: r["latency"] for m, r in results.items() if r.get("status") == "ok" and r.get("latency")}
@@ -58,6 +60,19 @@ def folder_report(output: Path) -> tuple[list[Any], dict[str, dict[str, Any]], A
     for task, lats in run_latencies(runs).items():
         tables += latency_tables(lats, title=f"{task} — ")
     return tables, {}, data.get("gaps")
+
+
+def _serving_report(output: Path, session: dict[str, Any]) -> tuple[list[Any], dict[str, dict[str, Any]], None]:
+    """A ``peftbench serve-bench`` folder's tables, as ``serve-bench --show`` prints them (a method cut short
+    mid-sweep shows the points it finished), and its methods that did not finish."""
+    from peftbench.report.serving_table import serving_tables
+    from peftbench.session.serve_bench import load_serving
+
+    _, results = load_serving(output)
+    model = (session.get("model") or {}).get("source", "?")
+    device = (session.get("env") or {}).get("gpu") or (session.get("env") or {}).get("device", "?")
+    failed = {m: r for m, r in results.items() if r.get("status") != "ok"}
+    return serving_tables(session, results, title=f"{model} ({device}) — "), failed, None
 
 
 # ---- several folders at once (report, claims) ---------------------------------------------------------------
