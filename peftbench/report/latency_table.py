@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftbench.latency.serving_config import mixed_k
 from peftbench.latency.summary import sanity_holds
 from peftbench.report.cell_text import DASH, or_dash
 from peftbench.system.memory import HOST_BUSY_CORES, neighbour_flags
@@ -35,8 +36,14 @@ def _regimes_and_modes(latencies: dict[str, dict[str, Any]]) -> tuple[list[str],
             regimes += [regime] if regime not in regimes else []
         for m in lat.get("modes") or []:
             modes += [m] if m != "base" and m not in modes else []
-    modes.sort(key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
+    modes.sort(key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), _mode_name_key(m)))
     return regimes, modes
+
+
+def _mode_name_key(mode: str) -> tuple[str, int]:
+    """``mixedK`` modes in the order of K (mixed2 before mixed16), the others by name."""
+    k = mixed_k(mode)
+    return ("mixed", k) if k is not None else (mode, 0)
 
 
 def _regime_table(latencies: dict[str, dict[str, Any]], regime: str, modes: list[str], title: str) -> Any:
