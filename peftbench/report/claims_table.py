@@ -36,14 +36,12 @@ def claims_table(results: list[dict[str, Any]], title: str = "", calculated: boo
     for col in ("claim", "on", value_column, "95% CI", "claimed", "verdict"):
         t.add_column(col, justify="right" if col in (value_column, "95% CI", "claimed") else "left")
     for r in results:
-        def shown(value: float | None, r: dict[str, Any] = r) -> str:
-            return DASH if value is None else _claim_value(quantity.get(r["id"], ""), value, r.get("unit"))
-
-        lo, hi = r["range"]
-        claimed = f">= {shown(lo)}" if hi is None else f"<= {shown(hi)}" if lo is None else f"{shown(lo)} to {shown(hi)}"
-        ci = DASH if not r["ci95"] else f"[{shown(r['ci95'][0])}, {shown(r['ci95'][1])}]"
+        q, unit = quantity.get(r["id"], ""), r.get("unit")
+        lo, hi = (_claim_value(q, v, unit) for v in r["range"])
+        claimed = f">= {lo}" if r["range"][1] is None else f"<= {hi}" if r["range"][0] is None else f"{lo} to {hi}"
+        ci = DASH if not r["ci95"] else f"[{_claim_value(q, r['ci95'][0], unit)}, {_claim_value(q, r['ci95'][1], unit)}]"
         color = VERDICT_COLORS.get(r["verdict"].split(" (")[0], "white")
-        t.add_row(r["claim"], r["task"], shown(r["value"]), ci, claimed, f"[{color}]{r['verdict']}[/]")
+        t.add_row(r["claim"], r["task"], _claim_value(q, r["value"], unit), ci, claimed, f"[{color}]{r['verdict']}[/]")
     t.caption = CALCULATED_CAPTION if calculated else CAPTION
     return t
 
@@ -69,9 +67,12 @@ def verdict_counts(results: list[dict[str, Any]]) -> str:
     return ", ".join(f"{n} {word}" for n, word in parts if n) or "no claim measured"
 
 
-def _claim_value(quantity: str, value: float, unit: str | None = None) -> str:
+def _claim_value(quantity: str, value: float | None, unit: str | None = None) -> str:
     """A value in the claim's own unit: a row's ``unit`` when it has one (the calculated claims: GPUs, GiB, a
-    share), else by quantity: a share or a change in percent, a ratio as a multiple."""
+    share), else by quantity: a share or a change in percent, a ratio as a multiple. None (an open bound, a
+    calculation that found no answer): a dash."""
+    if value is None:
+        return DASH
     if unit == "GPUs":
         return f"{value:.0f} GPUs"
     if unit == "GiB":
