@@ -51,6 +51,14 @@ class TrainConfig:
                                           "~1/3 more compute)", default=False)
     optimizer: str = option("'adamw' (torch; fused on CUDA), 'adamw_8bit', 'paged_adamw_8bit' or 'paged_adamw' "
                             "(bitsandbytes)", default="adamw")
+    fsdp_precision: str = option("several processes (torchrun, --nproc): the sharded model's compute dtype: 'auto' "
+                                 "(bf16 with fp32 gradient reduction on CUDA, fp32 on the CPU), 'fp32' or 'bf16'",
+                                 default="auto")
+    fsdp_cpu_offload: bool = option("several processes: keep the shards, their gradients and the optimizer state in "
+                                    "host memory (FSDP's CPU offload)", default=False)
+    fsdp_reshard_after_forward: bool = option("several processes: free each block's gathered weights after its "
+                                              "forward and gather them again for the backward (less memory)",
+                                              default=True)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():  # nan passes every comparison below, inf every lower bound
@@ -72,4 +80,4 @@ class TrainConfig:
         check_choices("train option", {name: (getattr(self, name), valid) for name, valid in (
             ("dtype", DTYPES), ("loop", ("fast", "naive")), ("compile", ("auto", "on", "off")),
             ("compile_mode", ("default", "reduce-overhead", "auto")), ("bucketing", ("auto", "on", "off")),
-            ("optimizer", OPTIMIZERS))})
+            ("optimizer", OPTIMIZERS), ("fsdp_precision", ("auto", "fp32", "bf16")))})

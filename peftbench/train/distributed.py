@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -51,6 +52,7 @@ class World:
     generation: int = 0         # process groups made so far (a failure replaces the group)
     runs: int = 0               # ``run_together`` calls so far: the same count on every rank, failed or not
     waits: int = 0              # ``wait_for_all`` calls in the current run (each has its own keys)
+    announced: int = 0          # ``announce`` calls so far (rank 0's messages to the others, in order)
     broken: bool = False        # a rank hung: no new group can form, the session has to stop
 
     @property
@@ -109,11 +111,13 @@ class PeerFailed(RuntimeError):
     """Another rank failed in this run while this one waited for it in ``wait_for_all``."""
 
 
-def wait_for_all(world: World) -> None:
+def wait_for_all(world: World, patient: bool = False) -> None:
     """Wait until every rank has got here (each calls this), on the rendezvous store rather than in a
     collective: for waits of uneven length (one rank building a model or evaluating while the others are
     idle), which the collectives' timeout would cut short. Raises ``PeerFailed`` as soon as a rank has failed
-    in the current ``run_together`` (it will not come), and the store's timeout after ``2 x timeout_s + 60`` s."""
+    in the current ``run_together`` (it will not come), and the store's timeout after ``2 x timeout_s + 60`` s;
+    ``patient``: no timeout (the others wait for rank 0 evaluating alone, however long that takes: should its
+    process die, torchrun ends the others)."""
     if not world.grouped:
         return
     world.waits += 1
@@ -129,7 +133,7 @@ def wait_for_all(world: World) -> None:
         except dist.DistStoreError:
             if run.check(["failures"]):
                 raise PeerFailed("another rank failed in this run (see its failure)") from None
-            if time.monotonic() > deadline:
+            if not patient and time.monotonic() > deadline:
                 raise
 
 
@@ -140,6 +144,26 @@ def _run_keys(world: World) -> Any:
 
 def _store_wait_s(world: World) -> float:
     return 2 * world.timeout_s + 60  # a peer's collective timeout, and then some
+
+
+def announce(world: World, value: Any) -> None:
+    """Rank 0 tells the others ``value`` (picklable: what to do next), through the store; they read it with
+    ``announced``, in the same order."""
+    world.announced += 1
+    world.store.set(f"peftbench/announce{world.announced}", pickle.dumps(value))
+
+
+def announced(world: World) -> Any:
+    """The next value rank 0 gave ``announce`` (on the other ranks), waiting for it as long as it takes: rank 0
+    may be writing files or checking a folder first (should its process die, torchrun ends this one)."""
+    world.announced += 1
+    key = f"peftbench/announce{world.announced}"
+    while True:
+        try:
+            world.store.wait([key], datetime.timedelta(seconds=5))
+            return pickle.loads(world.store.get(key))
+        except dist.DistStoreError:
+            continue
 
 
 def leave_world(world: World) -> None:
@@ -210,7 +234,7 @@ def shard_model(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Para
     for i, block in enumerate(blocks):  # the last block's weights are needed again first in backward: kept
         fully_shard(block, reshard_after_forward=policy.reshard_after_forward and i < len(blocks) - 1, **shard)
     units = [f"blocks x{len(blocks)}"]
-    tied = head is not None and any(p is q for p in head.parameters() for q in decoder.parameters())
+    tied = head_is_tied(model)
     if head is not None and not tied:  # the fast loss runs decoder and head apart: each gathers its own weights
         fully_shard(decoder, reshard_after_forward=policy.reshard_after_forward, **shard)
         fully_shard(head, reshard_after_forward=policy.reshard_after_forward, **shard)
@@ -243,6 +267,16 @@ def _keep_quant_states(model: torch.nn.Module) -> int:
             module.quant_state = state
             count += 1
     return count
+
+
+def head_is_tied(model: torch.nn.Module) -> bool:
+    """Whether the LM head shares its weight with the decoder (tied embeddings): sharded together, and the
+    loss must call the whole model, not the decoder and the head apart."""
+    decoder, head = _decoder_and_head(model)
+    if decoder is None or head is None:
+        return False
+    ours = {id(p) for p in decoder.parameters()}
+    return any(id(p) in ours for p in head.parameters())
 
 
 def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
@@ -282,7 +316,6 @@ def rank_share(data: TrainData, idx: list[int], world: World, padding_free: bool
     shares = [collate_fn(data, idx[bounds[r]:bounds[r + 1]]) for r in range(world.size)]
     answers = [int((s["labels"][:, 1:] != -100).sum()) for s in shares]
     mine = shares[world.rank]
-    mine.pop("num_tokens", None)
     mine["loss_weight"] = torch.tensor(world.size * answers[world.rank] / sum(answers), dtype=torch.float32)
     mine["global_tokens"] = torch.tensor(sum(len(data.input_ids[i]) for i in idx))
     return mine

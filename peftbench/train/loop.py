@@ -34,31 +34,37 @@ from peftbench.train.batching import TrainData, batches, label_positions, real_t
 from peftbench.train.buckets import Buckets, plan_buckets
 from peftbench.train.compiling import CompiledBlocks
 from peftbench.train.config import TrainConfig
+from peftbench.train.distributed import World, head_is_tied, rank_batches, reduce_mean_loss
 from peftbench.train.loss import answer_loss
 from peftbench.train.optim import check_budget, lr_at, make_optimizer, planned_steps, schedule_steps, set_lr
 from peftbench.train.plan import plan_loop
 
 
 def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainData, cfg: TrainConfig,
-          seed: int, device: str, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train ``params`` of ``model`` on ``data`` for the budget in ``cfg``; return the figures."""
+          seed: int, device: str, on_step: Callable[[int, dict[str, Any]], None] | None = None,
+          world: World | None = None) -> TrainResult:
+    """Train ``params`` of ``model`` on ``data`` for the budget in ``cfg``; return the figures. ``world``: the
+    processes training ``model`` together, sharded (``peftbench.train.distributed.shard_model``): each takes its
+    share of every micro-batch and the step's loss is reduced over them."""
     check_budget(cfg, params)
+    world = world if world is not None and world.grouped else None
+    whole_forward = world is not None and head_is_tied(model)  # sharded with the embeddings: the model's own forward
     total = planned_steps(cfg, len(data))
     lr_total = schedule_steps(cfg, total)
 
     # what this run uses: recorded in its run file (train.loop)
-    loop = plan_loop(model, cfg, device, steps=total)
+    loop = plan_loop(model, cfg, device, steps=total, sharded=world is not None)
     blocks = loop.pop("_blocks")
     optimizer, loop["optimizer"] = make_optimizer(cfg.optimizer, params, cfg, device)
     autocast, loop["autocast"] = _autocast(cfg.dtype, device)
     forward_backward = partial(_forward_backward, model, device=device, autocast=autocast, grad_accum=cfg.grad_accum,
-                               naive=cfg.loop == "naive", chunked=loop["chunked_loss"])
+                               naive=cfg.loop == "naive" or whole_forward, chunked=loop["chunked_loss"])
 
     buckets = plan_buckets(data, cfg.batch_size, seed, total * cfg.grad_accum) if loop["bucketing"] else None
-    stream = _micro_batches(data, cfg, seed, padding_free=loop["padding_free"], layout=buckets)
+    stream = _micro_batches(data, cfg, seed, padding_free=loop["padding_free"], layout=buckets, world=world)
     examples_per_step = min(cfg.batch_size, len(data)) * cfg.grad_accum
     losses: list[tuple[int, float]] = []
-    tokens = positions = examples = step = 0
+    tokens = positions = own_tokens = examples = step = 0  # (own: this rank's share, under a world)
     diverged, first_step_s = False, None
     with training_mode(model, cfg.gradient_checkpointing), \
             CompiledBlocks(blocks, data, cfg.compile_mode, device, record=loop,
@@ -70,9 +76,12 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
             set_lr(optimizer, lr)
             compiled.begin_step()
             micro = next(stream)
-            step_loss, n_tok, n_pos = compiled.run_step(step, partial(forward_backward, micro),
+            step_loss, n_tok, n_pos, n_own = compiled.run_step(step, partial(forward_backward, micro),
                                                         before_retry=partial(optimizer.zero_grad, set_to_none=True))
+            if world is not None:  # each rank's weighted share of the loss: the step's, the same on every rank
+                step_loss = reduce_mean_loss(step_loss, world)
             tokens, positions, examples = tokens + n_tok, positions + n_pos, examples + examples_per_step
+            own_tokens += n_own
             diverged = not math.isfinite(step_loss)
             if diverged:  # recorded with the step it happened in, and the run stops
                 losses.append((step, step_loss))
@@ -93,7 +102,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
         wall = _seconds_since(t0, device)
 
     optimizer.zero_grad(set_to_none=True)
-    loop["padding_fraction"] = round(1 - tokens / positions, 4) if positions else None
+    loop["padding_fraction"] = round(1 - own_tokens / positions, 4) if positions else None  # (rank 0's, sharded)
     if buckets is not None:
         loop["bucketing"] = buckets.record()
     if loop["chunked_loss"]:
@@ -105,33 +114,46 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainD
                        first_step_s=first_step_s, loop=loop)
 
 
-def _micro_batches(data: TrainData, cfg: TrainConfig, seed: int, padding_free: bool, layout: Buckets | None = None
-                   ) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """Each optimizer step's ``grad_accum`` micro-batches, drawn in order from ``batches``."""
+def _micro_batches(data: TrainData, cfg: TrainConfig, seed: int, padding_free: bool, layout: Buckets | None = None,
+                   world: World | None = None) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Each optimizer step's ``grad_accum`` micro-batches, drawn in order from ``batches``; with a ``world``,
+    this rank's share of each (``rank_batches``: the same examples in the same order, split over the ranks)."""
+    if world is not None:
+        shares = rank_batches(data, cfg.batch_size, seed, world, padding_free)
+        while True:
+            yield list(islice(shares, cfg.grad_accum))
     stream = batches(data, cfg.batch_size, seed, padding_free=padding_free, layout=layout)
     while True:
         yield [batch for _, batch in islice(stream, cfg.grad_accum)]
 
 
 def _forward_backward(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], device: str, autocast: Any,
-                      grad_accum: int, naive: bool, chunked: bool) -> tuple[float, int, int]:
-    """Forward and backward over one optimizer step's micro-batches: (loss, real tokens, computed positions).
-    The loss is read back from the device once per step, not once per micro-batch (each read waits for the GPU)."""
+                      grad_accum: int, naive: bool, chunked: bool) -> tuple[float, int, int, int]:
+    """Forward and backward over one optimizer step's micro-batches: (loss, real tokens, computed positions,
+    real tokens among them: the same as the second but for a rank's share).
+    The loss is read back from the device once per step, not once per micro-batch (each read waits for the GPU).
+    A rank's share of a micro-batch (``rank_share``) carries its ``loss_weight`` and the whole micro-batch's
+    ``global_tokens``."""
     step_loss: Any = 0.0
-    tokens, positions = 0, 0
+    tokens, positions, own = 0, 0, 0
     for batch in micro:
-        n_real = real_tokens(batch)
+        weight = batch.get("loss_weight")
+        n_real = int(batch["global_tokens"]) if "global_tokens" in batch else real_tokens(batch)
         if not naive:
             batch = {**batch, **label_positions(batch["labels"])}
-        moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "num_tokens"}
+        moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()
+                 if k not in ("num_tokens", "loss_weight", "global_tokens")}
         with autocast:
             loss = answer_loss(model, moved, chunked=chunked, naive=naive)
+            if weight is not None:
+                loss = loss * weight.to(device)
             loss = loss / grad_accum
         loss.backward()
         step_loss = step_loss + loss.detach()
         tokens += n_real
+        own += real_tokens(batch)
         positions += moved["input_ids"].numel()
-    return float(step_loss), tokens, positions
+    return float(step_loss), tokens, positions, own
 
 
 def _autocast(dtype: str, device: str) -> tuple[Any, str | None]:

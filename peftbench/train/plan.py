@@ -20,20 +20,25 @@ COMPILE_MIN_STEPS_BUCKETED = 250  # the same with bucketing (a few static shapes
 # data (docs/performance.md): lower it, or raise it, from that measurement.
 
 
-def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str, steps: int | None = None) -> dict[str, Any]:
+def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str, steps: int | None = None,
+              sharded: bool = False) -> dict[str, Any]:
     """Which optimisations this run uses, and why any asked for is off (recorded in the run file).
-    ``steps``: the run's planned optimizer steps (``compile=auto`` compiles only long runs). ``bucketing``: whether
+    ``steps``: the run's planned optimizer steps (``compile=auto`` compiles only long runs). ``sharded``: the
+    model is sharded over several processes (FSDP2), where the chunked loss, bucketing and compilation are off. ``bucketing``: whether
     the loop lays its micro-batches out in buckets (the loop replaces it with the layout's record). ``_blocks``: the
     transformer blocks to compile (``None``: none), for the loop, not the record."""
     naive = cfg.loop == "naive"
     parts = decoder_and_head(model)
     notes = []
     padding_free = not naive and cfg.padding_free and parts is not None
-    chunked = not naive and cfg.chunked_loss and parts is not None and is_plain_linear(parts[1])
+    chunked = not naive and not sharded and cfg.chunked_loss and parts is not None and is_plain_linear(parts[1])
     if not naive and parts is None and (cfg.padding_free or cfg.chunked_loss):
         notes.append("padding-free batches and the chunked loss need the model's decoder and head apart "
                      "(prompt-learning methods, and models that transform logits after the head, run their own "
                      "forward): off")
+    elif not naive and cfg.chunked_loss and sharded:
+        notes.append("chunked loss: off on a sharded model (it reads the LM head's weight outside the head's "
+                     "forward, where FSDP has not gathered it): the head in one piece")
     elif not naive and cfg.chunked_loss and not chunked:
         notes.append("chunked loss: the LM head is not a plain bias-free Linear (e.g. adapted by the method): "
                      "plain loss")
@@ -43,10 +48,16 @@ def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str, steps: int 
             padding_free = False
             notes.append(f"padding-free batches: off, this model's attention does not honour packed position ids "
                          f"({leak})")
-    bucketable = padding_free and cfg.bucketing != "off"
+    bucketable = padding_free and cfg.bucketing != "off" and not sharded
     if not naive and cfg.bucketing == "on" and not padding_free:
         notes.append("bucketing: builds on padding-free batches, which are off here: off")
+    elif not naive and cfg.bucketing == "on" and sharded:
+        notes.append("bucketing: not yet with several processes (each rank draws its share of a micro-batch): off")
     want_compile = not naive and (cfg.compile == "on" or (cfg.compile == "auto" and device == "cuda"))
+    if want_compile and sharded:
+        want_compile = False
+        if cfg.compile == "on":
+            notes.append("compile: not yet tried on a sharded model (FSDP2): off")
     min_steps = COMPILE_MIN_STEPS_BUCKETED if bucketable else COMPILE_MIN_STEPS
     if want_compile and cfg.compile == "auto" and steps is not None and steps < min_steps:
         want_compile = False
