@@ -59,6 +59,7 @@ class RunContext:
     include_path: Any = None  # the folder of materialized lm-eval task YAMLs
     hook: Any = None
     progress: Any = None
+    world: Any = None  # peftbench.train.distributed.World: the processes training this run together (None: one)
     extras: dict[str, Any] = field(default_factory=dict)
     # `peftbench latency` continuing an interrupted method: the shapes already timed (a partial ``latency``
     # section), and a callback that saves the section after each shape (see ``peftbench.latency.timer.measure``)
@@ -86,6 +87,7 @@ class TrainResult:
     diverged: bool = False
     first_step_s: float | None = None  # the first optimizer step (compilation, warm-up) alone
     loop: dict[str, Any] | None = None  # the loop's optimisations as they ran (see training.plan_loop)
+    distributed: dict[str, Any] | None = None  # several processes (FSDP2): world size, backend, the sharding
 
 
 @dataclass

@@ -62,25 +62,57 @@ from peftbench.errors import UsageError
                    "GPU's NUMA-node CPUs); their latency and training throughput are then measured alone. auto: 1 "
                    "on the CPU; on CUDA, per GPU, up to 4 cells of a small model as fit in half its free memory, "
                    "else 1 (docs/usage.md)")
+@click.option("--nproc", type=int, metavar="N",
+              help="train each cell sharded (FSDP2) over N processes of this host: runs this command again under "
+                   "torchrun (one GPU each on CUDA, gloo on the CPU); rank 0 scores, times and writes "
+                   "(docs/distributed.md)")
+@click.option("--dist-timeout", type=float, default=600.0, show_default=True, metavar="SECONDS",
+              help="with several processes: how long a collective waits for another process, so a failed process "
+                   "stops the others within this time")
 @click.pass_obj
-def run(host, as_json, jobs, **flag_values):
+def run(host, as_json, jobs, nproc, dist_timeout, **flag_values):
     """Train, score and time every method on every task and seed."""
+    from peftbench.cli.launch import relaunch_under_torchrun
+
+    if nproc is not None:
+        relaunch_under_torchrun(nproc)  # (returns under torchrun itself, or for one process)
+    from peftbench.train.distributed import join_world, leave_world
+
+    if dist_timeout <= 0:
+        raise UsageError(f"--dist-timeout {dist_timeout:g}: must be more than 0 seconds.")
+    world = join_world(None if flag_values["device"] == "auto" else flag_values["device"], timeout_s=dist_timeout)
+    try:
+        _run(host, as_json, jobs, world, flag_values)
+    finally:
+        leave_world(world)
+
+
+def _run(host, as_json, jobs, world, flag_values):
     from rich.markup import escape
 
     from peftbench.session.runner import Session
-    from peftbench.system.progress import RichProgress
+    from peftbench.system.progress import NullProgress, RichProgress
 
     config = session_config(**flag_values)
     console = stderr_console()
-    session = Session(config, host=host, progress=RichProgress(console), jobs=flags.jobs(jobs))
-    for failure in host.failures:  # a broken plugin does not stop the run, but the user should know
+    jobs = flags.jobs(jobs)
+    if world.size > 1 and jobs not in ("auto", 1) and world.main:
+        console.print(f"[yellow]--jobs {jobs}: one cell at a time with {world.size} processes training each[/]")
+    jobs = 1 if world.size > 1 else jobs
+    progress = RichProgress(console) if world.main else NullProgress()  # the other ranks are quiet
+    session = Session(config, host=host, progress=progress, jobs=jobs, world=world)
+    for failure in host.failures if world.main else ():  # a broken plugin does not stop the run, but say so
         console.print(f"[yellow]warning: {escape(failure.message)}[/]", highlight=False)
     plan = session.plan()
     grid = sum(1 for c in plan.cells if c.tuning is not None and c.tuning.role == "grid")
     tuned = f" ({grid} of them tuning grid points, scored on validation)" if grid else ""
-    console.print(f"peftbench session {plan.session_id}: {len(plan.cells)} cells{tuned} on {plan.device}; "
-                  f"results in {plan.output}")
+    spread = f", each trained by {world.size} processes ({world.backend})" if world.size > 1 else ""
+    if world.main:
+        console.print(f"peftbench session {plan.session_id}: {len(plan.cells)} cells{tuned} on {plan.device}"
+                      f"{spread}; results in {plan.output}")
     results = session.run()
+    if not world.main:
+        return
     try:
         show_folder(plan.output, as_json)
     except UsageError as e:

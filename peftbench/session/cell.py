@@ -28,6 +28,7 @@ from peftbench.session.phases import CellEnv, phase
 from peftbench.session.plan import Plan
 from peftbench.session.probes import PROBES, probe_logits, tolerance
 from peftbench.session.scores import NOT_SCORED, evaluate, score_retention, scoring
+from peftbench.session.sharded import gather_cell, main_rank, shard_cell, together
 from peftbench.session.timing import latency_key, time_inference
 from peftbench.session.train_tokens import cached_train_split
 from peftbench.tasks.task import example_prompt
@@ -44,10 +45,14 @@ def blank_record(plan: Plan, spec: RunSpec, status: str) -> RunRecord:
                      env={"device": plan.device, "session_id": plan.session_id})
 
 
-def run_cell(plan: Plan, spec: RunSpec, cache: CellCache, env: CellEnv) -> RunRecord:
-    """Run one cell and return its record; the run_start and run_finish hooks frame it."""
-    record = blank_record(plan, spec, "ok")
-    run = _run_context(plan, spec, env)
+def run_cell(plan: Plan, spec: RunSpec, cache: CellCache, env: CellEnv, world: Any = None,
+             record: RunRecord | None = None) -> RunRecord:
+    """Run one cell and return its record; the run_start and run_finish hooks frame it. ``world``: the
+    processes training it together (``peftbench.session.sharded``), where a failure is raised, for the
+    caller's ``run_together`` to gather from every rank, and ``record`` (the caller's) keeps what came before."""
+    record = record or blank_record(plan, spec, "ok")
+    run = _run_context(plan, spec, env, world)
+    record.extras = run.extras  # the live dict: record() calls from run_finish land too
     env.progress.cell_start(spec)
     if run.method is not None:
         available = run.method.availability(plan.device)
@@ -63,24 +68,28 @@ def run_cell(plan: Plan, spec: RunSpec, cache: CellCache, env: CellEnv) -> RunRe
     except KeyboardInterrupt:
         raise
     except Exception as e:  # one failing cell never ends the session
+        if together(world):
+            raise
         record.failed("oom" if _is_oom(e) else "error", ErrorInfo(type(e).__name__, str(e), traceback.format_exc()))
-    record.extras = run.extras  # the live dict: record() calls from run_finish land too
-    env.hook.run_finish(run=run, result=run_json(record))
+    if main_rank(world):
+        env.hook.run_finish(run=run, result=run_json(record))
     return record
 
 
-def _run_context(plan: Plan, spec: RunSpec, env: CellEnv) -> RunContext:
+def _run_context(plan: Plan, spec: RunSpec, env: CellEnv, world: Any = None) -> RunContext:
     options = plan.options_of(spec)
     return RunContext(spec=spec, method=plan.method(spec.method), method_config=plan.method_config_of(spec),
                       task=plan.scored_task(spec), train_config=options.train, eval_config=options.eval,
                       latency_config=options.latency, device=plan.device, include_path=env.include_path,
-                      hook=env.hook, progress=env.progress)
+                      hook=env.hook, progress=env.progress, world=world if together(world) else None)
 
 
 def _base_cell(plan: Plan, run: RunContext, record: RunRecord, cache: CellCache, env: CellEnv) -> None:
     """The untouched base model, zero-shot: what every method's gain is measured against."""
     if not scoring(plan.model.info.kind, run):
         record.status, record.reason = "skipped", NOT_SCORED
+        return
+    if not main_rank(run.world):  # nothing to train: rank 0 scores it alone
         return
     with phase(record, "load", env.progress):
         base, _ = plan.model.load(run.device)
@@ -99,12 +108,20 @@ def _method_cell(plan: Plan, run: RunContext, record: RunRecord, cache: CellCach
         data = _train_data(run, cache, env, plan.cache_dir)
         record.example = example_prompt(run.task, env.include_path)  # the training prompt beside the scored one
     model = _prepare(plan, run, record, env)
+    shard = shard_cell(run, model)  # several processes: each holds a shard of it
     env.progress.training(_steps_to_show(run, data))
     with phase(record, "train", env.progress):
         record.train = run.hook.train_model(run=run, prepared=model, train_data=data)
+    record.train.distributed = shard
     if record.train.diverged:
         record.failed("error", ErrorInfo("Diverged", "training loss became NaN/inf"))
         return
+    if shard is not None:  # rank 0 goes on alone with the gathered weights, as one process would
+        with phase(record, "gather", env.progress):
+            model = gather_cell(run, model, lambda: run.hook.prepare_model(
+                run=run, base_model=plan.model.load(run.device)[0]))
+        if model is None:
+            return
     probes = data.input_ids[:PROBES]
     with phase(record, "probe", env.progress):
         reference = probe_logits(run.method.inference_model(model), probes, run.device)

@@ -25,7 +25,8 @@ def train_model(run, prepared, train_data):
         if run.progress is not None:
             run.progress.step(step, metrics)
 
-    return train(prepared, params, train_data, run.train_config, run.spec.seed, run.device, on_step=on_step)
+    return train(prepared, params, train_data, run.train_config, run.spec.seed, run.device, on_step=on_step,
+                 world=run.world)
 
 
 @hookimpl(trylast=True)

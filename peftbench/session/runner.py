@@ -5,7 +5,9 @@ remaining cells cancelled and keeps what finished; a file that cannot be written
 session cleanly, keeping every file written before. ``session.json`` records each run file's sha256 as it is
 written, so a continued session keeps only the files that prove themselves. ``--resume``, ``--shard`` and
 ``--time-budget`` are small policies beside the loop (``peftbench.session.policies``); ``--jobs`` runs the cells
-in worker processes instead (``peftbench.session.jobs``).
+in worker processes instead (``peftbench.session.jobs``). Under torchrun (``--nproc``) rank 0 runs the session
+and each other rank follows it, training every cell rank 0 announces in step with it and writing nothing
+(``peftbench.session.sharded``; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from peftbench.api.plugins import make_plugin_manager
 from peftbench.api.records import RunSpec
 from peftbench.api.registry import collect_methods
 from peftbench.errors import PeftbenchError, UsageError
-from peftbench.results.record import RunRecord
+from peftbench.results.record import ErrorInfo, RunRecord
 from peftbench.results.store import load_session, run_json, write_run
 from peftbench.session.cache import CellCache
 from peftbench.session.cell import blank_record, run_cell
@@ -48,10 +51,12 @@ from peftbench.session.policies import (
     verify_kept,
 )
 from peftbench.session.process import free_memory, sigterm_as_interrupt
+from peftbench.session.sharded import together
 from peftbench.session.tuning import awaits_choice, choose_for, resolved
 from peftbench.system.files import sha256
 from peftbench.system.progress import NullProgress
 from peftbench.tasks.task import materialize
+from peftbench.train.distributed import World, announce, announced, run_together, wait_for_all
 
 __all__ = ["Session", "SessionConfig"]
 
@@ -61,10 +66,11 @@ class Session:
 
     clock = staticmethod(time.monotonic)  # seconds; tests replace it
 
-    def __init__(self, config: SessionConfig, host: Any = None, progress: Any = None, jobs: int | str | None = None
-                 ) -> None:
+    def __init__(self, config: SessionConfig, host: Any = None, progress: Any = None, jobs: int | str | None = None,
+                 world: World | None = None) -> None:
         self.created = self.clock()
         self.config = config
+        self.world = world or World()  # the processes training each cell together (torchrun): rank 0 leads
         self.jobs = jobs      # cells at once: a number, "auto" (``system.topology.auto_jobs``), None: one
         self.worker = None    # in a worker of --jobs: its WorkerJob
         self.workers_live = False  # the parent, while its workers may write session.json
@@ -77,14 +83,64 @@ class Session:
 
     def plan(self) -> Plan:
         if self._plan is None:
+            world = self.world
+            if together(world) and not world.main:
+                wait_for_all(world)  # rank 0 plans first: it fills the data cache the others then read
             self._plan = make_plan(self.config, self.host, collect_methods(self.host), self.progress.message)
+            if together(world):
+                if world.main:
+                    wait_for_all(world)
+                wait_for_all(world)  # every rank planned before rank 0 writes in the folder
         return self._plan
 
     def run(self) -> list[dict[str, Any]]:
         plan = self.plan()
+        if together(self.world) and not self.world.main:
+            return self.follow(plan)
         existed = plan.output.is_dir()
-        with writer_lock(plan.output, self.config.shard, warn) as alone, sigterm_as_interrupt():
-            return self._run(plan, alone and existed)
+        try:
+            with writer_lock(plan.output, self.config.shard, warn) as alone, sigterm_as_interrupt():
+                return self._run(plan, alone and existed)
+        finally:
+            if together(self.world):
+                announce(self.world, None)  # the other ranks' session ends with this one's
+
+    def follow(self, plan: Plan) -> list[dict[str, Any]]:
+        """A rank other than 0: train each cell rank 0 announces, in step with it, until it announces none (or
+        a rank hung); write nothing, show nothing."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="peftbench-rank") as tmp:
+            env = CellEnv(hook=self.host.hook, progress=self.progress, tokenizer=plan.model.load_tokenizer(),
+                          include_path=materialize(plan.eval_tasks, plan.prepared, Path(tmp)), artifacts=None)
+            cache = CellCache()
+            while not self.world.broken and (spec := announced(self.world)) is not None:
+                self.cell_together(plan, spec, cache, env)
+                free_memory(plan.device)
+        return []
+
+    def cell_together(self, plan: Plan, spec: RunSpec, cache: CellCache, env: CellEnv) -> RunRecord:
+        """One cell on every rank (``run_together``); its record, with the failure of any rank: the first
+        rank's error, every rank's traceback."""
+        world = self.world
+        if world.main:
+            announce(world, spec)
+        record = blank_record(plan, spec, "ok")
+
+        def in_step() -> RunRecord:
+            self.run_cell(plan, spec, cache, env, world, record)
+            wait_for_all(world, patient=True)  # the others wait here while rank 0 scores, checks and times alone
+            return record
+
+        done = run_together(world, in_step)
+        if done.failures:
+            first = done.failures[0]
+            kind = first.error.partition(":")[0]
+            oom = "out of memory" in first.error.lower() or kind in ("OutOfMemoryError", "MemoryError")
+            tracebacks = "\n".join(f"--- rank {f.rank} ({'failed first' if f.order == 1 else 'then'}) ---\n"
+                                   f"{f.traceback}" for f in done.failures)
+            record.failed("oom" if oom else "error", ErrorInfo(kind, done.error() or "", tracebacks))
+        return record
 
     def _run(self, plan: Plan, clean: bool) -> list[dict[str, Any]]:
         hook = self.host.hook
@@ -99,7 +155,7 @@ class Session:
             raise WriteFailed(plan.output / "session.json", e) from None
         hook.session_start(session=plan)
         records: list[dict[str, Any]] = []
-        status, failure = "interrupted", None
+        status, failure, hung = "interrupted", None, None
         try:
             if places is not None:
                 from peftbench.session.jobs import Parent
@@ -111,6 +167,9 @@ class Session:
                 status = self.run_cells(plan, done.runs, cache, env, records)
         except KeyboardInterrupt:
             failure = self.cancel_rest(plan, done.runs, records)
+        except WorldBroken as e:  # a rank hung: no new process group can form
+            hung = e
+            failure = self.cancel_rest(plan, done.runs, records)
         except WriteFailed as e:
             failure = e
             self.write_unwritten(plan, records)
@@ -119,6 +178,11 @@ class Session:
             self.progress.stop()
             closing = self.record(plan, folder_status(status, self.config.shard, plan.all_cells(), plan.output))
         hook.session_finish(session=plan, results=records)
+        if hung is not None:
+            ok = sum(1 for r in records if r.get("status") == "ok")
+            raise WorldBroken(f"{hung}; the session stopped: a process of the {self.world.size} did not finish "
+                              f"that cell, so no new process group can form. The {ok} finished cell(s) are kept in "
+                              f"{plan.output}; run the same command with --resume to continue.")
         if failure or closing:
             raise self.stopped(plan, failure, closing, done, records)
         return records
@@ -156,7 +220,7 @@ class Session:
         """Where the workers of --jobs go, and why that many (None: the cells run one by one, here)."""
         from peftbench.system import topology
 
-        if self.jobs in (None, 1):
+        if self.jobs in (None, 1) or together(self.world):  # (several processes share each cell instead)
             return None
         todo = [s for s in shard_share(plan.all_cells(), self.config.shard) if not kept(done, s)]
         gpus = topology.visible_gpus() if plan.device == "cuda" else None
@@ -215,11 +279,16 @@ class Session:
                 deferred.append((spec, why))
                 continue
             started = self.clock()
-            record = self.run_cell(plan, spec, cache, env)
+            if together(self.world):
+                record = self.cell_together(plan, spec, cache, env)
+            else:
+                record = self.run_cell(plan, spec, cache, env)
             if record.status == "ok":
                 budget.record(spec.method, spec.task, self.clock() - started)
             self.finish(plan, spec, record, records)
             free_memory(plan.device)
+            if self.world.broken:
+                raise WorldBroken(record.error.message if record.error else "a process hung")
         for spec, why in deferred:
             left = blank_record(plan, spec, "cancelled")
             left.reason = why
@@ -308,6 +377,10 @@ class Session:
             parts.append(f"{closing} (its status may still say 'running')")
         parts.append("free some space and run the same command with --resume")
         return PeftbenchError("; ".join(parts) + ".")
+
+
+class WorldBroken(PeftbenchError):
+    """A rank of the processes training together did not finish a cell (hung): the session stops."""
 
 
 def _chosen(plan: Plan, spec: RunSpec, runs: dict[str, Any]) -> RunSpec:

@@ -1,8 +1,9 @@
 """Training one cell on several processes with FSDP2: the process group, the sharded model, each rank's
 share of a micro-batch, the gathered weights, and a rank's failure.
 
-Phase one of issue 26, the train layer's core: ``peftbench.train.distributed_check`` trains with it and
-tests/test_fsdp.py checks it; ``peftbench run`` does not use it yet (docs/distributed.md).
+Issue 26: ``peftbench.train.loop.train`` trains over a ``World``, ``peftbench run`` under torchrun shards each
+cell with it (``peftbench.session.sharded``); tests/test_fsdp.py and tests/test_fsdp_run.py check it
+(docs/distributed.md).
 
 The same optimizer step as on one process: every rank draws the same micro-batches (same seed, same order)
 and computes on its share of each micro-batch's examples. The loop's loss is a micro-batch's mean over its
