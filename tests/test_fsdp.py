@@ -216,3 +216,28 @@ def test_one_rank_under_torchrun_is_the_one_process_loop(tmp_path):
     run = json.loads((out / "curves.json").read_text())["runs"][0]
     assert run["shard"]["world_size"] == 1
     assert_same_run(run, "lora:padded")
+
+
+def test_qlora_stores_its_4bit_bytes_as_bf16_under_a_process_group_and_shards_in_bf16():
+    """FSDP's bf16 mixed precision would cast uint8 bytes; under a process group (torchrun) the qlora method
+    stores the same bits as bf16 elements, which it leaves alone: the same logits as the uint8 layers."""
+    import torch.distributed as dist
+
+    spec = RunSpec("qlora")
+    method, model, _, _ = reference_setup(spec)
+    with torch.inference_mode():
+        want = model(input_ids=probe_ids()).logits
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        method, sharded, _, _ = reference_setup(spec)
+        stored = {p.dtype for n, p in sharded.named_parameters() if "base_layer" in n and p.dim() == 2
+                  and p.shape[1] == 1}
+        assert stored == {torch.bfloat16}
+        with torch.inference_mode():
+            got = sharded(input_ids=probe_ids()).logits
+        assert torch.equal(got, want)
+        _, record = shard_model(sharded, method.trainable_parameters(sharded),
+                                World(backend="gloo", device="cpu"), ShardPolicy(precision="bf16"))
+        assert record["quantized_layers"] == 14 and record["precision"].startswith("bf16 compute")
+    finally:
+        dist.destroy_process_group()

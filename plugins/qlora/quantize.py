@@ -18,6 +18,7 @@ def quantize_linears(model: torch.nn.Module, quant_type: str, double_quant: bool
     weights are quantized as they move to the model's device. Returns the number replaced."""
     import bitsandbytes as bnb
 
+    storage = sharded_storage()
     count = 0
     for name, module in list(model.named_modules()):
         if type(module) is not torch.nn.Linear or any(module is s for s in skip):
@@ -25,9 +26,10 @@ def quantize_linears(model: torch.nn.Module, quant_type: str, double_quant: bool
         device = module.weight.device
         q = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
                               compute_dtype=compute_dtype, compress_statistics=double_quant,
-                              quant_type=quant_type, device="meta")
+                              quant_type=quant_type, quant_storage=storage, device="meta")
         q.weight = bnb.nn.Params4bit(module.weight.data.detach().to("cpu", torch.float32).contiguous(),
-                                     requires_grad=False, compress_statistics=double_quant, quant_type=quant_type)
+                                     requires_grad=False, compress_statistics=double_quant, quant_type=quant_type,
+                                     quant_storage=storage)
         if module.bias is not None:
             q.bias = torch.nn.Parameter(module.bias.data.detach().clone(), requires_grad=False)
         # bitsandbytes >= 0.50 repacks a 4-bit weight for its AVX512-BF16 kernel at the first no-grad forward
@@ -39,6 +41,16 @@ def quantize_linears(model: torch.nn.Module, quant_type: str, double_quant: bool
         setattr(parent, leaf, q.to(device))
         count += 1
     return count
+
+
+def sharded_storage() -> torch.dtype:
+    """The dtype the packed 4-bit bytes are stored as: bf16 elements where several processes train the model
+    sharded (a process group is up: torchrun), because FSDP's bf16 mixed precision casts every stored
+    tensor to bf16 and would corrupt ``uint8`` bytes, but leaves bf16 ones alone (what FSDP-QLoRA does); the
+    same bits, so the same forward (checked on the CPU: identical outputs). ``uint8`` otherwise."""
+    import torch.distributed as dist
+
+    return torch.bfloat16 if dist.is_available() and dist.is_initialized() else torch.uint8
 
 
 def dequantize(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Linear:
