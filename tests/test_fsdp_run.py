@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-LOSS_TOL = 1e-5    # absolute, on losses near 5 recorded to 6 decimals (seen: <= 1e-6)
-WEIGHT_TOL = 1e-5  # absolute, on the saved artifacts' weights (seen: <= 1e-6)
+LOSS_TOL = 1e-5    # absolute, on losses near 5 recorded to 6 decimals (seen: identical)
+WEIGHT_TOL = 1e-5  # absolute, on the saved artifacts' weights, |w| ~ 0.1-1 (seen: 3e-6)
 TIMEOUT_S = 5      # --dist-timeout of the failure session: how long rank 0 waits for the failed rank 1
 ARGS = ["--model", "tiny:llama", "--device", "cpu", "--methods", "lora,full", "--tasks", "quickstart",
         "--set", "steps=3", "--set", "batch_size=4", "--set", "lr=5e-3", "--set", "lora.dropout=0",
