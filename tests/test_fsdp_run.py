@@ -4,8 +4,8 @@ mid-training is recorded in its cell, with its rank and traceback, and the next 
 
 Three sessions of tiny:llama (3 optimizer steps, 8 scored examples): one process; ``--nproc 2`` (torchrun
 started by peftbench); torchrun started by hand with a plugin that makes rank 1 raise. fp32 on the CPU: the
-sharded runs differ from one process only by the order of float sums and by the loss computing the head in
-one piece (the chunked loss is off on a sharded model), so losses agree to LOSS_TOL. LoRA's dropout is 0:
+sharded runs differ from one process only by the order of float sums (and, for full fine-tuning, whose
+sharded head trains, by the loss computing the head in one piece), so losses agree to LOSS_TOL. LoRA's dropout is 0:
 each rank would draw its own masks.
 """
 
@@ -79,6 +79,9 @@ def test_two_processes_train_and_score_as_one(sessions, method):
     assert (dist["world_size"], dist["backend"], dist["fsdp"]) == (2, "gloo", "fully_shard (FSDP2)")
     assert dist["units"] == ["blocks x2", "decoder (embeddings, norm)", "head", "root"]
     assert one["train"].get("distributed") is None
+    # the chunked loss gathers a frozen sharded head itself; a trained one (full FT) is computed in one piece
+    assert two["train"]["loop"]["chunked_loss"] is (method == "lora")
+    assert any("whose LM head trains" in n for n in two["train"]["loop"]["notes"]) is (method == "full")
     assert [s for s, _ in two["train"]["losses"]] == [1, 2, 3]
     worst = max(abs(a - b) for (_, a), (_, b) in zip(one["train"]["losses"], two["train"]["losses"], strict=True))
     assert worst < LOSS_TOL, (one["train"]["losses"], two["train"]["losses"])

@@ -16,6 +16,8 @@ the loss and the head's gradient accumulate in fp32.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -41,8 +43,27 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunked:
         keep = labels != -100
         hidden, targets = hidden[:, :-1][keep], labels[keep]
     if chunked and is_plain_linear(head):
-        return linear_cross_entropy(hidden, head.weight, targets)
+        with gathered(head):
+            return linear_cross_entropy(hidden, head.weight, targets)
     return F.cross_entropy(head(hidden).float(), targets)
+
+
+@contextlib.contextmanager
+def gathered(module: torch.nn.Module) -> Iterator[None]:
+    """Context: a module sharded by FSDP2 (the LM head, under several processes) holds its whole weight;
+    resharded after. The chunked loss reads the head's weight outside its forward, where FSDP would not
+    gather it, and computes its gradients inside its own forward, so the whole weight is not needed after.
+    Only for a frozen head (``plan_loop`` turns the chunked loss off for a trainable sharded one: FSDP would
+    not reduce its gradient). An unsharded module: nothing to do."""
+    unshard = getattr(module, "unshard", None)
+    if unshard is None:
+        yield
+        return
+    unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -63,8 +84,12 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
 
 
 def is_plain_linear(head: torch.nn.Module) -> bool:
-    """Whether ``head`` is a bias-free ``nn.Linear`` (what ``linear_cross_entropy`` computes)."""
-    return type(head) is torch.nn.Linear and head.bias is None
+    """Whether ``head`` is a bias-free ``nn.Linear`` (what ``linear_cross_entropy`` computes), or one FSDP2
+    sharded (its class then is ``FSDPLinear``, made of ``FSDPModule`` and ``Linear`` alone)."""
+    cls = type(head)
+    plain = cls is torch.nn.Linear or (cls.__bases__[-1:] == (torch.nn.Linear,) and hasattr(head, "unshard")
+                                       and len(cls.__bases__) == 2)
+    return plain and head.bias is None
 
 
 # ---- the chunked linear cross-entropy ---------------------------------------------------------------------

@@ -24,21 +24,24 @@ def plan_loop(model: torch.nn.Module, cfg: TrainConfig, device: str, steps: int 
               sharded: bool = False) -> dict[str, Any]:
     """Which optimisations this run uses, and why any asked for is off (recorded in the run file).
     ``steps``: the run's planned optimizer steps (``compile=auto`` compiles only long runs). ``sharded``: the
-    model is sharded over several processes (FSDP2), where the chunked loss, bucketing and compilation are off. ``bucketing``: whether
-    the loop lays its micro-batches out in buckets (the loop replaces it with the layout's record). ``_blocks``: the
-    transformer blocks to compile (``None``: none), for the loop, not the record."""
+    model is sharded over several processes (FSDP2), where bucketing and compilation are off, and the chunked
+    loss too if the head trains. ``bucketing``: whether the loop lays its micro-batches out in buckets (the loop
+    replaces it with the layout's record). ``_blocks``: the transformer blocks to compile (``None``: none), for
+    the loop, not the record."""
     naive = cfg.loop == "naive"
     parts = decoder_and_head(model)
     notes = []
     padding_free = not naive and cfg.padding_free and parts is not None
-    chunked = not naive and not sharded and cfg.chunked_loss and parts is not None and is_plain_linear(parts[1])
+    trained_head = parts is not None and any(p.requires_grad for p in parts[1].parameters())
+    chunked = not naive and cfg.chunked_loss and parts is not None and is_plain_linear(parts[1]) and not (
+        sharded and trained_head)
     if not naive and parts is None and (cfg.padding_free or cfg.chunked_loss):
         notes.append("padding-free batches and the chunked loss need the model's decoder and head apart "
                      "(prompt-learning methods, and models that transform logits after the head, run their own "
                      "forward): off")
-    elif not naive and cfg.chunked_loss and sharded:
-        notes.append("chunked loss: off on a sharded model (it reads the LM head's weight outside the head's "
-                     "forward, where FSDP has not gathered it): the head in one piece")
+    elif not naive and cfg.chunked_loss and sharded and trained_head and is_plain_linear(parts[1]):
+        notes.append("chunked loss: off on a sharded model whose LM head trains (the loss computes the head's "
+                     "gradient itself, which FSDP would not reduce over the ranks): the head in one piece")
     elif not naive and cfg.chunked_loss and not chunked:
         notes.append("chunked loss: the LM head is not a plain bias-free Linear (e.g. adapted by the method): "
                      "plain loss")
