@@ -99,7 +99,8 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
     code, stdout, err = run_cli(["run", "--methods", "lora,qlora,adapter,full", *TINY, "--tasks", "quickstart",
                                  "--output", str(out), "--set", "steps=4", "--set", "limit=40",
                                  "--set", "latency_rounds=2", "--set", "latency_new_tokens=4",
-                                 "--set", "latency_prompt_lengths=8", "--set", "latency_stack=2"], capsys)
+                                 "--set", "latency_prompt_lengths=8", "--set", "latency_stack=2",
+                                 "--set", "merge_precisions=on"], capsys)  # off on CPU by default
     assert code == 0, err
     runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
     assert set(runs) == {f"{m}--quickstart--seed0" for m in ("base", "lora", "qlora", "adapter", "full")}
@@ -159,7 +160,7 @@ def test_end_to_end_four_methods_on_tiny_llama_with_real_lm_eval(capsys, tmp_pat
     code, _, err = run_cli(["run", "--methods", "lora,qlora,adapter,full", *TINY, "--output", str(out), "--resume",
                             "--set", "steps=4", "--set", "limit=40", "--set", "latency_rounds=2",
                             "--set", "latency_new_tokens=4", "--set", "latency_prompt_lengths=8",
-                            "--set", "latency_stack=2"], capsys)
+                            "--set", "latency_stack=2", "--set", "merge_precisions=on"], capsys)
     assert code == 0 and err.count("kept from the earlier run") == 5
     code, md, _ = run_cli(["report", str(out), "--markdown"], capsys)
     assert code == 0 and "| method |" in md and "base (zero-shot)" in md
