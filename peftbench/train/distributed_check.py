@@ -13,15 +13,13 @@ precision, the default on CUDA). The training data, model and settings are
 ``reference_setup``'s, so a test can train the same run with ``peftbench.train.loop.train`` on one process
 and compare. Without torchrun it runs as one process, unsharded.
 
-``train_sharded`` is the one-process loop's optimizer step on a sharded model, and stands in for it until
-``peftbench.train.loop.train`` takes a ``World`` (docs/distributed.md, "What is not done yet").
+Each run trains through ``peftbench.train.loop.train`` with the ``World``, as ``peftbench run --nproc`` does.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from peftbench.train.batching import TrainData, label_positions, tokenize_pairs
+from peftbench.train.batching import TrainData, tokenize_pairs
 from peftbench.train.config import TrainConfig
 from peftbench.train.distributed import (
     DEFAULT_TIMEOUT_S,
@@ -39,16 +37,12 @@ from peftbench.train.distributed import (
     World,
     join_world,
     leave_world,
-    rank_batches,
-    reduce_mean_loss,
     run_together,
     shard_model,
     unsharded_copy,
     wait_for_all,
 )
-from peftbench.train.loop import training_mode
-from peftbench.train.loss import answer_loss
-from peftbench.train.optim import lr_at, make_optimizer, planned_steps, schedule_steps, set_lr
+from peftbench.train.loop import train
 
 SEED = 0
 METHOD_OPTIONS = {"lora": {"dropout": 0.0, "r": 4}, "full": {}, "adapter": {}, "qlora": {"dropout": 0.0, "r": 4}}
@@ -117,47 +111,6 @@ def probe_ids() -> torch.Tensor:
     return torch.arange(3, 3 + 2 * 12).reshape(2, 12)
 
 
-def train_sharded(model: torch.nn.Module, params: list[torch.nn.Parameter], data: TrainData, cfg: TrainConfig,
-                  seed: int, world: World, whole_forward: bool, fail: tuple[int, int] | None = None
-                  ) -> dict[str, Any]:
-    """The one-process loop's optimizer steps (``peftbench.train.loop.train``: schedule, AdamW, clipping,
-    accumulation) over this rank's shares of the same micro-batches; the loss is the step's, reduced over
-    the ranks. The loss runs through the LM head in one piece (``chunked_loss`` reads the head's weight
-    outside its forward, where FSDP has not gathered it)."""
-    total = planned_steps(cfg, len(data))
-    lr_total = schedule_steps(cfg, total)
-    optimizer, _ = make_optimizer(cfg.optimizer, params, cfg, world.device)
-    stream = rank_batches(data, cfg.batch_size, seed, world, padding_free=cfg.padding_free)
-    losses, tokens, step = [], 0, 0
-    with training_mode(model, cfg.gradient_checkpointing):
-        while step < total:
-            if fail is not None and fail == (world.rank, step + 1):
-                raise InjectedFailure(f"injected failure on rank {world.rank} before step {step + 1}")
-            set_lr(optimizer, lr_at(step, lr_total, cfg.lr, cfg.warmup_ratio, cfg.min_lr_ratio))
-            step_loss = 0.0
-            for _ in range(cfg.grad_accum):
-                batch = next(stream)
-                weight, tokens = batch.pop("loss_weight"), tokens + int(batch.pop("global_tokens"))
-                moved = {k: v.to(world.device) for k, v in {**batch, **label_positions(batch["labels"])}.items()}
-                loss = answer_loss(model, moved, chunked=False, naive=whole_forward) * weight.to(world.device) \
-                    / cfg.grad_accum
-                loss.backward()
-                step_loss += float(loss.detach())
-            step_loss = reduce_mean_loss(step_loss, world)
-            if not math.isfinite(step_loss):
-                losses.append((step, step_loss))
-                break
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % cfg.log_every == 0 or step == total:
-                losses.append((step, round(step_loss, 6)))
-    optimizer.zero_grad(set_to_none=True)
-    return {"steps": step, "tokens": tokens, "losses": losses}
-
-
 def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     """Train one run sharded over ``world`` and, on rank 0, the logits of the gathered weights loaded onto a
     fresh prepared model (what evaluation on one rank would see)."""
@@ -172,9 +125,15 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     else:
         model.to(world.device)  # (fully_shard moves a sharded model to its mesh's device itself)
         params, shard = [p for _, p in trainable], {"fsdp": None, "whole_forward": False}
+    def fail_before_next(step: int, _metrics: dict[str, Any]) -> None:
+        if spec.fail == (world.rank, step + 1):
+            raise InjectedFailure(f"injected failure on rank {world.rank} before step {step + 1}")
+
     t0 = time.perf_counter()
-    result = train_sharded(model, params, data, cfg, SEED, world, shard["whole_forward"], spec.fail)
-    result["wall_s"] = round(time.perf_counter() - t0, 3)
+    fail_before_next(0, {})
+    trained = train(model, params, data, cfg, SEED, world.device, on_step=fail_before_next, world=world)
+    result: dict[str, Any] = {"steps": trained.steps, "tokens": trained.tokens, "losses": trained.losses,
+                              "wall_s": round(time.perf_counter() - t0, 3)}
     ranks: list[Any] = [world.rank]
     if world.grouped:  # (before rank 0 works alone below: the others must not wait on it in a collective)
         ranks = [None] * world.size
