@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from peftbench.system.meta import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "main-job-cpu"
 METHODS = "lora,adapter,full"
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_s": round(wall, 1), "target_s": TARGET_S, "within_target": wall <= TARGET_S,
         "peak_rss_bytes": peak_rss, "cache_warm": warm,
         "phases_s": phase_sums(runs), "cells": cell_table(runs),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "load_before": [round(x, 2) for x in load_before],
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "load_before": [round(x, 2) for x in load_before],
                     "load_after": [round(x, 2) for x in os.getloadavg()],
                     "host_others_cores_max": max((r.get("host_others_cores") or 0 for r in runs), default=None)},
         "git": _git_hash(),
@@ -115,7 +117,7 @@ def eval_batch_sweep(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     report = {"what": f"quickstart, first {args.limit} test examples, scored at each lm-eval batch size on CPU",
               "model": args.model or DEFAULT_MODEL, "passes": passes, "machine": {"cpus": os.cpu_count(),
-                                                                                   "cpu": _cpu_name()},
+                                                                                   "cpu": cpu_model()},
               "git": _git_hash(), "exit_code": 0}
     path = Path(args.json or RESULTS / "eval-batch.json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,16 +169,6 @@ def _cache_warm(model: str | None) -> bool | None:
 
     folder = default_cache_dir() / "gguf"
     return folder.is_dir() and any(folder.rglob("*.safetensors"))
-
-
-def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def _git_hash() -> str | None:

@@ -51,7 +51,7 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -64,7 +64,7 @@ def _cpu_model() -> str:
 def device_info(device: str) -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"device": device, "cpu": _cpu_model(), "cpu_count": __import__("os").cpu_count(),
+    info: dict[str, Any] = {"device": device, "cpu": cpu_model(), "cpu_count": __import__("os").cpu_count(),
                             "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
