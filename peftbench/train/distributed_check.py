@@ -138,7 +138,9 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     if world.grouped:  # (before rank 0 works alone below: the others must not wait on it in a collective)
         ranks = [None] * world.size
         dist.all_gather_object(ranks, world.rank)
-    fresh = unsharded_copy(model, world, lambda: reference_setup(spec)[1])
+    # one plain process scores the model it trained (a 4-bit model's state dict does not load strictly into a
+    # fresh one: its quantization state is extra keys)
+    fresh = unsharded_copy(model, world, lambda: reference_setup(spec)[1]) if world.grouped else model
     if fresh is not None:  # rank 0
         with torch.inference_mode():
             result["probe"] = method.inference_model(fresh.eval())(input_ids=probe_ids()).logits.float().flatten().tolist()
