@@ -10,6 +10,7 @@
 #      compute: the measured peaks for `peftbench estimate --fsdp --naive` (results/estimate/README.md), among
 #      them shape:llama-3.1-8b full fine-tuning with fp32 master weights and optimizer state
 # A step whose JSON exists is kept, so the same command continues; each step has its own timeout.
+#   FSDP_STEPS (environment): only these steps, comma-separated (default all): plain,fsdp1,peak-8b-full-ckpt,...
 #   ROOT and FSDP_MODELS (environment): a CPU rehearsal, e.g. ROOT=/tmp/fsdp-smoke FSDP_MODELS=tiny bash ... (the
 #   peak runs then use shape:smollm2-135m at batch 1 x 64 on gloo: plumbing only)
 set -u
@@ -23,6 +24,7 @@ trun=(python3 -m torch.distributed.run --standalone --nproc-per-node 1)
 step() {  # NAME CAP CMD...: CMD writes NAME.json (its stdout, unless it writes the file itself); kept when done
   local name=$1 cap=$2; shift 2
   if [ -f "$root/$name.json" ]; then say "$name: kept"; return; fi
+  case ,${FSDP_STEPS:-$name}, in *,"$name",*) ;; *) say "$name: not in FSDP_STEPS"; return ;; esac
   local left=$(( end - $(date +%s) - 15 ))
   if [ "$left" -lt 30 ]; then say "$name: not started (${left} s left)"; return; fi
   [ "$left" -lt "$cap" ] && cap=$left

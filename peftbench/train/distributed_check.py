@@ -125,6 +125,7 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     else:
         model.to(world.device)  # (fully_shard moves a sharded model to its mesh's device itself)
         params, shard = [p for _, p in trainable], {"fsdp": None, "whole_forward": False}
+    del trainable  # (sharded: it holds the unsharded originals)
     def fail_before_next(step: int, _metrics: dict[str, Any]) -> None:
         if spec.fail == (world.rank, step + 1):
             raise InjectedFailure(f"injected failure on rank {world.rank} before step {step + 1}")
@@ -143,7 +144,8 @@ def run_one(spec: RunSpec, world: World) -> dict[str, Any]:
     fresh = unsharded_copy(model, world, lambda: reference_setup(spec)[1]) if world.grouped else model
     if fresh is not None:  # rank 0
         with torch.inference_mode():
-            result["probe"] = method.inference_model(fresh.eval())(input_ids=probe_ids()).logits.float().flatten().tolist()
+            ids = probe_ids().to(next(fresh.parameters()).device)
+            result["probe"] = method.inference_model(fresh.eval())(input_ids=ids).logits.float().flatten().tolist()
     return {**result, "shard": shard, "ranks_trained": ranks}
 
 

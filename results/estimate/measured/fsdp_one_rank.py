@@ -36,6 +36,8 @@ def main() -> None:
     model.train()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params, shard = shard_model(model, trainable, world, ShardPolicy(cpu_offload=offload))
+    n_trainable = sum(p.numel() for _, p in trainable)
+    del trainable  # it holds the unsharded originals: kept, they add a full copy of the trainable weights
     opt = torch.optim.AdamW(params, lr=1e-5, fused=world.device == "cuda" and not offload)  # (offload: steps on the CPU)
     g = torch.Generator().manual_seed(0)
     if world.device == "cuda":
@@ -55,7 +57,7 @@ def main() -> None:
     print(json.dumps({"model": name, "method": method, "batch_size": batch, "seq_len": seq,
                       "activation_checkpointing": ckpt, "cpu_offload": offload, "world_size": world.size, "shard": shard,
                       "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-                      "trainable": sum(p.numel() for _, p in trainable), "losses": losses, "step_s": steps_s,
+                      "trainable": n_trainable, "losses": losses, "step_s": steps_s,
                       "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if cuda else None},
                      default=str))
 
