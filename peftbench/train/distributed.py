@@ -210,8 +210,9 @@ def shard_model(model: torch.nn.Module, trainable: list[tuple[str, torch.nn.Para
     gradients. Returns the trainable parameters as they are after sharding (``trainable``, a method's
     ``trainable_parameters(model)``, names them: sharding replaces every parameter, so an optimizer must be
     made from these, and the caller should drop ``trainable``: it holds the unsharded originals, a whole
-    second copy of the trainable weights while it lives) and the record of how it sharded (for the run file: ``whole_forward`` says whether the
-    loss must call the model itself, rather than its decoder and head apart)."""
+    second copy of the trainable weights while it lives) and the record of how it sharded (for the run file:
+    ``whole_forward`` says whether the loss must call the model itself, rather than its decoder and head
+    apart)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
