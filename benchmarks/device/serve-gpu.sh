@@ -13,6 +13,9 @@
 # Run the same command again to finish what did not fit. SmolLM2 needs PEFTBENCH_GGUF (on-device-env.sh);
 # without it step 1 and 3 fail and the 8B steps still run.
 #   PIN (environment): 1 (default) pins to the CPUs of the GPU's NUMA node (eager decoding is host-bound).
+#   MODELS (environment): which of the two to run, in order (default smol,8b; e.g. 8b alone where the GGUF is
+#   not staged yet: LoRA until 80 % of SECONDS, then the rest).
+#   FROM (environment): where a fresh machine finds the sweeps to continue (default results/serve-gpu).
 #   SMALL, LARGE, SERVE_ARGS, ROOT (environment): the two models, extra serve-bench flags and the results
 #   folder, for a dry run elsewhere (e.g. SMALL=tiny:llama LARGE=tiny:llama SERVE_ARGS="--adapters 1,2").
 # Output: $OUT/serve-gpu.tgz holding serve-smol/ and serve-8b/ (results folders), their logs and tables.
@@ -26,7 +29,7 @@ if [ "${PIN:-1}" != 0 ] && command -v taskset > /dev/null; then
   [ -n "$cpus" ] && pin=(taskset -c "$cpus")
 fi
 echo "serve-gpu.sh: ${pin[*]:-not pinned}; rounds $rounds, new tokens $new"
-root=${ROOT:-/tmp/pb/results}; mkdir -p "$root"
+root=${ROOT:-/tmp/pb/results}; mkdir -p "$root"; from=${FROM:-results/serve-gpu}
 start=$(date +%s); end=$(( start + secs ))
 step() {  # step NAME MODEL METHODS UNTIL_FRACTION
   local name=$1 model=$2 methods=$3 until=$(( start + secs * $4 / 100 ))
@@ -34,16 +37,26 @@ step() {  # step NAME MODEL METHODS UNTIL_FRACTION
   local left=$(( until - $(date +%s) ))
   if [ "$left" -lt 40 ]; then echo "$name ($methods): skipped, ${left} s left"; return; fi
   local resume=()
+  # a fresh machine continues the committed partial sweep (FROM, default results/serve-gpu)
+  [ ! -e "$root/$name" ] && [ -f "$from/$name/session.json" ] && cp -r "$from/$name" "$root/$name"
   [ -f "$root/$name/session.json" ] && resume=(--resume)
   timeout -s INT -k 20 "$left" "${pin[@]}" python3 -m peftbench.cli serve-bench --model "$model" \
     --methods "$methods" --rounds "$rounds" --new-tokens "$new" --output "$root/$name" "${resume[@]}" \
     "${extra[@]}" --format markdown > "$root/$name.md" 2>> "$root/$name.log"
   echo "$name ($methods): exit $? after $(( $(date +%s) - start )) s; files: $(ls "$root/$name/latency" "$root/$name/serving-partial" 2>/dev/null | tr '\n' ' ')"
 }
-step serve-smol "$small" lora 40
-step serve-8b "$large" lora 80
-step serve-smol "$small" lora,qlora,adapter,full 100
-step serve-8b "$large" lora,qlora,adapter,full 100
+runs=()  # NAME:MODEL (a shape: model keeps its own colon)
+IFS=, read -r -a chosen <<< "${MODELS:-smol,8b}"
+for m in "${chosen[@]}"; do
+  case $m in
+    smol) runs+=("serve-smol:$small") ;;
+    8b) runs+=("serve-8b:$large") ;;
+    *) echo "serve-gpu.sh: MODELS takes smol and 8b, comma-separated, not '$m'" >&2; exit 2 ;;
+  esac
+done
+i=0
+for r in "${runs[@]}"; do i=$(( i + 1 )); step "${r%%:*}" "${r#*:}" lora $(( 80 * i / ${#runs[@]} )); done
+for r in "${runs[@]}"; do step "${r%%:*}" "${r#*:}" lora,qlora,adapter,full 100; done
 tail -n 4 "$root"/serve-*.log 2>/dev/null | tail -n 16
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/serve-gpu.tgz" -C "$root" $(cd "$root" && ls -d serve-smol* serve-8b* 2>/dev/null)
