@@ -165,7 +165,10 @@ MEASURED = [f"results/throughput-gpu/{n}.json" for n in (
     f"results/reference/8b-shape/{n}.json" for n in ("throughput", "throughput-ckpt", "throughput-h100",
                                                       "throughput-h100-ckpt")] + [
     # measured for this check (results/estimate/README.md): fp32 weights under autocast, 8-bit AdamW
-    f"results/estimate/measured/{n}.json" for n in ("fp32-1b", "fp32-8b", "adamw8bit-1b")]
+    f"results/estimate/measured/{n}.json" for n in ("fp32-1b", "fp32-8b", "adamw8bit-1b")] + [
+    # FSDP2 on one rank (results/estimate/measured/fsdp_one_rank.py; results/fsdp-gpu/README.md)
+    f"results/fsdp-gpu/peak-{n}.json" for n in ("1b-full", "1b-full-ckpt", "1b-full-ckpt-offload", "1b-lora",
+                                                "8b-full-ckpt", "8b-lora")]
 BAR = 0.15
 # The first pass compiled blocks without emulate_precision_casts (results/throughput-gpu/README.md: "before the
 # bf16 rounding fix"): inductor kept fp32 intermediates, and saved more. The estimate models today's loop;
@@ -185,7 +188,7 @@ def test_every_listed_file_has_runs_the_estimate_models():
 
 def test_the_estimate_is_within_15_percent_of_every_measured_peak():
     rows = _all_comparisons()
-    assert len(rows) >= 140
+    assert len(rows) >= 156
     beyond = {}
     for c in rows:
         key = (str(Path(c.file).relative_to(ROOT)), c.method, c.variant)
@@ -201,7 +204,7 @@ def test_the_estimate_is_within_15_percent_of_every_measured_peak():
 def test_flops_per_token_are_the_benchmarks_for_every_measured_run():
     from peftbench.estimate.throughput import flops_per_token
 
-    for f in MEASURED:
+    for f in (f for f in MEASURED if "fsdp-gpu" not in f):  # fsdp_one_rank.py records no FLOPs
         data = json.loads((ROOT / f).read_text())
         recorded = {(r["method"], name): v["flops_per_token"] for r in data["results"]
                     for name, v in r["variants"].items() if v.get("flops_per_token")}
@@ -230,6 +233,31 @@ def test_the_8b_figures_the_docs_quote():
     assert rows["full", False].estimated.peak / GIB == pytest.approx(67.06, abs=0.01)
     assert rows["full", True].estimated.peak_phase == "optimizer step"
     assert rows["qlora", True].estimated.peak / GIB == pytest.approx(8.16, abs=0.01)
+
+
+def test_the_fsdp_figures_the_docs_quote():
+    """docs/estimate.md and results/fsdp-gpu/README.md quote these rows (GiB, measured / estimated)."""
+    rows = {Path(c.file).stem: c for n in ("1b-full", "1b-full-ckpt", "1b-full-ckpt-offload", "1b-lora",
+                                           "8b-full-ckpt", "8b-lora")
+            for c in comparisons(ROOT / f"results/fsdp-gpu/peak-{n}.json")}
+    quoted = {"peak-8b-full-ckpt": (122.51, 119.66), "peak-1b-full": (39.12, 39.42),
+              "peak-1b-full-ckpt": (26.35, 26.65), "peak-1b-lora": (33.43, 33.86), "peak-8b-lora": (68.13, 68.93),
+              "peak-1b-full-ckpt-offload": (12.54, 12.84)}
+    for stem, (measured, estimated) in quoted.items():
+        c = rows[stem]
+        assert (c.measured / GIB, c.estimated.peak / GIB) == pytest.approx((measured, estimated), abs=0.01), stem
+        assert c.estimated.setting.sharded and not c.estimated.setting.compiled
+    assert rows["peak-1b-full-ckpt-offload"].estimated.host / GIB == pytest.approx(18.42, abs=0.01)
+    docs = (ROOT / "docs/estimate.md").read_text() + (ROOT / "results/fsdp-gpu/README.md").read_text()
+    for measured, estimated in quoted.values():
+        assert f"{measured:.2f}" in docs and f"{estimated:.2f}" in docs
+
+
+def test_check_names_what_an_fsdp_file_lacks(tmp_path):
+    bad = tmp_path / "fsdp.json"
+    bad.write_text(json.dumps({"shard": {}, "peak_memory_bytes": 1, "method": "full", "model": "shape:llama-3.2-1b"}))
+    with pytest.raises(UsageError, match="an FSDP run file without 'world_size'"):
+        comparisons(bad)
 
 
 # ---- the command --------------------------------------------------------------------------------------

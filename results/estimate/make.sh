@@ -10,7 +10,8 @@ for variant in "" -ckpt -bf16; do
   peftbench estimate "${grid[@]}" "${extra[@]}" --json > "$out/llama-3.1$variant.json"
   peftbench estimate "${grid[@]}" "${extra[@]}" --format markdown > "$out/llama-3.1$variant.md"
 done
-measured=(results/throughput-gpu/*.json results/reference/8b-shape/throughput*.json "$out"/measured/*.json)
+measured=(results/throughput-gpu/*.json results/reference/8b-shape/throughput*.json "$out"/measured/*.json
+          results/fsdp-gpu/peak-*.json)
 peftbench estimate --check "${measured[@]}" --json > "$out/check.json"
 peftbench estimate --check "${measured[@]}" --format markdown > "$out/check.md"
 peftbench estimate --claims --json > "$out/claims.json"

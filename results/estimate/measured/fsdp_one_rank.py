@@ -1,7 +1,7 @@
 """Peak memory of FSDP2 training as peftbench.train.distributed shards it, for the check of `peftbench estimate
 --fsdp --naive` on one GPU (results/estimate/README.md).
 
-peftbench run does not train with FSDP yet; this trains as peftbench.train.distributed_check does: shard_model
+It trains as peftbench.train.distributed_check does (peftbench run --nproc shards the same way): shard_model
 (fully_shard per block, the embeddings and the head as groups of their own, bf16 compute with fp32 reduction,
 the weights fp32), fused AdamW, eager blocks, the unchunked loss on every position. On one rank nothing is
 divided, but the rest is FSDP's own: fp32 shards, one block gathered in bf16 at a time, gradients reduced in fp32.
