@@ -267,3 +267,27 @@ def test_eight_b_ratios_cited_in_performance_doc():
     plain, ckpt = ratio("8b-all.json"), ratio("8b-all-ckpt.json")
     assert plain >= 1.3 > ckpt
     assert f"{plain:.2f}× without activation checkpointing, {ckpt:.2f}× with it" in doc
+
+
+def test_gpu_serving_claims_and_figures_cited_in_the_docs(capsys):
+    """docs/claims.md shows `peftbench claims` of results/serve-gpu verbatim (the measured tables), and
+    docs/latency.md quotes the batch-32 figures that decide them: merged LoRA against base (the sanity check
+    that marks LoRA's section) and 32 adapters' decode time, as the files hold them."""
+    import json
+    import statistics
+
+    from peftbench.testing import run_cli
+
+    folders = [str(ROOT / "results/serve-gpu" / d) for d in ("serve-smol", "serve-8b")]
+    code, out, err = run_cli(["claims", *folders, "--format", "markdown"], capsys)
+    assert code == 0, err
+    measured = out.split("**by calculation")[0].strip()
+    assert "does not hold" in measured and measured in (ROOT / "docs/claims.md").read_text()
+    latency_doc = (ROOT / "docs/latency.md").read_text()
+    for folder, merged, mixed32 in (("serve-smol", "+12.7 %", "1,263"), ("serve-8b", "−6.5 %", "1,211")):
+        lat = json.loads((ROOT / "results/serve-gpu" / folder / "latency/serving-lora.json").read_text())["latency"]
+        cell = next(c for c in lat["regimes"]["eager"] if c["batch_size"] == 32)
+        median = {mode: statistics.median(m["samples"]["decode"]) for mode, m in cell["modes"].items()}
+        assert f"{median['mixed32']:,.0f}" == mixed32 and mixed32 in latency_doc
+        shown = f"{100 * (median['merged'] / median['base'] - 1):+.1f} %".replace("-", "−")
+        assert shown == merged and merged in latency_doc
