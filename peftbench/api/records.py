@@ -100,3 +100,4 @@ class EvalResult:
     lm_eval: dict[str, Any]          # lm-eval's own result block, unchanged
     samples: dict[str, list[Any]] | None = None  # per-example metric values by doc_id (paired bootstraps)
     generation: dict[str, Any] | None = None    # generative tasks: what generating the answers cost (tokens, s)
+    scorer: dict[str, Any] | None = None        # how loglikelihoods were computed (evaluate.shared_context)

@@ -13,6 +13,7 @@ from typing import Any
 from peftbench.api.records import EvalResult
 from peftbench.evaluate.config import EvalConfig
 from peftbench.evaluate.generation import count_generation, examples
+from peftbench.evaluate.shared_context import SharedContextScorer
 from peftbench.tasks.task import Task, task_manager
 
 # lm-eval's result block keys we keep (everything but per-sample logs and the environment dump)
@@ -75,9 +76,23 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Ev
         def generate_until(self, requests, disable_tqdm=False):
             return super().generate_until(requests, disable_tqdm=True)
 
+        def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
+            def lm_eval_path(reqs):
+                return super(QuietHFLM, self)._loglikelihood_tokens(reqs, disable_tqdm=True, override_bs=override_bs)
+
+            if packer is None:
+                return lm_eval_path(requests)
+            answers = packer.score(requests, lm_eval_path)
+            for (key, _, _), answer in zip(requests, answers, strict=True):
+                if key is not None:  # as lm-eval's own path does (rolling requests have no key)
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
+            return answers
+
     model.eval()
     batch = cfg.batch_size(device)  # set by the plan; 'auto' outside a session
     lm = QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch, device=device)
+    packer = SharedContextScorer(lm.model, batch, lm.device, lm.max_length, lm.softmax_dtype) \
+        if cfg.packs_contexts(device) else None
     t0 = time.perf_counter()
     with _without_env_dump():
         out = simple_evaluate(model=lm, tasks=[task.lm_eval_name], task_manager=task_manager(include_path),
@@ -89,6 +104,7 @@ def evaluate(model: Any, tokenizer: Any, task: Task, include_path: Path, cfg: Ev
     samples = (out.get("samples") or {}).get(task.lm_eval_name) or []
     result = parse_block(task, block, wall)
     result.samples = per_example(samples, list(result.metrics))
+    result.scorer = packer.record() if packer is not None else {"kind": "lm_eval"}
     if task.generation is None:
         return result
     cost = {**lm.generation.describe(), "batch_size": batch, **task.generation.describe(),
