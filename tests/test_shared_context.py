@@ -55,12 +55,18 @@ def test_the_mask_lets_a_continuation_see_the_context_and_itself_only():
     assert allowed[5].tolist() == [True, True, False, False, False, False]  # padding: seen by none, never read
 
 
-def test_packed_scores_are_lm_evals_own_on_tiny_llama():
+@pytest.fixture(scope="module")
+def scored():
+    """tiny:llama, lm-eval's HFLM on it, the requests, and lm-eval's own answers to them."""
     model, tokenizer = tiny_llama()
     model.eval()
     lm = _hflm(model, tokenizer)
     reqs = _requests(model.config.vocab_size, lm.max_length)
-    theirs = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+    return model, lm, reqs, lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+
+
+def test_packed_scores_are_lm_evals_own_on_tiny_llama(scored):
+    model, lm, reqs, theirs = scored
     scorer = SharedContextScorer(model, 4, lm.device, lm.max_length, lm.softmax_dtype)
     ours = scorer.score(reqs, lambda r: lm._loglikelihood_tokens(r, disable_tqdm=True))
     assert [g for _, g in ours] == [g for _, g in theirs]
@@ -86,12 +92,8 @@ class _IgnoresTheMask(torch.nn.Module):
         return self.inner(input_ids=input_ids)
 
 
-def test_a_model_that_ignores_the_mask_falls_back_to_lm_evals_path():
-    model, tokenizer = tiny_llama()
-    model.eval()
-    lm = _hflm(model, tokenizer)
-    reqs = _requests(model.config.vocab_size, lm.max_length)
-    theirs = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+def test_a_model_that_ignores_the_mask_falls_back_to_lm_evals_path(scored):
+    model, lm, reqs, theirs = scored
     scorer = SharedContextScorer(_IgnoresTheMask(model), 4, lm.device, lm.max_length, lm.softmax_dtype)
     ours = scorer.score(reqs, lambda r: lm._loglikelihood_tokens(r, disable_tqdm=True))
     assert ours == theirs
@@ -100,7 +102,7 @@ def test_a_model_that_ignores_the_mask_falls_back_to_lm_evals_path():
     assert record["by_lm_eval"] == 15 and scorer.score(reqs[:2], lambda r: lm._loglikelihood_tokens(r)) == theirs[:2]
 
 
-def test_a_model_that_refuses_the_inputs_falls_back_with_the_reason():
+def test_a_model_that_refuses_the_inputs_falls_back_with_the_reason(scored):
     class Refuses(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
@@ -111,11 +113,9 @@ def test_a_model_that_refuses_the_inputs_falls_back_with_the_reason():
                 raise TypeError("forward() got an unexpected keyword argument 'position_ids'")
             return self.inner(input_ids=input_ids)
 
-    model, tokenizer = tiny_llama()
-    lm = _hflm(model, tokenizer)
-    reqs = _requests(model.config.vocab_size, lm.max_length)
+    model, lm, reqs, theirs = scored
     scorer = SharedContextScorer(Refuses(model), 4, lm.device, lm.max_length, lm.softmax_dtype)
-    assert scorer.score(reqs, lambda r: lm._loglikelihood_tokens(r)) == lm._loglikelihood_tokens(reqs)
+    assert scorer.score(reqs, lambda r: lm._loglikelihood_tokens(r)) == theirs
     assert scorer.record()["fallback"].startswith("the packed forward raised TypeError: forward() got an")
 
 
