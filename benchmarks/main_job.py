@@ -6,6 +6,7 @@ the per-phase sums of its run files to a JSON (results/main-job-cpu/README.md sa
     python benchmarks/main_job.py --smoke              # 2 steps, 8 examples, 1 latency round: proves it runs
     python benchmarks/main_job.py --model tiny:llama --smoke --json /tmp/x.json -- --set lr=1e-3
     python benchmarks/main_job.py --eval-batch-sizes 16,32,64,128 --limit 40   # the scoring phase alone
+    python benchmarks/main_job.py --eval-batch-sizes 64 --limit 0 --scorers lm_eval,shared_context
 
 Run it on a quiet machine from a warm cache (the model downloaded and converted once before: the JSON
 records whether it was); arguments after ``--`` go to ``peftbench run``.
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = [sys.executable, "-m", "peftbench.cli", "run", "--methods", METHODS, "--output", str(output),
                *(["--model", args.model] if args.model else []), *(SMOKE if args.smoke else []), *extra]
     warm = _cache_warm(args.model)
-    load_before = os.getloadavg()
+    load_before, steal_before = os.getloadavg(), _steal_s()
     log_path = json_path.with_suffix(".log")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"running: {' '.join(command[1:])}  (log: {log_path})", file=sys.stderr)
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "phases_s": phase_sums(runs), "cells": cell_table(runs),
         "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "load_before": [round(x, 2) for x in load_before],
                     "load_after": [round(x, 2) for x in os.getloadavg()],
-                    "host_others_cores_max": max((r.get("host_others_cores") or 0 for r in runs), default=None)},
+                    "host_others_cores_max": max((r.get("host_others_cores") or 0 for r in runs), default=None),
+                    # CPU time the hypervisor gave other guests: contention that no process list inside shows
+                    "steal_cores": _steal_cores(steal_before, wall)},
         "git": _git_hash(),
     }
     phases = sum(report["phases_s"].values())
@@ -70,6 +73,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{peak_rss / 2**30:.2f} GiB; phases: " + ", ".join(f"{k} {v:.1f}" for k, v in report["phases_s"].items())
           + f" -> {json_path}", file=sys.stderr)
     return report
+
+
+def _steal_s() -> float | None:
+    """Seconds of CPU the hypervisor has stolen from this machine since boot (Linux /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _steal_cores(before: float | None, wall: float) -> float | None:
+    after = _steal_s()
+    return None if before is None or after is None or wall <= 0 else round((after - before) / wall, 3)
 
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -85,7 +102,12 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--eval-batch-sizes", help="instead: score the base model on quickstart at each of these lm-eval "
                                               "batch sizes (comma-separated), twice in alternating order, and write "
                                               "each pass's wall and CPU seconds (default eval-batch.json)")
-    ap.add_argument("--limit", type=int, default=40, help="with --eval-batch-sizes: test examples scored per pass")
+    ap.add_argument("--limit", type=int, default=40, help="with --eval-batch-sizes: test examples scored per pass "
+                                                          "(0: all)")
+    ap.add_argument("--scorers", default="lm_eval", help="with --eval-batch-sizes: lm_eval (one sequence per "
+                    "request) and/or shared_context (the eval option: choices after one context in one row), "
+                    "comma-separated; each is timed at each size, and the JSON says whether their per-example "
+                    "results agree")
     return ap.parse_args(own), extra
 
 
@@ -100,25 +122,33 @@ def eval_batch_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from peftbench.tasks.task import builtin_tasks_dir, discover_tasks, materialize, prepare_data
 
     sizes = [int(x) for x in args.eval_batch_sizes.split(",")]
+    scorers = args.scorers.split(",")
+    if not set(scorers) <= {"lm_eval", "shared_context"}:
+        raise SystemExit(f"--scorers takes lm_eval and shared_context, not {args.scorers!r}")
     task = discover_tasks([builtin_tasks_dir()], OPTION_KEYS)["quickstart"]
     prepared = prepare_data(task, default_cache_dir(), None, False)
     work = Path(tempfile.mkdtemp(prefix="peftbench-eval-batch-"))
     include = materialize([task], {task.name: prepared}, work)
     model, tokenizer, _ = load_model(args.model or DEFAULT_MODEL, device="cpu")
-    passes = []
+    passes, samples = [], {}
+    points = [(size, scorer) for size in sizes for scorer in scorers]
     for rep in range(2):
-        for size in sizes if rep == 0 else sizes[::-1]:
+        for size, scorer in points if rep == 0 else points[::-1]:
             t0, c0 = time.perf_counter(), time.process_time()
-            result = evaluate(model, tokenizer, task, include, EvalConfig(eval_batch_size=size, limit=args.limit), "cpu")
-            passes.append({"eval_batch_size": size, "pass": rep + 1, "wall_s": round(time.perf_counter() - t0, 2),
-                           "cpu_s": round(time.process_time() - c0, 2), "acc": result.metrics.get("acc"),
-                           "load": [round(x, 2) for x in os.getloadavg()]})
+            cfg = EvalConfig(eval_batch_size=size, limit=args.limit, shared_context=scorer == "shared_context")
+            result = evaluate(model, tokenizer, task, include, cfg, "cpu")
+            passes.append({"eval_batch_size": size, "scorer": result.scorer, "pass": rep + 1,
+                           "wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2),
+                           "acc": result.metrics.get("acc"), "load": [round(x, 2) for x in os.getloadavg()]})
+            samples[size, scorer] = result.samples
             print(passes[-1], file=sys.stderr, flush=True)
     shutil.rmtree(work, ignore_errors=True)
-    report = {"what": f"quickstart, first {args.limit} test examples, scored at each lm-eval batch size on CPU",
-              "model": args.model or DEFAULT_MODEL, "passes": passes, "machine": {"cpus": os.cpu_count(),
-                                                                                   "cpu": cpu_model()},
-              "git": _git_hash(), "exit_code": 0}
+    limit = f"first {args.limit}" if args.limit else "all"
+    report = {"what": f"quickstart, {limit} test examples, scored at each lm-eval batch size on CPU",
+              "model": args.model or DEFAULT_MODEL, "scorers": scorers, "passes": passes,
+              # every (batch size, scorer) gave the same per-example results as the first
+              "same_samples": all(s == samples[points[0]] for s in samples.values()),
+              "machine": {"cpus": os.cpu_count(), "cpu": cpu_model()}, "git": _git_hash(), "exit_code": 0}
     path = Path(args.json or RESULTS / "eval-batch.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")

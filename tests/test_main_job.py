@@ -46,3 +46,23 @@ def test_phase_sums_and_cells_from_run_files(main_job):
 def test_arguments_after_a_double_dash_go_to_peftbench_run(main_job):
     args, extra = main_job._parse(["--smoke", "--model", "tiny:llama", "--", "--set", "lr=1e-3"])
     assert args.smoke and args.model == "tiny:llama" and extra == ["--set", "lr=1e-3"]
+
+
+def test_the_scoring_sweep_times_both_scorers_and_compares_their_results(main_job, tmp_path):
+    out = tmp_path / "eval.json"
+    report = main_job.main(["--eval-batch-sizes", "8", "--limit", "6", "--model", "tiny:llama",
+                            "--scorers", "lm_eval,shared_context", "--json", str(out)])
+    assert report["same_samples"] is True and report["scorers"] == ["lm_eval", "shared_context"]
+    kinds = [(p["pass"], p["scorer"]["kind"]) for p in report["passes"]]
+    assert kinds == [(1, "lm_eval"), (1, "shared_context"), (2, "shared_context"), (2, "lm_eval")]
+    assert all(p["scorer"]["kind"] != "shared_context" or p["scorer"]["forward_rows"] == 6 for p in report["passes"])
+    with pytest.raises(SystemExit, match="--scorers takes"):
+        main_job.main(["--eval-batch-sizes", "8", "--scorers", "fast"])
+
+
+def test_steal_is_the_share_of_a_core_taken_while_the_job_ran(main_job, monkeypatch):
+    monkeypatch.setattr(main_job, "_steal_s", lambda: 13.0)
+    assert main_job._steal_cores(10.0, 6.0) == pytest.approx(0.5)  # 3 s stolen over 6 s of wall time
+    assert main_job._steal_cores(None, 6.0) is None
+    monkeypatch.setattr(main_job, "_steal_s", lambda: None)
+    assert main_job._steal_cores(10.0, 6.0) is None
